@@ -1,0 +1,40 @@
+"""Sobel preprocessing: images become their horizontal and vertical gradients.
+
+The IIC paper applies it to CIFAR/STL so that clusters cannot form on colour alone; the seed study
+named it as untried future work. It runs on the training device, after augmentation.
+"""
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+# ITU-R 601 luma weights: RGB -> grey before taking gradients.
+_LUMA = (0.299, 0.587, 0.114)
+
+
+class Sobel(nn.Module):
+    """Greyscale, then x/y Sobel filters: (N, C, H, W) in [0, 1] -> (N, 2, H, W), or
+    (N, C + 2, H, W) with ``keep_input=True`` (the grey/RGB channels followed by the gradients).
+
+    Example:
+        >>> sobel = Sobel()
+        >>> sobel(torch.rand(8, 3, 32, 32)).shape
+        torch.Size([8, 2, 32, 32])
+    """
+
+    def __init__(self, keep_input: bool = False):
+        super().__init__()
+        self.keep_input = keep_input
+        gx = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
+        kernels = torch.stack([gx, gx.t()]).unsqueeze(1)  # (2, 1, 3, 3)
+        self.register_buffer("kernels", kernels, persistent=False)
+        self.register_buffer("luma", torch.tensor(_LUMA).view(1, 3, 1, 1), persistent=False)
+
+    @staticmethod
+    def output_channels(input_channels: int, keep_input: bool) -> int:
+        return 2 + (input_channels if keep_input else 0)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        grey = images if images.shape[1] == 1 else (images * self.luma.to(images.dtype)).sum(dim=1, keepdim=True)
+        gradients = F.conv2d(grey, self.kernels.to(images.dtype), padding=1)
+        return torch.cat([images, gradients], dim=1) if self.keep_input else gradients
