@@ -16,8 +16,8 @@ from torch import nn
 BACKBONES = ("clusternet", "resnet18")
 # Below these sizes the backbone's downsampling leaves nothing to pool.
 MIN_INPUT_SIZE = {"clusternet": 8, "resnet18": 32}
-# ResNet18's ImageNet stem (7x7 stride-2 conv + max-pool) discards too much of small images.
-RESNET_SMALL_STEM_BELOW = 96
+# ResNet18's ImageNet stem (7x7 stride-2 conv + max-pool) discards too much of CIFAR-sized images.
+RESNET_SMALL_STEM_BELOW = 64
 
 
 class ClusterNet(nn.Module):
@@ -43,7 +43,7 @@ class ClusterNet(nn.Module):
 
 class ResNet18(nn.Module):
     """torchvision's ResNet18 trunk (no pretrained download: ``weights=None``), with its first conv
-    adapted to the input channels and, for inputs under 96 px, a 3x3 stride-1 stem without max-pool.
+    adapted to the input channels and, for inputs under 64 px, a 3x3 stride-1 stem without max-pool.
     ``weights_path`` loads a local state dict (e.g. ImageNet weights saved beforehand); layers whose
     shapes no longer match (the adapted stem, the classifier) keep their random initialisation."""
 

@@ -98,6 +98,28 @@ class Trainer:
             images = self.augment(images, generator or self.augment_generator)
         return self.sobel(images) if self.sobel is not None else images
 
+    def make_views(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A uint8 batch -> (images, ``repeats`` augmented twins of each), ready for the model."""
+        base = self._prepare(batch, augment=self.config.augment_both_views)
+        twins = self._prepare(batch.repeat(self.config.repeats, 1, 1, 1), augment=True)
+        return base, twins
+
+    def step(self, base: torch.Tensor, twins: torch.Tensor, head: str) -> torch.Tensor | None:
+        """One optimiser step on ``head``: both views through the model in one forward pass, the
+        IIC loss per sub-head, their mean minimised. Returns the per-sub-head losses, or None if
+        the loss is no longer finite (the step is then not taken)."""
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            probabilities = self.model(torch.cat([base, twins]), head)
+        repeats = len(twins) // len(base)
+        losses = torch.stack([self.criterion(p[: len(base)].repeat(repeats, 1), p[len(base):]) for p in probabilities])
+        loss = losses.mean()
+        if not torch.isfinite(loss):
+            return None
+        self.optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimiser.step()
+        return losses.detach()
+
     def _pass(self, head: str) -> torch.Tensor | None:
         """One pass over the shuffled data training ``head``; returns the mean loss per sub-head,
         or None if the loss stopped being finite."""
@@ -110,21 +132,10 @@ class Trainer:
         loss_sums = torch.zeros(config.num_subheads, device=self.device)
         for index, start in enumerate(starts):
             stop = starts[index + 1] if index + 1 < len(starts) else len(order)
-            batch = self.images[order[start:stop]]
-            base = self._prepare(batch, augment=config.augment_both_views)
-            twins = self._prepare(batch.repeat(config.repeats, 1, 1, 1), augment=True)
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-                probabilities = self.model(torch.cat([base, twins]), head)
-            losses = torch.stack([
-                self.criterion(p[: len(batch)].repeat(config.repeats, 1), p[len(batch):]) for p in probabilities
-            ])
-            loss = losses.mean()
-            if not torch.isfinite(loss):
+            losses = self.step(*self.make_views(self.images[order[start:stop]]), head)
+            if losses is None:
                 return None
-            self.optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimiser.step()
-            loss_sums += losses.detach()
+            loss_sums += losses
         return loss_sums / len(starts)
 
     @torch.no_grad()
@@ -258,8 +269,8 @@ def train(
     trainer = Trainer(config, data)
     if resume_from is not None:
         trainer.load_checkpoint(resume_from)
-        if trainer.status == "running" and trainer.epoch >= config.epochs:
-            trainer.status = "completed"
+        if trainer.status != "diverged":  # a finished run given more epochs carries on
+            trainer.status = "running" if trainer.epoch < config.epochs else "completed"
     while trainer.status == "running" and trainer.epoch < config.epochs:
         metrics = trainer.run_epoch()
         if trainer.status == "running" and trainer.epoch >= config.epochs:

@@ -1,0 +1,92 @@
+from pathlib import Path
+
+import pytest
+
+from iic.config import ConfigError, IICConfig
+from iic.data import HAR_MERGED_9, HAR_REDUCED_3
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+def test_defaults_are_valid_and_round_trip_through_yaml(tmp_path):
+    config = IICConfig(lr=1e-3, class_map={"0": "zero", "1": "one"}, max_samples=100).validate()
+    path = config.to_yaml(tmp_path / "config.yaml")
+    assert IICConfig.from_yaml(path) == config
+
+
+def test_unknown_field_is_named_with_a_suggestion():
+    with pytest.raises(ConfigError, match=r"learning_rte: unknown field.*"):
+        IICConfig.from_dict({"learning_rte": 0.1})
+    with pytest.raises(ConfigError, match="did you mean 'overcluster_k'"):
+        IICConfig.from_dict({"overclusterk": 30})
+
+
+def test_wrong_types_are_rejected_and_ints_become_floats():
+    with pytest.raises(ConfigError, match="epochs: expected int"):
+        IICConfig.from_dict({"epochs": "ten"})
+    with pytest.raises(ConfigError, match="sobel: expected bool"):
+        IICConfig.from_dict({"sobel": "yes"})
+    config = IICConfig.from_dict({"lr": 1, "class_map": {0: "zero"}})
+    assert isinstance(config.lr, float) and config.class_map == {"0": "zero"}
+
+
+@pytest.mark.parametrize(
+    "changes, field",
+    [
+        ({"dataset": "imagenet"}, "dataset: unknown dataset 'imagenet'"),
+        ({"backbone": "vgg"}, "backbone: unknown backbone"),
+        ({"num_clusters": 1}, "num_clusters: must be at least 2"),
+        ({"overcluster_k": 10}, "overcluster_k: must exceed num_clusters=10"),
+        ({"lr": 0.0}, "lr: must be positive"),
+        ({"lr": -1e-3}, "lr: must be positive"),
+        ({"batch_size": 1}, "batch_size: must be at least 2"),
+        ({"hflip_prob": 1.5}, r"hflip_prob: a probability must lie in \[0, 1\]"),
+        ({"vflip_prob": -0.1}, "vflip_prob: a probability"),
+        ({"crop_min_scale": 0.0}, "crop_min_scale: must lie in"),
+        ({"hue": 0.7}, "hue: must lie in"),
+        ({"brightness": 2.0}, "brightness: jitter strength"),
+        ({"backbone": "resnet18", "input_size": 16}, "input_size: 16 px is too small for resnet18; use at least 32"),
+        ({"input_size": 4}, "input_size: 4 px is too small for clusternet"),
+        ({"dataset": "har"}, "data_root: .*har"),
+        ({"dataset": "image_folder", "data_root": "/no/such/folder"}, "data_root: .*/no/such/folder"),
+        ({"device": "tpu"}, "device: 'tpu'"),
+        ({"backbone": "resnet18", "input_size": 32, "backbone_weights": "/no/weights.pt"}, "backbone_weights: file /no/weights.pt does not exist"),
+    ],
+)
+def test_validation_names_the_field_and_the_fix(changes, field):
+    with pytest.raises(ConfigError, match=field):
+        IICConfig().replace(**changes).validate()
+
+
+def test_every_problem_is_reported_at_once():
+    with pytest.raises(ConfigError) as caught:
+        IICConfig(num_clusters=1, lr=0, batch_size=1).validate()
+    message = str(caught.value)
+    assert "num_clusters" in message and "lr" in message and "batch_size" in message
+
+
+def test_set_overrides_parse_yaml_values():
+    config = IICConfig().with_overrides(["lr=0.001", "sobel=true", "overcluster_k=40", "class_map={a: b}"])
+    assert config.lr == 0.001 and config.sobel is True and config.overcluster_k == 40 and config.class_map == {"a": "b"}
+    with pytest.raises(ConfigError, match="expected key=value"):
+        IICConfig().with_overrides(["lr"])
+
+
+def test_missing_config_file_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        IICConfig.from_yaml(tmp_path / "nope.yaml")
+
+
+def test_bundled_override_files_load_and_are_valid():
+    files = sorted(CONFIGS.glob("*.yaml"))
+    assert {f.stem for f in files} >= {"digits", "mnist5k", "mnist", "cifar10", "stl10", "har_full", "har_merged", "har_reduced"}
+    for path in files:
+        config = IICConfig.from_yaml(path)
+        config.validate(check_data=config.data_root is None)
+
+
+def test_har_configs_carry_the_study_class_groupings():
+    assert IICConfig.from_yaml(CONFIGS / "har_merged.yaml").class_map == HAR_MERGED_9
+    reduced = IICConfig.from_yaml(CONFIGS / "har_reduced.yaml")
+    assert reduced.class_map == HAR_REDUCED_3 and reduced.num_clusters == 3
+    assert IICConfig.from_yaml(CONFIGS / "har_full.yaml").num_clusters == 15
