@@ -34,20 +34,35 @@ def plot_confusion_matrix(confusion: np.ndarray, class_names: list[str], path: s
     return Path(path)
 
 
-def plot_cluster_gallery(images: torch.Tensor, clusters: np.ndarray, num_clusters: int, path: str | Path, per_cluster: int = 8, seed: int = 0) -> Path:
-    """A grid with one row per cluster: its size and up to ``per_cluster`` random member images
-    (as in the seed study's figures of cluster contents). ``images``: uint8 (N, C, H, W)."""
+def cluster_samples(images: torch.Tensor, clusters: np.ndarray, num_clusters: int, per_cluster: int = 8, seed: int = 0) -> dict[str, np.ndarray]:
+    """Up to ``per_cluster`` random member images of every cluster, with the cluster sizes: all a
+    gallery needs, small enough to travel with a checkpoint. ``images``: uint8 (N, C, H, W)."""
     rng = np.random.default_rng(seed)
-    fig, axes = plt.subplots(num_clusters, per_cluster, figsize=(per_cluster * 0.9, num_clusters * 0.95), squeeze=False)
-    for cluster in range(num_clusters):
-        members = np.flatnonzero(clusters == cluster)
-        shown = rng.choice(members, size=min(per_cluster, len(members)), replace=False) if len(members) else []
-        for column, ax in enumerate(axes[cluster]):
+    chosen = [
+        rng.choice(members, size=min(per_cluster, len(members)), replace=False)
+        for members in (np.flatnonzero(clusters == cluster) for cluster in range(num_clusters))
+    ]
+    indices = np.concatenate(chosen).astype(np.int64) if chosen else np.zeros(0, dtype=np.int64)
+    return {
+        "sample_images": images[torch.from_numpy(indices)].cpu().numpy(),
+        "sample_clusters": np.asarray(clusters)[indices],
+        "cluster_sizes": np.bincount(clusters, minlength=num_clusters),
+    }
+
+
+def plot_cluster_gallery(samples: dict[str, np.ndarray], path: str | Path, per_cluster: int = 8) -> Path:
+    """One row per cluster: its size and sample members (as in the seed study's figures of
+    cluster contents); ``samples`` comes from :func:`cluster_samples`."""
+    sizes = samples["cluster_sizes"]
+    fig, axes = plt.subplots(len(sizes), per_cluster, figsize=(per_cluster * 0.9, len(sizes) * 0.95), squeeze=False)
+    for cluster, row in enumerate(axes):
+        members = samples["sample_images"][samples["sample_clusters"] == cluster]
+        for column, ax in enumerate(row):
             ax.axis("off")
-            if column < len(shown):
-                image = images[shown[column]].permute(1, 2, 0).cpu().numpy()
+            if column < len(members):
+                image = members[column].transpose(1, 2, 0)
                 ax.imshow(image.squeeze(-1) if image.shape[-1] == 1 else image, cmap="gray" if image.shape[-1] == 1 else None)
-        axes[cluster][0].set_title(f"cluster {cluster} (n={len(members)})", fontsize=7, loc="left")
+        row[0].set_title(f"cluster {cluster} (n={sizes[cluster]})", fontsize=7, loc="left")
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)

@@ -1,0 +1,258 @@
+"""Search presets: editable YAML files that say which IIC settings a search varies, and how.
+
+A preset has three sections:
+
+- ``config``: IICConfig fields shared by every trial (defaults of ``iic/config.py`` fill the rest);
+- ``space``: the searched fields, each a range (``low``/``high``, optional ``log``) or a list of
+  ``choices``, optionally only ``when`` a gate is on; a gate (``{gate: true}``) is a yes/no choice
+  that switches a group of fields on or off (overclustering: its ``overcluster_k`` and
+  ``overcluster_passes`` are proposed only when it is on, and ``otherwise: {overcluster_k: 0}`` says
+  what the fields are when it is off);
+- ``search``: the defaults of the search itself (budget, concurrency, resources, early stopping).
+
+``SearchSpace`` turns a preset into the define-by-run function that Ray Tune's ``OptunaSearch``
+calls for every new trial. It is a plain module-level class so that it pickles (Ray stores the
+searcher with the experiment so that an interrupted search can be resumed).
+"""
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import optuna
+import yaml
+
+from iic.config import ConfigError, IICConfig
+from trainables.iic_trainable import GATE_KEY
+
+PRESETS_DIR = Path(__file__).resolve().parent / "presets"
+OBJECTIVES = {"cluster_accuracy": "max", "mutual_information": "max"}
+
+
+class PresetError(ValueError):
+    """A preset that cannot be searched; the message names the entry and the fix."""
+
+
+@dataclass(frozen=True)
+class Param:
+    """One searched field: a float/int range or a list of choices, or a gate."""
+
+    name: str
+    kind: str  # "float", "int", "categorical" or "gate"
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    choices: tuple = ()
+    when: str | None = None
+    off: tuple = ()  # a gate's (field, value) pairs for when it is off
+
+    @property
+    def optuna_name(self) -> str:
+        # OptunaSearch unflattens "gate/x" into {"gate": {"x": ...}} in the trial config.
+        return f"{GATE_KEY}/{self.name}" if self.kind == "gate" else self.name
+
+    def distribution(self) -> optuna.distributions.BaseDistribution:
+        if self.kind == "float":
+            return optuna.distributions.FloatDistribution(self.low, self.high, log=self.log)
+        if self.kind == "int":
+            return optuna.distributions.IntDistribution(int(self.low), int(self.high), log=self.log)
+        return optuna.distributions.CategoricalDistribution(list(self.choices) if self.kind == "categorical" else [False, True])
+
+    def suggest(self, trial: optuna.Trial):
+        if self.kind == "float":
+            return trial.suggest_float(self.optuna_name, self.low, self.high, log=self.log)
+        if self.kind == "int":
+            return trial.suggest_int(self.optuna_name, int(self.low), int(self.high), log=self.log)
+        return trial.suggest_categorical(self.optuna_name, list(self.choices) if self.kind == "categorical" else [False, True])
+
+
+@dataclass
+class SearchDefaults:
+    """How a preset is searched unless the command line says otherwise."""
+
+    num_samples: int = 12
+    max_concurrent: int = 2
+    objective: str = "cluster_accuracy"
+    grace_period: int = 10  # epochs before ASHA may stop a trial
+    reduction_factor: int = 3
+    time_budget_s: float | None = None
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    collapse_share: float = 0.6  # a cluster holding this share of the data ...
+    collapse_patience: int = 5  # ... for this many epochs in a row stops the trial as "collapsed"
+    max_failures: int = 2  # retries of a crashed trial, from its last checkpoint
+
+
+@dataclass
+class Preset:
+    name: str
+    description: str
+    config: dict
+    params: list[Param]
+    search: SearchDefaults = field(default_factory=SearchDefaults)
+
+    @classmethod
+    def load(cls, name_or_path: str) -> "Preset":
+        """A bundled preset by name (``search/presets/NAME.yaml``) or a YAML file by path."""
+        path = Path(name_or_path)
+        if not path.suffix:
+            path = PRESETS_DIR / f"{name_or_path}.yaml"
+        if not path.is_file():
+            raise PresetError(f"unknown preset {name_or_path!r}: choose one of {', '.join(available_presets())} or give a YAML file path")
+        with open(path) as handle:
+            raw = yaml.safe_load(handle) or {}
+        if raw.get("extends"):
+            # A training config file (configs/*.yaml) under the preset's own config section.
+            extended = (path.parent / raw["extends"]).resolve()
+            if not extended.is_file():
+                raise PresetError(f"{path}: extends {raw['extends']!r}, which does not exist (paths are relative to the preset)")
+            with open(extended) as handle:
+                raw["config"] = {**(yaml.safe_load(handle) or {}), **(raw.get("config") or {})}
+        try:
+            return cls.from_dict(path.stem, raw)
+        except PresetError as err:
+            raise PresetError(f"{path}: {err}") from None
+
+    @classmethod
+    def from_dict(cls, name: str, raw: dict) -> "Preset":
+        unknown = set(raw) - {"description", "extends", "config", "space", "search"}
+        if unknown:
+            raise PresetError(f"unknown section(s) {', '.join(sorted(unknown))}; a preset has description, extends, config, space and search")
+        try:
+            IICConfig.from_dict(raw.get("config") or {})
+        except ConfigError as err:
+            raise PresetError(f"config section: {err}") from None
+        search_fields = {f.name for f in dataclasses.fields(SearchDefaults)}
+        bad = set(raw.get("search") or {}) - search_fields
+        if bad:
+            raise PresetError(f"search section: unknown setting(s) {', '.join(sorted(bad))}; valid: {', '.join(sorted(search_fields))}")
+        preset = cls(
+            name=name,
+            description=raw.get("description", ""),
+            config=dict(raw.get("config") or {}),
+            params=[_parse_param(key, spec) for key, spec in (raw.get("space") or {}).items()],
+            search=SearchDefaults(**(raw.get("search") or {})),
+        )
+        preset.validate()
+        return preset
+
+    def validate(self) -> None:
+        """Check every range against IICConfig's own validation, before any trial starts."""
+        problems = []
+        gates = {p.name for p in self.params if p.kind == "gate"}
+        for param in self.params:
+            if param.when is not None and param.when not in gates:
+                problems.append(f"space.{param.name}: 'when: {param.when}' names no gate; declare `{param.when}: {{gate: true}}` first")
+        base = IICConfig.from_dict(self.config)
+        for param in self.params:
+            if param.kind == "gate" and param.off:
+                try:
+                    base.replace(**dict(param.off)).validate(check_data=False)
+                except ConfigError as err:
+                    problems.append(f"space.{param.name}.otherwise: {str(err).split(chr(10) + '  ', 1)[-1]}")
+        # Every extreme of every range must make a valid config on its own.
+        for param in self.params:
+            if param.kind == "gate":
+                continue
+            values = param.choices if param.kind == "categorical" else (param.low, param.high)
+            for value in values:
+                try:
+                    base.replace(**{param.name: value}).validate(check_data=False)
+                except ConfigError as err:
+                    detail = str(err).split("\n  ", 1)[-1]
+                    problems.append(f"space.{param.name}: value {value!r} is invalid ({detail})")
+        if self.search.objective not in OBJECTIVES:
+            problems.append(f"search.objective: {self.search.objective!r} is not one of {', '.join(OBJECTIVES)}")
+        if problems:
+            raise PresetError("invalid search space:\n  " + "\n  ".join(problems))
+
+    def space(self, seed: int | None = None) -> "SearchSpace":
+        return SearchSpace(self.config, self.params, seed)
+
+
+class SearchSpace:
+    """Optuna define-by-run function: suggests the searched fields (gated ones only when their gate
+    is on) and returns the preset's fixed fields as constants, so that every trial's config holds
+    its complete IICConfig plus its gates under ``gate``."""
+
+    def __init__(self, config: dict, params: list[Param], seed: int | None = None):
+        self.config = dict(config)
+        self.params = list(params)
+        if seed is not None:
+            self.config["seed"] = seed
+
+    def __call__(self, trial: optuna.Trial) -> dict:
+        constants = dict(self.config)
+        gates = {}
+        for param in self.params:
+            if param.when is not None and not gates.get(param.when, False):
+                continue
+            value = param.suggest(trial)
+            # Ray merges the constants over the suggestions: a suggested field must not be among them.
+            constants.pop(param.name, None)
+            if param.kind == "gate":
+                gates[param.name] = value
+                if not value:
+                    constants.update(param.off)
+        return constants
+
+    def distributions(self) -> dict[str, optuna.distributions.BaseDistribution]:
+        return {p.optuna_name: p.distribution() for p in self.params}
+
+    def point(self, config: dict) -> dict:
+        """The Optuna parameters that would reproduce ``config`` (an IICConfig dict): searched fields
+        at the config's values, a gate on unless the config matches its ``otherwise`` values."""
+        point, gates = {}, {}
+        for param in self.params:
+            if param.when is not None and not gates.get(param.when, False):
+                continue
+            if param.kind == "gate":
+                gates[param.name] = not param.off or any(config.get(k) != v for k, v in param.off)
+                point[param.optuna_name] = gates[param.name]
+            else:
+                point[param.optuna_name] = config[param.name]
+        return point
+
+
+def available_presets() -> list[str]:
+    return sorted(path.stem for path in PRESETS_DIR.glob("*.yaml"))
+
+
+def _parse_param(name: str, spec) -> Param:
+    fields = {f.name: f for f in dataclasses.fields(IICConfig)}
+    if not isinstance(spec, dict):
+        raise PresetError(f"space.{name}: expected a mapping such as {{low: 0.1, high: 0.9}} or {{choices: [...]}}, got {spec!r}")
+    unknown = set(spec) - {"low", "high", "log", "choices", "when", "gate", "otherwise"}
+    if unknown:
+        raise PresetError(f"space.{name}: unknown key(s) {', '.join(sorted(map(str, unknown)))}; use low/high/log, choices, when, or gate and otherwise")
+    when = spec.get("when")
+    if spec.get("gate"):
+        if name in fields:
+            raise PresetError(f"space.{name}: a gate cannot share its name with an IICConfig field")
+        off = spec.get("otherwise") or {}
+        if not isinstance(off, dict) or any(key not in fields for key in off):
+            raise PresetError(f"space.{name}: otherwise must map IICConfig fields to their values when the gate is off, e.g. {{overcluster_k: 0}}")
+        return Param(name, "gate", off=tuple(off.items()))
+    if name not in fields:
+        close = difflib.get_close_matches(name, fields, n=1)
+        raise PresetError(f"space.{name}: not an IICConfig field" + (f" — did you mean {close[0]!r}?" if close else ""))
+    if "choices" in spec:
+        choices = spec["choices"]
+        if not isinstance(choices, list) or not choices:
+            raise PresetError(f"space.{name}: choices must be a non-empty list")
+        return Param(name, "categorical", choices=tuple(choices), when=when)
+    if "low" not in spec or "high" not in spec:
+        raise PresetError(f"space.{name}: give low and high (a range) or choices (a list)")
+    low, high = spec["low"], spec["high"]
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)):
+        raise PresetError(f"space.{name}: low and high must be numbers, got {low!r} and {high!r}")
+    if low >= high:
+        raise PresetError(f"space.{name}: low ({low}) must be below high ({high}); for a fixed value put it under config")
+    log = bool(spec.get("log", False))
+    if log and low <= 0:
+        raise PresetError(f"space.{name}: a log range needs low > 0 (got {low})")
+    kind = "int" if fields[name].type is int else "float"
+    if kind == "int" and not (float(low).is_integer() and float(high).is_integer()):
+        raise PresetError(f"space.{name}: {name} is an integer field; low and high must be integers")
+    return Param(name, kind, low=low, high=high, log=log, when=when)

@@ -1,0 +1,78 @@
+"""One IIC training run as a Ray Tune function trainable.
+
+Every epoch it reports the run's metrics together with a checkpoint, so that Tune's scheduler can
+stop it, a crashed worker can be retried from its last epoch, and an interrupted search can be
+resumed. The checkpoint folder holds the trainer state (``checkpoint.pt``) and a small summary of
+the clustering (``clusters.npz``: confusion matrix, cluster sizes, sample images per cluster) from
+which the search's driver draws the trial's figures, wherever the trial ran.
+"""
+
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from ray import tune
+
+from iic.config import IICConfig
+from iic.plots import cluster_samples
+from iic.train import Trainer, train
+
+CHECKPOINT_FILE = "checkpoint.pt"
+SUMMARY_FILE = "clusters.npz"
+# Trial-config key of the search's gates (e.g. overclustering on/off), apart from IICConfig fields.
+GATE_KEY = "gate"
+
+
+@dataclass(frozen=True)
+class TrialSettings:
+    """Search-level policy for each trial (not part of the model's config)."""
+
+    collapse_share: float = 0.6  # a cluster holding at least this share of the data ...
+    collapse_patience: int = 5  # ... for this many epochs in a row: the trial has collapsed
+    gallery_per_cluster: int = 8
+
+
+def trial_iic_config(trial_config: dict) -> IICConfig:
+    """The IICConfig of a trial: its config without the search's gates."""
+    return IICConfig.from_dict({key: value for key, value in trial_config.items() if key != GATE_KEY})
+
+
+def has_collapsed(history: list[dict], share: float, patience: int) -> bool:
+    """One cluster has held ``share`` or more of the data for the last ``patience`` epochs: the
+    seed study's failure (a single cluster taking most images), which rarely recovers."""
+    recent = history[-patience:]
+    return len(recent) == patience and all(m.get("largest_cluster_share", 0.0) >= share for m in recent)
+
+
+def write_cluster_summary(trainer: Trainer, path: Path, per_cluster: int) -> None:
+    result = trainer.result()
+    samples = cluster_samples(trainer.data.images, result.clusters, trainer.config.num_clusters, per_cluster, seed=trainer.config.seed)
+    confusion = result.confusion if result.confusion is not None else np.zeros((0, 0), dtype=np.int64)
+    np.savez_compressed(path, confusion=confusion, class_names=np.array(result.class_names), **samples)
+
+
+def train_iic(config: dict, settings: TrialSettings = TrialSettings()) -> None:
+    """Ray Tune function trainable: ``tune.with_parameters(train_iic, settings=...)``."""
+    iic_config = trial_iic_config(config)
+
+    def report(metrics: dict, trainer: Trainer) -> bool:
+        if trainer.status == "running" and has_collapsed(trainer.history, settings.collapse_share, settings.collapse_patience):
+            trainer.status = metrics["status"] = "collapsed"
+        with tempfile.TemporaryDirectory() as folder:
+            trainer.save_checkpoint(Path(folder) / CHECKPOINT_FILE)
+            write_cluster_summary(trainer, Path(folder) / SUMMARY_FILE, settings.gallery_per_cluster)
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+        return trainer.status != "running"
+
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        train(iic_config, on_epoch=report)
+        return
+    with tempfile.TemporaryDirectory() as scratch:
+        # Copy the state out of the (possibly temporary, possibly remote) checkpoint folder.
+        state = Path(scratch) / CHECKPOINT_FILE
+        with checkpoint.as_directory() as folder:
+            shutil.copyfile(Path(folder) / CHECKPOINT_FILE, state)
+        train(iic_config, on_epoch=report, resume_from=state)
