@@ -126,12 +126,12 @@ def check_tracking_uri(uri: str) -> str:
     raise SearchError(f"--tracking-uri {uri}: use sqlite:///FILE or http(s)://HOST:PORT (MLflow 3.17's file store is not supported)")
 
 
-def start_ray(address: str | None, preset: Preset, storage_path: str) -> None:
-    """Join the cluster (or start a local Ray) and check that one trial fits on one node."""
-    if address:
-        ray.init(address=address, log_to_driver=True)
-    else:
-        ray.init(include_dashboard=False)
+def start_ray(address: str | None, preset: Preset, storage_path: str) -> bool:
+    """Join the cluster (or start a local Ray, or use the one this process already has) and check
+    that one trial fits on one node. Returns whether Ray was started here."""
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=address, include_dashboard=False) if address else ray.init(include_dashboard=False)
     nodes = [node for node in ray.nodes() if node.get("Alive")]
     most_cpus = max(node["Resources"].get("CPU", 0) for node in nodes)
     most_gpus = max(node["Resources"].get("GPU", 0) for node in nodes)
@@ -150,8 +150,10 @@ def start_ray(address: str | None, preset: Preset, storage_path: str) -> None:
             f"checkpoints to a local folder; give shared storage such as s3://BUCKET/iic-search (Ray needs it since 2.7)"
         )
     if problems:
-        ray.shutdown()
+        if started:
+            ray.shutdown()
         raise SearchError("the cluster cannot run this search:\n  " + "\n  ".join(problems))
+    return started
 
 
 def code_version() -> str:
@@ -220,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     try:
-        start_ray(args.address, preset, storage_path)
+        started_ray = start_ray(args.address, preset, storage_path)
     except SearchError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -236,7 +238,8 @@ def main(argv: list[str] | None = None) -> int:
         tuner = build_tuner(preset, args, name, storage_path, logger, warm_points)
     results = tuner.fit()
     summarise(results, preset, tracking_uri, experiment_id, parent_run_id, name, report_path, top=args.top)
-    ray.shutdown()
+    if started_ray:
+        ray.shutdown()
     return 0
 
 

@@ -3,6 +3,7 @@
 import json
 import math
 import tempfile
+import warnings
 from pathlib import Path
 
 import matplotlib
@@ -64,7 +65,9 @@ def save_optuna_plots(study: optuna.Study, folder: Path) -> list[Path]:
         if len(study.trials) < 2:
             break
         try:
-            axes = draw(study)
+            with warnings.catch_warnings():  # "experimental" and small-sample notes: not for the user
+                warnings.simplefilter("ignore")
+                axes = draw(study)
         except (ValueError, RuntimeError):  # e.g. importances when no parameter varied
             continue
         axes.figure.set_size_inches(8, 5)

@@ -10,3 +10,13 @@ def tiny_config() -> IICConfig:
         dataset="digits", max_samples=240, backbone_width=4, num_subheads=2, batch_size=32, repeats=2,
         epochs=2, device="cpu",
     )
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One real local Ray for the whole test session (starting one costs seconds)."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()

@@ -1,0 +1,176 @@
+"""search/export.py against a real MLflow store holding really trained tiny trials, laid out as
+search.tracking.MLflowTrialLogger lays them out."""
+
+import csv
+import json
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from mlflow.entities import Metric, Param
+from mlflow.tracking import MlflowClient
+
+from iic.config import IICConfig
+from iic.train import main as train_main
+from iic.train import train
+from search.export import export_best
+from search.export import main as export_main
+from search.tracking import ROLE_TAG, SEARCH_TAG, STATUS_TAG, TRIAL_METRICS, TRIAL_TAG, flat_params
+
+SUMMARY_COLUMNS = [
+    "rank", "file", "run_id", "trial_id", "search", "cluster_accuracy", "nmi", "largest_cluster_share", "epochs",
+    "lr", "batch_size", "lamb", "repeats", "sobel", "overcluster_k",
+]
+_HISTORIES: dict[str, list[dict]] = {}
+
+
+def trained_history(config: IICConfig) -> list[dict]:
+    """The per-epoch metrics of really training ``config`` (each distinct config trains once)."""
+    key = json.dumps(config.to_dict(), sort_keys=True)
+    if key not in _HISTORIES:
+        _HISTORIES[key] = train(config).history
+    return _HISTORIES[key]
+
+
+@dataclass
+class Store:
+    uri: str
+    client: MlflowClient
+    experiment: str
+    experiment_id: str
+
+    def log(self, config: IICConfig, history: list[dict], trial_id: str, search: str = "s1", status: str = "completed",
+            run_status: str = "FINISHED", role: str = "trial") -> str:
+        """One trial run: tags, params, every epoch's metrics at step = epoch, config.yaml, final status."""
+        tags = {SEARCH_TAG: search, TRIAL_TAG: trial_id, ROLE_TAG: role, STATUS_TAG: "running"}
+        run_id = self.client.create_run(self.experiment_id, run_name=trial_id, tags=tags).info.run_id
+        self.client.log_batch(run_id, params=[Param(k, v) for k, v in flat_params(config.to_dict()).items()])
+        now = int(time.time() * 1000)
+        for metrics in history:
+            self.client.log_batch(run_id, metrics=[
+                Metric(key, float(metrics[key]), now, metrics["epoch"]) for key in TRIAL_METRICS if key in metrics
+            ])
+        with tempfile.TemporaryDirectory() as folder:
+            self.client.log_artifact(run_id, str(config.to_yaml(Path(folder) / "config.yaml")))
+        self.client.set_tag(run_id, STATUS_TAG, status)
+        self.client.set_terminated(run_id, run_status)
+        return run_id
+
+
+@pytest.fixture(scope="module")
+def tracking_uri(tmp_path_factory) -> str:
+    # One database for the module (creating one takes seconds); each test gets its own experiment.
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow')}/mlflow.db"
+
+
+@pytest.fixture
+def store(tracking_uri, tmp_path) -> Store:
+    client = MlflowClient(tracking_uri)
+    name = f"iic-{tmp_path.name}"
+    experiment_id = client.create_experiment(name, artifact_location=(tmp_path / "artifacts").as_uri())
+    return Store(tracking_uri, client, name, experiment_id)
+
+
+def read_summary(out: Path) -> list[dict]:
+    with open(out / "summary.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_ranks_distinct_finished_trials_and_writes_the_top_k(store, tiny_config, tmp_path):
+    configs = {"a": tiny_config, "b": tiny_config.replace(lr=1e-3), "c": tiny_config.replace(seed=1)}
+    histories = {name: trained_history(config) for name, config in configs.items()}
+    for name, config in configs.items():
+        store.log(config, histories[name], trial_id=name)
+    store.log(configs["a"], histories["a"], trial_id="a_dup")  # the same config under a second run
+    # Runs that must not count, each recording a perfect accuracy that would otherwise rank first.
+    perfect = [{**metrics, "cluster_accuracy": 1.0} for metrics in histories["a"]]
+    store.log(tiny_config.replace(seed=7), perfect, trial_id="failed", run_status="FAILED")
+    store.log(tiny_config.replace(seed=8), perfect, trial_id="diverged", status="diverged")
+    store.log(tiny_config.replace(seed=9), perfect, trial_id="errored", status="error")
+    store.log(tiny_config.replace(seed=10), perfect, trial_id="other_search", search="s2")
+    store.log(tiny_config.replace(seed=11), perfect, trial_id="parent", role="search")
+
+    out = tmp_path / "best"
+    paths = export_best(store.uri, store.experiment, top=5, out=out, search="s1")
+
+    rows = read_summary(out)
+    assert list(rows[0]) == SUMMARY_COLUMNS
+    trial_ids = [row["trial_id"] for row in rows]
+    assert len(rows) == len(paths) == 3  # three distinct configs, however large --top
+    assert sorted(trial_id.removesuffix("_dup") for trial_id in trial_ids) == ["a", "b", "c"]
+    recorded = sorted((history[-1]["cluster_accuracy"] for history in histories.values()), reverse=True)
+    assert [float(row["cluster_accuracy"]) for row in rows] == pytest.approx(recorded, abs=1e-12)
+    assert [path.name for path in paths] == [f"rank{i:02d}_{trial_id}.yaml" for i, trial_id in enumerate(trial_ids, 1)]
+    assert [row["file"] for row in rows] == [path.name for path in paths]
+    for path, trial_id in zip(paths, trial_ids):
+        assert IICConfig.from_yaml(path) == configs[trial_id.removesuffix("_dup")]
+    assert [row["epochs"] for row in rows] == ["2", "2", "2"]
+    assert {row["lr"] for row in rows} == {str(tiny_config.lr), "0.001"}
+    assert {row["search"] for row in rows} == {"s1"}
+
+    markdown = (out / "summary.md").read_text().splitlines()
+    assert markdown[0] == "| " + " | ".join(SUMMARY_COLUMNS) + " |"
+    assert len(markdown) == 2 + 3 and all(path.name in "".join(markdown) for path in paths)
+
+    # A second, smaller export into the same folder replaces the first one's files.
+    paths = export_best(store.uri, store.experiment, top=2, out=out, search="s1", objective="mutual_information")
+    assert sorted(out.glob("rank*.yaml")) == sorted(paths) and len(paths) == 2
+    information = [float(row["mutual_information"]) for row in read_summary(out)]
+    assert information == sorted(information, reverse=True)
+
+
+def test_best_config_retrains_to_the_recorded_accuracy(store, tiny_config, tmp_path):
+    for name, config in {"a": tiny_config, "b": tiny_config.replace(lr=1e-3)}.items():
+        store.log(config, trained_history(config), trial_id=name)
+    [best] = export_best(store.uri, store.experiment, top=1, out=tmp_path / "best")
+    [row] = read_summary(tmp_path / "best")
+
+    assert train_main(["--config", str(best), "--out", str(tmp_path / "retrain")]) == 0
+    retrained = json.loads((tmp_path / "retrain" / "metrics.json").read_text())
+    assert retrained["epochs"] == 2
+    assert retrained["cluster_accuracy"] == pytest.approx(float(row["cluster_accuracy"]), abs=0.01)
+
+
+def test_epochs_are_those_the_trial_ran(store, tiny_config, tmp_path):
+    history = trained_history(tiny_config)
+    store.log(tiny_config, history, trial_id="full")
+    store.log(tiny_config, history[:1], trial_id="stopped")  # e.g. stopped by ASHA after epoch 1
+    paths = export_best(store.uri, store.experiment, top=5, out=tmp_path / "best")
+
+    exported = {path.stem.split("_", 1)[1]: IICConfig.from_yaml(path) for path in paths}
+    assert exported == {"full": tiny_config, "stopped": tiny_config.replace(epochs=1)}
+    stopped = next(path for path in paths if path.stem.endswith("_stopped"))
+    assert train_main(["--config", str(stopped), "--out", str(tmp_path / "retrain")]) == 0
+    retrained = json.loads((tmp_path / "retrain" / "metrics.json").read_text())
+    assert retrained["epochs"] == 1
+    assert retrained["cluster_accuracy"] == pytest.approx(history[0]["cluster_accuracy"], abs=0.01)
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("unknown_experiment", "known experiments: "),
+    ("no_trial_runs", "has no trial runs"),
+    ("unknown_search", "its searches: s1"),
+    ("top_zero", "--top must be at least 1"),
+    ("missing_database", "no MLflow database there"),
+])
+def test_bad_inputs_exit_2_and_write_nothing(case, expected, store, tiny_config, tmp_path, capsys):
+    store.log(tiny_config, trained_history(tiny_config), trial_id="t", role="search" if case == "no_trial_runs" else "trial")
+    out = tmp_path / "best"
+    arguments = {"--tracking-uri": store.uri, "--experiment": store.experiment, "--top": "3", "--out": str(out)}
+    missing_database = tmp_path / "missing.db"
+    arguments.update({
+        "unknown_experiment": {"--experiment": "nope"},
+        "no_trial_runs": {},
+        "unknown_search": {"--search": "nope"},
+        "top_zero": {"--top": "0"},
+        "missing_database": {"--tracking-uri": f"sqlite:///{missing_database}"},
+    }[case])
+
+    assert export_main([item for pair in arguments.items() for item in pair]) == 2
+    error = capsys.readouterr().err
+    assert expected in error and len(error.strip().splitlines()) == 1
+    if case == "unknown_experiment":
+        assert store.experiment in error
+    assert not out.exists() and not missing_database.exists()

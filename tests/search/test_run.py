@@ -1,0 +1,113 @@
+"""The search CLI end to end, on a real local Ray and a real MLflow SQLite store."""
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from iic.config import IICConfig
+from search.run import main
+from search.tracking import ROLE_TAG, STATUS_TAG, TRIAL_TAG
+
+TINY = ["--set", "max_samples=200", "--set", "backbone_width=4", "--epochs", "2"]
+
+
+def _args(tmp_path, *extra):
+    return ["--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", "--storage-path", str(tmp_path / "ray"), *TINY, *extra]
+
+
+@pytest.fixture
+def state_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("IIC_STATE_DIR", str(tmp_path / "state"))
+
+
+def _runs(tmp_path, experiment="iic-digits"):
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    experiment = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([experiment.experiment_id])
+    trials = [r for r in runs if r.data.tags.get(ROLE_TAG) == "trial"]
+    parents = [r for r in runs if r.data.tags.get(ROLE_TAG) == "search"]
+    return client, experiment, trials, parents
+
+
+def test_small_search_records_every_trial_in_mlflow(ray_session, tmp_path, state_dir, capsys):
+    assert main(_args(tmp_path, "--num-samples", "3", "--max-concurrent", "2")) == 0
+    client, experiment, trials, parents = _runs(tmp_path)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert len(parents) == 1 and len(trials) == 3
+    parent = parents[0]
+    for run in trials:
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert run.data.tags[STATUS_TAG] in {"completed", "collapsed", "early_stopped"}
+        assert run.data.tags[TRIAL_TAG] and "iic.chosen_subhead" in run.data.tags and run.data.tags["iic.code_version"]
+        params = run.data.params
+        assert params["dataset"] == "digits" and params["max_samples"] == "200" and float(params["lr"]) > 0
+        assert "gate.overclustering" in params
+        assert (params["gate.overclustering"] == "False") == (params["overcluster_k"] == "0")
+        # per-epoch metrics with step = epoch; config values are params, never metrics
+        history = client.get_metric_history(run.info.run_id, "cluster_accuracy")
+        assert sorted(m.step for m in history) == list(range(1, len(history) + 1)) and len(history) >= 1
+        for key in ("majority_accuracy", "nmi", "ari", "loss", "mutual_information", "largest_cluster_share"):
+            assert key in run.data.metrics
+        assert not any(key.startswith("config") or key in params for key in run.data.metrics)
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"config.yaml", "confusion_matrix.png", "cluster_gallery.png"} <= artifacts
+    parent = client.get_run(parent.info.run_id)
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["iic.best_trial_id"] in {r.data.tags[TRIAL_TAG] for r in trials}
+    assert {"best_config.yaml", "trials.csv", "optuna_history.png"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
+    best = max(r.data.metrics["cluster_accuracy"] for r in trials)
+    assert parent.data.metrics["best_cluster_accuracy"] == pytest.approx(best)
+    out = capsys.readouterr().out
+    assert "Best 3 of 3 trials by cluster_accuracy" in out
+    assert f"mlflow ui --backend-store-uri sqlite:///{tmp_path}/mlflow.db" in out
+    assert f"#/experiments/{experiment.experiment_id}/runs" in out
+
+
+def test_warm_start_evaluates_the_given_configs_first(ray_session, tmp_path, state_dir):
+    warm = tmp_path / "warm"
+    IICConfig(lr=0.00567, batch_size=32, overcluster_k=0).to_yaml(warm / "rank01.yaml")
+    assert main(_args(tmp_path, "--num-samples", "1", "--warm-start", str(warm), "--experiment", "warm")) == 0
+    _, _, trials, _ = _runs(tmp_path, "warm")
+    assert [float(t.data.params["lr"]) for t in trials] == [0.00567]
+    assert trials[0].data.params["gate.overclustering"] == "False"
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--preset", "imagenet"], "unknown preset 'imagenet'"),
+        (["--set", "lr=0.1"], "--set lr: searched by the preset"),
+        (["--set", "num_clusters=1"], "num_clusters: must be at least 2"),
+        (["--cpus-per-trial", "64"], "--cpus-per-trial 64.0: no node has that many CPUs"),
+        (["--gpus-per-trial", "0.5"], "use --gpus-per-trial 0 on a machine without GPUs"),
+        (["--num-samples", "0"], "--num-samples must be at least 1"),
+        (["--tracking-uri", "http://127.0.0.1:9"], "the MLflow server does not answer"),
+        (["--tracking-uri", "file:///tmp/mlruns"], "use sqlite:///FILE or http"),
+        (["--resume"], "no search to resume"),
+        (["--warm-start", "/no/such/folder"], "no \\*.yaml configs there"),
+        (["--set", "dataset=har", "--set", "data_root=/no/har"], "/no/har"),
+    ],
+)
+def test_bad_input_fails_fast_with_a_clear_message(ray_session, tmp_path, state_dir, capsys, extra, message):
+    import re
+
+    args = _args(tmp_path, *extra)
+    if "--tracking-uri" in extra:  # the later flag wins; drop the default one
+        args = args[2:]
+    assert main(args) == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert not (tmp_path / "ray").exists()  # no trial started
+
+
+def test_invalid_ranges_in_a_preset_file_are_refused(ray_session, tmp_path, state_dir, capsys):
+    preset = tmp_path / "mine.yaml"
+    preset.write_text(yaml.safe_dump({"config": {"dataset": "digits"}, "space": {"rotation_degrees": {"low": 0, "high": 270}}}))
+    assert main(_args(tmp_path, "--config", str(preset))) == 2
+    assert "space.rotation_degrees: value 270 is invalid" in capsys.readouterr().err
+
+
+def test_existing_search_name_needs_resume(ray_session, tmp_path, state_dir, capsys):
+    assert main(_args(tmp_path, "--num-samples", "1", "--experiment", "again")) == 0
+    assert main(_args(tmp_path, "--num-samples", "1", "--experiment", "again")) == 2
+    assert "continue it with --resume" in capsys.readouterr().err

@@ -1,0 +1,98 @@
+import pickle
+
+import optuna
+import pytest
+from ray.tune.search.optuna import OptunaSearch
+
+from search.space import Preset, PresetError, available_presets
+from trainables.iic_trainable import trial_iic_config
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def _preset(space: dict, config: dict | None = None) -> Preset:
+    return Preset.from_dict("test", {"config": config or {"dataset": "digits"}, "space": space})
+
+
+GATED = {
+    "lr": {"low": 1e-3, "high": 1e-2, "log": True},
+    "overclustering": {"gate": True, "otherwise": {"overcluster_k": 0}},
+    "overcluster_k": {"low": 20, "high": 60, "when": "overclustering"},
+}
+
+
+def test_bundled_presets_load_with_their_datasets():
+    names = available_presets()
+    assert {"digits", "mnist", "cifar10", "har", "har_merged", "har_reduced"} <= set(names)
+    assert [Preset.load(n).config["num_clusters"] for n in ("har", "har_merged", "har_reduced")] == [15, 9, 3]
+    assert Preset.load("har_merged").config["class_map"]["texting"] == "using_device"
+
+
+def test_gated_fields_are_proposed_only_when_the_gate_is_on():
+    space = _preset(GATED, {"dataset": "digits", "overcluster_k": 50}).space()
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = set()
+    for _ in range(12):
+        trial = study.ask()
+        constants = space(trial)
+        on = trial.params["gate/overclustering"]
+        seen.add(on)
+        if on:
+            assert "overcluster_k" in trial.params and "overcluster_k" not in constants
+        else:
+            assert "overcluster_k" not in trial.params and constants["overcluster_k"] == 0
+    assert seen == {True, False}
+
+
+def test_through_rays_optuna_searcher_the_trial_config_is_complete():
+    space = _preset(GATED).space(seed=7)
+    searcher = OptunaSearch(space=space, metric="cluster_accuracy", mode="max", sampler=optuna.samplers.RandomSampler(seed=1))
+    configs = [searcher.suggest(f"t{i}") for i in range(6)]
+    for config in configs:
+        iic = trial_iic_config(config)  # a valid IICConfig: every field present, gate stripped
+        assert iic.seed == 7 and 1e-3 <= iic.lr <= 1e-2
+        assert (iic.overcluster_k == 0) != config["gate"]["overclustering"]
+
+
+def test_space_pickles_for_experiment_checkpoints():
+    space = pickle.loads(pickle.dumps(_preset(GATED).space()))
+    trial = optuna.create_study().ask()
+    constants = space(trial)
+    assert "lr" in trial.params and constants["dataset"] == "digits"
+
+
+def test_point_reproduces_a_trials_parameters():
+    space = _preset(GATED).space()
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
+    for _ in range(6):
+        trial = study.ask()
+        config = {**trial_iic_config({**space(trial), **{k: v for k, v in trial.params.items() if "/" not in k}}).to_dict()}
+        assert space.point(config) == trial.params
+
+
+@pytest.mark.parametrize(
+    "space, message",
+    [
+        ({"lr": {"low": 0.1, "high": 0.01}}, r"space.lr: low \(0.1\) must be below high"),
+        ({"learning_rate": {"low": 0.1, "high": 0.2}}, "not an IICConfig field"),
+        ({"hflip_prob": {"low": 0.0, "high": 1.5}}, r"space.hflip_prob: value 1.5 is invalid"),
+        ({"overcluster_k": {"low": 5, "high": 50}}, r"space.overcluster_k: value 5 is invalid .*must exceed num_clusters"),
+        ({"lr": {"low": 0.0, "high": 0.1, "log": True}}, "log range needs low > 0"),
+        ({"overcluster_k": {"low": 20, "high": 40, "when": "oc"}}, "names no gate"),
+        ({"batch_size": {"low": 32.5, "high": 64}}, "integer field"),
+        ({"sobel": {"choices": []}}, "non-empty list"),
+        ({"backbone": {"choices": ["clusternet", "vgg"]}}, "value 'vgg' is invalid"),
+    ],
+)
+def test_invalid_spaces_are_named(space, message):
+    with pytest.raises(PresetError, match=message):
+        _preset(space)
+
+
+def test_unknown_preset_and_sections():
+    with pytest.raises(PresetError, match="unknown preset 'nope': choose one of .*digits"):
+        Preset.load("nope")
+    with pytest.raises(PresetError, match="unknown section"):
+        Preset.from_dict("x", {"spaces": {}})
+    with pytest.raises(PresetError, match="search section: unknown setting"):
+        Preset.from_dict("x", {"search": {"trials": 3}})

@@ -1,0 +1,49 @@
+import os
+
+import numpy as np
+import pytest
+from ray import tune
+
+from trainables.iic_trainable import CHECKPOINT_FILE, SUMMARY_FILE, TrialSettings, has_collapsed, train_iic, trial_iic_config
+
+
+def test_collapse_needs_patience_epochs_in_a_row():
+    history = [{"largest_cluster_share": s} for s in (0.9, 0.9, 0.3, 0.8, 0.7)]
+    assert not has_collapsed(history, share=0.6, patience=3)
+    assert has_collapsed(history, share=0.6, patience=2)
+    assert not has_collapsed(history[:1], share=0.6, patience=2)
+
+
+def test_trial_config_drops_the_gates(tiny_config):
+    config = {**tiny_config.to_dict(), "gate": {"overclustering": False}}
+    assert trial_iic_config(config) == tiny_config
+
+
+def _fit(tmp_path, config: dict, settings: TrialSettings, name: str):
+    tuner = tune.Tuner(
+        tune.with_resources(tune.with_parameters(train_iic, settings=settings), {"cpu": 1}),
+        param_space=config,
+        run_config=tune.RunConfig(name=name, storage_path=str(tmp_path), verbose=0),
+    )
+    return tuner.fit()[0]
+
+
+def test_reports_every_epoch_with_a_checkpoint(ray_session, tmp_path, tiny_config):
+    result = _fit(tmp_path, tiny_config.replace(epochs=3).to_dict(), TrialSettings(collapse_share=1.1), "plain")
+    assert result.error is None
+    history = result.metrics_dataframe
+    assert list(history["epoch"]) == [1, 2, 3]
+    assert list(history["status"]) == ["running", "running", "completed"]
+    with result.checkpoint.as_directory() as folder:
+        summary = np.load(f"{folder}/{SUMMARY_FILE}")
+        assert summary["confusion"].sum() == 240
+        assert summary["cluster_sizes"].sum() == 240
+        assert len(summary["sample_images"]) == len(summary["sample_clusters"]) > 0
+        assert os.path.getsize(f"{folder}/{CHECKPOINT_FILE}") > 0
+
+
+def test_collapsed_trial_stops_itself_and_says_so(ray_session, tmp_path, tiny_config):
+    # every clustering holds >= 0% in its largest cluster: "collapsed" after 2 epochs of 5
+    result = _fit(tmp_path, tiny_config.replace(epochs=5).to_dict(), TrialSettings(collapse_share=0.0, collapse_patience=2), "collapse")
+    assert result.metrics["status"] == "collapsed"
+    assert result.metrics["epoch"] == 2
