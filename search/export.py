@@ -106,7 +106,7 @@ def runs_of_search(runs: list[Run], experiment: str, search: str | None) -> list
 def objective_value(run: Run, objective: str) -> float | None:
     """The run's last objective value if the run counts (finished, finite, not diverged or failed)."""
     value = run.data.metrics.get(objective)
-    if run.info.status != "FINISHED" or run.data.tags.get(STATUS_TAG) in SKIPPED_STATUSES:
+    if run.data.tags.get(STATUS_TAG) in SKIPPED_STATUSES:
         return None
     return value if value is not None and math.isfinite(value) else None
 

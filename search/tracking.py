@@ -65,12 +65,13 @@ class MLflowTrialLogger(tune.Callback):
         self.report_path = str(report_path)
         self._client: MlflowClient | None = None
         self._run_ids: dict[str, str] = {}
+        self._last_logged_epoch: dict[str, int] = {}
         self.failures: list[str] = []
 
     def __getstate__(self):
         # Pickled with the experiment for Tuner.restore: keep settings, drop clients and caches.
         state = dict(self.__dict__)
-        state.update(_client=None, _run_ids={}, failures=[])
+        state.update(_client=None, _run_ids={}, _last_logged_epoch={}, failures=[])
         return state
 
     @property
@@ -101,6 +102,9 @@ class MLflowTrialLogger(tune.Callback):
             if existing:
                 run_id = existing[0].info.run_id
                 self.client.update_run(run_id, status="RUNNING")
+                # A resumed trial may replay epochs after its last saved checkpoint: log each once.
+                logged = self.client.get_metric_history(run_id, "loss")
+                self._last_logged_epoch[trial.trial_id] = max((m.step for m in logged), default=0)
                 return run_id
             run = self.client.create_run(
                 self.experiment_id,
@@ -129,6 +133,8 @@ class MLflowTrialLogger(tune.Callback):
         if run_id is None:
             return
         step = int(result.get("epoch", result.get("training_iteration", 0)))
+        if step <= self._last_logged_epoch.get(trial.trial_id, 0):
+            return
         now = int(time.time() * 1000)
         metrics = [
             Metric(key, float(result[key]), now, step)
@@ -138,7 +144,11 @@ class MLflowTrialLogger(tune.Callback):
         tags = [RunTag(STATUS_TAG, str(result.get("status", "running")))]
         if "chosen_subhead" in result:
             tags.append(RunTag("iic.chosen_subhead", str(result["chosen_subhead"])))
-        self._guard(f"log epoch {step}", trial, lambda: self.client.log_batch(run_id, metrics=metrics, tags=tags))
+        def log():
+            self.client.log_batch(run_id, metrics=metrics, tags=tags)
+            self._last_logged_epoch[trial.trial_id] = step
+
+        self._guard(f"log epoch {step}", trial, log)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         last = trial.last_result or {}

@@ -1,0 +1,60 @@
+"""A search whose driver is killed mid-way continues with --resume: the requested number of trials,
+one FINISHED MLflow run each, every epoch logged once."""
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from mlflow.tracking import MlflowClient
+
+from search.tracking import ROLE_TAG
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _command(tmp_path, *extra):
+    return [
+        sys.executable, str(ROOT / "search" / "run.py"), "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db",
+        "--storage-path", str(tmp_path / "ray"), "--num-samples", "3", "--max-concurrent", "1", "--epochs", "4",
+        "--set", "max_samples=200", "--set", "backbone_width=4", *extra,
+    ]
+
+
+def _logged_epochs(db: Path) -> int:
+    try:
+        with sqlite3.connect(db) as connection:
+            return connection.execute("select count(*) from metrics where key = 'loss'").fetchone()[0]
+    except sqlite3.Error:
+        return 0
+
+
+def test_killed_driver_resumes_without_duplicates(tmp_path):
+    env = {**os.environ, "IIC_STATE_DIR": str(tmp_path / "state"), "PYTHONUNBUFFERED": "1"}
+    driver = subprocess.Popen(_command(tmp_path), env=env, cwd=tmp_path, start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while _logged_epochs(tmp_path / "mlflow.db") < 5 and time.time() < deadline and driver.poll() is None:
+        time.sleep(0.5)
+    assert driver.poll() is None, "the search ended before it could be interrupted"
+    os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started
+    driver.wait()
+    assert _logged_epochs(tmp_path / "mlflow.db") < 12  # interrupted before the end
+
+    resumed = subprocess.run(_command(tmp_path, "--resume"), env=env, cwd=tmp_path, capture_output=True, text=True, timeout=400)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    experiment = client.get_experiment_by_name("iic-digits")
+    runs = client.search_runs([experiment.experiment_id])
+    trials = [r for r in runs if r.data.tags[ROLE_TAG] == "trial"]
+    assert len(trials) == 3
+    assert len({r.data.tags["iic.trial_id"] for r in trials}) == 3
+    for run in trials:
+        assert run.info.status == "FINISHED"
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "loss")]
+        assert sorted(steps) == list(range(1, len(steps) + 1)), steps  # no epoch lost or logged twice
+    assert [r.info.status for r in runs if r.data.tags[ROLE_TAG] == "search"] == ["FINISHED"]
