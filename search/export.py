@@ -106,7 +106,7 @@ def runs_of_search(runs: list[Run], experiment: str, search: str | None) -> list
 def objective_value(run: Run, objective: str) -> float | None:
     """The run's last objective value if the run counts (finished, finite, not diverged or failed)."""
     value = run.data.metrics.get(objective)
-    if run.data.tags.get(STATUS_TAG) in SKIPPED_STATUSES:
+    if run.info.status != "FINISHED" or run.data.tags.get(STATUS_TAG) in SKIPPED_STATUSES:
         return None
     return value if value is not None and math.isfinite(value) else None
 
@@ -234,6 +234,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per run otherwise
     try:
         paths = export_best(args.tracking_uri, args.experiment, args.top, args.out, args.objective, args.search)
     except ExportError as err:

@@ -148,29 +148,26 @@ def test_epochs_are_those_the_trial_ran(store, tiny_config, tmp_path):
     assert retrained["cluster_accuracy"] == pytest.approx(history[0]["cluster_accuracy"], abs=0.01)
 
 
-@pytest.mark.parametrize("case, expected", [
-    ("unknown_experiment", "known experiments: "),
-    ("no_trial_runs", "has no trial runs"),
-    ("unknown_search", "its searches: s1"),
-    ("top_zero", "--top must be at least 1"),
-    ("missing_database", "no MLflow database there"),
-])
-def test_bad_inputs_exit_2_and_write_nothing(case, expected, store, tiny_config, tmp_path, capsys):
+BAD_INPUTS = {
+    "unknown_experiment": ({"--experiment": "nope"}, "known experiments: "),
+    "no_trial_runs": ({}, "has no trial runs"),
+    "unknown_search": ({"--search": "nope"}, "its searches: s1"),
+    "top_zero": ({"--top": "0"}, "--top must be at least 1"),
+    "missing_database": ({"--tracking-uri": "sqlite:///{tmp_path}/missing.db"}, "no MLflow database there"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS)
+def test_bad_inputs_exit_2_and_write_nothing(case, store, tiny_config, tmp_path, capsys):
     store.log(tiny_config, trained_history(tiny_config), trial_id="t", role="search" if case == "no_trial_runs" else "trial")
+    changes, expected = BAD_INPUTS[case]
     out = tmp_path / "best"
     arguments = {"--tracking-uri": store.uri, "--experiment": store.experiment, "--top": "3", "--out": str(out)}
-    missing_database = tmp_path / "missing.db"
-    arguments.update({
-        "unknown_experiment": {"--experiment": "nope"},
-        "no_trial_runs": {},
-        "unknown_search": {"--search": "nope"},
-        "top_zero": {"--top": "0"},
-        "missing_database": {"--tracking-uri": f"sqlite:///{missing_database}"},
-    }[case])
+    arguments.update({flag: value.format(tmp_path=tmp_path) for flag, value in changes.items()})
 
     assert export_main([item for pair in arguments.items() for item in pair]) == 2
     error = capsys.readouterr().err
     assert expected in error and len(error.strip().splitlines()) == 1
     if case == "unknown_experiment":
         assert store.experiment in error
-    assert not out.exists() and not missing_database.exists()
+    assert not out.exists() and not (tmp_path / "missing.db").exists()
