@@ -171,7 +171,7 @@ def code_version() -> str:
 
 def make_trainable(preset: Preset):
     search = preset.search
-    settings = TrialSettings(collapse_share=search.collapse_share, collapse_patience=search.collapse_patience)
+    settings = TrialSettings(search.collapse_share, search.collapse_patience, search.collapse_information)
     return tune.with_resources(tune.with_parameters(train_iic, settings=settings), {"cpu": search.cpus_per_trial, "gpu": search.gpus_per_trial})
 
 

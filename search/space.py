@@ -81,6 +81,7 @@ class SearchDefaults:
     gpus_per_trial: float = 0.0
     collapse_share: float = 0.6  # a cluster holding this share of the data ...
     collapse_patience: int = 5  # ... for this many epochs in a row stops the trial as "collapsed"
+    collapse_information: float = 0.01  # as does held-out mutual information (nats) staying below this
     max_failures: int = 2  # retries of a crashed trial, from its last checkpoint
 
 
@@ -177,7 +178,8 @@ class SearchSpace:
     its complete IICConfig plus its gates under ``gate``."""
 
     def __init__(self, config: dict, params: list[Param], seed: int | None = None):
-        self.config = dict(config)
+        # Every field, defaults included, so that each trial records its complete config.
+        self.config = IICConfig.from_dict(config).to_dict()
         self.params = list(params)
         if seed is not None:
             self.config["seed"] = seed

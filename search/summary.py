@@ -25,7 +25,7 @@ def trial_table(results, objective: str) -> pd.DataFrame:
     rows = []
     for result in results:
         metrics = result.metrics or {}
-        config = result.config or {}
+        config = trial_iic_config(result.config).to_dict() if result.config else {}
         status = "error" if result.error else metrics.get("status", "pending")
         rows.append({
             "trial_id": metrics.get("trial_id", Path(str(result.path)).name),

@@ -31,6 +31,7 @@ class TrialSettings:
 
     collapse_share: float = 0.6  # a cluster holding at least this share of the data ...
     collapse_patience: int = 5  # ... for this many epochs in a row: the trial has collapsed
+    collapse_information: float = 0.01  # so has one whose held-out mutual information (nats) stays below this
     gallery_per_cluster: int = 8
 
 
@@ -39,11 +40,17 @@ def trial_iic_config(trial_config: dict) -> IICConfig:
     return IICConfig.from_dict({key: value for key, value in trial_config.items() if key != GATE_KEY})
 
 
-def has_collapsed(history: list[dict], share: float, patience: int) -> bool:
-    """One cluster has held ``share`` or more of the data for the last ``patience`` epochs: the
-    seed study's failure (a single cluster taking most images), which rarely recovers."""
+def has_collapsed(history: list[dict], share: float, patience: int, information: float = 0.0) -> bool:
+    """For the last ``patience`` epochs, either one cluster has held ``share`` or more of the data
+    (the seed study's failure: a single cluster taking most images), or the assignments have carried
+    less than ``information`` nats about the image (every image given the same soft, near-uniform
+    prediction: a degenerate optimum that λ > 1 rewards). Neither tends to recover."""
     recent = history[-patience:]
-    return len(recent) == patience and all(m.get("largest_cluster_share", 0.0) >= share for m in recent)
+    if len(recent) < patience:
+        return False
+    return all(m.get("largest_cluster_share", 0.0) >= share for m in recent) or all(
+        m.get("mutual_information", float("inf")) < information for m in recent
+    )
 
 
 def write_cluster_summary(trainer: Trainer, path: Path, per_cluster: int) -> None:
@@ -58,7 +65,9 @@ def train_iic(config: dict, settings: TrialSettings = TrialSettings()) -> None:
     iic_config = trial_iic_config(config)
 
     def report(metrics: dict, trainer: Trainer) -> bool:
-        if trainer.status == "running" and has_collapsed(trainer.history, settings.collapse_share, settings.collapse_patience):
+        if trainer.status == "running" and has_collapsed(
+            trainer.history, settings.collapse_share, settings.collapse_patience, settings.collapse_information
+        ):
             trainer.status = metrics["status"] = "collapsed"
         with tempfile.TemporaryDirectory() as folder:
             trainer.save_checkpoint(Path(folder) / CHECKPOINT_FILE)
