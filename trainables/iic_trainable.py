@@ -32,6 +32,7 @@ class TrialSettings:
     collapse_share: float = 0.6  # a cluster holding at least this share of the data ...
     collapse_patience: int = 5  # ... for this many epochs in a row: the trial has collapsed
     collapse_information: float = 0.01  # so has one whose held-out mutual information (nats) stays below this
+    # (the information test starts after 2 x collapse_patience epochs)
     gallery_per_cluster: int = 8
 
 
@@ -48,9 +49,10 @@ def has_collapsed(history: list[dict], share: float, patience: int, information:
     recent = history[-patience:]
     if len(recent) < patience:
         return False
-    return all(m.get("largest_cluster_share", 0.0) >= share for m in recent) or all(
-        m.get("mutual_information", float("inf")) < information for m in recent
-    )
+    if all(m.get("largest_cluster_share", 0.0) >= share for m in recent):
+        return True
+    # Information starts near zero while the heads are still soft: judge it only after a warm-up.
+    return len(history) >= 2 * patience and all(m.get("mutual_information", float("inf")) < information for m in recent)
 
 
 def write_cluster_summary(trainer: Trainer, path: Path, per_cluster: int) -> None:

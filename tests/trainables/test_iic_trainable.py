@@ -15,9 +15,10 @@ def test_collapse_needs_patience_epochs_in_a_row():
 
 
 def test_no_information_for_patience_epochs_is_a_collapse_too():
-    history = [{"largest_cluster_share": 0.2, "mutual_information": mi} for mi in (1e-7, 2e-7, 1e-7, 0.5)]
+    history = [{"largest_cluster_share": 0.2, "mutual_information": mi} for mi in (1e-7,) * 6 + (0.5,)]
+    assert not has_collapsed(history[:5], share=0.6, patience=3, information=0.01)  # still warming up
+    assert has_collapsed(history[:6], share=0.6, patience=3, information=0.01)
     assert not has_collapsed(history, share=0.6, patience=3, information=0.01)  # recovered at the end
-    assert has_collapsed(history[:3], share=0.6, patience=3, information=0.01)
 
 
 def test_trial_config_drops_the_gates(tiny_config):
