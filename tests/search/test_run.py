@@ -111,3 +111,12 @@ def test_existing_search_name_needs_resume(ray_session, tmp_path, state_dir, cap
     assert main(_args(tmp_path, "--num-samples", "1", "--experiment", "again")) == 0
     assert main(_args(tmp_path, "--num-samples", "1", "--experiment", "again")) == 2
     assert "continue it with --resume" in capsys.readouterr().err
+
+
+def test_label_free_objective_ranks_by_mutual_information(ray_session, tmp_path, state_dir, capsys):
+    assert main(_args(tmp_path, "--num-samples", "2", "--objective", "mutual_information", "--experiment", "mi")) == 0
+    client, _, trials, parents = _runs(tmp_path, "mi")
+    best = max(r.data.metrics["mutual_information"] for r in trials)
+    assert client.get_run(parents[0].info.run_id).data.metrics["best_mutual_information"] == best
+    assert all("cluster_accuracy" in r.data.metrics for r in trials)  # still recorded
+    assert "trials by mutual_information" in capsys.readouterr().out
