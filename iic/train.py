@@ -89,6 +89,7 @@ class Trainer:
         self.epoch = 0
         self.history: list[dict] = []
         self.status = "running"
+        self.last_clusters = np.zeros(len(self.images), dtype=np.int64)  # of the latest evaluation
 
     # ---- one epoch ----------------------------------------------------------------------------
 
@@ -194,11 +195,11 @@ class Trainer:
                 clustering_metrics(p.argmax(dim=1).cpu().numpy(), self.labels, self.config.num_clusters, num_classes)["cluster_accuracy"]
                 for p in probabilities
             )
-        self._last_clusters = clusters
+        self.last_clusters = clusters
         return metrics
 
     def result(self) -> TrainResult:
-        clusters = getattr(self, "_last_clusters", np.zeros(len(self.images), dtype=np.int64))
+        clusters = self.last_clusters
         labelled = self.labels >= 0
         confusion = None
         if labelled.any():
@@ -220,7 +221,7 @@ class Trainer:
             "optimiser": self.optimiser.state_dict(),
             "shuffle_generator": self.shuffle_generator.get_state(),
             "augment_generator": self.augment_generator.get_state(),
-            "last_clusters": getattr(self, "_last_clusters", None),
+            "last_clusters": self.last_clusters,
         }
         temporary = path.with_suffix(path.suffix + ".tmp")
         torch.save(state, temporary)
@@ -246,8 +247,7 @@ class Trainer:
         self.epoch = state["epoch"]
         self.status = state["status"]
         self.history = state["history"]
-        if state["last_clusters"] is not None:
-            self._last_clusters = state["last_clusters"]
+        self.last_clusters = state["last_clusters"]
 
 
 EpochCallback = Callable[[dict, Trainer], bool | None]

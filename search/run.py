@@ -70,20 +70,19 @@ def load_preset(args: argparse.Namespace) -> Preset:
     if args.epochs is not None:
         config["epochs"] = args.epochs
     try:
-        base = IICConfig.from_dict(config).with_overrides(args.overrides)
+        before = IICConfig.from_dict(config)
+        base = before.with_overrides(args.overrides)
     except ConfigError as err:
         raise SearchError(str(err)) from None
-    before = IICConfig.from_dict(config)
     overridden = {name for name in base.to_dict() if getattr(base, name) != getattr(before, name)}
     searched = {p.name for p in preset.params} & overridden
     if searched:
         raise SearchError(f"--set {', '.join(sorted(searched))}: searched by the preset; edit its space (or copy it with --config) to fix them")
     changes = {"config": {k: v for k, v in base.to_dict().items() if k in config or k in overridden}}
     search = preset.search
-    for flag, field in (("num_samples", "num_samples"), ("max_concurrent", "max_concurrent"), ("time_budget", "time_budget_s"),
-                        ("objective", "objective"), ("cpus_per_trial", "cpus_per_trial"), ("gpus_per_trial", "gpus_per_trial")):
-        if getattr(args, flag) is not None:
-            search = dataclasses.replace(search, **{field: getattr(args, flag)})
+    flags = {"num_samples": "num_samples", "max_concurrent": "max_concurrent", "time_budget": "time_budget_s",
+             "objective": "objective", "cpus_per_trial": "cpus_per_trial", "gpus_per_trial": "gpus_per_trial"}
+    search = dataclasses.replace(search, **{field: getattr(args, flag) for flag, field in flags.items() if getattr(args, flag) is not None})
     preset = dataclasses.replace(preset, search=search, **changes)
     problems = []
     if search.num_samples < 1:
