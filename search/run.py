@@ -146,7 +146,8 @@ def start_ray(address: str | None, preset: Preset, storage_path: str) -> bool:
     if len(nodes) > 1 and "://" not in storage_path:
         problems.append(
             f"--storage-path {storage_path}: this Ray cluster has {len(nodes)} nodes, and trials on other nodes cannot write "
-            f"checkpoints to a local folder; give shared storage such as s3://BUCKET/iic-search (Ray needs it since 2.7)"
+            f"checkpoints to a local folder; give shared storage such as s3://BUCKET/iic-search (Ray needs it since 2.7), "
+            f"or file:///PATH for a network filesystem mounted at PATH on every node"
         )
     if problems:
         if started:
@@ -203,6 +204,11 @@ def build_tuner(preset: Preset, args, name: str, storage_path: str, logger: MLfl
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # MLflow's client retries a dead server for ~4 minutes a call by default, which would hold up
+    # Tune's event loop (and so every trial's reports); the logger keeps records waiting instead.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
     try:
         preset = load_preset(args)
         tracking_uri = check_tracking_uri(args.tracking_uri)

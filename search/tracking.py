@@ -6,8 +6,9 @@ trial's full config as params, every epoch's metrics with step = epoch, and its 
 the trial ends it draws the confusion matrix and the cluster gallery from the trial's last
 checkpoint and logs them with the trial's config YAML. Config values are never logged as metrics.
 
-MLflow being unreachable must never stop training: every call is guarded, and what could not be
-logged is collected, written to ``report_path`` and printed at the end of the search.
+MLflow being unreachable must never stop training: every call is guarded; while a tracking server
+is down, the records wait and are logged when it answers again; what could not be logged is
+written to ``report_path`` and printed at the end of the search.
 """
 
 import dataclasses
@@ -15,6 +16,8 @@ import json
 import math
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -54,24 +57,55 @@ def flat_params(config: dict, prefix: str = "") -> dict[str, str]:
     return {key: value[:MAX_PARAM_LENGTH] for key, value in params.items()}
 
 
+class _Outage(Exception):
+    """The tracking server does not answer: keep what waits, try again later."""
+
+
+@dataclasses.dataclass
+class _Backlog:
+    """What one trial has reported that MLflow has not taken yet."""
+
+    trial: object
+    metrics: list[Metric] = dataclasses.field(default_factory=list)
+    tags: dict[str, str] = dataclasses.field(default_factory=dict)
+    last_step: int = 0  # the newest epoch queued or logged: replayed epochs are not queued again
+    ending: list[str] = dataclasses.field(default_factory=list)  # steps of closing the run, once the trial ended
+    final_status: tuple[str, str] = ("", "")  # (iic.status, MLflow run status)
+
+    def waiting(self) -> bool:
+        return bool(self.metrics or self.tags or self.ending)
+
+
 class MLflowTrialLogger(tune.Callback):
+    """Records a search in MLflow from the Tune driver; see the module docstring.
+
+    While an ``http://`` tracking server does not answer, nothing blocks: each trial's epochs, tags
+    and end wait in a backlog (the trials keep training), the server is probed every
+    ``retry_seconds``, and the backlog is logged, in order, when it answers again. Whatever still
+    waits when the search ends is written to ``report_path`` with the place Tune keeps it.
+    """
+
     def __init__(self, tracking_uri: str, experiment_id: str, search_name: str, parent_run_id: str,
-                 code_version: str, report_path: str | Path):
+                 code_version: str, report_path: str | Path, retry_seconds: float = 30.0):
         self.tracking_uri = tracking_uri
         self.experiment_id = experiment_id
         self.search_name = search_name
         self.parent_run_id = parent_run_id
         self.code_version = code_version
         self.report_path = str(report_path)
+        self.retry_seconds = retry_seconds
         self._client: MlflowClient | None = None
         self._run_ids: dict[str, str] = {}
         self._last_logged_epoch: dict[str, int] = {}
+        self._backlogs: dict[str, _Backlog] = {}
+        self._outage_since: float | None = None
+        self._next_probe = 0.0
         self.failures: list[str] = []
 
     def __getstate__(self):
         # Pickled with the experiment for Tuner.restore: keep settings, drop clients and caches.
         state = dict(self.__dict__)
-        state.update(_client=None, _run_ids={}, _last_logged_epoch={}, failures=[])
+        state.update(_client=None, _run_ids={}, _last_logged_epoch={}, _backlogs={}, _outage_since=None, failures=[])
         return state
 
     @property
@@ -80,93 +114,165 @@ class MLflowTrialLogger(tune.Callback):
             self._client = MlflowClient(self.tracking_uri)
         return self._client
 
-    def _guard(self, what: str, trial, action):
-        """Run one MLflow call; on failure, note it and carry on (training matters more)."""
+    # ---- reachability -------------------------------------------------------------------------
+
+    def _reachable(self) -> bool:
+        """Whether the tracking server answers its health check (a SQLite store has no server)."""
+        if not self.tracking_uri.startswith(("http://", "https://")):
+            return True
         try:
-            return action()
+            with urllib.request.urlopen(self.tracking_uri.rstrip("/") + "/health", timeout=3) as response:
+                response.read()
+            return True
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def _online(self) -> bool:
+        """False during an outage, except when a probe is due and the server answers again."""
+        if self._outage_since is None:
+            return True
+        now = time.time()
+        if now < self._next_probe:
+            return False
+        if not self._reachable():
+            self._next_probe = now + self.retry_seconds
+            return False
+        print(f"MLflow answers again after {now - self._outage_since:.0f} s; logging what waited", flush=True)
+        self._outage_since = None
+        return True
+
+    def _attempt(self, what: str, trial, action):
+        """One MLflow call: (True, value), or (False, None) after an error that would only happen
+        again (noted in the report). Raises _Outage when the server does not answer."""
+        try:
+            return True, action()
         except Exception as err:  # noqa: BLE001 - any client/server/network error
-            label = trial.trial_id if trial is not None else "search"
-            self.failures.append(f"{label}: could not {what}: {type(err).__name__}: {str(err).splitlines()[0][:200]}")
-            return None
+            reason = f"{type(err).__name__}: {str(err).splitlines()[0][:200]}" if str(err) else type(err).__name__
+            if not self._reachable():
+                if self._outage_since is None:
+                    self._outage_since = time.time()
+                    print(f"MLflow at {self.tracking_uri} does not answer ({reason}); the trials go on and their "
+                          f"records wait (retrying every {self.retry_seconds:g} s)", flush=True)
+                self._next_probe = time.time() + self.retry_seconds
+                raise _Outage from err
+            self.failures.append(f"{trial.trial_id if trial is not None else 'search'}: could not {what}: {reason}")
+            return False, None
 
     # ---- runs ---------------------------------------------------------------------------------
 
-    def run_id(self, trial) -> str | None:
-        """The trial's run: cached, else found by its tags (a retried or resumed trial continues
-        its own run), else created with the trial's params."""
-        if trial.trial_id in self._run_ids:
-            return self._run_ids[trial.trial_id]
+    def _find_or_create_run(self, trial) -> str:
+        """The trial's run, found by its tags (a retried or resumed trial continues its own run),
+        else created with the trial's params."""
+        existing = self.client.search_runs([self.experiment_id], trial_run_filter(self.search_name, trial.trial_id), max_results=1)
+        if existing:
+            run_id = existing[0].info.run_id
+            self.client.update_run(run_id, status="RUNNING")
+            # A resumed trial may replay epochs after its last saved checkpoint: log each once.
+            logged = self.client.get_metric_history(run_id, "loss")
+            self._last_logged_epoch[trial.trial_id] = max((m.step for m in logged), default=0)
+            return run_id
+        run = self.client.create_run(
+            self.experiment_id,
+            run_name=str(trial),
+            tags={
+                PARENT_TAG: self.parent_run_id, SEARCH_TAG: self.search_name, TRIAL_TAG: trial.trial_id,
+                ROLE_TAG: "trial", STATUS_TAG: "running", "iic.code_version": self.code_version,
+                "mlflow.source.git.commit": self.code_version,
+            },
+        )
+        params = [Param(key, value) for key, value in flat_params(trial.config).items()]
+        for start in range(0, len(params), 100):  # MLflow takes at most 100 params a batch
+            self.client.log_batch(run.info.run_id, params=params[start : start + 100])
+        return run.info.run_id
 
-        def find_or_create():
-            existing = self.client.search_runs([self.experiment_id], trial_run_filter(self.search_name, trial.trial_id), max_results=1)
-            if existing:
-                run_id = existing[0].info.run_id
-                self.client.update_run(run_id, status="RUNNING")
-                # A resumed trial may replay epochs after its last saved checkpoint: log each once.
-                logged = self.client.get_metric_history(run_id, "loss")
-                self._last_logged_epoch[trial.trial_id] = max((m.step for m in logged), default=0)
-                return run_id
-            run = self.client.create_run(
-                self.experiment_id,
-                run_name=str(trial),
-                tags={
-                    PARENT_TAG: self.parent_run_id, SEARCH_TAG: self.search_name, TRIAL_TAG: trial.trial_id,
-                    ROLE_TAG: "trial", STATUS_TAG: "running", "iic.code_version": self.code_version,
-                    "mlflow.source.git.commit": self.code_version,
-                },
-            )
-            params = [Param(key, value) for key, value in flat_params(trial.config).items()]
-            for start in range(0, len(params), 100):  # MLflow takes at most 100 params a batch
-                self.client.log_batch(run.info.run_id, params=params[start : start + 100])
-            return run.info.run_id
+    def _backlog(self, trial) -> _Backlog:
+        if trial.trial_id not in self._backlogs:
+            self._backlogs[trial.trial_id] = _Backlog(trial)
+        return self._backlogs[trial.trial_id]
 
-        run_id = self._guard("open its MLflow run", trial, find_or_create)
-        if run_id is not None:
+    def _flush(self, backlog: _Backlog) -> None:
+        """Log what one trial has waiting, in order: its run, its epochs, then its end."""
+        trial = backlog.trial
+        if trial.trial_id not in self._run_ids:
+            opened, run_id = self._attempt("open its MLflow run", trial, lambda: self._find_or_create_run(trial))
+            if not opened:
+                if backlog.metrics:
+                    self.failures.append(f"{trial.trial_id}: epochs {_epochs(backlog.metrics)} not logged (no run to log them to)")
+                backlog.metrics, backlog.tags, backlog.ending = [], {}, []
+                return
             self._run_ids[trial.trial_id] = run_id
-        return run_id
+        run_id = self._run_ids[trial.trial_id]
+        already = self._last_logged_epoch.get(trial.trial_id, 0)
+        backlog.metrics = [m for m in backlog.metrics if m.step > already]
+        while backlog.metrics or backlog.tags:
+            batch = backlog.metrics[:1000]  # MLflow's limit per batch
+            tags = [RunTag(key, value) for key, value in backlog.tags.items()]
+            logged, _ = self._attempt(f"log epochs {_epochs(batch)}" if batch else "update its tags", trial,
+                                      lambda: self.client.log_batch(run_id, metrics=batch, tags=tags))
+            if logged and batch:
+                self._last_logged_epoch[trial.trial_id] = max(m.step for m in batch)
+            backlog.metrics, backlog.tags = backlog.metrics[len(batch):], {}
+        steps = {
+            "artifacts": ("log its figures and config", lambda: self._log_artifacts(trial, run_id)),
+            "status": ("record its final status", lambda: self.client.set_tag(run_id, STATUS_TAG, backlog.final_status[0])),
+            "close": ("close its run", lambda: self.client.set_terminated(run_id, backlog.final_status[1])),
+        }
+        while backlog.ending:
+            what, action = steps[backlog.ending[0]]
+            self._attempt(what, trial, action)
+            backlog.ending.pop(0)
+
+    def _flush_all(self) -> None:
+        try:
+            for backlog in list(self._backlogs.values()):
+                if backlog.waiting() and self._online():
+                    self._flush(backlog)
+        except _Outage:
+            pass  # everything stays queued; _online() probes again in retry_seconds
+
+    # ---- Tune callbacks -----------------------------------------------------------------------
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        self.run_id(trial)
+        self._backlog(trial).tags[STATUS_TAG] = "running"  # opens (or finds) the trial's run
+        self._flush_all()
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        run_id = self.run_id(trial)
-        if run_id is None:
-            return
+        backlog = self._backlog(trial)
         step = int(result.get("epoch", result.get("training_iteration", 0)))
-        if step <= self._last_logged_epoch.get(trial.trial_id, 0):
-            return
+        if step <= max(backlog.last_step, self._last_logged_epoch.get(trial.trial_id, 0)):
+            return  # an epoch replayed by a trial restored from an older checkpoint
+        backlog.last_step = step
         now = int(time.time() * 1000)
-        metrics = [
+        backlog.metrics += [
             Metric(key, float(result[key]), now, step)
             for key in TRIAL_METRICS
             if isinstance(result.get(key), (int, float)) and not isinstance(result.get(key), bool) and math.isfinite(result[key])
         ]
-        tags = [RunTag(STATUS_TAG, str(result.get("status", "running")))]
-        if "chosen_subhead" in result:
-            tags.append(RunTag("iic.chosen_subhead", str(result["chosen_subhead"])))
-        def log():
-            self.client.log_batch(run_id, metrics=metrics, tags=tags)
-            self._last_logged_epoch[trial.trial_id] = step
-
-        self._guard(f"log epoch {step}", trial, log)
+        backlog.tags[STATUS_TAG] = str(result.get("status", "running"))
+        for key, tag in (("chosen_subhead", "iic.chosen_subhead"), ("node_id", "iic.node_id"), ("gpu_ids", "iic.gpu_ids")):
+            if key in result:
+                backlog.tags[tag] = str(result[key])
+        self._flush_all()
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         last = trial.last_result or {}
         status = last.get("status", "running")
         if status == "running":
             status = "early_stopped"  # the scheduler (ASHA) or the budget ended it between epochs
-        self._finish(trial, status, "FINISHED")
+        self._end(trial, status, "FINISHED")
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._finish(trial, "error", "FAILED")
+        self._end(trial, "error", "FAILED")
 
-    def _finish(self, trial, status: str, run_status: str) -> None:
-        run_id = self.run_id(trial)
-        if run_id is None:
-            return
-        self._guard("log its figures and config", trial, lambda: self._log_artifacts(trial, run_id))
-        self._guard("record its final status", trial, lambda: self.client.set_tag(run_id, STATUS_TAG, status))
-        self._guard("close its run", trial, lambda: self.client.set_terminated(run_id, run_status))
+    def _end(self, trial, status: str, run_status: str) -> None:
+        backlog = self._backlog(trial)
+        backlog.final_status = (status, run_status)
+        backlog.ending = ["artifacts", "status", "close"]
+        self._flush_all()
+
+    def on_step_end(self, iteration, trials, **info):
+        if self._outage_since is not None:
+            self._flush_all()  # probes the server once retry_seconds have passed
 
     def _log_artifacts(self, trial, run_id: str) -> None:
         with tempfile.TemporaryDirectory() as folder:
@@ -185,8 +291,29 @@ class MLflowTrialLogger(tune.Callback):
                 self.client.log_artifact(run_id, str(folder / "cluster_gallery.png"))
 
     def on_experiment_end(self, trials, **info):
+        if self._outage_since is not None:
+            self._next_probe = 0.0  # one last try before reporting
+        self._flush_all()
+        unlogged = {}
+        for trial_id, backlog in self._backlogs.items():
+            if not backlog.waiting():
+                continue
+            where = getattr(backlog.trial, "path", None)
+            entry = {"run_id": self._run_ids.get(trial_id), "epochs": sorted({m.step for m in backlog.metrics}),
+                     "ending": list(backlog.ending), "final_status": backlog.final_status[0] or None, "tune_results": where}
+            unlogged[trial_id] = entry
+            missing = [f"epochs {_epochs(backlog.metrics)}"] if backlog.metrics else []
+            missing += ["its figures, config and final status"] if backlog.ending else []
+            missing += ["its tags"] if backlog.tags and not missing else []
+            self.failures.append(f"{trial_id}: MLflow did not answer; not logged: {', '.join(missing)} "
+                                 f"(Tune keeps every epoch in {where}/result.json)")
         Path(self.report_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(self.report_path).write_text(json.dumps({"failures": self.failures}, indent=2))
+        Path(self.report_path).write_text(json.dumps({"failures": self.failures, "unlogged": unlogged}, indent=2))
+
+
+def _epochs(metrics: list[Metric]) -> str:
+    steps = sorted({m.step for m in metrics})
+    return "none" if not steps else str(steps[0]) if len(steps) == 1 else f"{steps[0]}-{steps[-1]}"
 
 
 def prepare_experiment(tracking_uri: str, name: str) -> str:

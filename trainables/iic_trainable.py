@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import ray
 from ray import tune
 
 from iic.config import IICConfig
@@ -65,6 +66,8 @@ def write_cluster_summary(trainer: Trainer, path: Path, per_cluster: int) -> Non
 def train_iic(config: dict, settings: TrialSettings = TrialSettings()) -> None:
     """Ray Tune function trainable: ``tune.with_parameters(train_iic, settings=...)``."""
     iic_config = trial_iic_config(config)
+    # Where the trial runs, for the records (a retried trial may land on another node).
+    placement = {"node_id": ray.get_runtime_context().get_node_id(), "gpu_ids": ",".join(map(str, ray.get_gpu_ids()))}
 
     def report(metrics: dict, trainer: Trainer) -> bool:
         if trainer.status == "running" and has_collapsed(
@@ -74,7 +77,7 @@ def train_iic(config: dict, settings: TrialSettings = TrialSettings()) -> None:
         with tempfile.TemporaryDirectory() as folder:
             trainer.save_checkpoint(Path(folder) / CHECKPOINT_FILE)
             write_cluster_summary(trainer, Path(folder) / SUMMARY_FILE, settings.gallery_per_cluster)
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+            tune.report({**metrics, **placement}, checkpoint=tune.Checkpoint.from_directory(folder))
         return trainer.status != "running"
 
     checkpoint = tune.get_checkpoint()

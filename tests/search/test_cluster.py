@@ -1,0 +1,177 @@
+"""A search on a real multi-node Ray (``ray.cluster_utils.Cluster``: one head and two worker nodes
+on this machine, each worker with one fake GPU), driven by ``search/run.py --address`` exactly as on
+a cluster, with its storage on a filesystem every node shares (``file://``).
+
+Covers: trials of 0.5 GPU packed two per GPU across nodes, a multi-node cluster refusing a local
+storage path, a trial worker killed mid-training, and a worker node lost mid-search.
+"""
+
+import collections
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from search.tracking import ROLE_TAG, TRIAL_TAG
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = ["--set", "max_samples=200", "--set", "backbone_width=4", "--cpus-per-trial", "1", "--gpus-per-trial", "0.5"]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    import ray._private.utils
+    from ray.cluster_utils import Cluster
+
+    # The head, like cluster.yaml's, runs the driver and no trial; a lost node is noticed in ~3 s.
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 0, "_system_config": {"health_check_period_ms": 1000, "health_check_failure_threshold": 3},
+    })
+    for _ in range(2):
+        cluster.add_node(num_cpus=2, num_gpus=1)
+    cluster.wait_for_nodes()
+    yield cluster
+    cluster.shutdown()
+    # Cluster() registered itself as "the local Ray" for ray.init(); later tests start their own.
+    Path(ray._private.utils.get_ray_address_file(None)).unlink(missing_ok=True)
+
+
+def _command(cluster, tmp_path, *extra):
+    return [
+        sys.executable, str(ROOT / "search" / "run.py"), "--address", cluster.address,
+        "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", "--storage-path", f"file://{tmp_path}/ray", *TINY, *extra,
+    ]
+
+
+def _env(tmp_path):
+    return {**os.environ, "IIC_STATE_DIR": str(tmp_path / "state"), "PYTHONUNBUFFERED": "1"}
+
+
+def _start(cluster, tmp_path, *extra):
+    return subprocess.Popen(_command(cluster, tmp_path, *extra), env=_env(tmp_path), cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _finish(driver, timeout=400):
+    output, _ = driver.communicate(timeout=timeout)
+    assert driver.returncode == 0, output[-4000:]
+    return output
+
+
+def _query(db: Path, sql: str) -> list:
+    try:
+        with sqlite3.connect(db) as connection:
+            return connection.execute(sql).fetchall()
+    except sqlite3.Error:  # not created yet, or busy
+        return []
+
+
+def _wait_for(condition, driver, what, timeout=240):
+    deadline = time.time() + timeout
+    while not condition():
+        assert driver.poll() is None, f"the search ended before {what}: " + driver.stdout.read()[-3000:]
+        assert time.time() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def _trial_runs(tmp_path):
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    experiment = client.get_experiment_by_name("iic-digits")
+    runs = [r for r in client.search_runs([experiment.experiment_id]) if r.data.tags[ROLE_TAG] == "trial"]
+    return client, runs
+
+
+def _assert_every_epoch_once(client, run):
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "loss")]
+    assert sorted(steps) == list(range(1, len(steps) + 1)), steps
+
+
+def _tune_results(tmp_path, trial_id) -> list[dict]:
+    [path] = (tmp_path / "ray" / "iic-digits").glob(f"*{trial_id}*/result.json")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_half_gpu_trials_run_two_per_gpu_across_nodes(cluster, tmp_path):
+    workers = {node.node_id for node in cluster.worker_nodes}
+    driver = _start(cluster, tmp_path, "--num-samples", "4", "--max-concurrent", "4", "--epochs", "6")
+    _finish(driver)
+
+    client, runs = _trial_runs(tmp_path)
+    assert len(runs) == 4 and all(r.info.status == "FINISHED" for r in runs)
+    for run in runs:
+        _assert_every_epoch_once(client, run)
+    nodes = collections.Counter(r.data.tags["iic.node_id"] for r in runs)
+    assert set(nodes) == workers and set(nodes.values()) == {2}, nodes  # two trials on each node's one GPU
+    assert {r.data.tags["iic.gpu_ids"] for r in runs} == {"0"}
+    # and all four ran at once: every trial started before any ended
+    assert max(r.info.start_time for r in runs) < min(r.info.end_time for r in runs)
+
+
+def test_multi_node_cluster_refuses_local_storage(cluster, tmp_path):
+    command = _command(cluster, tmp_path, "--num-samples", "1")
+    command[command.index("--storage-path") + 1] = str(tmp_path / "ray")
+    refused = subprocess.run(command, env=_env(tmp_path), cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2
+    assert "3 nodes" in refused.stderr and "s3://" in refused.stderr and "file:///" in refused.stderr
+    assert not (tmp_path / "ray").exists()  # refused before any trial
+
+
+def _trial_worker_pids() -> list[int]:
+    """Processes running a Tune function trainable (Ray names them after the actor)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and (entry / "cmdline").read_bytes().startswith(b"ray::ImplicitFunc"):
+                pids.append(int(entry.name))
+        except OSError:  # the process ended meanwhile
+            continue
+    return pids
+
+
+def test_killed_trial_worker_continues_from_its_checkpoint(cluster, tmp_path):
+    driver = _start(cluster, tmp_path, "--num-samples", "1", "--max-concurrent", "1", "--epochs", "8")
+    db = tmp_path / "mlflow.db"
+    _wait_for(lambda: _query(db, "select count(*) from metrics where key = 'loss'") >= [(3,)], driver, "epoch 3")
+    [pid] = _trial_worker_pids()
+    os.kill(pid, signal.SIGKILL)
+    output = _finish(driver)
+
+    client, [run] = _trial_runs(tmp_path)
+    assert run.info.status == "FINISHED"
+    _assert_every_epoch_once(client, run)
+    results = _tune_results(tmp_path, run.data.tags[TRIAL_TAG])
+    epochs = [r["epoch"] for r in results]
+    assert epochs == sorted(set(epochs)), epochs  # no epoch trained twice (a restart from zero would repeat 1, 2, ...)
+    restored = [r for r in results if r["iterations_since_restore"] < r["training_iteration"]]
+    assert restored, output[-3000:]
+    assert restored[0]["iterations_since_restore"] == 1 and restored[0]["epoch"] > 3  # continued after its checkpoint
+    assert len({r["pid"] for r in results}) == 2  # in a new worker process
+    logged = [m.step for m in client.get_metric_history(run.info.run_id, "loss")]
+    assert max(logged) == epochs[-1] == len(logged)  # and MLflow has every epoch, once
+
+
+def test_lost_node_trials_are_rescheduled(cluster, tmp_path):
+    driver = _start(cluster, tmp_path, "--num-samples", "4", "--max-concurrent", "4", "--epochs", "8")
+    db = tmp_path / "mlflow.db"
+    placed = "select value from tags where key = 'iic.node_id'"
+    _wait_for(lambda: len(_query(db, placed)) == 4 and _query(db, "select count(*) from metrics where key = 'loss'") >= [(6,)],
+              driver, "all four trials to report")
+    lost = next(node for node in cluster.worker_nodes if node.node_id == _query(db, placed)[0][0])
+    cluster.remove_node(lost)
+    output = _finish(driver)
+
+    client, runs = _trial_runs(tmp_path)
+    assert len(runs) == 4 and all(r.info.status == "FINISHED" for r in runs), output[-3000:]
+    survivor = next(iter(cluster.worker_nodes)).node_id
+    assert {r.data.tags["iic.node_id"] for r in runs} == {survivor}  # the lost node's trials moved
+    for run in runs:
+        _assert_every_epoch_once(client, run)
+        assert run.data.tags["iic.status"] in {"completed", "collapsed", "early_stopped"}
+    cluster.add_node(num_cpus=2, num_gpus=1)  # back to two workers for any later test
