@@ -139,6 +139,14 @@ class IICConfig:
             changes[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
         return self.replace(**changes)
 
+    def with_absolute_paths(self, base: str | Path = ".") -> "IICConfig":
+        """The config with a relative ``data_root`` / ``backbone_weights`` made absolute against
+        ``base``: the processes that train (Ray Tune trials) run in folders of their own."""
+        changes = {name: str((Path(base) / getattr(self, name)).resolve())
+                   for name in ("data_root", "backbone_weights")
+                   if getattr(self, name) is not None and not Path(getattr(self, name)).is_absolute()}
+        return self.replace(**changes) if changes else self
+
     def augment_kwargs(self) -> dict:
         return {name: getattr(self, name) for name in self.AUGMENT_FIELDS}
 

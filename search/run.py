@@ -78,6 +78,8 @@ def load_preset(args: argparse.Namespace) -> Preset:
     searched = {p.name for p in preset.params} & overridden
     if searched:
         raise SearchError(f"--set {', '.join(sorted(searched))}: searched by the preset; edit its space (or copy it with --config) to fix them")
+    base = base.with_absolute_paths()  # trials run in folders of their own, not here
+    overridden |= {name for name in ("data_root", "backbone_weights") if getattr(base, name) is not None}
     changes = {"config": {k: v for k, v in base.to_dict().items() if k in config or k in overridden}}
     search = preset.search
     flags = {"num_samples": "num_samples", "max_concurrent": "max_concurrent", "time_budget": "time_budget_s",
@@ -125,15 +127,30 @@ def check_tracking_uri(uri: str) -> str:
     raise SearchError(f"--tracking-uri {uri}: use sqlite:///FILE or http(s)://HOST:PORT (MLflow 3.17's file store is not supported)")
 
 
+def launchable_node_types() -> list[dict]:
+    """Resources of each node type the cluster's autoscaler may start (none without an autoscaler),
+    from the cluster config the autoscaler records in Ray's GCS (Ray Train and Data read it too)."""
+    from ray._private.state import state
+
+    try:
+        config = state.get_cluster_config()
+    except Exception:  # noqa: BLE001 - a private API: without it, judge by the nodes alone
+        return []
+    return [dict(group.resources) for group in (config.node_group_configs if config else []) if group.max_count != 0]
+
+
 def start_ray(address: str | None, preset: Preset, storage_path: str) -> bool:
     """Join the cluster (or start a local Ray, or use the one this process already has) and check
-    that one trial fits on one node. Returns whether Ray was started here."""
+    that one trial fits on one node, now or once the autoscaler adds it. Returns whether Ray was
+    started here."""
     started = not ray.is_initialized()
     if started:
         ray.init(address=address, include_dashboard=False) if address else ray.init(include_dashboard=False)
     nodes = [node for node in ray.nodes() if node.get("Alive")]
-    most_cpus = max(node["Resources"].get("CPU", 0) for node in nodes)
-    most_gpus = max(node["Resources"].get("GPU", 0) for node in nodes)
+    launchable = launchable_node_types()
+    shapes = [node["Resources"] for node in nodes] + launchable
+    most_cpus = max(shape.get("CPU", 0) for shape in shapes)
+    most_gpus = max(shape.get("GPU", 0) for shape in shapes)
     search = preset.search
     problems = []
     if search.cpus_per_trial > most_cpus:
@@ -143,11 +160,12 @@ def start_ray(address: str | None, preset: Preset, storage_path: str) -> bool:
             f"--gpus-per-trial {search.gpus_per_trial}: no node has that many GPUs (largest: {most_gpus:g}); "
             + ("use --gpus-per-trial 0 on a machine without GPUs" if most_gpus == 0 else "lower it")
         )
-    if len(nodes) > 1 and "://" not in storage_path:
+    if (len(nodes) > 1 or launchable) and "://" not in storage_path:
         problems.append(
-            f"--storage-path {storage_path}: this Ray cluster has {len(nodes)} nodes, and trials on other nodes cannot write "
-            f"checkpoints to a local folder; give shared storage such as s3://BUCKET/iic-search (Ray needs it since 2.7), "
-            f"or file:///PATH for a network filesystem mounted at PATH on every node"
+            f"--storage-path {storage_path}: this Ray cluster has {len(nodes)} nodes"
+            + (" and an autoscaler that adds more" if launchable else "")
+            + ", and trials on other nodes cannot write checkpoints to a local folder; give shared storage such as "
+            "s3://BUCKET/iic-search (Ray needs it since 2.7), or file:///PATH for a network filesystem mounted at PATH on every node"
         )
     if problems:
         if started:

@@ -90,3 +90,11 @@ def test_har_configs_carry_the_study_class_groupings():
     reduced = IICConfig.from_yaml(CONFIGS / "har_reduced.yaml")
     assert reduced.class_map == HAR_REDUCED_3 and reduced.num_clusters == 3
     assert IICConfig.from_yaml(CONFIGS / "har_full.yaml").num_clusters == 15
+
+
+def test_relative_paths_become_absolute_against_a_base(tmp_path):
+    config = IICConfig(dataset="image_folder", data_root="data/pets", backbone="resnet18", backbone_weights="/w/r18.pt")
+    resolved = config.with_absolute_paths(tmp_path)
+    assert resolved.data_root == str(tmp_path / "data" / "pets")
+    assert resolved.backbone_weights == "/w/r18.pt"  # already absolute
+    assert IICConfig().with_absolute_paths(tmp_path) == IICConfig()  # digits: no paths

@@ -2,8 +2,9 @@
 on this machine, each worker with one fake GPU), driven by ``search/run.py --address`` exactly as on
 a cluster, with its storage on a filesystem every node shares (``file://``).
 
-Covers: trials of 0.5 GPU packed two per GPU across nodes, a multi-node cluster refusing a local
-storage path, a trial worker killed mid-training, and a worker node lost mid-search.
+Covers: a search started before any worker node exists (the autoscaler's case) whose trials of
+0.5 GPU then run two per GPU across nodes, a multi-node cluster refusing a local storage path, a
+trial worker killed mid-training, and a worker node lost mid-search.
 """
 
 import collections
@@ -31,16 +32,38 @@ def cluster():
     from ray.cluster_utils import Cluster
 
     # The head, like cluster.yaml's, runs the driver and no trial; a lost node is noticed in ~3 s.
+    # Worker nodes join in the tests (the first test plays the autoscaler).
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 0, "_system_config": {"health_check_period_ms": 1000, "health_check_failure_threshold": 3},
     })
-    for _ in range(2):
-        cluster.add_node(num_cpus=2, num_gpus=1)
-    cluster.wait_for_nodes()
     yield cluster
     cluster.shutdown()
     # Cluster() registered itself as "the local Ray" for ray.init(); later tests start their own.
     Path(ray._private.utils.get_ray_address_file(None)).unlink(missing_ok=True)
+
+
+def _ensure_workers(cluster, count: int = 2) -> None:
+    """Single-GPU worker nodes (fake GPUs: Ray's bookkeeping only) until there are ``count``."""
+    while len(cluster.worker_nodes) < count:
+        cluster.add_node(num_cpus=2, num_gpus=1)
+    cluster.wait_for_nodes()
+
+
+def _record_autoscaler(cluster, max_gpu_workers: int | None) -> None:
+    """Write (None: delete) the cluster config that Ray's autoscaler keeps in the GCS, listing the
+    node types it may start; run.py reads it to accept trials no running node can hold yet."""
+    import ray._raylet
+    from ray.core.generated import autoscaler_pb2
+
+    gcs = ray._raylet.GcsClient(address=cluster.address)
+    key, namespace = (ray._raylet.GCS_AUTOSCALER_CLUSTER_CONFIG_KEY.encode(), ray._raylet.GCS_AUTOSCALER_STATE_NAMESPACE.encode())
+    if max_gpu_workers is None:
+        gcs.internal_kv_del(key, False, namespace)
+        return
+    config = autoscaler_pb2.ClusterConfig()
+    group = config.node_group_configs.add(name="gpu_worker", max_count=max_gpu_workers)
+    group.resources.update({"CPU": 2, "GPU": 1})
+    gcs.internal_kv_put(key, config.SerializeToString(), True, namespace)
 
 
 def _command(cluster, tmp_path, *extra):
@@ -98,28 +121,44 @@ def _tune_results(tmp_path, trial_id) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def test_half_gpu_trials_run_two_per_gpu_across_nodes(cluster, tmp_path):
-    workers = {node.node_id for node in cluster.worker_nodes}
-    driver = _start(cluster, tmp_path, "--num-samples", "4", "--max-concurrent", "4", "--epochs", "6")
-    _finish(driver)
+def test_search_from_zero_workers_waits_for_nodes_then_packs_two_half_gpu_trials_per_gpu(cluster, tmp_path):
+    assert not cluster.worker_nodes  # a head without CPUs or GPUs: no trial fits yet
+    _record_autoscaler(cluster, max_gpu_workers=2)
+    try:
+        driver = _start(cluster, tmp_path, "--num-samples", "4", "--max-concurrent", "4", "--epochs", "6")
+        _wait_for(lambda: (tmp_path / "ray" / "iic-digits").is_dir(), driver, "the search to start")  # accepted
+        time.sleep(2)
+        assert _query(tmp_path / "mlflow.db", "select count(*) from metrics") in ([], [(0,)])  # waiting for nodes
+        _ensure_workers(cluster, 2)  # what the autoscaler does: two single-GPU nodes join
+        _finish(driver)
+    finally:
+        _record_autoscaler(cluster, None)
 
     client, runs = _trial_runs(tmp_path)
     assert len(runs) == 4 and all(r.info.status == "FINISHED" for r in runs)
     for run in runs:
         _assert_every_epoch_once(client, run)
     nodes = collections.Counter(r.data.tags["iic.node_id"] for r in runs)
+    workers = {node.node_id for node in cluster.worker_nodes}
     assert set(nodes) == workers and set(nodes.values()) == {2}, nodes  # two trials on each node's one GPU
     assert {r.data.tags["iic.gpu_ids"] for r in runs} == {"0"}
     # and all four ran at once: every trial started before any ended
     assert max(r.info.start_time for r in runs) < min(r.info.end_time for r in runs)
 
 
-def test_multi_node_cluster_refuses_local_storage(cluster, tmp_path):
+@pytest.mark.parametrize("autoscaling", [False, True])
+def test_multi_node_cluster_refuses_local_storage(cluster, tmp_path, autoscaling):
+    _ensure_workers(cluster, 2)
+    _record_autoscaler(cluster, 2 if autoscaling else None)
     command = _command(cluster, tmp_path, "--num-samples", "1")
     command[command.index("--storage-path") + 1] = str(tmp_path / "ray")
-    refused = subprocess.run(command, env=_env(tmp_path), cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    try:
+        refused = subprocess.run(command, env=_env(tmp_path), cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    finally:
+        _record_autoscaler(cluster, None)
     assert refused.returncode == 2
     assert "3 nodes" in refused.stderr and "s3://" in refused.stderr and "file:///" in refused.stderr
+    assert ("autoscaler" in refused.stderr) == autoscaling
     assert not (tmp_path / "ray").exists()  # refused before any trial
 
 
@@ -136,6 +175,7 @@ def _trial_worker_pids() -> list[int]:
 
 
 def test_killed_trial_worker_continues_from_its_checkpoint(cluster, tmp_path):
+    _ensure_workers(cluster, 2)
     driver = _start(cluster, tmp_path, "--num-samples", "1", "--max-concurrent", "1", "--epochs", "8")
     db = tmp_path / "mlflow.db"
     _wait_for(lambda: _query(db, "select count(*) from metrics where key = 'loss'") >= [(3,)], driver, "epoch 3")
@@ -158,6 +198,7 @@ def test_killed_trial_worker_continues_from_its_checkpoint(cluster, tmp_path):
 
 
 def test_lost_node_trials_are_rescheduled(cluster, tmp_path):
+    _ensure_workers(cluster, 2)
     driver = _start(cluster, tmp_path, "--num-samples", "4", "--max-concurrent", "4", "--epochs", "8")
     db = tmp_path / "mlflow.db"
     placed = "select value from tags where key = 'iic.node_id'"
@@ -174,4 +215,3 @@ def test_lost_node_trials_are_rescheduled(cluster, tmp_path):
     for run in runs:
         _assert_every_epoch_once(client, run)
         assert run.data.tags["iic.status"] in {"completed", "collapsed", "early_stopped"}
-    cluster.add_node(num_cpus=2, num_gpus=1)  # back to two workers for any later test

@@ -120,3 +120,20 @@ def test_label_free_objective_ranks_by_mutual_information(ray_session, tmp_path,
     assert client.get_run(parents[0].info.run_id).data.metrics["best_mutual_information"] == best
     assert all("cluster_accuracy" in r.data.metrics for r in trials)  # still recorded
     assert "trials by mutual_information" in capsys.readouterr().out
+
+
+def test_relative_data_root_reaches_trials_that_run_in_their_own_folders(ray_session, tmp_path, state_dir, monkeypatch):
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    for index in range(120):
+        folder = tmp_path / "pngs" / str(digits.target[index])
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray((digits.images[index] * 15).astype("uint8")).save(folder / f"{index}.png")
+    monkeypatch.chdir(tmp_path)
+    args = ["--set", "dataset=image_folder", "--set", "data_root=pngs", "--num-samples", "1", "--experiment", "folder"]
+    assert main(_args(tmp_path, *args)) == 0
+    _, _, [trial], _ = _runs(tmp_path, "folder")
+    assert trial.info.status == "FINISHED" and "cluster_accuracy" in trial.data.metrics
+    assert trial.data.params["data_root"] == str(tmp_path / "pngs")
