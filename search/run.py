@@ -21,6 +21,7 @@ from pathlib import Path
 
 import optuna
 import ray
+import yaml
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import ConcurrencyLimiter
@@ -127,16 +128,29 @@ def check_tracking_uri(uri: str) -> str:
     raise SearchError(f"--tracking-uri {uri}: use sqlite:///FILE or http(s)://HOST:PORT (MLflow 3.17's file store is not supported)")
 
 
+# Where `ray up` leaves the cluster launcher's config on the head node (where drivers run).
+LAUNCHER_CONFIG = "~/ray_bootstrap_config.yaml"
+
+
 def launchable_node_types() -> list[dict]:
-    """Resources of each node type the cluster's autoscaler may start (none without an autoscaler),
-    from the cluster config the autoscaler records in Ray's GCS (Ray Train and Data read it too)."""
+    """Resources of each node type the cluster's autoscaler may start: from the cluster config
+    the autoscaler records in Ray's GCS (Ray Train and Data read it too), else from the cluster
+    launcher's config on this head node; none on a cluster without an autoscaler."""
     from ray._private.state import state
 
     try:
         config = state.get_cluster_config()
-    except Exception:  # noqa: BLE001 - a private API: without it, judge by the nodes alone
+    except Exception:  # noqa: BLE001 - a private API: fall back to the launcher's file
+        config = None
+    if config is not None and config.node_group_configs:
+        return [dict(group.resources) for group in config.node_group_configs if group.max_count != 0]
+    path = Path(LAUNCHER_CONFIG).expanduser()
+    try:
+        launcher = yaml.safe_load(path.read_text()) if path.is_file() else {}
+    except (OSError, yaml.YAMLError):
         return []
-    return [dict(group.resources) for group in (config.node_group_configs if config else []) if group.max_count != 0]
+    node_types = (launcher or {}).get("available_node_types") or {}
+    return [dict(node.get("resources") or {}) for node in node_types.values() if node.get("max_workers", 0) > 0]
 
 
 def start_ray(address: str | None, preset: Preset, storage_path: str) -> bool:

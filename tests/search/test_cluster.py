@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from mlflow.tracking import MlflowClient
 
 from search.tracking import ROLE_TAG, TRIAL_TAG
@@ -123,16 +124,21 @@ def _tune_results(tmp_path, trial_id) -> list[dict]:
 
 def test_search_from_zero_workers_waits_for_nodes_then_packs_two_half_gpu_trials_per_gpu(cluster, tmp_path):
     assert not cluster.worker_nodes  # a head without CPUs or GPUs: no trial fits yet
-    _record_autoscaler(cluster, max_gpu_workers=2)
-    try:
-        driver = _start(cluster, tmp_path, "--num-samples", "4", "--max-concurrent", "4", "--epochs", "6")
-        _wait_for(lambda: (tmp_path / "ray" / "iic-digits").is_dir(), driver, "the search to start")  # accepted
-        time.sleep(2)
-        assert _query(tmp_path / "mlflow.db", "select count(*) from metrics") in ([], [(0,)])  # waiting for nodes
-        _ensure_workers(cluster, 2)  # what the autoscaler does: two single-GPU nodes join
-        _finish(driver)
-    finally:
-        _record_autoscaler(cluster, None)
+    # The driver runs on the head, where `ray up` leaves the launcher's config: cluster.yaml, with
+    # the worker type shrunk to this machine.
+    home = tmp_path / "home"
+    home.mkdir()
+    launcher = yaml.safe_load((ROOT / "cluster.yaml").read_text())
+    launcher["available_node_types"]["gpu_worker"].update(resources={"CPU": 2, "GPU": 1}, max_workers=2)
+    (home / "ray_bootstrap_config.yaml").write_text(json.dumps(launcher))
+    driver = subprocess.Popen(_command(cluster, tmp_path, "--num-samples", "4", "--max-concurrent", "4", "--epochs", "6"),
+                              env={**_env(tmp_path), "HOME": str(home)}, cwd=tmp_path, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    _wait_for(lambda: (tmp_path / "ray" / "iic-digits").is_dir(), driver, "the search to start")  # accepted
+    time.sleep(2)
+    assert _query(tmp_path / "mlflow.db", "select count(*) from metrics") in ([], [(0,)])  # waiting for nodes
+    _ensure_workers(cluster, 2)  # what the autoscaler does: two single-GPU nodes join
+    _finish(driver)
 
     client, runs = _trial_runs(tmp_path)
     assert len(runs) == 4 and all(r.info.status == "FINISHED" for r in runs)
