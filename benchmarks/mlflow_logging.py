@@ -6,7 +6,7 @@
 Tune calls the logger (``search.tracking.MLflowTrialLogger``) on its driver, one event at a time,
 so its speed is the speed of a sequential loop of those calls. This drives the real logger, with
 the real MLflow client, against a real server, through a trial's three kinds of events: its start
-(run created, ~45 params), each epoch (12 metrics and 4 tags in one batch), and its end (config,
+(run created, 37 params), each epoch (12 metrics and 4 tags in one batch), and its end (config,
 confusion matrix and cluster gallery drawn from a real checkpoint summary and uploaded, status,
 run closed). The trial objects stand in for Tune's ``Trial`` with the attributes the logger reads.
 

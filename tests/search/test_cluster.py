@@ -168,12 +168,18 @@ def test_multi_node_cluster_refuses_local_storage(cluster, tmp_path, autoscaling
     assert not (tmp_path / "ray").exists()  # refused before any trial
 
 
-def _trial_worker_pids() -> list[int]:
-    """Processes running a Tune function trainable (Ray names them after the actor)."""
+def _trial_worker_pids(cluster) -> list[int]:
+    """Processes running a Tune function trainable (Ray names them after the actor) on the
+    cluster's worker nodes (their raylet's pid is in their environment)."""
+    from ray._private import ray_constants
+
+    raylets = {f"RAY_RAYLET_PID={info.process.pid}".encode()
+               for node in cluster.worker_nodes for info in node.all_processes[ray_constants.PROCESS_TYPE_RAYLET]}
     pids = []
     for entry in Path("/proc").iterdir():
         try:
-            if entry.name.isdigit() and (entry / "cmdline").read_bytes().startswith(b"ray::ImplicitFunc"):
+            if (entry.name.isdigit() and (entry / "cmdline").read_bytes().startswith(b"ray::ImplicitFunc")
+                    and raylets & set((entry / "environ").read_bytes().split(b"\0"))):
                 pids.append(int(entry.name))
         except OSError:  # the process ended meanwhile
             continue
@@ -185,7 +191,7 @@ def test_killed_trial_worker_continues_from_its_checkpoint(cluster, tmp_path):
     driver = _start(cluster, tmp_path, "--num-samples", "1", "--max-concurrent", "1", "--epochs", "8")
     db = tmp_path / "mlflow.db"
     _wait_for(lambda: _query(db, "select count(*) from metrics where key = 'loss'") >= [(3,)], driver, "epoch 3")
-    [pid] = _trial_worker_pids()
+    [pid] = _trial_worker_pids(cluster)
     os.kill(pid, signal.SIGKILL)
     output = _finish(driver)
 
