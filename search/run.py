@@ -15,8 +15,6 @@ import dataclasses
 import os
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import optuna
@@ -30,7 +28,7 @@ from ray.tune.search.optuna import OptunaSearch
 from iic.config import ConfigError, IICConfig
 from search.space import OBJECTIVES, Preset, PresetError, available_presets
 from search.summary import summarise
-from search.tracking import MLflowTrialLogger, open_search_run, prepare_experiment
+from search.tracking import MLflowTrialLogger, open_search_run, prepare_experiment, server_unreachable
 from search.warm_start import load_warm_start
 from trainables.iic_trainable import TrialSettings, train_iic
 
@@ -116,14 +114,12 @@ def check_tracking_uri(uri: str) -> str:
             raise SearchError(f"--tracking-uri {uri}: folder {path.parent} does not exist; create it or choose another path")
         return f"sqlite:///{path}"
     if uri.startswith(("http://", "https://")):
-        try:
-            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5) as response:
-                response.read()
-        except (urllib.error.URLError, OSError) as err:
+        reason = server_unreachable(uri, timeout=5)
+        if reason is not None:
             raise SearchError(
-                f"--tracking-uri {uri}: the MLflow server does not answer ({getattr(err, 'reason', err)}); "
+                f"--tracking-uri {uri}: the MLflow server does not answer ({reason}); "
                 f"start it (mlflow server --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000) or fix the address"
-            ) from None
+            )
         return uri
     raise SearchError(f"--tracking-uri {uri}: use sqlite:///FILE or http(s)://HOST:PORT (MLflow 3.17's file store is not supported)")
 

@@ -57,6 +57,16 @@ def flat_params(config: dict, prefix: str = "") -> dict[str, str]:
     return {key: value[:MAX_PARAM_LENGTH] for key, value in params.items()}
 
 
+def server_unreachable(uri: str, timeout: float) -> str | None:
+    """Why the MLflow server at ``uri`` does not answer its health check, or None when it does."""
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as response:
+            response.read()
+        return None
+    except (urllib.error.URLError, OSError) as err:
+        return str(getattr(err, "reason", err))
+
+
 class _Outage(Exception):
     """The tracking server does not answer: keep what waits, try again later."""
 
@@ -117,15 +127,8 @@ class MLflowTrialLogger(tune.Callback):
     # ---- reachability -------------------------------------------------------------------------
 
     def _reachable(self) -> bool:
-        """Whether the tracking server answers its health check (a SQLite store has no server)."""
-        if not self.tracking_uri.startswith(("http://", "https://")):
-            return True
-        try:
-            with urllib.request.urlopen(self.tracking_uri.rstrip("/") + "/health", timeout=3) as response:
-                response.read()
-            return True
-        except (urllib.error.URLError, OSError):
-            return False
+        """Whether the tracking server answers (a SQLite store has no server)."""
+        return not self.tracking_uri.startswith(("http://", "https://")) or server_unreachable(self.tracking_uri, timeout=3) is None
 
     def _online(self) -> bool:
         """False during an outage, except when a probe is due and the server answers again."""
