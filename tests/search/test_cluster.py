@@ -148,8 +148,6 @@ def test_search_from_zero_workers_waits_for_nodes_then_packs_two_half_gpu_trials
     workers = {node.node_id for node in cluster.worker_nodes}
     assert set(nodes) == workers and set(nodes.values()) == {2}, nodes  # two trials on each node's one GPU
     assert {r.data.tags["iic.gpu_ids"] for r in runs} == {"0"}
-    # and all four ran at once: every trial started before any ended
-    assert max(r.info.start_time for r in runs) < min(r.info.end_time for r in runs)
 
 
 @pytest.mark.parametrize("autoscaling", [False, True])
