@@ -39,6 +39,8 @@ STATUS_TAG = "iic.status"
 ROLE_TAG = "iic.role"
 PARENT_TAG = "mlflow.parentRunId"
 MAX_PARAM_LENGTH = 6000
+# iic.status of a run whose trial an interrupted driver lost (see _close_runs_left_open)
+LOST_WITH_DRIVER = "lost_with_driver"
 
 
 def trial_run_filter(search_name: str, trial_id: str | None = None) -> str:
@@ -258,14 +260,10 @@ class MLflowTrialLogger(tune.Callback):
         self._flush_all()
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        last = trial.last_result or {}
-        status = last.get("status", "running")
-        if status == "running":
-            status = "early_stopped"  # the scheduler (ASHA) or the budget ended it between epochs
-        self._end(trial, status, "FINISHED")
+        self._end(trial, *_final_status(trial))
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._end(trial, "error", "FAILED")
+        self._end(trial, *_final_status(trial, errored=True))
 
     def _end(self, trial, status: str, run_status: str) -> None:
         backlog = self._backlog(trial)
@@ -293,9 +291,39 @@ class MLflowTrialLogger(tune.Callback):
                 plot_cluster_gallery(dict(summary), folder / "cluster_gallery.png")
                 self.client.log_artifact(run_id, str(folder / "cluster_gallery.png"))
 
+    def _close_runs_left_open(self, trials) -> None:
+        """Runs of this search still RUNNING that no trial of this driver's will close: left by an
+        earlier driver that was killed (``--resume`` continues the search) between two of its steps.
+
+        A trial Tune had already finished when the earlier driver died gets its ending now (figures,
+        final status, closed); a trial Tune never recorded (the driver died after the logger opened
+        its run but before Tune's next snapshot of the experiment; the searcher then proposed another
+        one) is closed as KILLED with status ``lost_with_driver``."""
+        query = f"tags.`{SEARCH_TAG}` = '{self.search_name}' and tags.`{ROLE_TAG}` = 'trial' and attributes.status = 'RUNNING'"
+        found, runs = self._attempt("find runs left open", None, lambda: self.client.search_runs([self.experiment_id], query, max_results=1000))
+        by_id = {trial.trial_id: trial for trial in trials}
+        for run in runs if found else []:
+            trial_id = run.data.tags.get(TRIAL_TAG)
+            if trial_id in self._backlogs:
+                continue  # this driver ran that trial: its own backlog closes the run (or reports why not)
+            trial = by_id.get(trial_id)
+            if trial is None:
+                self._attempt("close a run of a trial lost with an earlier driver", None,
+                              lambda: self.client.log_batch(run.info.run_id, tags=[RunTag(STATUS_TAG, LOST_WITH_DRIVER)]))
+                self._attempt("close a run of a trial lost with an earlier driver", None,
+                              lambda: self.client.set_terminated(run.info.run_id, "KILLED"))
+            elif trial.status in (trial.TERMINATED, trial.ERROR):
+                self._run_ids[trial_id] = run.info.run_id
+                self._end(trial, *_final_status(trial, errored=trial.status == trial.ERROR))
+
     def on_experiment_end(self, trials, **info):
         if self._outage_since is not None:
             self._next_probe = 0.0  # one last try before reporting
+        try:
+            if self._online():
+                self._close_runs_left_open(trials)
+        except _Outage:
+            pass  # the server is down: the runs stay open, the report says what waits
         self._flush_all()
         unlogged = {}
         for trial_id, backlog in self._backlogs.items():
@@ -312,6 +340,15 @@ class MLflowTrialLogger(tune.Callback):
                                  f"(Tune keeps every epoch in {where}/result.json)")
         Path(self.report_path).parent.mkdir(parents=True, exist_ok=True)
         Path(self.report_path).write_text(json.dumps({"failures": self.failures, "unlogged": unlogged}, indent=2))
+
+
+def _final_status(trial, errored: bool = False) -> tuple[str, str]:
+    """(iic.status tag, MLflow run status) of a trial that has ended."""
+    if errored:
+        return "error", "FAILED"
+    status = (trial.last_result or {}).get("status", "running")
+    # "running": the scheduler (ASHA) or the time budget ended it between epochs
+    return ("early_stopped" if status == "running" else status), "FINISHED"
 
 
 def _epochs(metrics: list[Metric]) -> str:

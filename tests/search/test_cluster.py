@@ -207,25 +207,37 @@ def test_killed_trial_worker_continues_from_its_checkpoint(cluster, tmp_path):
     assert max(logged) == epochs[-1] == len(logged)  # and MLflow has every epoch, once
 
 
+def _running_trials(db: Path) -> dict[str, tuple[str, int]]:
+    """{trial id: (node id, newest logged epoch)} of the trials whose MLflow run is RUNNING."""
+    rows = _query(db, """
+        select runs.name, tags.value, max(metrics.step) from runs
+        join tags on tags.run_uuid = runs.run_uuid and tags.key = 'iic.node_id'
+        join metrics on metrics.run_uuid = runs.run_uuid and metrics.key = 'loss'
+        where runs.status = 'RUNNING' group by runs.run_uuid""")
+    return {name.removeprefix("train_iic_"): (node, epoch) for name, node, epoch in rows}
+
+
 def test_lost_node_trials_are_rescheduled(cluster, tmp_path):
     _ensure_workers(cluster, 2)
     driver = _start(cluster, tmp_path, "--num-samples", "4", "--max-concurrent", "4", "--epochs", "8")
     db = tmp_path / "mlflow.db"
-    placed = "select value from tags where key = 'iic.node_id'"
-    _wait_for(lambda: len(_query(db, placed)) == 4 and _query(db, "select count(*) from metrics where key = 'loss'") >= [(6,)],
-              driver, "all four trials to report")
-    lost_id = _query(db, placed)[0][0]
-    on_lost = {name.removeprefix("train_iic_") for name, node in _query(
-        db, "select runs.name, tags.value from tags join runs on runs.run_uuid = tags.run_uuid where tags.key = 'iic.node_id'")
-        if node == lost_id}
+    placed = "select count(*) from tags where key = 'iic.node_id'"
+    _wait_for(lambda: _query(db, placed) == [(4,)] and _running_trials(db), driver, "all four trials to report")
+    # An epoch takes ~0.4 s here, so a trial may finish (or collapse, from epoch 5) within seconds:
+    # lose the node of the trial furthest from its end, and judge the trials that node still had
+    # early on (each has a checkpoint: it is reported with every epoch).
+    running = _running_trials(db)
+    lost_id = min(running.values(), key=lambda placed: placed[1])[0]
+    on_lost = {trial_id for trial_id, (node, epoch) in running.items() if node == lost_id and epoch <= 3}
     cluster.remove_node(next(node for node in cluster.worker_nodes if node.node_id == lost_id))
+    assert on_lost, running
     output = _finish(driver)
 
     client, runs = _trial_runs(tmp_path)
     assert len(runs) == 4 and all(r.info.status == "FINISHED" for r in runs), output[-3000:]
     for trial_id in on_lost:  # the lost node's trials went on elsewhere, from their checkpoints
         results = _tune_results(tmp_path, trial_id)
-        assert any(r["iterations_since_restore"] < r["training_iteration"] for r in results), trial_id
+        assert any(r["iterations_since_restore"] < r["training_iteration"] for r in results), (trial_id, results)
         assert results[-1]["node_id"] != lost_id
     for run in runs:
         _assert_every_epoch_once(client, run)
