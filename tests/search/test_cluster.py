@@ -188,7 +188,8 @@ def test_killed_trial_worker_continues_from_its_checkpoint(cluster, tmp_path):
     _ensure_workers(cluster, 2)
     driver = _start(cluster, tmp_path, "--num-samples", "1", "--max-concurrent", "1", "--epochs", "8")
     db = tmp_path / "mlflow.db"
-    _wait_for(lambda: _query(db, "select count(*) from metrics where key = 'loss'") >= [(3,)], driver, "epoch 3")
+    # Early: an epoch takes ~0.4 s here, and a collapsing trial stops itself at epoch 5.
+    _wait_for(lambda: _query(db, "select count(*) from metrics where key = 'loss'") >= [(2,)], driver, "epoch 2")
     [pid] = _trial_worker_pids(cluster)
     os.kill(pid, signal.SIGKILL)
     output = _finish(driver)
@@ -201,7 +202,7 @@ def test_killed_trial_worker_continues_from_its_checkpoint(cluster, tmp_path):
     assert epochs == sorted(set(epochs)), epochs  # no epoch trained twice (a restart from zero would repeat 1, 2, ...)
     restored = [r for r in results if r["iterations_since_restore"] < r["training_iteration"]]
     assert restored, output[-3000:]
-    assert restored[0]["iterations_since_restore"] == 1 and restored[0]["epoch"] > 3  # continued after its checkpoint
+    assert restored[0]["iterations_since_restore"] == 1 and restored[0]["epoch"] > 2  # continued after its checkpoint
     assert len({r["pid"] for r in results}) == 2  # in a new worker process
     logged = [m.step for m in client.get_metric_history(run.info.run_id, "loss")]
     assert max(logged) == epochs[-1] == len(logged)  # and MLflow has every epoch, once
