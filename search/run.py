@@ -129,9 +129,10 @@ LAUNCHER_CONFIG = "~/ray_bootstrap_config.yaml"
 
 
 def launchable_node_types() -> list[dict]:
-    """Resources of each node type the cluster's autoscaler may start: from the cluster config
-    the autoscaler records in Ray's GCS (Ray Train and Data read it too), else from the cluster
-    launcher's config on this head node; none on a cluster without an autoscaler."""
+    """Resources of each node type the cluster's autoscaler may start: from the cluster config in
+    Ray's GCS where an autoscaler records one (Ray Train and Data read it too; nothing in Ray 2.60's
+    own Python writes it), else from the config `ray up` leaves on this head node; none on a
+    cluster without an autoscaler."""
     from ray._private.state import state
 
     try:
