@@ -308,13 +308,14 @@ class MLflowTrialLogger(tune.Callback):
                 continue  # this driver ran that trial: its own backlog closes the run (or reports why not)
             trial = by_id.get(trial_id)
             if trial is None:
-                self._attempt("close a run of a trial lost with an earlier driver", None,
-                              lambda: self.client.log_batch(run.info.run_id, tags=[RunTag(STATUS_TAG, LOST_WITH_DRIVER)]))
-                self._attempt("close a run of a trial lost with an earlier driver", None,
-                              lambda: self.client.set_terminated(run.info.run_id, "KILLED"))
+                self._attempt("close the run of a trial lost with an earlier driver", None, lambda: self._close_lost(run.info.run_id))
             elif trial.status in (trial.TERMINATED, trial.ERROR):
                 self._run_ids[trial_id] = run.info.run_id
                 self._end(trial, *_final_status(trial, errored=trial.status == trial.ERROR))
+
+    def _close_lost(self, run_id: str) -> None:
+        self.client.set_tag(run_id, STATUS_TAG, LOST_WITH_DRIVER)
+        self.client.set_terminated(run_id, "KILLED")
 
     def on_experiment_end(self, trials, **info):
         if self._outage_since is not None:
