@@ -82,6 +82,9 @@ class _Backlog:
     tags: dict[str, str] = dataclasses.field(default_factory=dict)
     last_step: int = 0  # the newest epoch queued or logged: replayed epochs are not queued again
     ending: list[str] = dataclasses.field(default_factory=list)  # steps of closing the run, once the trial ended
+    # Epochs of a batch that was sent as the server went away: the server may have stored them
+    # before it stopped answering (a lost reply), so while they wait they are "maybe logged".
+    in_flight: set[int] = dataclasses.field(default_factory=set)
     final_status: tuple[str, str] = ("", "")  # (iic.status, MLflow run status)
 
     def waiting(self) -> bool:
@@ -212,10 +215,15 @@ class MLflowTrialLogger(tune.Callback):
         while backlog.metrics or backlog.tags:
             batch = backlog.metrics[:1000]  # MLflow's limit per batch
             tags = [RunTag(key, value) for key, value in backlog.tags.items()]
-            logged, _ = self._attempt(f"log epochs {_epochs(batch)}" if batch else "update its tags", trial,
-                                      lambda: self.client.log_batch(run_id, metrics=batch, tags=tags))
+            try:
+                logged, _ = self._attempt(f"log epochs {_epochs(batch)}" if batch else "update its tags", trial,
+                                          lambda: self.client.log_batch(run_id, metrics=batch, tags=tags))
+            except _Outage:
+                backlog.in_flight.update(m.step for m in batch)
+                raise
             if logged and batch:
                 self._last_logged_epoch[trial.trial_id] = max(m.step for m in batch)
+                backlog.in_flight.clear()  # sent again and stored (MLflow ignores an identical metric twice)
             backlog.metrics, backlog.tags = backlog.metrics[len(batch):], {}
         steps = {
             "artifacts": ("log its figures and config", lambda: self._log_artifacts(trial, run_id)),
@@ -331,10 +339,15 @@ class MLflowTrialLogger(tune.Callback):
             if not backlog.waiting():
                 continue
             where = getattr(backlog.trial, "path", None)
-            entry = {"run_id": self._run_ids.get(trial_id), "epochs": sorted({m.step for m in backlog.metrics}),
+            epochs = sorted({m.step for m in backlog.metrics})
+            maybe = sorted(backlog.in_flight.intersection(epochs))
+            entry = {"run_id": self._run_ids.get(trial_id), "epochs": epochs, "maybe_logged": maybe,
                      "ending": list(backlog.ending), "final_status": backlog.final_status[0] or None, "tune_results": where}
             unlogged[trial_id] = entry
-            missing = [f"epochs {_epochs(backlog.metrics)}"] if backlog.metrics else []
+            missing = []
+            if backlog.metrics:
+                sent = f" ({'epoch' if len(maybe) == 1 else 'epochs'} {', '.join(map(str, maybe))} was being sent as the server went away: maybe there)" if maybe else ""
+                missing.append(f"epochs {_epochs(backlog.metrics)}{sent}")
             missing += ["its figures, config and final status"] if backlog.ending else []
             missing += ["its tags"] if backlog.tags and not missing else []
             self.failures.append(f"{trial_id}: MLflow did not answer; not logged: {', '.join(missing)} "

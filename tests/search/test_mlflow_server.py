@@ -187,9 +187,15 @@ def test_server_gone_for_good_trials_finish_and_the_report_lists_every_missing_e
     report = json.loads((state_dir / "iic-digits" / "mlflow_report.json").read_text())
     stored = _server_epochs(server.db)
     for trial_id, epochs in tune_epochs.items():
-        missing = report["unlogged"].get(trial_id, {}).get("epochs", [])
-        assert sorted(stored.get(trial_id, []) + missing) == epochs  # every epoch either stored or reported, never both
-        assert report["unlogged"][trial_id]["ending"]  # and the run's end is reported as not recorded
+        entry = report["unlogged"].get(trial_id, {})
+        missing, maybe = set(entry.get("epochs", [])), set(entry.get("maybe_logged", []))
+        on_server = set(stored.get(trial_id, []))
+        details = (trial_id, sorted(on_server), entry, tune_epochs)
+        assert sorted(on_server | missing) == epochs, details  # every epoch stored or reported: never neither
+        # never both, but for a batch that was being sent as the server died: its reply was lost, so
+        # the report can only say it may be there
+        assert not (on_server & missing) - maybe and len(maybe) <= 1, details
+        assert entry["ending"], details  # and the run's end is reported as not recorded
     assert sum(len(entry["epochs"]) for entry in report["unlogged"].values()) >= EPOCHS  # the second trial's at least
     printed = capsys.readouterr().out
     assert "does not answer" in printed and "not logged: epochs" in printed and "result.json" in printed
