@@ -43,9 +43,12 @@ MAX_PARAM_LENGTH = 6000
 LOST_WITH_DRIVER = "lost_with_driver"
 
 
-def trial_run_filter(search_name: str, trial_id: str | None = None) -> str:
-    query = f"tags.`{SEARCH_TAG}` = '{search_name}' and tags.`{ROLE_TAG}` = '{'trial' if trial_id else 'search'}'"
-    return query + (f" and tags.`{TRIAL_TAG}` = '{trial_id}'" if trial_id else "")
+def search_run_filter(search_name: str, role: str, trial_id: str | None = None, status: str | None = None) -> str:
+    """MLflow filter for a search's runs of one role ("search" or "trial"), optionally one trial's
+    or those in one status."""
+    query = f"tags.`{SEARCH_TAG}` = '{search_name}' and tags.`{ROLE_TAG}` = '{role}'"
+    query += f" and tags.`{TRIAL_TAG}` = '{trial_id}'" if trial_id else ""
+    return query + (f" and attributes.status = '{status}'" if status else "")
 
 
 def flat_params(config: dict, prefix: str = "") -> dict[str, str]:
@@ -171,7 +174,7 @@ class MLflowTrialLogger(tune.Callback):
     def _find_or_create_run(self, trial) -> str:
         """The trial's run, found by its tags (a retried or resumed trial continues its own run),
         else created with the trial's params."""
-        existing = self.client.search_runs([self.experiment_id], trial_run_filter(self.search_name, trial.trial_id), max_results=1)
+        existing = self.client.search_runs([self.experiment_id], search_run_filter(self.search_name, "trial", trial.trial_id), max_results=1)
         if existing:
             run_id = existing[0].info.run_id
             self.client.update_run(run_id, status="RUNNING")
@@ -307,7 +310,7 @@ class MLflowTrialLogger(tune.Callback):
         final status, closed); a trial Tune never recorded (the driver died after the logger opened
         its run but before Tune's next snapshot of the experiment; the searcher then proposed another
         one) is closed as KILLED with status ``lost_with_driver``."""
-        query = f"tags.`{SEARCH_TAG}` = '{self.search_name}' and tags.`{ROLE_TAG}` = 'trial' and attributes.status = 'RUNNING'"
+        query = search_run_filter(self.search_name, "trial", status="RUNNING")
         found, runs = self._attempt("find runs left open", None, lambda: self.client.search_runs([self.experiment_id], query, max_results=1000))
         by_id = {trial.trial_id: trial for trial in trials}
         for run in runs if found else []:
@@ -389,7 +392,7 @@ def prepare_experiment(tracking_uri: str, name: str) -> str:
 def open_search_run(tracking_uri: str, experiment_id: str, search_name: str, preset, arguments: dict) -> str:
     """The search's parent run: found again on --resume, else created with the search's settings."""
     client = MlflowClient(tracking_uri)
-    existing = client.search_runs([experiment_id], trial_run_filter(search_name), max_results=1)
+    existing = client.search_runs([experiment_id], search_run_filter(search_name, "search"), max_results=1)
     if existing:
         run_id = existing[0].info.run_id
         client.update_run(run_id, status="RUNNING")
