@@ -78,6 +78,17 @@ def _env(tmp_path):
     return {**os.environ, "IIC_STATE_DIR": str(tmp_path / "state"), "PYTHONUNBUFFERED": "1"}
 
 
+def _steady_preset(tmp_path) -> list[str]:
+    """The digits preset with its trials never stopping early (no collapse stop, no ASHA rung before
+    the last epoch): a fault injected at an early epoch then always meets a running trial, however
+    far the MLflow records (which the tests watch) lag behind the trials."""
+    preset = yaml.safe_load((ROOT / "search" / "presets" / "digits.yaml").read_text())
+    preset["search"].update(collapse_patience=1000, grace_period=1000)
+    path = tmp_path / "digits.yaml"  # same stem: the experiment stays iic-digits
+    path.write_text(yaml.safe_dump(preset))
+    return ["--config", str(path)]
+
+
 def _start(cluster, tmp_path, *extra):
     return subprocess.Popen(_command(cluster, tmp_path, *extra), env=_env(tmp_path), cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -186,9 +197,8 @@ def _trial_worker_pids(cluster) -> list[int]:
 
 def test_killed_trial_worker_continues_from_its_checkpoint(cluster, tmp_path):
     _ensure_workers(cluster, 2)
-    driver = _start(cluster, tmp_path, "--num-samples", "1", "--max-concurrent", "1", "--epochs", "8")
+    driver = _start(cluster, tmp_path, *_steady_preset(tmp_path), "--num-samples", "1", "--max-concurrent", "1", "--epochs", "12")
     db = tmp_path / "mlflow.db"
-    # Early: an epoch takes ~0.4 s here, and a collapsing trial stops itself at epoch 5.
     _wait_for(lambda: _query(db, "select count(*) from metrics where key = 'loss'") >= [(2,)], driver, "epoch 2")
     [pid] = _trial_worker_pids(cluster)
     os.kill(pid, signal.SIGKILL)
@@ -198,14 +208,18 @@ def test_killed_trial_worker_continues_from_its_checkpoint(cluster, tmp_path):
     assert run.info.status == "FINISHED"
     _assert_every_epoch_once(client, run)
     results = _tune_results(tmp_path, run.data.tags[TRIAL_TAG])
-    epochs = [r["epoch"] for r in results]
-    assert epochs == sorted(set(epochs)), epochs  # no epoch trained twice (a restart from zero would repeat 1, 2, ...)
-    restored = [r for r in results if r["iterations_since_restore"] < r["training_iteration"]]
-    assert restored, output[-3000:]
-    assert restored[0]["iterations_since_restore"] == 1 and restored[0]["epoch"] > 2  # continued after its checkpoint
-    assert len({r["pid"] for r in results}) == 2  # in a new worker process
-    logged = [m.step for m in client.get_metric_history(run.info.run_id, "loss")]
-    assert max(logged) == epochs[-1] == len(logged)  # and MLflow has every epoch, once
+    restored_at = next((i for i, r in enumerate(results) if r["iterations_since_restore"] < r["training_iteration"]), None)
+    assert restored_at, output[-3000:]
+    before, after = [r["epoch"] for r in results[:restored_at]], [r["epoch"] for r in results[restored_at:]]
+    # Continued after a checkpoint (not from zero) in a new worker process. Tune logs a result
+    # before it registers the checkpoint sent with it, so a kill in between resumes from the epoch
+    # before and trains the newest epoch again: Tune's result.json then holds it twice
+    # (1, 2, 2, 3, ...), and the MLflow logger skips the replay. (Its copy in the shared storage can
+    # also lack the line written just before the kill: 1, 2, 4, 5, ...; MLflow has every epoch.)
+    assert results[restored_at]["iterations_since_restore"] == 1 and after[0] >= 2, (before, after)
+    assert after == list(range(after[0], 13)), (before, after)
+    assert {r["pid"] for r in results[:restored_at]}.isdisjoint(r["pid"] for r in results[restored_at:])
+    assert len(client.get_metric_history(run.info.run_id, "loss")) == 12  # MLflow: every epoch, once
 
 
 def _running_trials(db: Path) -> dict[str, tuple[str, int]]:
@@ -220,18 +234,18 @@ def _running_trials(db: Path) -> dict[str, tuple[str, int]]:
 
 def test_lost_node_trials_are_rescheduled(cluster, tmp_path):
     _ensure_workers(cluster, 2)
-    driver = _start(cluster, tmp_path, "--num-samples", "4", "--max-concurrent", "4", "--epochs", "8")
+    driver = _start(cluster, tmp_path, *_steady_preset(tmp_path), "--num-samples", "4", "--max-concurrent", "4", "--epochs", "20")
     db = tmp_path / "mlflow.db"
     placed = "select count(*) from tags where key = 'iic.node_id'"
-    _wait_for(lambda: _query(db, placed) == [(4,)] and _running_trials(db), driver, "all four trials to report")
-    # An epoch takes ~0.4 s here, so a trial may finish (or collapse, from epoch 5) within seconds:
-    # lose the node of the trial furthest from its end, and judge the trials that node still had
-    # early on (each has a checkpoint: it is reported with every epoch).
+    _wait_for(lambda: _query(db, placed) == [(4,)], driver, "all four trials to report")
+    # Each trial runs all 20 epochs (an epoch takes ~0.4-1 s here): lose the node of the trial
+    # furthest from its end while it is early on; each of its trials has a checkpoint by then
+    # (one is reported with every epoch).
     running = _running_trials(db)
     lost_id = min(running.values(), key=lambda placed: placed[1])[0]
-    on_lost = {trial_id for trial_id, (node, epoch) in running.items() if node == lost_id and epoch <= 3}
+    on_lost = {trial_id for trial_id, (node, epoch) in running.items() if node == lost_id}
+    assert all(epoch <= 10 for node, epoch in running.values() if node == lost_id), running
     cluster.remove_node(next(node for node in cluster.worker_nodes if node.node_id == lost_id))
-    assert on_lost, running
     output = _finish(driver)
 
     client, runs = _trial_runs(tmp_path)
@@ -239,7 +253,8 @@ def test_lost_node_trials_are_rescheduled(cluster, tmp_path):
     for trial_id in on_lost:  # the lost node's trials went on elsewhere, from their checkpoints
         results = _tune_results(tmp_path, trial_id)
         assert any(r["iterations_since_restore"] < r["training_iteration"] for r in results), (trial_id, results)
-        assert results[-1]["node_id"] != lost_id
+        assert results[-1]["node_id"] != lost_id and results[-1]["epoch"] == 20
     for run in runs:
         _assert_every_epoch_once(client, run)
-        assert run.data.tags["iic.status"] in {"completed", "collapsed", "early_stopped"}
+        assert run.data.tags["iic.status"] == "completed"
+        assert len(client.get_metric_history(run.info.run_id, "loss")) == 20
