@@ -1,13 +1,19 @@
-"""Throughput of a training step, and the share of it spent preparing the views.
+"""Throughput of a training step, the share of it spent preparing the views, and what training
+several seeds at once costs.
 
     python benchmarks/step_profile.py                 # CPU (or CUDA with AMP when present)
     python benchmarks/step_profile.py --device cuda --no-amp
+    python benchmarks/step_profile.py --seeds 1 2 4   # S seeds stacked vs the same seeds one after another
 
 Two setups: the default config (digits, ClusterNet, 16 px) and ResNet18 at 64 px on RGB images
 with the full augmentation (crop, flip, rotation, colour jitter) and Sobel. For each it prints
 images per second through a training step (source images, and all views: each image plus its
 ``repeats`` twins) and the share of the step spent slicing the batch from the device tensor,
 augmenting and applying Sobel. The goal is a preparation share of at most 15% on CPU.
+
+With ``--seeds``, each setup is also timed with S seeds trained as one stacked model (one step
+trains all S) and as S runs of one seed each stepping in turn: the wall time of one step of all S
+seeds either way. Goals: stacked no slower than in turn on CPU; on a GPU, S = 4 at most 1.3x S = 1.
 """
 
 import argparse
@@ -38,24 +44,34 @@ def synthetic_rgb(size: int, count: int = 512) -> ImageData:
     return ImageData(images=images, labels=torch.zeros(count, dtype=torch.int64), class_names=["x"], name="synthetic")
 
 
+def setup_data(config: IICConfig) -> ImageData | None:
+    return None if config.backbone == "clusternet" else synthetic_rgb(config.input_size)
+
+
+def timed_step(trainer: Trainer, index: int, sync) -> tuple[float, float]:
+    """One training step of all the trainer's seeds: (seconds preparing views, seconds in all)."""
+    batch_size = trainer.config.batch_size
+    start = (index * batch_size) % (len(trainer.images) - batch_size)
+    sync()
+    began = time.perf_counter()
+    batches = torch.stack([trainer.images[start : start + batch_size]] * len(trainer.seeds))
+    views = trainer.make_views(batches)
+    sync()
+    prepared = time.perf_counter()
+    trainer.step(*views, "main")
+    sync()
+    return prepared - began, time.perf_counter() - began
+
+
 def profile(config: IICConfig, steps: int, warmup: int) -> dict:
-    data = None if config.backbone == "clusternet" else synthetic_rgb(config.input_size)
-    trainer = Trainer(config, data)
+    trainer = Trainer(config, setup_data(config))
     sync = torch.cuda.synchronize if trainer.device.type == "cuda" else (lambda: None)
-    order = torch.randperm(len(trainer.images), generator=torch.Generator().manual_seed(0)).to(trainer.device)
     prepare_seconds = total_seconds = 0.0
     for index in range(warmup + steps):
-        start = (index * config.batch_size) % (len(order) - config.batch_size)
-        sync()
-        began = time.perf_counter()
-        views = trainer.make_views(trainer.images[order[start : start + config.batch_size]])
-        sync()
-        prepared = time.perf_counter()
-        trainer.step(*views, "main")
-        sync()
+        prepare, total = timed_step(trainer, index, sync)
         if index >= warmup:
-            prepare_seconds += prepared - began
-            total_seconds += time.perf_counter() - began
+            prepare_seconds += prepare
+            total_seconds += total
     return {
         "images_per_second": steps * config.batch_size / total_seconds,
         "views_per_second": steps * config.batch_size * (1 + config.repeats) / total_seconds,
@@ -65,20 +81,52 @@ def profile(config: IICConfig, steps: int, warmup: int) -> dict:
     }
 
 
+def seeds_profile(config: IICConfig, count: int, steps: int, warmup: int) -> dict:
+    """Milliseconds per step of ``count`` seeds: stacked in one trainer, and one trainer per seed in turn."""
+    data = setup_data(config)
+    stacked = Trainer(config, data, seeds=list(range(count)))
+    in_turn = [Trainer(config, data, seeds=[seed]) for seed in range(count)]
+    sync = torch.cuda.synchronize if stacked.device.type == "cuda" else (lambda: None)
+    stacked_seconds = in_turn_seconds = 0.0
+    for index in range(warmup + steps):  # alternate, so that both see the same machine load
+        stacked_step = timed_step(stacked, index, sync)[1]
+        in_turn_step = sum(timed_step(trainer, index, sync)[1] for trainer in in_turn)
+        if index >= warmup:
+            stacked_seconds += stacked_step
+            in_turn_seconds += in_turn_step
+    return {"stacked_ms": 1000 * stacked_seconds / steps, "in_turn_ms": 1000 * in_turn_seconds / steps}
+
+
+def print_seeds_table(configs: dict[str, IICConfig], counts: list[int], steps: int, warmup: int) -> None:
+    print(f"\n{'setup':<36} {'seeds':>5} {'stacked ms':>10} {'in turn ms':>10} {'stacked/in turn':>15} {'vs 1 seed':>9}")
+    for name, config in configs.items():
+        single = None
+        for count in counts:
+            r = seeds_profile(config, count, steps, warmup)
+            single = single or r["stacked_ms"] if count == 1 else single
+            versus = f"{r['stacked_ms'] / single:>8.2f}x" if single else f"{'':>9}"
+            print(f"{name:<36} {count:>5} {r['stacked_ms']:>10.1f} {r['in_turn_ms']:>10.1f} {r['stacked_ms'] / r['in_turn_ms']:>14.2f}x {versus}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--no-amp", action="store_true")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--seeds", type=int, nargs="+", metavar="S", help="also time S seeds stacked vs in turn, e.g. --seeds 1 2 4")
+    parser.add_argument("--only", choices=["default", "resnet18"], help="profile one setup only")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads"
           + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""))
     print(f"{'setup':<36} {'device':<22} {'images/s':>9} {'views/s':>9} {'step ms':>8} {'prep share':>10}")
-    for name, config in setups(args.device, not args.no_amp).items():
+    configs = {name: config for name, config in setups(args.device, not args.no_amp).items() if not args.only or name.startswith(args.only)}
+    for name, config in configs.items():
         r = profile(config, args.steps, args.warmup)
         print(f"{name:<36} {r['device']:<22} {r['images_per_second']:>9.0f} {r['views_per_second']:>9.0f} "
               f"{r['step_ms']:>8.1f} {100 * r['prepare_share']:>9.1f}%", flush=True)
+    if args.seeds:
+        print_seeds_table(configs, args.seeds, args.steps, args.warmup)
     print("command: python " + " ".join(shlex.quote(a) for a in sys.argv))
 
 

@@ -10,6 +10,7 @@ CPU this is far cheaper than per-op library transforms (kornia's ColorJitter too
 """
 
 import math
+from dataclasses import dataclass, fields
 
 import torch
 from torch.nn import functional as F
@@ -74,52 +75,98 @@ class BatchAugment:
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Augment a (N, C, H, W) float batch in [0, 1]; random draws come from ``generator``,
         which must live on the images' device (this is what makes runs reproducible)."""
+        return self.apply(images, self.sample(len(images), images.shape[1], generator, images.device))
+
+    def sample(self, n: int, channels: int, generator: torch.Generator, device: torch.device | str = "cpu") -> "AugmentDraw":
+        """The random draw for ``n`` images, apart from applying it: several runs can draw from
+        their own generators and have their images augmented in one call (``AugmentDraw.cat``)."""
+
+        def uniform(low: float, high: float) -> torch.Tensor:
+            return low + (high - low) * torch.rand(n, generator=generator, device=device)
+
+        draw = AugmentDraw()
         if self.warps:
-            images = self._warp(images, generator)
-        if self.jitters:
-            images = self._jitter(images, generator)
-        return images
-
-    def _uniform(self, n: int, low: float, high: float, like: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        return low + (high - low) * torch.rand(n, generator=generator, device=like.device, dtype=like.dtype)
-
-    def _warp(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        n = images.shape[0]
-        # Output pixel u samples the input at A u + t (normalised coordinates in [-1, 1]).
-        side = self._uniform(n, self.crop_min_scale, 1.0, images, generator).sqrt()
-        shift_x = self._uniform(n, -1.0, 1.0, images, generator) * (1 - side)
-        shift_y = self._uniform(n, -1.0, 1.0, images, generator) * (1 - side)
-        angle = self._uniform(n, -1.0, 1.0, images, generator) * math.radians(self.rotation_degrees)
-        flip_x = 1 - 2 * (self._uniform(n, 0.0, 1.0, images, generator) < self.hflip_prob).to(images.dtype)
-        flip_y = 1 - 2 * (self._uniform(n, 0.0, 1.0, images, generator) < self.vflip_prob).to(images.dtype)
-        cos, sin = angle.cos(), angle.sin()
-        theta = torch.stack(
-            [
-                torch.stack([cos * side * flip_x, -sin * side * flip_y, shift_x], dim=1),
-                torch.stack([sin * side * flip_x, cos * side * flip_y, shift_y], dim=1),
-            ],
-            dim=1,
-        )
-        grid = F.affine_grid(theta, list(images.shape), align_corners=False)
-        return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-
-    def _jitter(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        n, channels = images.shape[:2]
-
-        def factor(strength: float) -> torch.Tensor:
-            return self._uniform(n, max(0.0, 1 - strength), 1 + strength, images, generator).view(n, 1, 1, 1)
-
+            draw.side = uniform(self.crop_min_scale, 1.0).sqrt()
+            draw.shift_x = uniform(-1.0, 1.0) * (1 - draw.side)
+            draw.shift_y = uniform(-1.0, 1.0) * (1 - draw.side)
+            draw.angle = uniform(-1.0, 1.0) * math.radians(self.rotation_degrees)
+            draw.flip_x = 1 - 2 * (uniform(0.0, 1.0) < self.hflip_prob).float()
+            draw.flip_y = 1 - 2 * (uniform(0.0, 1.0) < self.vflip_prob).float()
         if self.brightness > 0:
-            images = (images * factor(self.brightness)).clamp(0, 1)
+            draw.brightness = uniform(max(0.0, 1 - self.brightness), 1 + self.brightness)
         if self.contrast > 0:
-            mean = _grey(images).mean(dim=(1, 2, 3), keepdim=True)
-            images = ((images - mean) * factor(self.contrast) + mean).clamp(0, 1)
+            draw.contrast = uniform(max(0.0, 1 - self.contrast), 1 + self.contrast)
         if channels == 3 and self.saturation > 0:
-            grey = _grey(images)
-            images = ((images - grey) * factor(self.saturation) + grey).clamp(0, 1)
+            draw.saturation = uniform(max(0.0, 1 - self.saturation), 1 + self.saturation)
         if channels == 3 and self.hue > 0:
-            images = _rotate_hue(images, self._uniform(n, -self.hue, self.hue, images, generator))
-        return images
+            draw.hue = uniform(-self.hue, self.hue)
+        return draw
+
+    def apply(self, images: torch.Tensor, draw: "AugmentDraw") -> torch.Tensor:
+        """Augment a (N, C, H, W) float batch in [0, 1] with a draw made for N images."""
+        if draw.side is not None:
+            images = _warp(images, draw)
+        return _jitter(images, draw)
+
+
+@dataclass
+class AugmentDraw:
+    """One augmentation draw: a value per image for each transform that is on (None when off)."""
+
+    side: torch.Tensor | None = None  # crop side as a fraction of the image side
+    shift_x: torch.Tensor | None = None
+    shift_y: torch.Tensor | None = None
+    angle: torch.Tensor | None = None  # radians
+    flip_x: torch.Tensor | None = None  # -1 flips, 1 keeps
+    flip_y: torch.Tensor | None = None
+    brightness: torch.Tensor | None = None  # factors
+    contrast: torch.Tensor | None = None
+    saturation: torch.Tensor | None = None
+    hue: torch.Tensor | None = None  # turns of the colour wheel
+
+    def _map(self, function) -> "AugmentDraw":
+        return AugmentDraw(**{f.name: None if getattr(self, f.name) is None else function(f.name) for f in fields(self)})
+
+    def __getitem__(self, index: slice) -> "AugmentDraw":
+        return self._map(lambda name: getattr(self, name)[index])
+
+    @staticmethod
+    def cat(draws: list["AugmentDraw"]) -> "AugmentDraw":
+        """Draws for consecutive blocks of images as one draw (the same transforms must be on)."""
+        return draws[0]._map(lambda name: torch.cat([getattr(draw, name) for draw in draws]))
+
+
+def _warp(images: torch.Tensor, draw: AugmentDraw) -> torch.Tensor:
+    """Crop, rotation and flips as one affine warp: output pixel u samples the input at A u + t
+    (normalised coordinates in [-1, 1])."""
+    side, flip_x, flip_y = draw.side, draw.flip_x, draw.flip_y
+    cos, sin = draw.angle.cos(), draw.angle.sin()
+    theta = torch.stack(
+        [
+            torch.stack([cos * side * flip_x, -sin * side * flip_y, draw.shift_x], dim=1),
+            torch.stack([sin * side * flip_x, cos * side * flip_y, draw.shift_y], dim=1),
+        ],
+        dim=1,
+    ).to(images.dtype)
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def _jitter(images: torch.Tensor, draw: AugmentDraw) -> torch.Tensor:
+    def factor(values: torch.Tensor) -> torch.Tensor:
+        return values.to(images.dtype).view(-1, 1, 1, 1)
+
+    if draw.brightness is not None:
+        images = (images * factor(draw.brightness)).clamp(0, 1)
+    if draw.contrast is not None:
+        mean = _grey(images).mean(dim=(1, 2, 3), keepdim=True)
+        images = ((images - mean) * factor(draw.contrast) + mean).clamp(0, 1)
+    if draw.saturation is not None and images.shape[1] == 3:
+        grey = _grey(images)
+        images = ((images - grey) * factor(draw.saturation) + grey).clamp(0, 1)
+    if draw.hue is not None and images.shape[1] == 3:
+        images = _rotate_hue(images, draw.hue.to(images.dtype))
+    return images
 
 
 def _grey(images: torch.Tensor) -> torch.Tensor:

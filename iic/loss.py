@@ -18,6 +18,9 @@ class IICLoss(nn.Module):
     its twin confidently in the same cluster, clusters equally used. λ > 1 pushes harder towards
     balanced clusters. Entries are clamped at machine epsilon so log never sees 0.
 
+    Inputs may carry leading batch dimensions, ``(..., N, k)``: several independent models (one
+    per seed, say) then get one loss each, of shape ``(...)``.
+
     Args:
         lamb: weight λ of the marginal entropy terms (1.0 in all of the paper's experiments).
 
@@ -34,23 +37,24 @@ class IICLoss(nn.Module):
         self.lamb = lamb
 
     def forward(self, p: torch.Tensor, p_twin: torch.Tensor) -> torch.Tensor:
-        if p.shape != p_twin.shape or p.dim() != 2:
-            raise ValueError(f"IICLoss expects two (N, k) tensors of equal shape, got {tuple(p.shape)} and {tuple(p_twin.shape)}")
+        if p.shape != p_twin.shape or p.dim() < 2:
+            raise ValueError(f"IICLoss expects two (..., N, k) tensors of equal shape, got {tuple(p.shape)} and {tuple(p_twin.shape)}")
         # Log of tiny probabilities needs full precision even under autocast.
         joint = joint_distribution(p.float(), p_twin.float())
         eps = sys.float_info.epsilon
         joint = joint.clamp(min=eps)
-        marginal_i = joint.sum(dim=1, keepdim=True)
-        marginal_j = joint.sum(dim=0, keepdim=True)
-        return -(joint * (joint.log() - self.lamb * marginal_i.log() - self.lamb * marginal_j.log())).sum()
+        marginal_i = joint.sum(dim=-1, keepdim=True)
+        marginal_j = joint.sum(dim=-2, keepdim=True)
+        return -(joint * (joint.log() - self.lamb * marginal_i.log() - self.lamb * marginal_j.log())).sum(dim=(-2, -1))
 
 
 def joint_distribution(p: torch.Tensor, p_twin: torch.Tensor) -> torch.Tensor:
-    """Symmetrised, normalised k×k joint distribution of the assignments of paired views."""
-    joint = p.t() @ p_twin / p.shape[0]
-    joint = (joint + joint.t()) / 2
+    """Symmetrised, normalised k×k joint distribution of the assignments of paired views
+    (``(..., N, k)`` inputs give ``(..., k, k)``)."""
+    joint = p.transpose(-2, -1) @ p_twin / p.shape[-2]
+    joint = (joint + joint.transpose(-2, -1)) / 2
     # A batch of all-but-zero probabilities would otherwise divide 0 by 0.
-    return joint / joint.sum().clamp(min=torch.finfo(joint.dtype).tiny)
+    return joint / joint.sum(dim=(-2, -1), keepdim=True).clamp(min=torch.finfo(joint.dtype).tiny)
 
 
 def mutual_information(p: torch.Tensor, p_twin: torch.Tensor) -> float:

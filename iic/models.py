@@ -5,8 +5,13 @@ clusters and, optionally, an overclustering head with more clusters than classes
 "auxiliary overclustering", which helps the backbone find finer structure). Each head has several
 independent sub-heads: they start from different random weights, converge to different clusterings,
 and the one with the lowest training loss is the model's answer.
+
+``StackedIICModel`` trains several such models (one per seed) as one: their convolutions become
+grouped convolutions over the models' channels side by side, so S seeds cost one launch per layer
+rather than S, and each model's numbers stay its own.
 """
 
+import copy
 from pathlib import Path
 
 import torch
@@ -100,3 +105,101 @@ def build_backbone(name: str, in_channels: int, input_size: int, width: int = 16
     if name == "resnet18":
         return ResNet18(in_channels, input_size, weights_path)
     raise ValueError(f"unknown backbone {name!r}: choose one of {', '.join(BACKBONES)}")
+
+
+# Layers that act on each channel alone (or are containers): a stack of models can share them.
+_CHANNELWISE = (nn.ReLU, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Flatten, nn.Identity)
+
+
+def _stacked_conv(convs: list[nn.Conv2d]) -> nn.Conv2d:
+    first, count = convs[0], len(convs)
+    stacked = nn.Conv2d(
+        first.in_channels * count, first.out_channels * count, first.kernel_size, first.stride, first.padding,
+        first.dilation, first.groups * count, first.bias is not None, first.padding_mode,
+    )
+    stacked.weight.data.copy_(torch.cat([conv.weight.data for conv in convs]))
+    if first.bias is not None:
+        stacked.bias.data.copy_(torch.cat([conv.bias.data for conv in convs]))
+    return stacked
+
+
+def _stacked_batch_norm(norms: list[nn.BatchNorm2d]) -> nn.BatchNorm2d:
+    first = norms[0]
+    stacked = nn.BatchNorm2d(first.num_features * len(norms), first.eps, first.momentum, first.affine, first.track_running_stats)
+    # Per-channel statistics over (N, H, W): the same for a channel whichever model it belongs to.
+    for name, tensor in [*stacked.named_parameters(recurse=False), *stacked.named_buffers(recurse=False)]:
+        if name == "num_batches_tracked":
+            tensor.copy_(first.num_batches_tracked)
+        else:
+            tensor.data.copy_(torch.cat([getattr(norm, name).data for norm in norms]))
+    return stacked
+
+
+def stack_backbones(backbones: list[nn.Module]) -> nn.Module:
+    """S backbones of one architecture as one module on (N, S*C, H, W) inputs (model s reads
+    channels s*C..(s+1)*C-1) giving (N, S*F) features: every convolution grouped by model,
+    every batch norm over the models' channels side by side. Exact: each model sees only its own
+    channels. Raises ValueError for a layer that mixes channels in another way."""
+    stacked = copy.deepcopy(backbones[0])
+    for name, module in backbones[0].named_modules():
+        if not name or list(module.children()):
+            continue
+        twins = [backbone.get_submodule(name) for backbone in backbones]
+        if isinstance(module, nn.Conv2d):
+            stacked.set_submodule(name, _stacked_conv(twins))
+        elif isinstance(module, nn.BatchNorm2d):
+            stacked.set_submodule(name, _stacked_batch_norm(twins))
+        elif not isinstance(module, _CHANNELWISE):
+            raise ValueError(f"cannot stack backbone layer {name} ({type(module).__name__}): only convolutions, batch norms and channel-wise layers")
+    return stacked
+
+
+class StackedClusterHead(nn.Module):
+    """S models' ``ClusterHead``s as one: features (N, S, F) -> one (S, N, k) probability tensor
+    per sub-head, in float32."""
+
+    def __init__(self, heads: list[ClusterHead]):
+        super().__init__()
+        self.weights = nn.ParameterList(
+            nn.Parameter(torch.stack([head.subheads[i].weight.data for head in heads])) for i in range(len(heads[0].subheads))
+        )
+        self.biases = nn.ParameterList(
+            nn.Parameter(torch.stack([head.subheads[i].bias.data for head in heads])) for i in range(len(heads[0].subheads))
+        )
+
+    def forward(self, features: torch.Tensor) -> list[torch.Tensor]:
+        return [
+            (torch.einsum("nsf,skf->snk", features, weight) + bias.unsqueeze(1)).float().softmax(dim=-1)
+            for weight, bias in zip(self.weights, self.biases)
+        ]
+
+
+class StackedIICModel(nn.Module):
+    """S ``IICModel``s of one architecture (one per seed) trained as one.
+
+    ``model(images, head)`` takes (S, N, C, H, W) — each model its own images — and returns one
+    (S, N, k) probability tensor per sub-head. Parameters of model s are slices of the stacked
+    ones, so one optimiser step of an element-wise optimiser such as Adam on the stack is S
+    independent steps.
+
+    Example:
+        >>> models = []
+        >>> for seed in (0, 1, 2):
+        ...     torch.manual_seed(seed)
+        ...     models.append(IICModel(build_backbone("clusternet", 1, 16), 10, 0, 5))
+        >>> stacked = StackedIICModel(models)
+        >>> [p.shape for p in stacked(torch.rand(3, 8, 1, 16, 16))][0]
+        torch.Size([3, 8, 10])
+    """
+
+    def __init__(self, models: list[IICModel]):
+        super().__init__()
+        self.num_models = len(models)
+        self.backbone = stack_backbones([model.backbone for model in models])
+        self.heads = nn.ModuleDict({name: StackedClusterHead([model.heads[name] for model in models]) for name in models[0].heads})
+
+    def forward(self, images: torch.Tensor, head: str = "main") -> list[torch.Tensor]:
+        count, n = images.shape[:2]
+        side_by_side = images.transpose(0, 1).reshape(n, count * images.shape[2], *images.shape[3:])
+        features = self.backbone(side_by_side).view(n, count, -1)
+        return self.heads[head](features)

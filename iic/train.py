@@ -18,18 +18,20 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
-from iic.augment import BatchAugment
+from iic.augment import AugmentDraw, BatchAugment
 from iic.config import ConfigError, IICConfig
 from iic.data import DatasetError, ImageData, load_dataset
 from iic.loss import IICLoss, mutual_information
 from iic.metrics import clustering_metrics, confusion_matrix
-from iic.models import IICModel, build_backbone
+from iic.models import IICModel, StackedIICModel, build_backbone
+from iic.seeds import LABEL_FREE_PICK, combine_seeds, label_free_pick
 from iic.sobel import Sobel
+from iic.status import RunStatus
 
 # Offsets that give the shuffling, augmentation and held-out-view streams their own seeds.
 _AUGMENT_SEED_OFFSET = 1
@@ -44,24 +46,62 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-@dataclass
-class TrainResult:
-    """What a finished (or stopped, or diverged) run leaves: its final metrics and the history."""
+def check_seeds(seeds: Sequence[int]) -> list[int]:
+    seeds = list(seeds)
+    if not seeds or len(set(seeds)) != len(seeds) or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds):
+        raise ConfigError(f"seeds: give one or more distinct non-negative integers (got {seeds})")
+    return seeds
 
-    status: str  # "completed", "stopped" (by the callback) or "diverged"
+
+@dataclass
+class SeedRun:
+    """One seed's share of a run: its own metrics, history and final clustering."""
+
+    seed: int
     metrics: dict
     history: list[dict]
-    clusters: np.ndarray  # final cluster of every image (chosen sub-head)
+    clusters: np.ndarray  # final cluster of every image (the seed's chosen sub-head)
     confusion: np.ndarray | None  # clusters x classes, None without labels
+
+
+@dataclass
+class TrainResult:
+    """What a finished (or stopped, or diverged) run leaves: the final metrics combined over its
+    seeds (see ``iic.seeds.combine_seeds``), their history, and each seed's own."""
+
+    status: RunStatus
+    metrics: dict
+    history: list[dict]
+    seeds: list[SeedRun]
     class_names: list[str]
+
+    @property
+    def label_free_pick(self) -> SeedRun:
+        """The seed a user without labels would keep (highest held-out mutual information)."""
+        return self.seeds[label_free_pick([run.metrics for run in self.seeds])] if self.seeds[0].metrics else self.seeds[0]
+
+    @property
+    def clusters(self) -> np.ndarray:
+        return self.label_free_pick.clusters
+
+    @property
+    def confusion(self) -> np.ndarray | None:
+        return self.label_free_pick.confusion
 
 
 class Trainer:
     """Holds the state of one run (data on the device, model, optimiser, random streams) so that it
-    can be advanced an epoch at a time, checkpointed and restored."""
+    can be advanced an epoch at a time, checkpointed and restored.
 
-    def __init__(self, config: IICConfig, data: ImageData | None = None):
+    A run trains the config on one or more ``seeds`` at once (default: ``config.seed``): one model
+    per seed, stacked into one (``StackedIICModel``), each with its own initialisation, shuffling,
+    augmentation and held-out views drawn from its seed, so that seed s of a stacked run trains as a
+    run of that seed alone would. The data (and its ``max_samples`` subset, drawn with
+    ``config.seed``) is shared."""
+
+    def __init__(self, config: IICConfig, data: ImageData | None = None, seeds: Sequence[int] | None = None):
         self.config = config.validate(check_data=data is None)
+        self.seeds = check_seeds(seeds if seeds is not None else [config.seed])
         self.device = resolve_device(config.device)
         _seed_everything(config.seed)
         self.data = data if data is not None else load_dataset(
@@ -74,85 +114,115 @@ class Trainer:
         self.images = self.data.images.to(self.device)
         self.labels = self.data.labels.numpy()
 
-        image_channels = self.data.channels
         self.sobel = Sobel(config.sobel_keep_input).to(self.device) if config.sobel else None
-        in_channels = Sobel.output_channels(image_channels, config.sobel_keep_input) if config.sobel else image_channels
-        backbone = build_backbone(config.backbone, in_channels, config.input_size, config.backbone_width, config.backbone_weights)
-        self.model = IICModel(backbone, config.num_clusters, config.overcluster_k, config.num_subheads).to(self.device)
+        self.model = StackedIICModel([self._new_model(seed) for seed in self.seeds]).to(self.device)
         self.optimiser = torch.optim.Adam(self.model.parameters(), lr=config.lr)
         self.criterion = IICLoss(config.lamb)
         self.augment = BatchAugment(**config.augment_kwargs())
         self.amp = config.amp and self.device.type == "cuda"
 
-        self.shuffle_generator = torch.Generator().manual_seed(config.seed)
-        self.augment_generator = torch.Generator(self.device).manual_seed(config.seed + _AUGMENT_SEED_OFFSET)
+        self.shuffle_generators = [torch.Generator().manual_seed(seed) for seed in self.seeds]
+        self.augment_generators = [torch.Generator(self.device).manual_seed(seed + _AUGMENT_SEED_OFFSET) for seed in self.seeds]
+        # Held-out views are drawn once per image, so the label-free score does not depend on how
+        # the images are batched for evaluation.
+        self.held_out_draws = [
+            self.augment.sample(len(self.images), self.data.channels, torch.Generator(self.device).manual_seed(seed + _HELDOUT_SEED_OFFSET), self.device)
+            for seed in self.seeds
+        ]
         self.epoch = 0
-        self.history: list[dict] = []
-        self.status = "running"
-        self.last_clusters = np.zeros(len(self.images), dtype=np.int64)  # of the latest evaluation
+        self.history: list[dict] = []  # combined over seeds, one record per epoch
+        self.seed_histories: list[list[dict]] = [[] for _ in self.seeds]
+        self.status = RunStatus.RUNNING
+        self.last_clusters = [np.zeros(len(self.images), dtype=np.int64) for _ in self.seeds]  # of the latest evaluation
+
+    def _new_model(self, seed: int) -> IICModel:
+        """The model a run of ``seed`` alone starts from."""
+        config = self.config
+        torch.manual_seed(seed)
+        channels = self.data.channels
+        in_channels = Sobel.output_channels(channels, config.sobel_keep_input) if config.sobel else channels
+        backbone = build_backbone(config.backbone, in_channels, config.input_size, config.backbone_width, config.backbone_weights)
+        return IICModel(backbone, config.num_clusters, config.overcluster_k, config.num_subheads)
 
     # ---- one epoch ----------------------------------------------------------------------------
 
-    def _prepare(self, images_uint8: torch.Tensor, augment: bool, generator: torch.Generator | None = None) -> torch.Tensor:
+    def _prepare(self, images_uint8: torch.Tensor, draws: list[AugmentDraw] | None) -> torch.Tensor:
+        """uint8 images of all seeds, (S*n, C, H, W) -> floats, augmented with each seed's draw for
+        its block of n, then Sobel if on."""
         images = images_uint8.float().div_(255)
-        if augment:
-            images = self.augment(images, generator or self.augment_generator)
+        if draws is not None:
+            images = self.augment.apply(images, AugmentDraw.cat(draws))
         return self.sobel(images) if self.sobel is not None else images
 
-    def make_views(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """A uint8 batch -> (images, ``repeats`` augmented twins of each), ready for the model."""
-        base = self._prepare(batch, augment=self.config.augment_both_views)
-        twins = self._prepare(batch.repeat(self.config.repeats, 1, 1, 1), augment=True)
-        return base, twins
+    def make_views(self, batches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 batches, one per seed (S, B, C, H, W) -> (images, ``repeats`` augmented twins of
+        each), shaped (S, B, ...) and (S, repeats * B, ...), ready for the model."""
+        count, size = batches.shape[:2]
+        repeats, channels = self.config.repeats, self.data.channels
+        base_draws, twin_draws = [], []
+        for generator in self.augment_generators:  # per seed: its base draw first, as a run of its own
+            if self.config.augment_both_views:
+                base_draws.append(self.augment.sample(size, channels, generator, self.device))
+            twin_draws.append(self.augment.sample(size * repeats, channels, generator, self.device))
+        base = self._prepare(batches.flatten(0, 1), base_draws or None)
+        twins = self._prepare(batches.repeat(1, repeats, 1, 1, 1).flatten(0, 1), twin_draws)
+        return base.unflatten(0, (count, size)), twins.unflatten(0, (count, size * repeats))
 
     def step(self, base: torch.Tensor, twins: torch.Tensor, head: str) -> torch.Tensor | None:
-        """One optimiser step on ``head``: both views through the model in one forward pass, the
-        IIC loss per sub-head, their mean minimised. Returns the per-sub-head losses, or None if
-        the loss is no longer finite (the step is then not taken)."""
+        """One optimiser step on ``head`` for every seed: both views through the model in one
+        forward pass, the IIC loss per sub-head and seed, each seed's mean over its sub-heads
+        minimised. Returns the (sub-heads, seeds) losses, or None if any is no longer finite (the
+        step is then not taken)."""
+        size = base.shape[1]
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-            probabilities = self.model(torch.cat([base, twins]), head)
-        repeats = len(twins) // len(base)
-        losses = torch.stack([self.criterion(p[: len(base)].repeat(repeats, 1), p[len(base):]) for p in probabilities])
-        loss = losses.mean()
-        if not torch.isfinite(loss):
+            probabilities = self.model(torch.cat([base, twins], dim=1), head)
+        repeats = twins.shape[1] // size
+        losses = torch.stack([self.criterion(p[:, :size].repeat(1, repeats, 1), p[:, size:]) for p in probabilities])
+        per_seed = losses.mean(dim=0)
+        if not torch.isfinite(per_seed).all():
             return None
         self.optimiser.zero_grad(set_to_none=True)
-        loss.backward()
+        per_seed.sum().backward()  # the seeds share no parameter: each gets its own loss's gradient
         self.optimiser.step()
         return losses.detach()
 
     def _pass(self, head: str) -> torch.Tensor | None:
-        """One pass over the shuffled data training ``head``; returns the mean loss per sub-head,
-        or None if the loss stopped being finite."""
+        """One pass over the data (shuffled per seed) training ``head``; returns the mean loss per
+        sub-head and seed, or None if the loss stopped being finite."""
         config = self.config
-        order = torch.randperm(len(self.images), generator=self.shuffle_generator).to(self.device)
+        orders = torch.stack([torch.randperm(len(self.images), generator=g) for g in self.shuffle_generators]).to(self.device)
         # A last batch of one image has no joint distribution to speak of: fold it into the previous.
-        starts = list(range(0, len(order), config.batch_size))
-        if len(starts) > 1 and len(order) - starts[-1] < 2:
+        starts = list(range(0, len(self.images), config.batch_size))
+        if len(starts) > 1 and len(self.images) - starts[-1] < 2:
             starts.pop()
-        loss_sums = torch.zeros(config.num_subheads, device=self.device)
+        loss_sums = torch.zeros(config.num_subheads, len(self.seeds), device=self.device)
         for index, start in enumerate(starts):
-            stop = starts[index + 1] if index + 1 < len(starts) else len(order)
-            losses = self.step(*self.make_views(self.images[order[start:stop]]), head)
+            stop = starts[index + 1] if index + 1 < len(starts) else len(self.images)
+            losses = self.step(*self.make_views(self.images[orders[:, start:stop]]), head)
             if losses is None:
                 return None
             loss_sums += losses
         return loss_sums / len(starts)
 
     @torch.no_grad()
-    def _predict(self, generator: torch.Generator | None) -> list[torch.Tensor]:
-        """Main-head probabilities of every image per sub-head (augmented views if a generator)."""
+    def _predict(self, held_out_views: bool) -> list[torch.Tensor]:
+        """Main-head probabilities of every image, (S, N, k) per sub-head: of the images
+        themselves, or of each seed's held-out augmented views of them."""
         self.model.eval()
         outputs = []
+        count = len(self.seeds)
         for start in range(0, len(self.images), self.config.eval_batch_size):
-            batch = self._prepare(self.images[start : start + self.config.eval_batch_size], augment=generator is not None, generator=generator)
+            stop = min(start + self.config.eval_batch_size, len(self.images))
+            draws = [draw[start:stop] for draw in self.held_out_draws] if held_out_views else None
+            batch = self._prepare(self.images[start:stop].repeat(count, 1, 1, 1), draws).unflatten(0, (count, stop - start))
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
                 outputs.append(self.model(batch, "main"))
         self.model.train()
-        return [torch.cat(per_subhead) for per_subhead in zip(*outputs)]
+        return [torch.cat(per_subhead, dim=1) for per_subhead in zip(*outputs)]
 
     def run_epoch(self) -> dict:
-        """Train one epoch (overclustering head, then main head) and evaluate; returns its metrics."""
+        """Train one epoch (overclustering head, then main head) and evaluate; returns its metrics
+        combined over the seeds (each seed's own go to ``seed_histories``)."""
         started = time.perf_counter()
         config = self.config
         schedule = ["overcluster"] * (config.overcluster_passes if config.overcluster_k else 0) + ["main"] * config.main_passes
@@ -160,51 +230,63 @@ class Trainer:
         for head in schedule:
             mean_losses = self._pass(head)
             if mean_losses is None:
-                self.status = "diverged"
-                self.epoch += 1
-                metrics = {"epoch": self.epoch, "status": self.status, "loss": float("nan"), "epoch_seconds": time.perf_counter() - started}
-                self.history.append(metrics)
-                return metrics
+                return self._diverged(time.perf_counter() - started)
             losses[head] = mean_losses
         self.epoch += 1
-        metrics = {"epoch": self.epoch, **self.evaluate(losses["main"]), "epoch_seconds": time.perf_counter() - started}
+        per_seed = self.evaluate(losses["main"])
         if "overcluster" in losses:
-            metrics["loss_overcluster"] = float(losses["overcluster"].min())
+            for metrics, seed_losses in zip(per_seed, losses["overcluster"].t()):
+                metrics["loss_overcluster"] = float(seed_losses.min())
+        for history, metrics in zip(self.seed_histories, per_seed):
+            history.append(metrics)
+        metrics = {"epoch": self.epoch, "status": self.status, **combine_seeds(per_seed), "epoch_seconds": time.perf_counter() - started}
         self.history.append(metrics)
         return metrics
 
-    def evaluate(self, subhead_losses: torch.Tensor) -> dict:
-        """Metrics of the sub-head with the lowest training loss (chosen without labels), plus the
-        mutual information it reaches on held-out augmented views (a label-free objective)."""
-        chosen = int(subhead_losses.argmin())
-        probabilities = self._predict(generator=None)
-        held_out = torch.Generator(self.device).manual_seed(self.config.seed + _HELDOUT_SEED_OFFSET)
-        twin_probabilities = self._predict(generator=held_out)[chosen]
-        clusters = probabilities[chosen].argmax(dim=1).cpu().numpy()
-        num_classes = self.data.num_classes
-        metrics = {
-            "status": self.status,
-            "loss": float(subhead_losses[chosen]),
-            "mutual_information": mutual_information(probabilities[chosen], twin_probabilities),
-            "chosen_subhead": chosen,
-            **clustering_metrics(clusters, self.labels, self.config.num_clusters, num_classes),
-        }
-        if "cluster_accuracy" in metrics and len(probabilities) > 1:
-            # Picks a sub-head by looking at labels: a diagnostic of sub-head spread, never the result.
-            metrics["diagnostic_best_subhead_accuracy"] = max(
-                clustering_metrics(p.argmax(dim=1).cpu().numpy(), self.labels, self.config.num_clusters, num_classes)["cluster_accuracy"]
-                for p in probabilities
-            )
-        self.last_clusters = clusters
+    def _diverged(self, seconds: float) -> dict:
+        self.status = RunStatus.DIVERGED
+        self.epoch += 1
+        metrics = {"epoch": self.epoch, "status": self.status, "loss": float("nan"), "epoch_seconds": seconds}
+        self.history.append(metrics)
         return metrics
 
+    def evaluate(self, subhead_losses: torch.Tensor) -> list[dict]:
+        """Each seed's metrics, of its sub-head with the lowest training loss (chosen without
+        labels), with the mutual information it reaches on held-out augmented views (a label-free
+        objective). ``subhead_losses``: (sub-heads, seeds)."""
+        probabilities = self._predict(held_out_views=False)
+        twin_probabilities = self._predict(held_out_views=True)
+        num_clusters, num_classes = self.config.num_clusters, self.data.num_classes
+        per_seed = []
+        for index, seed in enumerate(self.seeds):
+            chosen = int(subhead_losses[:, index].argmin())
+            clusters = probabilities[chosen][index].argmax(dim=1).cpu().numpy()
+            metrics = {
+                "seed": seed,
+                "loss": float(subhead_losses[chosen, index]),
+                "mutual_information": mutual_information(probabilities[chosen][index], twin_probabilities[chosen][index]),
+                "chosen_subhead": chosen,
+                **clustering_metrics(clusters, self.labels, num_clusters, num_classes),
+            }
+            if "cluster_accuracy" in metrics and len(probabilities) > 1:
+                # Picks a sub-head by looking at labels: a diagnostic of sub-head spread, never the result.
+                metrics["diagnostic_best_subhead_accuracy"] = max(
+                    clustering_metrics(p[index].argmax(dim=1).cpu().numpy(), self.labels, num_clusters, num_classes)["cluster_accuracy"]
+                    for p in probabilities
+                )
+            self.last_clusters[index] = clusters
+            per_seed.append(metrics)
+        return per_seed
+
     def result(self) -> TrainResult:
-        clusters = self.last_clusters
         labelled = self.labels >= 0
-        confusion = None
-        if labelled.any():
-            confusion = confusion_matrix(clusters[labelled], self.labels[labelled], self.config.num_clusters, self.data.num_classes)
-        return TrainResult(self.status, self.history[-1] if self.history else {}, list(self.history), clusters, confusion, self.data.class_names)
+        runs = []
+        for seed, history, clusters in zip(self.seeds, self.seed_histories, self.last_clusters):
+            confusion = None
+            if labelled.any():
+                confusion = confusion_matrix(clusters[labelled], self.labels[labelled], self.config.num_clusters, self.data.num_classes)
+            runs.append(SeedRun(seed, history[-1] if history else {}, list(history), clusters, confusion))
+        return TrainResult(self.status, self.history[-1] if self.history else {}, list(self.history), runs, self.data.class_names)
 
     # ---- checkpoints --------------------------------------------------------------------------
 
@@ -214,13 +296,15 @@ class Trainer:
         path.parent.mkdir(parents=True, exist_ok=True)
         state = {
             "config": self.config.to_dict(),
+            "seeds": self.seeds,
             "epoch": self.epoch,
-            "status": self.status,
+            "status": str(self.status),
             "history": self.history,
+            "seed_histories": self.seed_histories,
             "model": self.model.state_dict(),
             "optimiser": self.optimiser.state_dict(),
-            "shuffle_generator": self.shuffle_generator.get_state(),
-            "augment_generator": self.augment_generator.get_state(),
+            "shuffle_generators": [g.get_state() for g in self.shuffle_generators],
+            "augment_generators": [g.get_state() for g in self.augment_generators],
             "last_clusters": self.last_clusters,
         }
         temporary = path.with_suffix(path.suffix + ".tmp")
@@ -228,29 +312,41 @@ class Trainer:
         temporary.replace(path)  # never leave a half-written checkpoint behind
         return path
 
+    @staticmethod
+    def saved_seeds(path: str | Path) -> list[int]:
+        return torch.load(Path(path), map_location="cpu", weights_only=False)["seeds"]
+
     def load_checkpoint(self, path: str | Path) -> None:
-        state = torch.load(Path(path), map_location=self.device, weights_only=False)
+        # Everything to the CPU first: generator states must be CPU tensors whatever the device (a
+        # CUDA generator's too); the model and optimiser copy their tensors to the device on load.
+        state = torch.load(Path(path), map_location="cpu", weights_only=False)
         saved = IICConfig.from_dict(state["config"])
         changed = [
             name for name in self.config.to_dict()
             if name not in IICConfig.RESUMABLE_CHANGES and getattr(saved, name) != getattr(self.config, name)
         ]
+        if state["seeds"] != self.seeds:
+            changed.append(f"seeds ({state['seeds']} there, {self.seeds} here)")
         if changed:
             raise ConfigError(
                 f"checkpoint {path} was trained with a different config ({', '.join(changed)} differ); "
-                f"resume with the same config (only {', '.join(IICConfig.RESUMABLE_CHANGES)} may change) or start a new run"
+                f"resume with the same config and seeds (only {', '.join(IICConfig.RESUMABLE_CHANGES)} may change) or start a new run"
             )
         self.model.load_state_dict(state["model"])
         self.optimiser.load_state_dict(state["optimiser"])
-        self.shuffle_generator.set_state(state["shuffle_generator"])
-        self.augment_generator.set_state(state["augment_generator"].cpu() if self.device.type == "cpu" else state["augment_generator"])
+        for generator, saved_state in zip(self.shuffle_generators + self.augment_generators, state["shuffle_generators"] + state["augment_generators"]):
+            generator.set_state(saved_state.cpu())
         self.epoch = state["epoch"]
-        self.status = state["status"]
+        self.status = RunStatus(state["status"])
         self.history = state["history"]
+        self.seed_histories = state["seed_histories"]
         self.last_clusters = state["last_clusters"]
 
 
-EpochCallback = Callable[[dict, Trainer], bool | None]
+# What an epoch callback may return to end the run: a status (e.g. RunStatus.COLLAPSED), or True
+# for RunStatus.STOPPED; None or False carries on.
+StopReason = RunStatus | bool | None
+EpochCallback = Callable[[dict, Trainer], StopReason]
 
 
 def train(
@@ -258,25 +354,31 @@ def train(
     on_epoch: EpochCallback | None = None,
     resume_from: str | Path | None = None,
     data: ImageData | None = None,
+    seeds: Sequence[int] | None = None,
 ) -> TrainResult:
-    """Train ``config`` to ``config.epochs`` epochs and return the result.
+    """Train ``config`` to ``config.epochs`` epochs on ``seeds`` (default: ``config.seed``) and
+    return the result.
 
-    ``on_epoch(metrics, trainer)`` is called after every epoch; it may call
-    ``trainer.save_checkpoint(path)``, and returning True stops the run (status "stopped").
-    ``resume_from`` continues from a checkpoint written by ``save_checkpoint``. A loss that turns
-    NaN or infinite ends the run with status "diverged" rather than an exception.
+    ``on_epoch(metrics, trainer)`` is called after every epoch, with ``metrics["status"]`` the
+    status the run will have unless the callback ends it (``completed`` after the last epoch); it
+    may call ``trainer.save_checkpoint(path)`` and return a stop reason (see ``StopReason``), which
+    becomes the run's status even in its last epoch. ``resume_from`` continues from a checkpoint
+    written by ``save_checkpoint``. A loss that turns NaN or infinite ends the run with status
+    "diverged" rather than an exception.
     """
-    trainer = Trainer(config, data)
+    trainer = Trainer(config, data, seeds)
     if resume_from is not None:
         trainer.load_checkpoint(resume_from)
-        if trainer.status != "diverged":  # a finished run given more epochs carries on
-            trainer.status = "running" if trainer.epoch < config.epochs else "completed"
-    while trainer.status == "running" and trainer.epoch < config.epochs:
+        if trainer.status != RunStatus.DIVERGED:  # a finished run given more epochs carries on
+            trainer.status = RunStatus.RUNNING if trainer.epoch < config.epochs else RunStatus.COMPLETED
+    while trainer.status == RunStatus.RUNNING and trainer.epoch < config.epochs:
         metrics = trainer.run_epoch()
-        if trainer.status == "running" and trainer.epoch >= config.epochs:
-            trainer.status = metrics["status"] = "completed"
-        if on_epoch is not None and on_epoch(metrics, trainer) and trainer.status == "running":
-            trainer.status = metrics["status"] = "stopped"
+        if trainer.status == RunStatus.RUNNING and trainer.epoch >= config.epochs:
+            metrics["status"] = RunStatus.COMPLETED
+        reason = on_epoch(metrics, trainer) if on_epoch is not None else None
+        if trainer.status == RunStatus.RUNNING:
+            trainer.status = RunStatus.STOPPED if reason is True else RunStatus(reason) if reason else metrics["status"]
+            metrics["status"] = trainer.status
     return trainer.result()
 
 
@@ -298,6 +400,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, help="shortcut for --set seed=S")
     parser.add_argument("--out", default="runs/train", help="output directory (default: runs/train)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    parser.add_argument("--seeds", type=int, nargs="+", metavar="SEED",
+                        help="train on several seeds at once (one stacked model); metrics.json gives their mean, min, sd and each seed's")
     return parser.parse_args(argv)
 
 
@@ -322,12 +426,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.resume and not checkpoint.is_file():
             raise ConfigError(f"--resume: no checkpoint at {checkpoint}; run without --resume to start a new run")
         resolve_device(config.device)
+        # A resumed run keeps the seeds its checkpoint was trained on unless --seeds says otherwise.
+        seeds = check_seeds(args.seeds or (Trainer.saved_seeds(checkpoint) if args.resume else [config.seed]))
     except (ConfigError, DatasetError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     out.mkdir(parents=True, exist_ok=True)
     config.to_yaml(out / "config.yaml")
-    print(f"training {config.backbone} on {config.dataset} for {config.epochs} epochs -> {out}", flush=True)
+    on_seeds = f" on seeds {', '.join(map(str, seeds))}" if len(seeds) > 1 else ""
+    print(f"training {config.backbone} on {config.dataset} for {config.epochs} epochs{on_seeds} -> {out}", flush=True)
 
     def on_epoch(metrics: dict, trainer: Trainer) -> None:
         trainer.save_checkpoint(checkpoint)
@@ -335,20 +442,24 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.perf_counter()
     try:
-        result = train(config, on_epoch=on_epoch, resume_from=checkpoint if args.resume else None)
+        result = train(config, on_epoch=on_epoch, resume_from=checkpoint if args.resume else None, seeds=seeds)
     except (ConfigError, DatasetError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    summary = {**result.metrics, "status": result.status, "epochs": len(result.history), "seconds": time.perf_counter() - started}
+    summary = {**result.metrics, "status": result.status, "epochs": len(result.history), "seconds": time.perf_counter() - started,
+               "per_seed": [_finite({**run.metrics, "seed": run.seed}) for run in result.seeds]}
     (out / "metrics.json").write_text(json.dumps(_finite(summary), indent=2))
     if result.confusion is not None:
         from iic.plots import plot_confusion_matrix
 
         plot_confusion_matrix(result.confusion, result.class_names, out / "confusion_matrix.png")
-    if result.status == "diverged":
+    if result.status == RunStatus.DIVERGED:
         print(f"diverged: the loss became NaN/inf at epoch {len(result.history)}; lower lr (now {config.lr}) or lamb", file=sys.stderr)
         return 1
-    print(json.dumps({k: summary[k] for k in ("cluster_accuracy", "nmi", "largest_cluster_share", "status") if k in summary}))
+    shown = ["cluster_accuracy", "nmi", "largest_cluster_share", "status"]
+    if len(seeds) > 1:  # a mean over seeds is read with its spread
+        shown[1:1] = ["cluster_accuracy_min", "cluster_accuracy_sd", LABEL_FREE_PICK]
+    print(json.dumps({k: summary[k] for k in shown if k in summary}))
     return 0
 
 

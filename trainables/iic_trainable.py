@@ -5,6 +5,9 @@ stop it, a crashed worker can be retried from its last epoch, and an interrupted
 resumed. The checkpoint folder holds the trainer state (``checkpoint.pt``) and a small summary of
 the clustering (``clusters.npz``: confusion matrix, cluster sizes, sample images per cluster) from
 which the search's driver draws the trial's figures, wherever the trial ran.
+
+A trial trains its config on the seeds listed under ``seeds`` in its config (all at once, as one
+stacked model) and reports their mean as each metric, with the spread (see ``iic.seeds``).
 """
 
 import shutil
@@ -18,12 +21,15 @@ from ray import tune
 
 from iic.config import IICConfig
 from iic.plots import cluster_samples
-from iic.train import Trainer, train
+from iic.status import RunStatus
+from iic.train import StopReason, Trainer, train
 
 CHECKPOINT_FILE = "checkpoint.pt"
 SUMMARY_FILE = "clusters.npz"
-# Trial-config key of the search's gates (e.g. overclustering on/off), apart from IICConfig fields.
+# Trial-config keys apart from IICConfig fields: the search's gates (e.g. overclustering on/off),
+# and the seeds the trial trains its config on.
 GATE_KEY = "gate"
+SEEDS_KEY = "seeds"
 
 
 @dataclass(frozen=True)
@@ -33,27 +39,35 @@ class TrialSettings:
     collapse_share: float = 0.6  # a cluster holding at least this share of the data ...
     collapse_patience: int = 5  # ... for this many epochs in a row: the trial has collapsed
     collapse_information: float = 0.01  # so has one whose held-out mutual information (nats) stays below this
-    # (the information test starts after 2 x collapse_patience epochs)
+    collapse_warmup: int = 10  # ... for collapse_patience epochs after these first epochs
     gallery_per_cluster: int = 8
+
+    def collapsed(self, history: list[dict]) -> bool:
+        return has_collapsed(history, self.collapse_share, self.collapse_patience, self.collapse_information, self.collapse_warmup)
 
 
 def trial_iic_config(trial_config: dict) -> IICConfig:
-    """The IICConfig of a trial: its config without the search's gates."""
-    return IICConfig.from_dict({key: value for key, value in trial_config.items() if key != GATE_KEY})
+    """The IICConfig of a trial: its config without the search's gates and seeds."""
+    return IICConfig.from_dict({key: value for key, value in trial_config.items() if key not in (GATE_KEY, SEEDS_KEY)})
 
 
-def has_collapsed(history: list[dict], share: float, patience: int, information: float = 0.0) -> bool:
+def trial_seeds(trial_config: dict) -> list[int]:
+    """The seeds a trial trains on: its ``seeds``, else its config's one seed."""
+    return list(trial_config.get(SEEDS_KEY) or [trial_iic_config(trial_config).seed])
+
+
+def has_collapsed(history: list[dict], share: float, patience: int, information: float = 0.0, warmup: int = 0) -> bool:
     """For the last ``patience`` epochs, either one cluster has held ``share`` or more of the data
-    (the seed study's failure: a single cluster taking most images), or the assignments have carried
-    less than ``information`` nats about the image (every image given the same soft, near-uniform
+    (the seed study's failure: a single cluster taking most images), or — judged only on epochs
+    after the first ``warmup``, while the heads are still soft — the assignments have carried less
+    than ``information`` nats about the image (every image given the same soft, near-uniform
     prediction: a degenerate optimum that λ > 1 rewards). Neither tends to recover."""
     recent = history[-patience:]
     if len(recent) < patience:
         return False
     if all(m.get("largest_cluster_share", 0.0) >= share for m in recent):
         return True
-    # Information starts near zero while the heads are still soft: judge it only after a warm-up.
-    return len(history) >= 2 * patience and all(m.get("mutual_information", float("inf")) < information for m in recent)
+    return len(history) >= warmup + patience and all(m.get("mutual_information", float("inf")) < information for m in recent)
 
 
 def write_cluster_summary(trainer: Trainer, path: Path, per_cluster: int) -> None:
@@ -65,28 +79,27 @@ def write_cluster_summary(trainer: Trainer, path: Path, per_cluster: int) -> Non
 
 def train_iic(config: dict, settings: TrialSettings = TrialSettings()) -> None:
     """Ray Tune function trainable: ``tune.with_parameters(train_iic, settings=...)``."""
-    iic_config = trial_iic_config(config)
+    iic_config, seeds = trial_iic_config(config), trial_seeds(config)
     # Where the trial runs, for the records (a retried trial may land on another node).
     placement = {"node_id": ray.get_runtime_context().get_node_id(), "gpu_ids": ",".join(map(str, ray.get_gpu_ids()))}
 
-    def report(metrics: dict, trainer: Trainer) -> bool:
-        if trainer.status == "running" and has_collapsed(
-            trainer.history, settings.collapse_share, settings.collapse_patience, settings.collapse_information
-        ):
-            trainer.status = metrics["status"] = "collapsed"
+    def report(metrics: dict, trainer: Trainer) -> StopReason:
+        # Collapsed once every seed has: until then the collapsed seeds pull the mean down.
+        collapsed = metrics["status"] != RunStatus.DIVERGED and all(settings.collapsed(h) for h in trainer.seed_histories)
+        reason = RunStatus.COLLAPSED if collapsed else None
         with tempfile.TemporaryDirectory() as folder:
             trainer.save_checkpoint(Path(folder) / CHECKPOINT_FILE)
             write_cluster_summary(trainer, Path(folder) / SUMMARY_FILE, settings.gallery_per_cluster)
-            tune.report({**metrics, **placement}, checkpoint=tune.Checkpoint.from_directory(folder))
-        return trainer.status != "running"
+            tune.report({**metrics, "status": reason or metrics["status"], **placement}, checkpoint=tune.Checkpoint.from_directory(folder))
+        return reason
 
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
-        train(iic_config, on_epoch=report)
+        train(iic_config, on_epoch=report, seeds=seeds)
         return
     with tempfile.TemporaryDirectory() as scratch:
         # Copy the state out of the (possibly temporary, possibly remote) checkpoint folder.
         state = Path(scratch) / CHECKPOINT_FILE
         with checkpoint.as_directory() as folder:
             shutil.copyfile(Path(folder) / CHECKPOINT_FILE, state)
-        train(iic_config, on_epoch=report, resume_from=state)
+        train(iic_config, on_epoch=report, resume_from=state, seeds=seeds)
