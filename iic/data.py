@@ -38,6 +38,8 @@ import torch
 from PIL import Image
 from torch.nn import functional as F
 
+from iic.colour import to_grey
+
 DATASETS = ("digits", "mnist5k", "mnist", "fashion_mnist", "cifar10", "stl10", "image_folder", "har")
 
 # Splits each dataset accepts. "all" means train+test where a dataset has a test split (IIC trains
@@ -70,9 +72,6 @@ _EXPECTED_FILES = {
     f"(extensions: {', '.join(IMAGE_EXTENSIONS)})",
     "har": "root/Training_set.csv (header filename,label) and root/train/ holding the images it names",
 }
-
-# ITU-R 601 luma weights for RGB -> grey (the same weights PIL uses for mode "L").
-_LUMA = (0.299, 0.587, 0.114)
 
 DIGIT_CLASSES = [str(digit) for digit in range(10)]
 FASHION_MNIST_CLASSES = [
@@ -610,18 +609,17 @@ def _read_selected(parts: Sequence[_Part], keep: np.ndarray) -> np.ndarray:
 def _standardise(images: torch.Tensor, input_size: int, greyscale: bool) -> torch.Tensor:
     """Greyscale (if asked and RGB) and resize to input_size x input_size, in float, rounded back
     to uint8 once. Works through chunks to bound the float copy's memory."""
-    to_grey = greyscale and images.shape[1] == 3
-    to_resize = tuple(images.shape[-2:]) != (input_size, input_size)
-    if not (to_grey or to_resize):
+    grey_wanted = greyscale and images.shape[1] == 3
+    resize_wanted = tuple(images.shape[-2:]) != (input_size, input_size)
+    if not (grey_wanted or resize_wanted):
         return images
-    luma = torch.tensor(_LUMA).view(1, 3, 1, 1)
     channels = 1 if greyscale else images.shape[1]
     converted = torch.empty((len(images), channels, input_size, input_size), dtype=torch.uint8)
     for start in range(0, len(images), _CONVERT_CHUNK):
         chunk = images[start : start + _CONVERT_CHUNK].float()
-        if to_grey:
-            chunk = (chunk * luma).sum(dim=1, keepdim=True)
-        if to_resize:
+        if grey_wanted:
+            chunk = to_grey(chunk)
+        if resize_wanted:
             chunk = F.interpolate(
                 chunk, size=(input_size, input_size), mode="bilinear", antialias=True, align_corners=False
             )
