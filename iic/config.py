@@ -22,7 +22,20 @@ DEVICES = ("auto", "cpu", "cuda")
 
 
 class ConfigError(ValueError):
-    """A config that cannot be trained; the message lists every problem and how to fix it."""
+    """A config that cannot be trained; the message lists every problem and how to fix it, and
+    ``problems`` holds them one by one (a single-message error is its own one problem)."""
+
+    def __init__(self, message: str, problems: list[str] | None = None):
+        super().__init__(message)
+        self.problems = list(problems) if problems is not None else [message]
+
+    @classmethod
+    def listing(cls, problems: list[str]) -> "ConfigError":
+        return cls("invalid config:\n  " + "\n  ".join(problems), problems)
+
+    def __reduce__(self):
+        # Rebuilt with its problems when pickled (a Ray trial's error travels to the driver).
+        return type(self), (str(self), self.problems)
 
 
 @dataclass
@@ -100,7 +113,7 @@ class IICConfig:
             except TypeError as err:
                 problems.append(f"{key}: {err}")
         if problems:
-            raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+            raise ConfigError.listing(problems)
         return cls(**coerced)
 
     @classmethod
@@ -113,7 +126,7 @@ class IICConfig:
         try:
             return cls.from_dict(values)
         except ConfigError as err:
-            raise ConfigError(f"{path}: {err}") from None
+            raise ConfigError(f"{path}: {err}", err.problems) from None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -203,7 +216,7 @@ class IICConfig:
             except DatasetError as err:
                 problems.append(f"data_root: {err}")
         if problems:
-            raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+            raise ConfigError.listing(problems)
         return self
 
 

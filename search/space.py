@@ -151,7 +151,8 @@ class Preset:
                 try:
                     base.replace(**dict(param.off)).validate(check_data=False)
                 except ConfigError as err:
-                    problems.append(f"space.{param.name}.otherwise: {str(err).split(chr(10) + '  ', 1)[-1]}")
+                    detail = "\n  ".join(err.problems)
+                    problems.append(f"space.{param.name}.otherwise: {detail}")
         # Every extreme of every range must make a valid config on its own.
         for param in self.params:
             if param.kind == "gate":
@@ -161,7 +162,7 @@ class Preset:
                 try:
                     base.replace(**{param.name: value}).validate(check_data=False)
                 except ConfigError as err:
-                    detail = str(err).split("\n  ", 1)[-1]
+                    detail = "\n  ".join(err.problems)
                     problems.append(f"space.{param.name}: value {value!r} is invalid ({detail})")
         if self.search.objective not in OBJECTIVES:
             problems.append(f"search.objective: {self.search.objective!r} is not one of {', '.join(OBJECTIVES)}")

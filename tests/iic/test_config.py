@@ -1,3 +1,4 @@
+import pickle
 from pathlib import Path
 
 import pytest
@@ -63,6 +64,23 @@ def test_every_problem_is_reported_at_once():
         IICConfig(num_clusters=1, lr=0, batch_size=1).validate()
     message = str(caught.value)
     assert "num_clusters" in message and "lr" in message and "batch_size" in message
+
+
+def test_config_error_keeps_its_problems_as_a_list(tmp_path):
+    with pytest.raises(ConfigError) as caught:
+        IICConfig(num_clusters=1, lr=0).validate()
+    problems = caught.value.problems
+    assert len(problems) == 2 and problems[0].startswith("num_clusters:") and problems[1].startswith("lr:")
+    assert str(caught.value) == "invalid config:\n  " + "\n  ".join(problems)
+    copy = pickle.loads(pickle.dumps(caught.value))
+    assert (str(copy), copy.problems) == (str(caught.value), problems)
+    path = tmp_path / "bad.yaml"
+    path.write_text("epochs: ten\nsobel: yes please\n")
+    with pytest.raises(ConfigError) as caught:
+        IICConfig.from_yaml(path)
+    assert str(caught.value).startswith(f"{path}: invalid config:")
+    assert [problem.split(":")[0] for problem in caught.value.problems] == ["epochs", "sobel"]
+    assert ConfigError("one thing is wrong").problems == ["one thing is wrong"]
 
 
 def test_set_overrides_parse_yaml_values():
