@@ -121,8 +121,7 @@ class IICConfig:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist: pass the path of a YAML config (see configs/)")
-        with open(path) as handle:
-            values = yaml.safe_load(handle) or {}
+        values = read_yaml(path) or {}
         try:
             return cls.from_dict(values)
         except ConfigError as err:
@@ -149,7 +148,10 @@ class IICConfig:
             key, sep, raw = assignment.partition("=")
             if not sep or not key.strip():
                 raise ConfigError(f"--set {assignment!r}: expected key=value, e.g. --set lr=0.001")
-            changes[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
+            try:
+                changes[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
+            except yaml.YAMLError as err:
+                raise ConfigError(f"--set {assignment!r}: the value is not valid YAML ({_yaml_problem(err)})") from None
         return self.replace(**changes)
 
     def with_absolute_paths(self, base: str | Path = ".") -> "IICConfig":
@@ -218,6 +220,25 @@ class IICConfig:
         if problems:
             raise ConfigError.listing(problems)
         return self
+
+
+def read_yaml(path: str | Path, error: type[ValueError] = ConfigError):
+    """The document in the YAML file ``path``. A syntax error raises ``error`` (ConfigError, or the
+    caller's own error type) as ``FILE line L column C: problem``, which the CLIs print as
+    ``error: ...`` with exit code 2 instead of a parser traceback."""
+    with open(path) as handle:
+        try:
+            return yaml.safe_load(handle)
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            if mark is None:  # errors without a position, such as a forbidden character
+                raise error(f"{path}: {err}") from None
+            # yaml counts lines and columns from 0; editors count from 1.
+            raise error(f"{path} line {mark.line + 1} column {mark.column + 1}: {_yaml_problem(err)}") from None
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    return getattr(err, "problem", None) or str(err)
 
 
 def _coerce(value, annotation):
