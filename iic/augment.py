@@ -15,9 +15,10 @@ from dataclasses import dataclass, fields
 import torch
 from torch.nn import functional as F
 
-# ITU-R 601 luma weights, and the RGB -> YIQ matrix used for hue rotation.
-_LUMA = (0.299, 0.587, 0.114)
-_RGB_TO_YIQ = ((0.299, 0.587, 0.114), (0.596, -0.274, -0.322), (0.211, -0.523, 0.312))
+from iic.colour import LUMA, to_grey
+
+# The RGB -> YIQ matrix used for hue rotation; its Y row is the luma.
+_RGB_TO_YIQ = (LUMA, (0.596, -0.274, -0.322), (0.211, -0.523, 0.312))
 
 
 class BatchAugment:
@@ -159,21 +160,14 @@ def _jitter(images: torch.Tensor, draw: AugmentDraw) -> torch.Tensor:
     if draw.brightness is not None:
         images = (images * factor(draw.brightness)).clamp(0, 1)
     if draw.contrast is not None:
-        mean = _grey(images).mean(dim=(1, 2, 3), keepdim=True)
+        mean = to_grey(images).mean(dim=(1, 2, 3), keepdim=True)
         images = ((images - mean) * factor(draw.contrast) + mean).clamp(0, 1)
     if draw.saturation is not None and images.shape[1] == 3:
-        grey = _grey(images)
+        grey = to_grey(images)
         images = ((images - grey) * factor(draw.saturation) + grey).clamp(0, 1)
     if draw.hue is not None and images.shape[1] == 3:
         images = _rotate_hue(images, draw.hue.to(images.dtype))
     return images
-
-
-def _grey(images: torch.Tensor) -> torch.Tensor:
-    if images.shape[1] == 1:
-        return images
-    luma = torch.tensor(_LUMA, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
-    return (images * luma).sum(dim=1, keepdim=True)
 
 
 def _rotate_hue(images: torch.Tensor, turns: torch.Tensor) -> torch.Tensor:

@@ -22,7 +22,20 @@ DEVICES = ("auto", "cpu", "cuda")
 
 
 class ConfigError(ValueError):
-    """A config that cannot be trained; the message lists every problem and how to fix it."""
+    """A config that cannot be trained; the message lists every problem and how to fix it, and
+    ``problems`` holds them one by one (a single-message error is its own one problem)."""
+
+    def __init__(self, message: str, problems: list[str] | None = None):
+        super().__init__(message)
+        self.problems = list(problems) if problems is not None else [message]
+
+    @classmethod
+    def listing(cls, problems: list[str]) -> "ConfigError":
+        return cls("invalid config:\n  " + "\n  ".join(problems), problems)
+
+    def __reduce__(self):
+        # Rebuilt with its problems when pickled (a Ray trial's error travels to the driver).
+        return type(self), (str(self), self.problems)
 
 
 @dataclass
@@ -100,7 +113,7 @@ class IICConfig:
             except TypeError as err:
                 problems.append(f"{key}: {err}")
         if problems:
-            raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+            raise ConfigError.listing(problems)
         return cls(**coerced)
 
     @classmethod
@@ -108,12 +121,11 @@ class IICConfig:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist: pass the path of a YAML config (see configs/)")
-        with open(path) as handle:
-            values = yaml.safe_load(handle) or {}
+        values = read_yaml(path) or {}
         try:
             return cls.from_dict(values)
         except ConfigError as err:
-            raise ConfigError(f"{path}: {err}") from None
+            raise ConfigError(f"{path}: {err}", err.problems) from None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -136,7 +148,10 @@ class IICConfig:
             key, sep, raw = assignment.partition("=")
             if not sep or not key.strip():
                 raise ConfigError(f"--set {assignment!r}: expected key=value, e.g. --set lr=0.001")
-            changes[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
+            try:
+                changes[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
+            except yaml.YAMLError as err:
+                raise ConfigError(f"--set {assignment!r}: the value is not valid YAML ({_yaml_problem(err)})") from None
         return self.replace(**changes)
 
     def with_absolute_paths(self, base: str | Path = ".") -> "IICConfig":
@@ -203,8 +218,27 @@ class IICConfig:
             except DatasetError as err:
                 problems.append(f"data_root: {err}")
         if problems:
-            raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+            raise ConfigError.listing(problems)
         return self
+
+
+def read_yaml(path: str | Path, error: type[ValueError] = ConfigError):
+    """The document in the YAML file ``path``. A syntax error raises ``error`` (ConfigError, or the
+    caller's own error type) as ``FILE line L column C: problem``, which the CLIs print as
+    ``error: ...`` with exit code 2 instead of a parser traceback."""
+    with open(path) as handle:
+        try:
+            return yaml.safe_load(handle)
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            if mark is None:  # errors without a position, such as a forbidden character
+                raise error(f"{path}: {err}") from None
+            # yaml counts lines and columns from 0; editors count from 1.
+            raise error(f"{path} line {mark.line + 1} column {mark.column + 1}: {_yaml_problem(err)}") from None
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    return getattr(err, "problem", None) or str(err)
 
 
 def _coerce(value, annotation):

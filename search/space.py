@@ -21,9 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import optuna
-import yaml
 
-from iic.config import ConfigError, IICConfig
+from iic.config import ConfigError, IICConfig, read_yaml
 from trainables.iic_trainable import GATE_KEY
 
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
@@ -101,15 +100,13 @@ class Preset:
             path = PRESETS_DIR / f"{name_or_path}.yaml"
         if not path.is_file():
             raise PresetError(f"unknown preset {name_or_path!r}: choose one of {', '.join(available_presets())} or give a YAML file path")
-        with open(path) as handle:
-            raw = yaml.safe_load(handle) or {}
+        raw = read_yaml(path, PresetError) or {}
         if raw.get("extends"):
             # A training config file (configs/*.yaml) under the preset's own config section.
             extended = (path.parent / raw["extends"]).resolve()
             if not extended.is_file():
                 raise PresetError(f"{path}: extends {raw['extends']!r}, which does not exist (paths are relative to the preset)")
-            with open(extended) as handle:
-                raw["config"] = {**(yaml.safe_load(handle) or {}), **(raw.get("config") or {})}
+            raw["config"] = {**(read_yaml(extended, PresetError) or {}), **(raw.get("config") or {})}
         try:
             return cls.from_dict(path.stem, raw)
         except PresetError as err:
@@ -151,7 +148,8 @@ class Preset:
                 try:
                     base.replace(**dict(param.off)).validate(check_data=False)
                 except ConfigError as err:
-                    problems.append(f"space.{param.name}.otherwise: {str(err).split(chr(10) + '  ', 1)[-1]}")
+                    detail = "\n  ".join(err.problems)
+                    problems.append(f"space.{param.name}.otherwise: {detail}")
         # Every extreme of every range must make a valid config on its own.
         for param in self.params:
             if param.kind == "gate":
@@ -161,7 +159,7 @@ class Preset:
                 try:
                     base.replace(**{param.name: value}).validate(check_data=False)
                 except ConfigError as err:
-                    detail = str(err).split("\n  ", 1)[-1]
+                    detail = "\n  ".join(err.problems)
                     problems.append(f"space.{param.name}: value {value!r} is invalid ({detail})")
         if self.search.objective not in OBJECTIVES:
             problems.append(f"search.objective: {self.search.objective!r} is not one of {', '.join(OBJECTIVES)}")

@@ -1,9 +1,11 @@
+import pickle
 from pathlib import Path
 
 import pytest
 
 from iic.config import ConfigError, IICConfig
 from iic.data import HAR_MERGED_9, HAR_REDUCED_3
+from iic.train import main
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -63,6 +65,36 @@ def test_every_problem_is_reported_at_once():
         IICConfig(num_clusters=1, lr=0, batch_size=1).validate()
     message = str(caught.value)
     assert "num_clusters" in message and "lr" in message and "batch_size" in message
+
+
+def test_config_error_keeps_its_problems_as_a_list(tmp_path):
+    with pytest.raises(ConfigError) as caught:
+        IICConfig(num_clusters=1, lr=0).validate()
+    problems = caught.value.problems
+    assert len(problems) == 2 and problems[0].startswith("num_clusters:") and problems[1].startswith("lr:")
+    assert str(caught.value) == "invalid config:\n  " + "\n  ".join(problems)
+    copy = pickle.loads(pickle.dumps(caught.value))
+    assert (str(copy), copy.problems) == (str(caught.value), problems)
+    path = tmp_path / "bad.yaml"
+    path.write_text("epochs: ten\nsobel: yes please\n")
+    with pytest.raises(ConfigError) as caught:
+        IICConfig.from_yaml(path)
+    assert str(caught.value).startswith(f"{path}: invalid config:")
+    assert [problem.split(":")[0] for problem in caught.value.problems] == ["epochs", "sobel"]
+    assert ConfigError("one thing is wrong").problems == ["one thing is wrong"]
+
+
+def test_malformed_config_file_exits_2_naming_file_line_and_column(tmp_path, capsys):
+    path = tmp_path / "bad.yaml"
+    path.write_text("dataset: digits\nlr: 0.001\n  epochs: 3\n")  # epochs indented under a scalar
+    assert main(["--config", str(path), "--out", str(tmp_path / "run")]) == 2
+    assert f"error: {path} line 3 column 9: mapping values are not allowed here" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_malformed_set_value_exits_2(tmp_path, capsys):
+    assert main(["--set", "class_map={a: b", "--out", str(tmp_path / "run")]) == 2
+    assert "error: --set 'class_map={a: b': the value is not valid YAML" in capsys.readouterr().err
 
 
 def test_set_overrides_parse_yaml_values():

@@ -2,6 +2,7 @@
 
 import csv
 import gzip
+import inspect
 import pickle
 import struct
 from pathlib import Path
@@ -12,12 +13,17 @@ import torch
 from PIL import Image
 
 from iic.data import (
+    DATASET_SPECS,
     DATASETS,
     HAR_CLASSES,
     HAR_MERGED_9,
     HAR_REDUCED_3,
     DatasetError,
+    DatasetSpec,
     ImageData,
+    Part,
+    ReadRequest,
+    StoredFiles,
     check_dataset_source,
     load_dataset,
 )
@@ -497,6 +503,71 @@ def test_image_data_rejects_non_uint8_images():
         ImageData(torch.zeros(2, 1, 4, 4), torch.zeros(2, dtype=torch.int64), ["a"], "x")
     with pytest.raises(ValueError, match="labels"):
         ImageData(torch.zeros(2, 1, 4, 4, dtype=torch.uint8), torch.zeros(3, dtype=torch.int64), ["a"], "x")
+
+
+# --------------------------------------------------------------------------- the registry
+
+
+@pytest.mark.parametrize("name", DATASETS)
+def test_every_dataset_spec_is_complete(name):
+    spec = DATASET_SPECS[name]
+    assert spec.name == name and callable(spec.read)
+    assert "train" in spec.splits  # load_dataset's default split
+    if spec.root_holds is None:  # bundled: no root to check, nothing to download
+        assert spec.files is None and spec.check_root is None and spec.torchvision_class is None
+    else:
+        assert spec.files is not None or callable(spec.check_root), "nothing checks root before reading"
+    for split in spec.splits:
+        parts = spec.parts(split)
+        assert parts and "all" not in parts
+        if spec.files is not None:
+            unchecked = [part for part in parts if part not in spec.files.per_part]
+            assert not unchecked, f"split {split!r}: no expected files for stored part(s) {unchecked}"
+    if spec.requires_module is not None:
+        module, install = spec.requires_module
+        assert module and install.startswith("pip install")
+    if spec.torchvision_class is not None:
+        torchvision_datasets = pytest.importorskip("torchvision.datasets")
+        downloader = getattr(torchvision_datasets, spec.torchvision_class)
+        inspect.signature(downloader).bind("root", download=True, **spec.torchvision_args)
+    assert DATASETS == tuple(DATASET_SPECS)
+
+
+def read_toy(request: ReadRequest) -> tuple[list[Part], list[str]]:
+    """A toy format: one .npy of uint8 (n, 1, 8, 8) images per stored part; labels alternate."""
+    parts = []
+    for part in request.parts:
+        (images_path,) = request.part_paths(part)
+        images = np.load(images_path)
+        parts.append(Part(np.arange(len(images), dtype=np.int64) % 2, images.__getitem__))
+    return parts, ["even", "odd"]
+
+
+TOY = DatasetSpec(
+    name="toy",
+    splits=("train", "test", "all"),
+    read=read_toy,
+    root_holds="root/toy/ with train.npy and test.npy",
+    files=StoredFiles({"train": ("train.npy",), "test": ("test.npy",)}, folders=("toy",)),
+)
+
+
+def test_a_registered_spec_loads_through_load_dataset(tmp_path, monkeypatch):
+    monkeypatch.setitem(DATASET_SPECS, "toy", TOY)
+    (tmp_path / "toy").mkdir()
+    np.save(tmp_path / "toy" / "train.npy", np.full((4, 1, 8, 8), 7, dtype=np.uint8))
+    with pytest.raises(DatasetError, match=r"dataset 'toy': missing test.npy in .*toy; expected root/toy/"):
+        check_dataset_source("toy", str(tmp_path), "all")
+    np.save(tmp_path / "toy" / "test.npy", np.full((2, 1, 8, 8), 9, dtype=np.uint8))
+
+    data = load_dataset("toy", str(tmp_path), split="all", input_size=4, class_map={"odd": "odd"})
+    assert data.images.shape == (3, 1, 4, 4) and data.name == "toy"
+    assert data.images[:, 0, 0, 0].tolist() == [7, 7, 9]  # odd images of train, then of test
+    assert (data.class_names, data.labels.tolist()) == (["odd"], [0, 0, 0])
+    with pytest.raises(DatasetError, match="no split 'unlabeled'.*train, test, all"):
+        load_dataset("toy", str(tmp_path), split="unlabeled")
+    with pytest.raises(DatasetError, match="needs `root`: a folder with root/toy/"):
+        load_dataset("toy")
 
 
 # --------------------------------------------------------------------------- download

@@ -1,4 +1,5 @@
 import pickle
+import re
 
 import optuna
 import pytest
@@ -96,3 +97,19 @@ def test_unknown_preset_and_sections():
         Preset.from_dict("x", {"spaces": {}})
     with pytest.raises(PresetError, match="search section: unknown setting"):
         Preset.from_dict("x", {"search": {"trials": 3}})
+
+
+def test_malformed_preset_names_file_line_and_column(tmp_path):
+    preset = tmp_path / "bad.yaml"
+    preset.write_text("description: bad\nspace:\n  lr: {low: 0.001, high: 0.01}\n    log: true\n")
+    with pytest.raises(PresetError, match=rf"^{re.escape(str(preset))} line 4 column 5: expected <block end>"):
+        Preset.load(str(preset))
+
+
+def test_malformed_extended_config_names_that_file(tmp_path):
+    extended = tmp_path / "base.yaml"
+    extended.write_text("dataset: digits\nlr: [0.001\n")
+    preset = tmp_path / "preset.yaml"
+    preset.write_text("extends: base.yaml\nspace:\n  lr: {low: 0.001, high: 0.01}\n")
+    with pytest.raises(PresetError, match=rf"^{re.escape(str(extended.resolve()))} line 3 column 1: expected ',' or '\]'"):
+        Preset.load(str(preset))
