@@ -29,102 +29,32 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from iic.config import ConfigError, IICConfig
-from search.run import SearchError, check_tracking_uri
+from search.records import RecordsError, connect, find_experiment_id, ranked_runs, retrainable_config, runs_of_search, trial_runs
+from iic.seeds import LABEL_FREE_PICK
+from search.confirm import CONFIRMED_FIGURES
+from search.records import objective_value
 from search.space import OBJECTIVES
-from search.tracking import ROLE_TAG, SEARCH_TAG, STATUS_TAG, TRIAL_TAG
+from search.tracking import CONFIRM_ROLE, CONFIRMS_TAG, SEARCH_TAG, TRIAL_TAG
+from trainables.iic_trainable import SEEDS_KEY
 
 SETTINGS = ("lr", "batch_size", "lamb", "repeats", "sobel", "overcluster_k")
-SKIPPED_STATUSES = ("diverged", "error")
 RANK_FILE = re.compile(r"rank\d+_.+\.yaml")
 SUMMARY_FILES = ("summary.csv", "summary.md")
 
 
-class ExportError(ValueError):
-    """An export that cannot run; the message says what to change."""
-
-
 @dataclass
 class ExportedTrial:
-    """One trial to export: its MLflow run, its objective value and its retrainable config."""
+    """One trial to export: its MLflow run, its objective value, its retrainable config, and the
+    run that confirmed it on fresh seeds (if the search had a confirmation stage)."""
 
     run: Run
     value: float
     config: IICConfig
+    confirmation: Run | None = None
 
     @property
     def trial_id(self) -> str:
         return self.run.data.tags.get(TRIAL_TAG, self.run.info.run_id[:8])
-
-
-# ---- reading MLflow -----------------------------------------------------------------------------
-
-
-def connect(tracking_uri: str) -> tuple[MlflowClient, str]:
-    """A client of the store (sqlite path made absolute, server checked), and the URI it uses."""
-    try:
-        tracking_uri = check_tracking_uri(tracking_uri)
-    except SearchError as err:
-        raise ExportError(str(err)) from None
-    if tracking_uri.startswith("sqlite:///"):
-        database = Path(tracking_uri.removeprefix("sqlite:///"))
-        if not database.is_file():  # MLflow would create an empty one
-            raise ExportError(f"--tracking-uri {tracking_uri}: no MLflow database there; pass the --tracking-uri the search used")
-    return MlflowClient(tracking_uri), tracking_uri
-
-
-def find_experiment_id(client: MlflowClient, name: str) -> str:
-    experiment = client.get_experiment_by_name(name)
-    if experiment is None:
-        known = sorted(e.name for e in client.search_experiments())
-        raise ExportError(f"--experiment {name}: no such experiment; known experiments: {', '.join(known) or 'none'}")
-    return experiment.experiment_id
-
-
-def trial_runs(client: MlflowClient, experiment_id: str) -> list[Run]:
-    """Every trial run of the experiment (all pages)."""
-    runs, page_token = [], None
-    while True:
-        page = client.search_runs([experiment_id], f"tags.`{ROLE_TAG}` = 'trial'", max_results=1000, page_token=page_token)
-        runs.extend(page)
-        page_token = page.token
-        if not page_token:
-            return runs
-
-
-def runs_of_search(runs: list[Run], experiment: str, search: str | None) -> list[Run]:
-    if not runs:
-        raise ExportError(f"experiment {experiment!r} has no trial runs; run a search first (python search/run.py --experiment {experiment})")
-    if search is None:
-        return runs
-    matching = [run for run in runs if run.data.tags.get(SEARCH_TAG) == search]
-    if not matching:
-        known = sorted({run.data.tags.get(SEARCH_TAG, "?") for run in runs})
-        raise ExportError(f"--search {search}: no trial runs of that search in {experiment!r}; its searches: {', '.join(known)}")
-    return matching
-
-
-def objective_value(run: Run, objective: str) -> float | None:
-    """The run's last objective value if the run counts (finished, finite, not diverged or failed)."""
-    value = run.data.metrics.get(objective)
-    if run.info.status != "FINISHED" or run.data.tags.get(STATUS_TAG) in SKIPPED_STATUSES:
-        return None
-    return value if value is not None and math.isfinite(value) else None
-
-
-def ranked_runs(runs: list[Run], objective: str) -> list[tuple[Run, float]]:
-    """Runs that count with their objective value, best first (ties: the earlier run first)."""
-    scored = [(run, value) for run in runs if (value := objective_value(run, objective)) is not None]
-    sign = -1 if OBJECTIVES[objective] == "max" else 1
-    return sorted(scored, key=lambda item: (sign * item[1], item[0].info.start_time or 0, item[0].info.run_id))
-
-
-def retrainable_config(client: MlflowClient, tracking_uri: str, run: Run, objective: str) -> IICConfig:
-    """The run's config.yaml with ``epochs`` = the last epoch it recorded the objective for."""
-    with tempfile.TemporaryDirectory() as folder:
-        path = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="config.yaml", dst_path=folder, tracking_uri=tracking_uri)
-        config = IICConfig.from_yaml(path)
-    epochs_run = max(metric.step for metric in client.get_metric_history(run.info.run_id, objective))
-    return config.replace(epochs=epochs_run)
 
 
 def best_unique_trials(client: MlflowClient, tracking_uri: str, ranked: list[tuple[Run, float]], objective: str, top: int) -> list[ExportedTrial]:
@@ -146,6 +76,28 @@ def best_unique_trials(client: MlflowClient, tracking_uri: str, ranked: list[tup
 # ---- writing the export -------------------------------------------------------------------------
 
 
+def confirmation_runs(client: MlflowClient, experiment_id: str, objective: str) -> dict[str, Run]:
+    """The newest confirmation run that counts for each confirmed trial id."""
+    newest_first = sorted(trial_runs(client, experiment_id, CONFIRM_ROLE), key=lambda run: -(run.info.start_time or 0))
+    confirmed: dict[str, Run] = {}
+    for run in newest_first:
+        if objective_value(run, objective) is not None:
+            confirmed.setdefault(run.data.tags.get(CONFIRMS_TAG, ""), run)
+    return confirmed
+
+
+def confirmed_first(ranked: list[tuple[Run, float]], confirmed: dict[str, Run], objective: str) -> list[tuple[Run, float]]:
+    """Trials confirmed on fresh seeds first, by their confirmed mean; the others after, in the
+    search's order (their figures hold for the seeds they were chosen on only)."""
+    sign = -1 if OBJECTIVES[objective] == "max" else 1
+
+    def key(item: tuple[Run, float]) -> tuple:
+        confirmation = confirmed.get(item[0].data.tags.get(TRIAL_TAG, ""))
+        return (0, sign * confirmation.data.metrics[objective]) if confirmation else (1, 0.0)
+
+    return sorted(ranked, key=key)
+
+
 def rank_file_name(rank: int, trial: ExportedTrial) -> str:
     return f"rank{rank:02d}_{re.sub(r'[^A-Za-z0-9_.-]', '_', trial.trial_id)}.yaml"
 
@@ -160,6 +112,10 @@ def summary_rows(trials: list[ExportedTrial], objective: str) -> list[dict]:
         }
         for name in ("cluster_accuracy", "nmi", "largest_cluster_share"):
             row.setdefault(name, metrics.get(name))
+        row["search_seeds"] = " ".join(seeds_param(trial.run))
+        confirmed = trial.confirmation.data.metrics if trial.confirmation else {}
+        row.update({f"confirmed_{name}": confirmed.get(name) for name in CONFIRMED_FIGURES})
+        row["confirm_seeds"] = " ".join(seeds_param(trial.confirmation)) if trial.confirmation else ""
         row["epochs"] = trial.config.epochs
         row.update({name: getattr(trial.config, name) for name in SETTINGS})
         rows.append(row)
@@ -179,13 +135,39 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def seeds_param(run: Run) -> list[str]:
+    """The seeds a run trained on, as recorded in its params (``[1, 2]`` -> ["1", "2"])."""
+    recorded = run.data.params.get(SEEDS_KEY) or run.data.params.get("seed", "")
+    return [seed.strip() for seed in recorded.strip("[]").split(",") if seed.strip()]
+
+
+def write_config(path: Path, trial: ExportedTrial, row: dict) -> Path:
+    """The trial's config as YAML, headed by comments that say what accuracy it holds, on which seeds."""
+    objective = next(name for name in OBJECTIVES if name in row)
+    seeds = row["search_seeds"]
+    lines = [f"# iic-search export, rank {row['rank']}: trial {row['trial_id']} of search {row['search']!r}",
+             f"# search: {objective} {row[objective]:.4f} (mean over seeds {seeds}, the seeds it was chosen on)",
+             f"#   retrain those: python -m iic.train --config {path.name} --seeds {seeds}"]
+    if trial.confirmation:
+        lines.append(f"# confirmed on seeds it was not chosen with ({row['confirm_seeds']}): {objective} mean "
+                     f"{row[f'confirmed_{objective}']:.4f}" + "".join(
+                         f", {label} {row[f'confirmed_{name}']:.4f}" for label, name in
+                         (("min", "cluster_accuracy_min"), ("sd", "cluster_accuracy_sd"), ("label-free pick", LABEL_FREE_PICK))
+                         if row.get(f"confirmed_{name}") is not None and objective == "cluster_accuracy"))
+    else:
+        lines.append("# not confirmed on other seeds: expect less (python search/confirm.py confirms it)")
+    trial.config.to_yaml(path)
+    path.write_text("\n".join(lines) + "\n" + path.read_text())
+    return path
+
+
 def write_export(out: Path, trials: list[ExportedTrial], rows: list[dict]) -> list[Path]:
     """The rank files, summary.csv and summary.md in ``out``, replacing an earlier export's."""
     out.mkdir(parents=True, exist_ok=True)
     for stale in out.iterdir():
         if RANK_FILE.fullmatch(stale.name) or stale.name in SUMMARY_FILES:
             stale.unlink()
-    paths = [trial.config.to_yaml(out / row["file"]) for trial, row in zip(trials, rows)]
+    paths = [write_config(out / row["file"], trial, row) for trial, row in zip(trials, rows)]
     with open(out / "summary.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
@@ -198,20 +180,24 @@ def export_best(tracking_uri: str, experiment: str, top: int, out: str | Path, o
                 search: str | None = None) -> list[Path]:
     """Write the ``top`` best distinct trial configs of ``experiment`` (optionally of one search)
     to ``out`` with summary.csv and summary.md; returns the config files, best first. Raises
-    ExportError, before writing anything, when there is nothing to export."""
+    RecordsError, before writing anything, when there is nothing to export."""
     if top < 1:
-        raise ExportError(f"--top must be at least 1 (got {top})")
+        raise RecordsError(f"--top must be at least 1 (got {top})")
     if objective not in OBJECTIVES:
-        raise ExportError(f"--objective {objective}: choose one of {', '.join(OBJECTIVES)}")
+        raise RecordsError(f"--objective {objective}: choose one of {', '.join(OBJECTIVES)}")
     client, tracking_uri = connect(tracking_uri)
     try:
         runs = runs_of_search(trial_runs(client, find_experiment_id(client, experiment)), experiment, search)
-        ranked = ranked_runs(runs, objective)
+        experiment_id = find_experiment_id(client, experiment)
+        confirmed = confirmation_runs(client, experiment_id, objective)
+        ranked = confirmed_first(ranked_runs(runs, objective), confirmed, objective)
         trials = best_unique_trials(client, tracking_uri, ranked, objective, top)
+        for trial in trials:
+            trial.confirmation = confirmed.get(trial.trial_id)
     except MlflowException as err:
-        raise ExportError(f"could not read the trials from {tracking_uri}: {str(err).splitlines()[0][:200]}; check --tracking-uri") from None
+        raise RecordsError(f"could not read the trials from {tracking_uri}: {str(err).splitlines()[0][:200]}; check --tracking-uri") from None
     if not trials:
-        raise ExportError(
+        raise RecordsError(
             f"none of the {len(runs)} trial runs finished with a finite {objective} and a config.yaml artifact "
             f"(diverged and failed trials are skipped); run a longer or steadier search"
         )
@@ -237,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per run otherwise
     try:
         paths = export_best(args.tracking_uri, args.experiment, args.top, args.out, args.objective, args.search)
-    except ExportError as err:
+    except RecordsError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     out = Path(args.out)

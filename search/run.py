@@ -4,37 +4,37 @@
     python search/run.py --preset har --set data_root=data/har --address auto
     python search/run.py --resume                         # continue an interrupted search
 
-Each trial is one IIC training run (``trainables.iic_trainable.train_iic``) reporting every epoch.
-Optuna's TPE proposes the settings from the preset's space, ASHA stops weak trials early, trials
-whose clustering collapses stop themselves, and every trial is one MLflow run under the search's
-parent run. Everything the command line can get wrong is checked before Ray starts a trial.
+Each trial is one IIC training run (``trainables.iic_trainable.train_iic``) of its config on
+``seeds_per_trial`` seeds at once, reporting their mean (and spread) every epoch. Optuna's TPE
+proposes the settings from the preset's space, ASHA stops weak trials early, trials whose
+clustering collapses stop themselves, and every trial is one MLflow run under the search's parent
+run. Then the best ``confirm_top`` distinct configs are trained again on ``confirm_seeds`` fresh
+seeds (``search/confirm.py``), and the search's result is the best of them by that confirmed mean.
+Everything the command line can get wrong is checked before Ray starts a trial.
 """
 
 import argparse
 import dataclasses
+import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import optuna
 import ray
-import yaml
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
 from iic.config import ConfigError, IICConfig
+from iic.seeds import draw_seeds
+from search.confirm import candidates_from_results, confirmation_seeds, confirmations, ranked_confirmations, run_confirmation
+from search.driver import SearchError, check_tracking_uri, code_version, make_trainable, set_driver_environment, start_ray, state_dir
 from search.space import OBJECTIVES, Preset, PresetError, available_presets
 from search.summary import summarise
-from search.tracking import MLflowTrialLogger, open_search_run, prepare_experiment, server_unreachable
+from search.tracking import CONFIRM_ROLE, MLflowTrialLogger, open_search_run, prepare_experiment
 from search.warm_start import load_warm_start
-from trainables.iic_trainable import TrialSettings, train_iic
-
-
-class SearchError(ValueError):
-    """A search that cannot start; the message says what to change."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -57,7 +57,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--address", default=os.environ.get("RAY_ADDRESS"), help="Ray cluster to join (e.g. auto); default: start a local Ray")
     parser.add_argument("--resume", action="store_true", help="continue the interrupted search of this name")
     parser.add_argument("--warm-start", metavar="DIR", help="folder of exported configs to evaluate first")
-    parser.add_argument("--seed", type=int, default=0, help="seed of every trial's training and of the sampler")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the sampler and of the seeds trials train on (drawn from it)")
+    parser.add_argument("--seeds-per-trial", type=int, help="seeds each trial trains its config on (mean reported; default: the preset's)")
+    parser.add_argument("--confirm-top", type=int, help="distinct configs confirmed on fresh seeds after the search (0: none)")
+    parser.add_argument("--confirm-seeds", type=int, help="fresh seeds each confirmed config trains on")
     parser.add_argument("--top", type=int, default=5, help="best trials to print at the end")
     return parser.parse_args(argv)
 
@@ -82,7 +85,8 @@ def load_preset(args: argparse.Namespace) -> Preset:
     changes = {"config": {k: v for k, v in base.to_dict().items() if k in config or k in overridden}}
     search = preset.search
     flags = {"num_samples": "num_samples", "max_concurrent": "max_concurrent", "time_budget": "time_budget_s",
-             "objective": "objective", "cpus_per_trial": "cpus_per_trial", "gpus_per_trial": "gpus_per_trial"}
+             "objective": "objective", "cpus_per_trial": "cpus_per_trial", "gpus_per_trial": "gpus_per_trial",
+             "seeds_per_trial": "seeds_per_trial", "confirm_top": "confirm_top", "confirm_seeds": "confirm_seeds"}
     search = dataclasses.replace(search, **{field: getattr(args, flag) for flag, field in flags.items() if getattr(args, flag) is not None})
     preset = dataclasses.replace(preset, search=search, **changes)
     problems = []
@@ -96,6 +100,13 @@ def load_preset(args: argparse.Namespace) -> Preset:
         problems.append(f"--gpus-per-trial must be a fraction of one GPU or a whole number (got {search.gpus_per_trial})")
     if search.time_budget_s is not None and search.time_budget_s <= 0:
         problems.append(f"--time-budget must be positive seconds (got {search.time_budget_s})")
+    if search.seeds_per_trial < 1:
+        problems.append(f"--seeds-per-trial must be at least 1 (got {search.seeds_per_trial})")
+    if search.seeds_per_trial > 1 and "seed" in set(preset.config) | {o.partition("=")[0].strip() for o in args.overrides}:
+        problems.append(f"seed is fixed (--set seed or the preset's config) but each trial trains on {search.seeds_per_trial} seeds; "
+                        "fix the seed with --seeds-per-trial 1, or drop it to let the search draw seeds")
+    if search.confirm_top < 0 or (search.confirm_top and search.confirm_seeds < 1):
+        problems.append(f"--confirm-top must be 0 or more, with --confirm-seeds at least 1 (got {search.confirm_top} and {search.confirm_seeds})")
     if problems:
         raise SearchError("invalid search:\n  " + "\n  ".join(problems))
     try:
@@ -106,102 +117,11 @@ def load_preset(args: argparse.Namespace) -> Preset:
     return preset
 
 
-def check_tracking_uri(uri: str) -> str:
-    """sqlite paths become absolute (trials and the UI must find the same file); http servers must answer."""
-    if uri.startswith("sqlite:///"):
-        path = Path(uri.removeprefix("sqlite:///")).expanduser().resolve()
-        if not path.parent.is_dir():
-            raise SearchError(f"--tracking-uri {uri}: folder {path.parent} does not exist; create it or choose another path")
-        return f"sqlite:///{path}"
-    if uri.startswith(("http://", "https://")):
-        reason = server_unreachable(uri, timeout=5)
-        if reason is not None:
-            raise SearchError(
-                f"--tracking-uri {uri}: the MLflow server does not answer ({reason}); "
-                f"start it (mlflow server --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000) or fix the address"
-            )
-        return uri
-    raise SearchError(f"--tracking-uri {uri}: use sqlite:///FILE or http(s)://HOST:PORT (MLflow 3.17's file store is not supported)")
-
-
-# Where `ray up` leaves the cluster launcher's config on the head node (where drivers run).
-LAUNCHER_CONFIG = "~/ray_bootstrap_config.yaml"
-
-
-def launchable_node_types() -> list[dict]:
-    """Resources of each node type the cluster's autoscaler may start: from the cluster config in
-    Ray's GCS where an autoscaler records one (Ray Train and Data read it too; nothing in Ray 2.60's
-    own Python writes it), else from the config `ray up` leaves on this head node; none on a
-    cluster without an autoscaler."""
-    from ray._private.state import state
-
-    try:
-        config = state.get_cluster_config()
-    except Exception:  # noqa: BLE001 - a private API: fall back to the launcher's file
-        config = None
-    if config is not None and config.node_group_configs:
-        return [dict(group.resources) for group in config.node_group_configs if group.max_count != 0]
-    path = Path(LAUNCHER_CONFIG).expanduser()
-    try:
-        launcher = yaml.safe_load(path.read_text()) if path.is_file() else {}
-    except (OSError, yaml.YAMLError):
-        return []
-    node_types = (launcher or {}).get("available_node_types") or {}
-    return [dict(node.get("resources") or {}) for node in node_types.values() if node.get("max_workers", 0) > 0]
-
-
-def start_ray(address: str | None, preset: Preset, storage_path: str) -> bool:
-    """Join the cluster (or start a local Ray, or use the one this process already has) and check
-    that one trial fits on one node, now or once the autoscaler adds it. Returns whether Ray was
-    started here."""
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address=address, include_dashboard=False) if address else ray.init(include_dashboard=False)
-    nodes = [node for node in ray.nodes() if node.get("Alive")]
-    launchable = launchable_node_types()
-    shapes = [node["Resources"] for node in nodes] + launchable
-    most_cpus = max(shape.get("CPU", 0) for shape in shapes)
-    most_gpus = max(shape.get("GPU", 0) for shape in shapes)
-    search = preset.search
-    problems = []
-    if search.cpus_per_trial > most_cpus:
-        problems.append(f"--cpus-per-trial {search.cpus_per_trial}: no node has that many CPUs (largest: {most_cpus:g}); lower it")
-    if search.gpus_per_trial > most_gpus:
-        problems.append(
-            f"--gpus-per-trial {search.gpus_per_trial}: no node has that many GPUs (largest: {most_gpus:g}); "
-            + ("use --gpus-per-trial 0 on a machine without GPUs" if most_gpus == 0 else "lower it")
-        )
-    if (len(nodes) > 1 or launchable) and "://" not in storage_path:
-        problems.append(
-            f"--storage-path {storage_path}: this Ray cluster has {len(nodes)} nodes"
-            + (" and an autoscaler that adds more" if launchable else "")
-            + ", and trials on other nodes cannot write checkpoints to a local folder; give shared storage such as "
-            "s3://BUCKET/iic-search (Ray needs it since 2.7), or file:///PATH for a network filesystem mounted at PATH on every node"
-        )
-    if problems:
-        if started:
-            ray.shutdown()
-        raise SearchError("the cluster cannot run this search:\n  " + "\n  ".join(problems))
-    return started
-
-
-def code_version() -> str:
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
-                                cwd=Path(__file__).resolve().parent).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True,
-                               cwd=Path(__file__).resolve().parent).stdout.strip()
-        return commit + ("-dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        from importlib.metadata import version
-
-        return "iic-search " + version("iic-search")
-
-
-def make_trainable(preset: Preset):
-    search = preset.search
-    settings = TrialSettings(search.collapse_share, search.collapse_patience, search.collapse_information)
-    return tune.with_resources(tune.with_parameters(train_iic, settings=settings), {"cpu": search.cpus_per_trial, "gpu": search.gpus_per_trial})
+def search_seeds(preset: Preset, search_seed: int) -> list[int]:
+    """The seeds every trial trains on: drawn from the search's seed, or the one fixed seed."""
+    if preset.search.seeds_per_trial == 1 and "seed" in preset.config:
+        return [preset.config["seed"]]
+    return draw_seeds(search_seed, preset.search.seeds_per_trial)
 
 
 def build_tuner(preset: Preset, args, name: str, storage_path: str, logger: MLflowTrialLogger, warm_points: list[dict]) -> tune.Tuner:
@@ -209,7 +129,7 @@ def build_tuner(preset: Preset, args, name: str, storage_path: str, logger: MLfl
     epochs = IICConfig.from_dict(preset.config).epochs
     sampler = optuna.samplers.TPESampler(seed=args.seed, n_startup_trials=min(10, max(3, search.num_samples // 3)))
     searcher = OptunaSearch(
-        space=preset.space(seed=args.seed), metric=search.objective, mode=OBJECTIVES[search.objective],
+        space=preset.space(search_seeds(preset, args.seed)), metric=search.objective, mode=OBJECTIVES[search.objective],
         points_to_evaluate=warm_points or None, sampler=sampler,
     )
     scheduler = ASHAScheduler(
@@ -233,18 +153,7 @@ def build_tuner(preset: Preset, args, name: str, storage_path: str, logger: MLfl
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    # MLflow's client retries a dead server for ~4 minutes a call by default, which would hold up
-    # Tune's event loop (and so every trial's reports); the logger keeps records waiting instead.
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
-    # One "View run … at" line per finished trial is noise; the summary prints the runs page.
-    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
-    # With a checkpoint every epoch and num_to_keep=2, Tune snapshots the experiment every second
-    # checkpoint of a trial, by design (a resumed search must not point at a deleted checkpoint),
-    # and warns each time that happens twice in 5 s. Its cost is in benchmarks/tune_driver.py;
-    # the warning about a slow snapshot (over 30 s) stays on.
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    set_driver_environment()
     try:
         preset = load_preset(args)
         tracking_uri = check_tracking_uri(args.tracking_uri)
@@ -267,26 +176,39 @@ def main(argv: list[str] | None = None) -> int:
     except SearchError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    parent_run_id = open_search_run(tracking_uri, experiment_id, name, preset, vars(args))
+    parent_run_id = open_search_run(tracking_uri, experiment_id, name, preset, {**vars(args), "seeds": search_seeds(preset, args.seed)})
     report_path = state_dir(name) / "mlflow_report.json"
-    logger = MLflowTrialLogger(tracking_uri, experiment_id, name, parent_run_id, code_version(), report_path)
-    print(f"search {name!r}: preset {preset.name}, {preset.search.num_samples} trials, objective {preset.search.objective}, "
-          f"MLflow {tracking_uri} (experiment {experiment_name!r}), storage {experiment_dir}", flush=True)
+    logger = MLflowTrialLogger(tracking_uri, experiment_id, name, parent_run_id, code_version(), report_path,
+                               time_budget_s=preset.search.time_budget_s)
+    search = preset.search
+    print(f"search {name!r}: preset {preset.name}, {search.num_samples} trials of {search.seeds_per_trial} seed(s) each, "
+          f"objective {search.objective}, MLflow {tracking_uri} (experiment {experiment_name!r}), storage {experiment_dir}", flush=True)
     if args.resume:
         # Finished trials stay finished; unfinished and errored ones continue from their checkpoints.
         tuner = tune.Tuner.restore(experiment_dir, trainable=make_trainable(preset), resume_unfinished=True, resume_errored=True)
     else:
         tuner = build_tuner(preset, args, name, storage_path, logger, warm_points)
     results = tuner.fit()
-    summarise(results, preset, tracking_uri, experiment_id, parent_run_id, name, report_path, top=args.top)
+    statuses = _statuses(report_path)
+    candidates = candidates_from_results(results, search.objective, statuses, max(search.confirm_top, 1))
+    confirmed = []
+    if search.confirm_top and candidates:
+        seeds = confirmation_seeds(args.seed, search_seeds(preset, args.seed), search.confirm_seeds)
+        print(f"\nconfirming the best {len(candidates)} config(s) on {len(seeds)} fresh seeds ({' '.join(map(str, seeds))})", flush=True)
+        confirm_report = state_dir(name) / "mlflow_report_confirm.json"
+        confirm_logger = MLflowTrialLogger(tracking_uri, experiment_id, name, parent_run_id, code_version(), confirm_report, role=CONFIRM_ROLE)
+        confirm_results = run_confirmation(candidates, seeds, preset, f"{name}-confirm", storage_path, confirm_logger, resume=args.resume)
+        confirmed = ranked_confirmations(confirmations(candidates, confirm_results, seeds, _statuses(confirm_report)), search.objective)
+    summarise(results, preset, tracking_uri, experiment_id, parent_run_id, name, report_path, top=args.top,
+              confirmed=confirmed, best_candidate=candidates[0] if candidates else None)
     if started_ray:
         ray.shutdown()
     return 0
 
 
-def state_dir(name: str) -> Path:
-    """A local folder of the driver's own for this search (the storage path may be remote)."""
-    return Path(os.environ.get("IIC_STATE_DIR", Path.home() / ".iic-search")) / name
+def _statuses(report_path: Path) -> dict[str, str]:
+    """The final status the MLflow logger gave each trial it ended (see MLflowTrialLogger)."""
+    return json.loads(report_path.read_text()).get("statuses", {}) if report_path.is_file() else {}
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from pathlib import Path
 import optuna
 
 from iic.config import ConfigError, IICConfig, read_yaml
-from trainables.iic_trainable import GATE_KEY
+from trainables.iic_trainable import GATE_KEY, SEEDS_KEY, TrialSettings
 
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
 OBJECTIVES = {"cluster_accuracy": "max", "mutual_information": "max"}
@@ -66,6 +66,10 @@ class Param:
         return trial.suggest_categorical(self.optuna_name, list(self.choices) if self.kind == "categorical" else [False, True])
 
 
+# The collapse rule's settings: a trial's TrialSettings, searchable per preset under the same names.
+COLLAPSE_SETTINGS = ("collapse_share", "collapse_patience", "collapse_information", "collapse_warmup")
+
+
 @dataclass
 class SearchDefaults:
     """How a preset is searched unless the command line says otherwise."""
@@ -73,14 +77,22 @@ class SearchDefaults:
     num_samples: int = 12
     max_concurrent: int = 2
     objective: str = "cluster_accuracy"
+    # Every trial trains its config on these many seeds (the same for all trials, drawn from the
+    # search's --seed) and reports their mean: IIC's result swings with the seed.
+    seeds_per_trial: int = 3
+    # After the search, the best confirm_top distinct configs are trained again on confirm_seeds
+    # fresh seeds (never those of the search), and ranked by that: 0 switches it off.
+    confirm_top: int = 3
+    confirm_seeds: int = 5
     grace_period: int = 10  # epochs before ASHA may stop a trial
     reduction_factor: int = 3
-    time_budget_s: float | None = None
+    time_budget_s: float | None = None  # for the search; the confirmation stage runs after it
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
-    collapse_share: float = 0.6  # a cluster holding this share of the data ...
-    collapse_patience: int = 5  # ... for this many epochs in a row stops the trial as "collapsed"
-    collapse_information: float = 0.01  # as does held-out mutual information (nats) staying below this
+    collapse_share: float = TrialSettings.collapse_share
+    collapse_patience: int = TrialSettings.collapse_patience
+    collapse_information: float = TrialSettings.collapse_information
+    collapse_warmup: int = TrialSettings.collapse_warmup
     max_failures: int = 2  # retries of a crashed trial, from its last checkpoint
 
 
@@ -166,21 +178,22 @@ class Preset:
         if problems:
             raise PresetError("invalid search space:\n  " + "\n  ".join(problems))
 
-    def space(self, seed: int | None = None) -> "SearchSpace":
-        return SearchSpace(self.config, self.params, seed)
+    def space(self, seeds: list[int] | None = None) -> "SearchSpace":
+        return SearchSpace(self.config, self.params, seeds)
 
 
 class SearchSpace:
     """Optuna define-by-run function: suggests the searched fields (gated ones only when their gate
     is on) and returns the preset's fixed fields as constants, so that every trial's config holds
-    its complete IICConfig plus its gates under ``gate``."""
+    its complete IICConfig plus its gates under ``gate`` and the seeds it trains on under
+    ``seeds``."""
 
-    def __init__(self, config: dict, params: list[Param], seed: int | None = None):
+    def __init__(self, config: dict, params: list[Param], seeds: list[int] | None = None):
         # Every field, defaults included, so that each trial records its complete config.
         self.config = IICConfig.from_dict(config).to_dict()
         self.params = list(params)
-        if seed is not None:
-            self.config["seed"] = seed
+        if seeds is not None:
+            self.config[SEEDS_KEY] = list(seeds)
 
     def __call__(self, trial: optuna.Trial) -> dict:
         constants = dict(self.config)

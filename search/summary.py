@@ -1,8 +1,10 @@
-"""The end of a search: the best trials as a table, the parent run's summary, where to look."""
+"""The end of a search: the trials and the confirmed configs as tables, the parent run's summary,
+where to look."""
 
 import json
 import math
 import tempfile
+import urllib.parse
 import warnings
 from pathlib import Path
 
@@ -13,56 +15,77 @@ import optuna
 import pandas as pd
 from matplotlib import pyplot as plt
 from mlflow.tracking import MlflowClient
+from scipy.stats import spearmanr
 
+from iic.seeds import LABEL_FREE_PICK
+from search.confirm import Confirmation, confirmed_row
+from search.ranking import best_first, counts, trial_status
 from search.space import OBJECTIVES, Preset
+from search.tracking import ROLE_TAG, TRIAL_ROLE
 from trainables.iic_trainable import trial_iic_config
 
 TABLE_PARAMS = ("lr", "batch_size", "lamb", "repeats", "sobel", "overcluster_k", "crop_min_scale", "rotation_degrees")
+# Parameter importances from fewer completed trials than this are noise, not a ranking.
+MIN_TRIALS_FOR_IMPORTANCE = 10
 
 
-def trial_table(results, objective: str) -> pd.DataFrame:
-    """One row per trial: its last reported metrics, status and main settings, best first."""
+def trial_table(results, objective: str, statuses: dict[str, str]) -> pd.DataFrame:
+    """One row per trial: its last reported figures over its seeds, status and main settings;
+    trials that count (see search.ranking) first, best first."""
     rows = []
     for result in results:
         metrics = result.metrics or {}
         config = trial_iic_config(result.config).to_dict() if result.config else {}
-        status = "error" if result.error else metrics.get("status", "pending")
+        trial_id = metrics.get("trial_id", Path(str(result.path)).name)
         rows.append({
-            "trial_id": metrics.get("trial_id", Path(str(result.path)).name),
+            "trial_id": trial_id,
             objective: metrics.get(objective, math.nan),
+            f"{objective}_min": metrics.get(f"{objective}_min", math.nan),
+            f"{objective}_sd": metrics.get(f"{objective}_sd", math.nan),
             "cluster_accuracy": metrics.get("cluster_accuracy", math.nan),
-            "nmi": metrics.get("nmi", math.nan),
+            "mutual_information": metrics.get("mutual_information", math.nan),
+            LABEL_FREE_PICK: metrics.get(LABEL_FREE_PICK, math.nan),
             "largest_cluster_share": metrics.get("largest_cluster_share", math.nan),
             "epochs": metrics.get("epoch", 0),
-            "status": "early_stopped" if status == "running" else status,
+            "status": str(statuses.get(trial_id) or trial_status(metrics, result.error is not None)),
             **{name: config.get(name) for name in TABLE_PARAMS},
         })
-    table = pd.DataFrame(rows)  # with objective cluster_accuracy the two keys are one column
-    return table.sort_values(objective, ascending=OBJECTIVES[objective] == "min", na_position="last").reset_index(drop=True)
+    table = pd.DataFrame(rows).loc[:, lambda frame: ~frame.columns.duplicated()]  # objective may be cluster_accuracy
+    ranked = best_first(rows, lambda row: row[objective], lambda row: row["status"], OBJECTIVES[objective])
+    order = [rows.index(row) for row in ranked] + [i for i, row in enumerate(rows) if row not in ranked]
+    return table.iloc[order].reset_index(drop=True)
 
 
-def optuna_study(results, preset: Preset, objective: str) -> optuna.Study:
-    """The search's trials as an Optuna study (for its plots), rebuilt from what Tune recorded."""
+def completed_trials(table: pd.DataFrame, objective: str) -> pd.DataFrame:
+    return table[[counts(status, value) for status, value in zip(table["status"], table[objective])]]
+
+
+def optuna_study(results, preset: Preset, objective: str, trial_ids: set[str]) -> optuna.Study:
+    """The search's trials (those in ``trial_ids``) as an Optuna study, for its plots."""
     space = preset.space()
     distributions = space.distributions()
     study = optuna.create_study(direction="maximize" if OBJECTIVES[objective] == "max" else "minimize")
     for result in results:
-        value = (result.metrics or {}).get(objective)
-        if value is None or not math.isfinite(value):
+        metrics = result.metrics or {}
+        if metrics.get("trial_id") not in trial_ids:
             continue
         params = space.point(trial_iic_config(result.config).to_dict())
-        study.add_trial(optuna.trial.create_trial(
-            params=params, distributions={k: distributions[k] for k in params}, value=value,
-        ))
+        study.add_trial(optuna.trial.create_trial(params=params, distributions={k: distributions[k] for k in params}, value=metrics[objective]))
     return study
 
 
 def save_optuna_plots(study: optuna.Study, folder: Path) -> list[Path]:
+    """The optimisation history; the parameter importances only from MIN_TRIALS_FOR_IMPORTANCE
+    completed trials or more, captioned with their count."""
     plots = []
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    for name, draw in (("optuna_history.png", optuna.visualization.matplotlib.plot_optimization_history),
-                       ("optuna_importance.png", optuna.visualization.matplotlib.plot_param_importances)):
-        if len(study.trials) < 2:
+    completed = len(study.trials)
+    drawings = [("optuna_history.png", optuna.visualization.matplotlib.plot_optimization_history, None)]
+    if completed >= MIN_TRIALS_FOR_IMPORTANCE:
+        drawings.append(("optuna_importance.png", optuna.visualization.matplotlib.plot_param_importances,
+                         f"from {completed} completed trials (fANOVA on their mean over the search's seeds)"))
+    for name, draw, caption in drawings:
+        if completed < 2:
             break
         try:
             with warnings.catch_warnings():  # "experimental" and small-sample notes: not for the user
@@ -70,6 +93,8 @@ def save_optuna_plots(study: optuna.Study, folder: Path) -> list[Path]:
                 axes = draw(study)
         except (ValueError, RuntimeError):  # e.g. importances when no parameter varied
             continue
+        if caption:
+            axes.set_title(f"{axes.get_title()}\n{caption}", fontsize=10)
         axes.figure.set_size_inches(8, 5)
         axes.figure.tight_layout()
         axes.figure.savefig(folder / name, dpi=90)
@@ -78,47 +103,95 @@ def save_optuna_plots(study: optuna.Study, folder: Path) -> list[Path]:
     return plots
 
 
-def ui_hint(tracking_uri: str, experiment_id: str) -> tuple[str, str]:
-    """The command that serves the MLflow UI, and the address of the experiment's runs page (MLflow
-    3.17's UI otherwise opens on its GenAI overview)."""
+def information_accuracy_correlation(table: pd.DataFrame) -> tuple[float, int]:
+    """Spearman's rank correlation between held-out mutual information and cluster accuracy over
+    the search's trials (each trial's last figures), and the number of trials it is over: how far
+    the label-free objective can be trusted on this data."""
+    both = table[["mutual_information", "cluster_accuracy"]].astype(float).dropna()
+    if len(both) < 3 or both.nunique().min() < 2:
+        return math.nan, len(both)
+    return float(spearmanr(both["mutual_information"], both["cluster_accuracy"]).statistic), len(both)
+
+
+def ui_hint(tracking_uri: str, experiment_id: str, objective: str, role: str = TRIAL_ROLE) -> tuple[str, str]:
+    """The command that serves the MLflow UI, and the address that opens the experiment's runs of
+    one role sorted by the objective, with their per-epoch charts (checked in MLflow 3.17.2)."""
+    base = tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    query = urllib.parse.urlencode({
+        "searchFilter": f"tags.`{ROLE_TAG}` = '{role}'", "orderByKey": f"metrics.`{objective}`",
+        "orderByAsc": "false", "compareRunsMode": "CHART",
+    }, quote_via=urllib.parse.quote)
+    address = f"{base}/#/experiments/{experiment_id}/runs?{query}"
     if tracking_uri.startswith(("http://", "https://")):
-        return f"(server already running at {tracking_uri})", f"{tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs"
-    return (f"mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port 5000",
-            f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs")
+        return f"(server already running at {tracking_uri})", address
+    return f"mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port 5000", address
+
+
+def record_best(client: MlflowClient, run_id: str, config_yaml_folder: Path, best, objective: str, confirmed: Confirmation | None) -> list[Path]:
+    """The parent run's figures of the best config, and its best_config.yaml."""
+    path = config_yaml_folder / "best_config.yaml"
+    if confirmed is not None:
+        confirmed.candidate.config.to_yaml(path)
+        client.set_tag(run_id, "iic.best_trial_id", confirmed.candidate.trial_id)
+        client.set_tag(run_id, "iic.confirm_seeds", " ".join(map(str, confirmed.seeds)))
+        for name, value in confirmed_row(confirmed, objective).items():
+            if name.startswith("confirmed_") and isinstance(value, float) and math.isfinite(value):
+                client.log_metric(run_id, f"best_{name}", value)
+    else:
+        best.config.to_yaml(path)
+        client.set_tag(run_id, "iic.best_trial_id", best.trial_id)
+    client.log_metric(run_id, f"best_{objective}", float(best.search_value))
+    return [path]
 
 
 def summarise(results, preset: Preset, tracking_uri: str, experiment_id: str, parent_run_id: str, name: str,
-              report_path: Path, top: int = 5) -> pd.DataFrame:
+              report_path: Path, top: int = 5, confirmed: list[Confirmation] | None = None, best_candidate=None) -> pd.DataFrame:
+    """Print and record the end of a search. ``confirmed``: the confirmation stage's results, best
+    first; ``best_candidate``: the best trial by the search's own figures (a search.confirm.Candidate)."""
     objective = preset.search.objective
-    table = trial_table(results, objective)
-    failures = json.loads(Path(report_path).read_text())["failures"] if Path(report_path).is_file() else []
+    report = json.loads(Path(report_path).read_text()) if Path(report_path).is_file() else {}
+    failures, statuses = report.get("failures", []), report.get("statuses", {})
+    table = trial_table(results, objective, statuses)
+    completed = completed_trials(table, objective)
+    correlation, correlated = information_accuracy_correlation(completed)
     client = MlflowClient(tracking_uri)
     try:
         with tempfile.TemporaryDirectory() as folder:
             folder = Path(folder)
             table.to_csv(folder / "trials.csv", index=False)
-            files = [folder / "trials.csv", *save_optuna_plots(optuna_study(results, preset, objective), folder)]
-            best = table.iloc[0] if len(table) and math.isfinite(table.iloc[0][objective]) else None
-            if best is not None:
-                best_result = next(r for r in results if (r.metrics or {}).get("trial_id") == best["trial_id"])
-                trial_iic_config(best_result.config).to_yaml(folder / "best_config.yaml")
-                files.append(folder / "best_config.yaml")
-                client.set_tag(parent_run_id, "iic.best_trial_id", str(best["trial_id"]))
-                client.log_metric(parent_run_id, f"best_{objective}", float(best[objective]))
+            files = [folder / "trials.csv", *save_optuna_plots(optuna_study(results, preset, objective, set(completed["trial_id"])), folder)]
+            if confirmed:
+                pd.DataFrame([confirmed_row(c, objective) for c in confirmed]).to_csv(folder / "confirmed.csv", index=False)
+                files.append(folder / "confirmed.csv")
+            if best_candidate is not None:
+                files += record_best(client, parent_run_id, folder, best_candidate, objective, confirmed[0] if confirmed else None)
+            if math.isfinite(correlation):
+                client.log_metric(parent_run_id, "mi_accuracy_spearman", correlation)
             client.log_metric(parent_run_id, "trials", len(table))
+            client.log_metric(parent_run_id, "completed_trials", len(completed))
             for path in files:
                 client.log_artifact(parent_run_id, str(path))
             client.set_terminated(parent_run_id, "FINISHED")
     except Exception as err:  # noqa: BLE001 - the trials are done; say what could not be recorded
         failures.append(f"search: could not record the summary in the parent run: {type(err).__name__}: {str(err).splitlines()[0][:200]}")
-
-    with pd.option_context("display.width", 200, "display.max_columns", 20, "display.float_format", "{:.3f}".format):
-        print(f"\nBest {min(top, len(table))} of {len(table)} trials by {objective} ({name}):")
-        print(table.head(top).to_string(index=False))
-    command, address = ui_hint(tracking_uri, experiment_id)
-    print(f"\nMLflow: {command}\n        then open {address}")
+    print_summary(table, confirmed or [], objective, name, top, (correlation, correlated))
+    command, address = ui_hint(tracking_uri, experiment_id, objective)
+    print(f"\nMLflow: {command}\n        then open the trials, best first: {address}")
     if failures:
         print(f"\nMLflow could not record {len(failures)} item(s); the trials themselves ran:")
         for line in failures:
             print(f"  - {line}")
     return table
+
+
+def print_summary(table: pd.DataFrame, confirmed: list[Confirmation], objective: str, name: str, top: int, correlation: tuple[float, int]) -> None:
+    seeds_note = "mean over each trial's seeds"
+    with pd.option_context("display.width", 220, "display.max_columns", 24, "display.float_format", "{:.3f}".format):
+        print(f"\nBest {min(top, len(table))} of {len(table)} trials by {objective} ({name}; {seeds_note}):")
+        print(table.head(top).to_string(index=False))
+        if confirmed:
+            print(f"\nConfirmed on {len(confirmed[0].seeds)} fresh seeds ({' '.join(map(str, confirmed[0].seeds))}), best first:")
+            print(pd.DataFrame([confirmed_row(c, objective) for c in confirmed]).drop(columns=["confirm_seeds"]).to_string(index=False))
+    value, count = correlation
+    if math.isfinite(value):
+        print(f"\nHeld-out mutual information vs accuracy over {count} completed trials: Spearman {value:+.2f}")

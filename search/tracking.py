@@ -26,21 +26,34 @@ from mlflow.tracking import MlflowClient
 from ray import tune
 
 from iic.plots import plot_cluster_gallery, plot_confusion_matrix
-from trainables.iic_trainable import SUMMARY_FILE, trial_iic_config
+from iic.seeds import LABEL_FREE_PICK, PER_SEED_METRICS, SPREAD_METRICS
+from iic.status import RunStatus
+from search.ranking import trial_status
+from trainables.iic_trainable import SOURCE_KEY, SUMMARY_FILE, trial_iic_config
 
-# What a trial reports that is worth a curve in MLflow (everything else is bookkeeping).
+# What a trial reports that is worth a curve in MLflow (everything else is bookkeeping): means over
+# its seeds, their spread, and the per-seed curves.
 TRIAL_METRICS = (
     "cluster_accuracy", "majority_accuracy", "nmi", "ari", "loss", "loss_overcluster", "mutual_information",
     "largest_cluster_share", "empty_clusters", "cluster_size_entropy", "diagnostic_best_subhead_accuracy", "epoch_seconds",
+    LABEL_FREE_PICK,
 )
 SEARCH_TAG = "iic.search"
 TRIAL_TAG = "iic.trial_id"
 STATUS_TAG = "iic.status"
 ROLE_TAG = "iic.role"
+CONFIRMS_TAG = "iic.confirms"  # on a confirmation run: the trial whose config it retrains on fresh seeds
 PARENT_TAG = "mlflow.parentRunId"
 MAX_PARAM_LENGTH = 6000
-# iic.status of a run whose trial an interrupted driver lost (see _close_runs_left_open)
-LOST_WITH_DRIVER = "lost_with_driver"
+# Values of ROLE_TAG
+SEARCH_ROLE, TRIAL_ROLE, CONFIRM_ROLE = "search", "trial", "confirm"
+
+
+def logged_metric_names(result: dict) -> list[str]:
+    """The keys of a trial's result that MLflow records as metrics."""
+    spread = [f"{name}_{stat}" for name in SPREAD_METRICS for stat in ("min", "max", "sd")]
+    per_seed = [key for key in result if key.partition("/seed_")[0] in PER_SEED_METRICS and "/seed_" in key]
+    return [*TRIAL_METRICS, *spread, *per_seed]
 
 
 def search_run_filter(search_name: str, role: str, trial_id: str | None = None, status: str | None = None) -> str:
@@ -104,8 +117,12 @@ class MLflowTrialLogger(tune.Callback):
     """
 
     def __init__(self, tracking_uri: str, experiment_id: str, search_name: str, parent_run_id: str,
-                 code_version: str, report_path: str | Path, retry_seconds: float = 30.0):
+                 code_version: str, report_path: str | Path, retry_seconds: float = 30.0, role: str = TRIAL_ROLE,
+                 time_budget_s: float | None = None):
         self.tracking_uri = tracking_uri
+        self.role = role
+        self.time_budget_s = time_budget_s
+        self._started = time.monotonic()
         self.experiment_id = experiment_id
         self.search_name = search_name
         self.parent_run_id = parent_run_id
@@ -125,6 +142,9 @@ class MLflowTrialLogger(tune.Callback):
         state = dict(self.__dict__)
         state.update(_client=None, _run_ids={}, _last_logged_epoch={}, _backlogs={}, _outage_since=None, failures=[])
         return state
+
+    def setup(self, **info):
+        self._started = time.monotonic()  # the time budget counts from here (again on a resumed search)
 
     @property
     def client(self) -> MlflowClient:
@@ -174,7 +194,7 @@ class MLflowTrialLogger(tune.Callback):
     def _find_or_create_run(self, trial) -> str:
         """The trial's run, found by its tags (a retried or resumed trial continues its own run),
         else created with the trial's params."""
-        existing = self.client.search_runs([self.experiment_id], search_run_filter(self.search_name, "trial", trial.trial_id), max_results=1)
+        existing = self.client.search_runs([self.experiment_id], search_run_filter(self.search_name, self.role, trial.trial_id), max_results=1)
         if existing:
             run_id = existing[0].info.run_id
             self.client.update_run(run_id, status="RUNNING")
@@ -182,15 +202,14 @@ class MLflowTrialLogger(tune.Callback):
             logged = self.client.get_metric_history(run_id, "loss")
             self._last_logged_epoch[trial.trial_id] = max((m.step for m in logged), default=0)
             return run_id
-        run = self.client.create_run(
-            self.experiment_id,
-            run_name=str(trial),
-            tags={
-                PARENT_TAG: self.parent_run_id, SEARCH_TAG: self.search_name, TRIAL_TAG: trial.trial_id,
-                ROLE_TAG: "trial", STATUS_TAG: "running", "iic.code_version": self.code_version,
-                "mlflow.source.git.commit": self.code_version,
-            },
-        )
+        tags = {
+            PARENT_TAG: self.parent_run_id, SEARCH_TAG: self.search_name, TRIAL_TAG: trial.trial_id,
+            ROLE_TAG: self.role, STATUS_TAG: RunStatus.RUNNING, "iic.code_version": self.code_version,
+            "mlflow.source.git.commit": self.code_version,
+        }
+        if SOURCE_KEY in trial.config:
+            tags[CONFIRMS_TAG] = str(trial.config[SOURCE_KEY])
+        run = self.client.create_run(self.experiment_id, run_name=str(trial), tags=tags)
         params = [Param(key, value) for key, value in flat_params(trial.config).items()]
         for start in range(0, len(params), 100):  # MLflow takes at most 100 params a batch
             self.client.log_batch(run.info.run_id, params=params[start : start + 100])
@@ -249,7 +268,7 @@ class MLflowTrialLogger(tune.Callback):
     # ---- Tune callbacks -----------------------------------------------------------------------
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        self._backlog(trial).tags[STATUS_TAG] = "running"  # opens (or finds) the trial's run
+        self._backlog(trial).tags[STATUS_TAG] = RunStatus.RUNNING  # opens (or finds) the trial's run
         self._flush_all()
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
@@ -261,13 +280,14 @@ class MLflowTrialLogger(tune.Callback):
         now = int(time.time() * 1000)
         backlog.metrics += [
             Metric(key, float(result[key]), now, step)
-            for key in TRIAL_METRICS
+            for key in logged_metric_names(result)
             if isinstance(result.get(key), (int, float)) and not isinstance(result.get(key), bool) and math.isfinite(result[key])
         ]
-        backlog.tags[STATUS_TAG] = str(result.get("status", "running"))
+        backlog.tags[STATUS_TAG] = str(result.get("status", RunStatus.RUNNING))
         for key, tag in (("chosen_subhead", "iic.chosen_subhead"), ("node_id", "iic.node_id"), ("gpu_ids", "iic.gpu_ids")):
             if key in result:
-                backlog.tags[tag] = str(result[key])
+                value = result[key]
+                backlog.tags[tag] = ",".join(map(str, value)) if isinstance(value, list) else str(value)
         self._flush_all()
 
     def on_trial_complete(self, iteration, trials, trial, **info):
@@ -310,7 +330,7 @@ class MLflowTrialLogger(tune.Callback):
         final status, closed); a trial Tune never recorded (the driver died after the logger opened
         its run but before Tune's next snapshot of the experiment; the searcher then proposed another
         one) is closed as KILLED with status ``lost_with_driver``."""
-        query = search_run_filter(self.search_name, "trial", status="RUNNING")
+        query = search_run_filter(self.search_name, self.role, status="RUNNING")
         found, runs = self._attempt("find runs left open", None, lambda: self.client.search_runs([self.experiment_id], query, max_results=1000))
         by_id = {trial.trial_id: trial for trial in trials}
         for run in runs if found else []:
@@ -325,10 +345,23 @@ class MLflowTrialLogger(tune.Callback):
                 self._end(trial, *_final_status(trial, errored=trial.status == trial.ERROR))
 
     def _close_lost(self, run_id: str) -> None:
-        self.client.set_tag(run_id, STATUS_TAG, LOST_WITH_DRIVER)
+        self.client.set_tag(run_id, STATUS_TAG, RunStatus.LOST_WITH_DRIVER)
         self.client.set_terminated(run_id, "KILLED")
 
+    def _end_stopped_trials(self) -> None:
+        """Trials that Tune stopped as the experiment ended, without ending them one by one: the
+        time budget ran out (or the search was stopped) while they trained."""
+        budget_spent = self.time_budget_s is not None and time.monotonic() - self._started >= self.time_budget_s - 1
+        for backlog in self._backlogs.values():
+            if not backlog.final_status[0]:
+                self._end(backlog.trial, RunStatus.STOPPED_BY_BUDGET if budget_spent else RunStatus.STOPPED, "FINISHED")
+
+    def final_statuses(self) -> dict[str, str]:
+        """iic.status of every trial this driver ended."""
+        return {trial_id: backlog.final_status[0] for trial_id, backlog in self._backlogs.items() if backlog.final_status[0]}
+
     def on_experiment_end(self, trials, **info):
+        self._end_stopped_trials()
         if self._outage_since is not None:
             self._next_probe = 0.0  # one last try before reporting
         try:
@@ -356,16 +389,13 @@ class MLflowTrialLogger(tune.Callback):
             self.failures.append(f"{trial_id}: MLflow did not answer; not logged: {', '.join(missing)} "
                                  f"(Tune keeps every epoch in {where}/result.json)")
         Path(self.report_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(self.report_path).write_text(json.dumps({"failures": self.failures, "unlogged": unlogged}, indent=2))
+        report = {"failures": self.failures, "unlogged": unlogged, "statuses": self.final_statuses()}
+        Path(self.report_path).write_text(json.dumps(report, indent=2))
 
 
 def _final_status(trial, errored: bool = False) -> tuple[str, str]:
-    """(iic.status tag, MLflow run status) of a trial that has ended."""
-    if errored:
-        return "error", "FAILED"
-    status = (trial.last_result or {}).get("status", "running")
-    # "running": the scheduler (ASHA) or the time budget ended it between epochs
-    return ("early_stopped" if status == "running" else status), "FINISHED"
+    """(iic.status tag, MLflow run status) of a trial that Tune ended (completed or errored)."""
+    return trial_status(trial.last_result, errored), "FAILED" if errored else "FINISHED"
 
 
 def _epochs(metrics: list[Metric]) -> str:
@@ -392,12 +422,12 @@ def prepare_experiment(tracking_uri: str, name: str) -> str:
 def open_search_run(tracking_uri: str, experiment_id: str, search_name: str, preset, arguments: dict) -> str:
     """The search's parent run: found again on --resume, else created with the search's settings."""
     client = MlflowClient(tracking_uri)
-    existing = client.search_runs([experiment_id], search_run_filter(search_name, "search"), max_results=1)
+    existing = client.search_runs([experiment_id], search_run_filter(search_name, SEARCH_ROLE), max_results=1)
     if existing:
         run_id = existing[0].info.run_id
         client.update_run(run_id, status="RUNNING")
         return run_id
-    run = client.create_run(experiment_id, run_name=search_name, tags={SEARCH_TAG: search_name, ROLE_TAG: "search"})
+    run = client.create_run(experiment_id, run_name=search_name, tags={SEARCH_TAG: search_name, ROLE_TAG: SEARCH_ROLE})
     params = {f"search.{k}": str(v) for k, v in dataclasses.asdict(preset.search).items()}
     params.update({"search.preset": preset.name, **{f"cli.{k}": str(v) for k, v in arguments.items() if v is not None}})
     params.update({f"config.{k}": v for k, v in flat_params(preset.config).items()})

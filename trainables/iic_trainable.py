@@ -27,9 +27,11 @@ from iic.train import StopReason, Trainer, train
 CHECKPOINT_FILE = "checkpoint.pt"
 SUMMARY_FILE = "clusters.npz"
 # Trial-config keys apart from IICConfig fields: the search's gates (e.g. overclustering on/off),
-# and the seeds the trial trains its config on.
+# the seeds the trial trains its config on, and (for a confirmation) the trial it confirms.
 GATE_KEY = "gate"
 SEEDS_KEY = "seeds"
+SOURCE_KEY = "confirms"
+TRIAL_KEYS = (GATE_KEY, SEEDS_KEY, SOURCE_KEY)
 
 
 @dataclass(frozen=True)
@@ -47,8 +49,8 @@ class TrialSettings:
 
 
 def trial_iic_config(trial_config: dict) -> IICConfig:
-    """The IICConfig of a trial: its config without the search's gates and seeds."""
-    return IICConfig.from_dict({key: value for key, value in trial_config.items() if key not in (GATE_KEY, SEEDS_KEY)})
+    """The IICConfig of a trial: its config without the search's own keys (TRIAL_KEYS)."""
+    return IICConfig.from_dict({key: value for key, value in trial_config.items() if key not in TRIAL_KEYS})
 
 
 def trial_seeds(trial_config: dict) -> list[int]:

@@ -70,3 +70,12 @@ def test_rejects_mismatched_shapes():
 
     with pytest.raises(ValueError, match="equal shape"):
         IICLoss()(torch.rand(4, 3), torch.rand(4, 2))
+
+
+def test_leading_dimensions_give_one_loss_per_model():
+    p = torch.rand(3, 40, 5).softmax(-1)
+    p_twin = torch.rand(3, 40, 5).softmax(-1)
+    batched = IICLoss(lamb=1.3)(p, p_twin)
+    assert batched.shape == (3,)
+    for index in range(3):
+        assert torch.allclose(batched[index], IICLoss(lamb=1.3)(p[index], p_twin[index]))

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from iic.models import ClusterNet, IICModel, ResNet18, build_backbone
+from iic.models import ClusterNet, IICModel, ResNet18, StackedIICModel, build_backbone, stack_backbones
 
 
 @pytest.mark.parametrize("size", [8, 16, 32])
@@ -45,3 +45,33 @@ def test_resnet18_loads_local_weights_where_shapes_match(tmp_path):
 def test_unknown_backbone_is_named():
     with pytest.raises(ValueError, match="vgg.*clusternet, resnet18"):
         build_backbone("vgg", 3, 32)
+
+
+def _models(backbone: str, channels: int, size: int, seeds=(0, 1, 2)) -> list[IICModel]:
+    models = []
+    for seed in seeds:
+        torch.manual_seed(seed)
+        models.append(IICModel(build_backbone(backbone, channels, size, 4), num_clusters=4, overcluster_k=9, num_subheads=2))
+    return models
+
+
+@pytest.mark.parametrize("backbone, channels, size", [("clusternet", 1, 16), ("resnet18", 3, 32)])
+def test_a_stack_of_models_computes_what_each_model_computes(backbone, channels, size):
+    models = _models(backbone, channels, size)
+    stacked = StackedIICModel(models)
+    images = torch.rand(3, 6, channels, size, size)  # each model its own images
+    for head in ("main", "overcluster"):
+        outputs = stacked(images, head)
+        for index, model in enumerate(models):
+            for together, alone in zip(outputs, model(images[index], head)):
+                assert torch.allclose(together[index], alone, atol=1e-5)
+    # batch norm statistics stay per model too (both were in training mode)
+    stacked_mean = next(m for m in stacked.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)).running_mean
+    first_means = [next(m for m in model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)).running_mean for model in models]
+    assert torch.allclose(stacked_mean, torch.cat(first_means), atol=1e-6)
+
+
+def test_a_layer_that_mixes_models_channels_cannot_be_stacked():
+    backbones = [torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.LayerNorm(4)) for _ in range(2)]
+    with pytest.raises(ValueError, match="cannot stack backbone layer 1"):
+        stack_backbones(backbones)

@@ -6,6 +6,8 @@ import pytest
 import torch
 
 from iic.config import ConfigError
+from iic.data import load_dataset
+from iic.status import RunStatus
 from iic.train import Trainer, main, train
 
 
@@ -123,7 +125,111 @@ def test_cli_bad_input_exits_nonzero_with_the_message(tmp_path, capsys, args, me
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
 
 
+def test_seeds_trained_at_once_equal_each_seed_trained_alone(tiny_config):
+    config = tiny_config.replace(overcluster_k=20, augment_both_views=True, epochs=2)
+    data = load_dataset("digits", None, max_samples=240, input_size=config.input_size, seed=config.seed)
+    seeds = [3, 5, 7]
+    together = Trainer(config, data, seeds=seeds)
+    alone = [Trainer(config, data, seeds=[seed]) for seed in seeds]
+    # the same initial weights and the same first views (shuffling and augmentation per seed)
+    for index, trainer in enumerate(alone):
+        first = trainer.model.backbone.features[0].weight
+        assert torch.equal(together.model.backbone.features[0].weight.view(3, *first.shape)[index], first)
+    batches = torch.stack([together.images[torch.randperm(240, generator=torch.Generator().manual_seed(s))[:32]] for s in seeds])
+    base, twins = together.make_views(batches)
+    for index, trainer in enumerate(alone):
+        its_base, its_twins = trainer.make_views(batches[index : index + 1])
+        assert torch.equal(base[index], its_base[0]) and torch.equal(twins[index], its_twins[0])
+    # whole epochs: equal up to floating-point noise (grouped convolutions sum in another order)
+    for _ in range(2):
+        together.run_epoch()
+    for index, trainer in enumerate(alone):
+        for _ in range(2):
+            trainer.run_epoch()
+        mine, its = together.seed_histories[index][-1], trainer.seed_histories[0][-1]
+        assert mine["seed"] == its["seed"] == seeds[index]
+        assert mine["loss"] == pytest.approx(its["loss"], abs=1e-4)
+        assert mine["loss_overcluster"] == pytest.approx(its["loss_overcluster"], abs=1e-4)
+        assert mine["mutual_information"] == pytest.approx(its["mutual_information"], abs=1e-3)
+    assert together.history[-1]["loss"] == pytest.approx(np.mean([h[-1]["loss"] for h in together.seed_histories]))
+
+
+def test_a_stop_in_the_last_epoch_wins_over_completed(tiny_config):
+    seen = []
+
+    def collapse_at_last(metrics, trainer):
+        seen.append(metrics["status"])  # what the run will be unless the callback ends it
+        return RunStatus.COLLAPSED
+
+    result = train(tiny_config.replace(epochs=1), on_epoch=collapse_at_last)
+    assert seen == ["completed"] and result.status == "collapsed" and result.history[-1]["status"] == "collapsed"
+    assert train(tiny_config.replace(epochs=1)).status == "completed"
+
+
+def test_the_label_free_score_does_not_depend_on_the_evaluation_batch_size(tiny_config):
+    trainer = Trainer(tiny_config.replace(epochs=1))
+    trainer.run_epoch()
+    losses = torch.zeros(tiny_config.num_subheads, 1)
+    scores = []
+    for batch_size in (1024, 64, 7):
+        trainer.config = trainer.config.replace(eval_batch_size=batch_size)
+        scores.append(trainer.evaluate(losses)[0]["mutual_information"])
+    assert scores[0] == pytest.approx(scores[1], abs=1e-6) and scores[0] == pytest.approx(scores[2], abs=1e-6)
+
+
+def test_random_streams_are_restored_on_the_cpu_whatever_device_the_checkpoint_was_saved_from(tiny_config, tmp_path, monkeypatch):
+    trainer = Trainer(tiny_config.replace(seed=4))
+    trainer.run_epoch()
+    trainer.save_checkpoint(tmp_path / "checkpoint.pt")
+    expected = torch.randperm(240, generator=trainer.shuffle_generators[0])
+    real_load = torch.load
+
+    def load_elsewhere(path, map_location=None, **kwargs):
+        # A loader that honoured map_location=<GPU> would hand back generator states on that device.
+        state = real_load(path, map_location=map_location, **kwargs)
+        assert str(map_location) == "cpu", "load checkpoints onto the CPU: generator states must stay CPU ByteTensors"
+        return state
+
+    monkeypatch.setattr(torch, "load", load_elsewhere)
+    resumed = Trainer(tiny_config.replace(seed=4))
+    resumed.load_checkpoint(tmp_path / "checkpoint.pt")
+    assert all(g.get_state().device.type == "cpu" for g in resumed.shuffle_generators + resumed.augment_generators)
+    assert torch.equal(torch.randperm(240, generator=resumed.shuffle_generators[0]), expected)
+
+
+def test_cli_trains_several_seeds_and_reports_their_spread(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["--dataset", "digits", "--epochs", "1", "--seeds", "3", "8", "--out", str(out), "--set", "max_samples=200",
+            "--set", "backbone_width=4", "--set", "num_subheads=1", "--set", "device=cpu"]
+    assert main(args) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert [m["seed"] for m in metrics["per_seed"]] == [3, 8]
+    assert metrics["cluster_accuracy"] == pytest.approx(np.mean([m["cluster_accuracy"] for m in metrics["per_seed"]]))
+    assert "cluster_accuracy_sd" in capsys.readouterr().out
+    # resuming keeps the checkpoint's seeds
+    assert main(["--config", str(out / "config.yaml"), "--epochs", "2", "--out", str(out), "--resume"]) == 0
+    assert [m["seed"] for m in json.loads((out / "metrics.json").read_text())["per_seed"]] == [3, 8]
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_run_with_mixed_precision(tiny_config):
-    result = train(tiny_config.replace(device="cuda", amp=True, overcluster_k=20))
+    result = train(tiny_config.replace(device="cuda", amp=True, overcluster_k=20), seeds=[0, 1])
     assert result.status == "completed" and math.isfinite(result.metrics["loss"])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_resume_continues_exactly(tiny_config, tmp_path):
+    # Every GPU search relies on it: Tune's retries, --resume, python -m iic.train --resume.
+    config = tiny_config.replace(device="cuda", amp=False, epochs=3)
+    straight = train(config, seeds=[1, 2])
+
+    def stop_after_two(metrics, trainer):
+        if metrics["epoch"] == 2:
+            trainer.save_checkpoint(tmp_path / "checkpoint.pt")
+            return True
+
+    train(config, on_epoch=stop_after_two, seeds=[1, 2])
+    resumed = train(config, resume_from=tmp_path / "checkpoint.pt", seeds=[1, 2])
+    assert resumed.status == "completed" and [m["epoch"] for m in resumed.history] == [1, 2, 3]
+    # cuDNN may pick other kernels in a new process, so equal up to floating-point noise
+    assert resumed.history[-1]["loss"] == pytest.approx(straight.history[-1]["loss"], abs=1e-3)

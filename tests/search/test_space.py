@@ -6,7 +6,7 @@ import pytest
 from ray.tune.search.optuna import OptunaSearch
 
 from search.space import Preset, PresetError, available_presets
-from trainables.iic_trainable import trial_iic_config
+from trainables.iic_trainable import trial_iic_config, trial_seeds
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -46,13 +46,14 @@ def test_gated_fields_are_proposed_only_when_the_gate_is_on():
 
 
 def test_through_rays_optuna_searcher_the_trial_config_is_complete():
-    space = _preset(GATED).space(seed=7)
+    space = _preset(GATED).space(seeds=[7, 11])
     searcher = OptunaSearch(space=space, metric="cluster_accuracy", mode="max", sampler=optuna.samplers.RandomSampler(seed=1))
     configs = [searcher.suggest(f"t{i}") for i in range(6)]
     for config in configs:
-        iic = trial_iic_config(config)  # a valid IICConfig: every field present, gate stripped
-        assert iic.seed == 7 and 1e-3 <= iic.lr <= 1e-2
+        iic = trial_iic_config(config)  # a valid IICConfig: every field present, gate and seeds stripped
+        assert 1e-3 <= iic.lr <= 1e-2
         assert (iic.overcluster_k == 0) != config["gate"]["overclustering"]
+        assert trial_seeds(config) == [7, 11]  # every trial trains on the search's seeds
 
 
 def test_space_pickles_for_experiment_checkpoints():

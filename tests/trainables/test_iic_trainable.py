@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 from ray import tune
 
-from trainables.iic_trainable import CHECKPOINT_FILE, SUMMARY_FILE, TrialSettings, has_collapsed, train_iic, trial_iic_config
+import torch
+
+from trainables.iic_trainable import SEEDS_KEY, CHECKPOINT_FILE, SUMMARY_FILE, TrialSettings, has_collapsed, train_iic, trial_iic_config
 
 
 def test_collapse_needs_patience_epochs_in_a_row():
@@ -16,9 +18,17 @@ def test_collapse_needs_patience_epochs_in_a_row():
 
 def test_no_information_for_patience_epochs_is_a_collapse_too():
     history = [{"largest_cluster_share": 0.2, "mutual_information": mi} for mi in (1e-7,) * 6 + (0.5,)]
-    assert not has_collapsed(history[:5], share=0.6, patience=3, information=0.01)  # still warming up
     assert has_collapsed(history[:6], share=0.6, patience=3, information=0.01)
     assert not has_collapsed(history, share=0.6, patience=3, information=0.01)  # recovered at the end
+
+
+def test_information_is_judged_only_on_epochs_after_the_warm_up():
+    history = [{"largest_cluster_share": 0.2, "mutual_information": 1e-7} for _ in range(20)]
+    # warm-up 10, patience 5: epochs 11-15 are the first judged, so epoch 15 is the first that can collapse
+    assert not has_collapsed(history[:14], share=0.6, patience=5, information=0.01, warmup=10)
+    assert has_collapsed(history[:15], share=0.6, patience=5, information=0.01, warmup=10)
+    settings = TrialSettings()  # the documented rule: 5 epochs under 0.01 nats after a 10-epoch warm-up
+    assert not settings.collapsed(history[:14]) and settings.collapsed(history[:15])
 
 
 def test_trial_config_drops_the_gates(tiny_config):
@@ -54,3 +64,21 @@ def test_collapsed_trial_stops_itself_and_says_so(ray_session, tmp_path, tiny_co
     result = _fit(tmp_path, tiny_config.replace(epochs=5).to_dict(), TrialSettings(collapse_share=0.0, collapse_patience=2), "collapse")
     assert result.metrics["status"] == "collapsed"
     assert result.metrics["epoch"] == 2
+
+
+def test_a_collapse_in_the_last_epoch_is_a_collapse(ray_session, tmp_path, tiny_config):
+    result = _fit(tmp_path, tiny_config.replace(epochs=1).to_dict(), TrialSettings(collapse_share=0.0, collapse_patience=1), "last")
+    assert result.metrics["status"] == "collapsed" and result.metrics["epoch"] == 1
+
+
+def test_a_trial_trains_its_seeds_at_once_and_reports_their_spread(ray_session, tmp_path, tiny_config):
+    config = {**tiny_config.replace(epochs=2).to_dict(), SEEDS_KEY: [4, 9, 13]}
+    result = _fit(tmp_path, config, TrialSettings(collapse_share=1.1), "seeds")
+    metrics = result.metrics
+    per_seed = [metrics[f"cluster_accuracy/seed_{i}"] for i in range(3)]
+    assert metrics["num_seeds"] == 3 and metrics["status"] == "completed"
+    assert metrics["cluster_accuracy"] == pytest.approx(np.mean(per_seed))
+    assert metrics["cluster_accuracy_min"] == min(per_seed) and metrics["cluster_accuracy_sd"] == pytest.approx(np.std(per_seed, ddof=1))
+    assert metrics["label_free_pick_seed"] in (4, 9, 13)
+    with result.checkpoint.as_directory() as folder:
+        assert torch.load(f"{folder}/{CHECKPOINT_FILE}", weights_only=False)["seeds"] == [4, 9, 13]

@@ -1,0 +1,102 @@
+"""Sweep candidate defaults over many seeds at once: each candidate trains all its seeds as one
+stacked model, several candidates run side by side in worker processes.
+
+    python benchmarks/default_sweep.py --seeds 100 101 102 103 104 105 106 107 108 109 --jobs 6 \
+        --candidate base --candidate oc50:overcluster_k=50 --candidate bs32:batch_size=32,lr=0.002
+
+A candidate is ``NAME`` or ``NAME:key=value,key=value`` (IICConfig fields, values parsed as YAML)
+over ``--config`` (default: IICConfig's defaults). Prints, per candidate, the Hungarian accuracy
+over the seeds (mean, min, sd), the mean accuracy a user gets by training 3 seeds and keeping the
+one with the highest held-out mutual information (seeds taken three at a time, in order), and the
+seconds it took; ``--out FILE`` also writes every seed's figures as JSON.
+
+This is the tool that chooses defaults, so its seeds are tuning seeds: report a chosen default
+with ``benchmarks/digits_quality.py`` on other seeds.
+"""
+
+import argparse
+import json
+import multiprocessing
+import shlex
+import sys
+import time
+
+import numpy as np
+import torch
+
+from iic.config import IICConfig
+from iic.seeds import label_free_pick
+from iic.train import train
+
+
+def parse_candidate(text: str) -> tuple[str, list[str]]:
+    name, _, assignments = text.partition(":")
+    return name, [a for a in assignments.split(",") if a]
+
+
+def best_of_three(per_seed: list[dict]) -> float:
+    """Mean accuracy of keeping, among each three consecutive seeds, the one with the highest
+    held-out mutual information (what a user without labels would keep)."""
+    groups = [per_seed[i : i + 3] for i in range(0, len(per_seed) - 2, 3)]
+    return float(np.mean([group[label_free_pick(group)]["cluster_accuracy"] for group in groups])) if groups else float("nan")
+
+
+def run_candidate(job: tuple[str, dict, list[int]]) -> dict:
+    name, config_dict, seeds = job
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    started = time.perf_counter()
+    result = train(IICConfig.from_dict(config_dict), seeds=seeds)
+    per_seed = [{"seed": run.seed, **{k: run.metrics.get(k) for k in ("cluster_accuracy", "mutual_information", "nmi", "largest_cluster_share")}} for run in result.seeds]
+    accuracy = np.array([m["cluster_accuracy"] for m in per_seed], dtype=float)
+    return {
+        "name": name, "status": str(result.status), "per_seed": per_seed, "mean": float(accuracy.mean()), "min": float(accuracy.min()),
+        "sd": float(accuracy.std(ddof=1)) if len(accuracy) > 1 else 0.0, "best_of_3": best_of_three(per_seed),
+        "seconds": time.perf_counter() - started,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="YAML config the candidates override (default: IICConfig defaults)")
+    parser.add_argument("--candidate", action="append", required=True, help="NAME or NAME:key=value,... (repeatable)")
+    parser.add_argument("--seeds", type=int, nargs="+", required=True, help="tuning seeds (never the seeds a default is reported on)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="applied to every candidate")
+    parser.add_argument("--jobs", type=int, default=1, help="candidates trained at once, each in its own process")
+    parser.add_argument("--out", help="write every result as JSON here")
+    args = parser.parse_args()
+
+    base = (IICConfig.from_yaml(args.config) if args.config else IICConfig()).with_overrides(args.overrides)
+    jobs = []
+    for text in args.candidate:
+        name, assignments = parse_candidate(text)
+        jobs.append((name, base.with_overrides(assignments).validate().to_dict(), args.seeds))
+    print(f"{len(jobs)} candidates x seeds {' '.join(map(str, args.seeds))}; torch {torch.__version__}"
+          + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else f", CPU ({torch.get_num_threads()} threads)"), flush=True)
+    print(f"{'candidate':<28} {'mean':>6} {'min':>6} {'sd':>6} {'best of 3':>9} {'seconds':>7}  status", flush=True)
+    results = []
+    context = multiprocessing.get_context("spawn")  # CUDA cannot be forked
+    with context.Pool(args.jobs) if args.jobs > 1 else _InProcess() as pool:
+        for r in pool.imap_unordered(run_candidate, jobs):
+            results.append(r)
+            print(f"{r['name']:<28} {r['mean']:>6.3f} {r['min']:>6.3f} {r['sd']:>6.3f} {r['best_of_3']:>9.3f} {r['seconds']:>7.0f}  {r['status']}", flush=True)
+    if args.out:
+        with open(args.out, "w") as handle:
+            json.dump({"command": sys.argv, "seeds": args.seeds, "results": results}, handle, indent=1)
+    print("command: python " + " ".join(shlex.quote(a) for a in sys.argv))
+
+
+class _InProcess:
+    """A pool of one: the candidates in this process, one after another."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def imap_unordered(self, function, jobs):
+        return map(function, jobs)
+
+
+if __name__ == "__main__":
+    main()

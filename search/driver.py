@@ -1,0 +1,141 @@
+"""What every command that drives trials shares (the search, its confirmation stage): checking the
+MLflow store, joining or starting Ray, the trainable with the search's resources, the driver's own
+folder, and the environment the driver runs in.
+"""
+
+import os
+import subprocess
+from pathlib import Path
+
+import ray
+import yaml
+from ray import tune
+
+from search.space import Preset
+from search.tracking import server_unreachable
+from search.space import COLLAPSE_SETTINGS
+from trainables.iic_trainable import TrialSettings, train_iic
+
+
+class SearchError(ValueError):
+    """A search that cannot start; the message says what to change."""
+
+
+def check_tracking_uri(uri: str) -> str:
+    """sqlite paths become absolute (trials and the UI must find the same file); http servers must answer."""
+    if uri.startswith("sqlite:///"):
+        path = Path(uri.removeprefix("sqlite:///")).expanduser().resolve()
+        if not path.parent.is_dir():
+            raise SearchError(f"--tracking-uri {uri}: folder {path.parent} does not exist; create it or choose another path")
+        return f"sqlite:///{path}"
+    if uri.startswith(("http://", "https://")):
+        reason = server_unreachable(uri, timeout=5)
+        if reason is not None:
+            raise SearchError(
+                f"--tracking-uri {uri}: the MLflow server does not answer ({reason}); "
+                f"start it (mlflow server --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000) or fix the address"
+            )
+        return uri
+    raise SearchError(f"--tracking-uri {uri}: use sqlite:///FILE or http(s)://HOST:PORT (MLflow 3.17's file store is not supported)")
+
+
+# Where `ray up` leaves the cluster launcher's config on the head node (where drivers run).
+LAUNCHER_CONFIG = "~/ray_bootstrap_config.yaml"
+
+
+def launchable_node_types() -> list[dict]:
+    """Resources of each node type the cluster's autoscaler may start: from the cluster config in
+    Ray's GCS where an autoscaler records one (Ray Train and Data read it too; nothing in Ray 2.60's
+    own Python writes it), else from the config `ray up` leaves on this head node; none on a
+    cluster without an autoscaler."""
+    from ray._private.state import state
+
+    try:
+        config = state.get_cluster_config()
+    except Exception:  # noqa: BLE001 - a private API: fall back to the launcher's file
+        config = None
+    if config is not None and config.node_group_configs:
+        return [dict(group.resources) for group in config.node_group_configs if group.max_count != 0]
+    path = Path(LAUNCHER_CONFIG).expanduser()
+    try:
+        launcher = yaml.safe_load(path.read_text()) if path.is_file() else {}
+    except (OSError, yaml.YAMLError):
+        return []
+    node_types = (launcher or {}).get("available_node_types") or {}
+    return [dict(node.get("resources") or {}) for node in node_types.values() if node.get("max_workers", 0) > 0]
+
+
+def start_ray(address: str | None, preset: Preset, storage_path: str) -> bool:
+    """Join the cluster (or start a local Ray, or use the one this process already has) and check
+    that one trial fits on one node, now or once the autoscaler adds it. Returns whether Ray was
+    started here."""
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=address, include_dashboard=False) if address else ray.init(include_dashboard=False)
+    nodes = [node for node in ray.nodes() if node.get("Alive")]
+    launchable = launchable_node_types()
+    shapes = [node["Resources"] for node in nodes] + launchable
+    most_cpus = max(shape.get("CPU", 0) for shape in shapes)
+    most_gpus = max(shape.get("GPU", 0) for shape in shapes)
+    search = preset.search
+    problems = []
+    if search.cpus_per_trial > most_cpus:
+        problems.append(f"--cpus-per-trial {search.cpus_per_trial}: no node has that many CPUs (largest: {most_cpus:g}); lower it")
+    if search.gpus_per_trial > most_gpus:
+        problems.append(
+            f"--gpus-per-trial {search.gpus_per_trial}: no node has that many GPUs (largest: {most_gpus:g}); "
+            + ("use --gpus-per-trial 0 on a machine without GPUs" if most_gpus == 0 else "lower it")
+        )
+    if (len(nodes) > 1 or launchable) and "://" not in storage_path:
+        problems.append(
+            f"--storage-path {storage_path}: this Ray cluster has {len(nodes)} nodes"
+            + (" and an autoscaler that adds more" if launchable else "")
+            + ", and trials on other nodes cannot write checkpoints to a local folder; give shared storage such as "
+            "s3://BUCKET/iic-search (Ray needs it since 2.7), or file:///PATH for a network filesystem mounted at PATH on every node"
+        )
+    if problems:
+        if started:
+            ray.shutdown()
+        raise SearchError("the cluster cannot run this search:\n  " + "\n  ".join(problems))
+    return started
+
+
+def code_version() -> str:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
+                                cwd=Path(__file__).resolve().parent).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True,
+                               cwd=Path(__file__).resolve().parent).stdout.strip()
+        return commit + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        from importlib.metadata import version
+
+        return "iic-search " + version("iic-search")
+
+
+def make_trainable(preset: Preset):
+    """The trial function with the preset's collapse rule and resources."""
+    search = preset.search
+    settings = TrialSettings(**{name: getattr(search, name) for name in COLLAPSE_SETTINGS})
+    return tune.with_resources(tune.with_parameters(train_iic, settings=settings), {"cpu": search.cpus_per_trial, "gpu": search.gpus_per_trial})
+
+
+def state_dir(name: str) -> Path:
+    """A local folder of the driver's own for this search (the storage path may be remote)."""
+    return Path(os.environ.get("IIC_STATE_DIR", Path.home() / ".iic-search")) / name
+
+
+def set_driver_environment() -> None:
+    """Defaults for MLflow's client and Tune in the driver (a user's own settings win)."""
+    # MLflow's client retries a dead server for ~4 minutes a call by default, which would hold up
+    # Tune's event loop (and so every trial's reports); the logger keeps records waiting instead.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+    # One "View run … at" line per finished trial is noise; the summary prints the runs page.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    # With a checkpoint every epoch and num_to_keep=2, Tune snapshots the experiment every second
+    # checkpoint of a trial, by design (a resumed search must not point at a deleted checkpoint),
+    # and warns each time that happens twice in 5 s. Its cost is in benchmarks/tune_driver.py;
+    # the warning about a slow snapshot (over 30 s) stays on.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
