@@ -13,20 +13,30 @@ Confirmed figures are what ``search/export.py`` and the search's summary rank by
 """
 
 import argparse
+import json
 import math
 import os
 import sys
+import tempfile
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
+import pandas as pd
+import ray
+from mlflow.entities import Run
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
 from ray import tune
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from iic.config import IICConfig
 from iic.seeds import LABEL_FREE_PICK, draw_seeds
-from search.driver import make_trainable
+from search.driver import SearchError, code_version, make_trainable, set_driver_environment, start_ray, state_dir
 from search.ranking import best_first, trial_status
-from search.space import OBJECTIVES, Preset
-from search.tracking import CONFIRM_ROLE, MLflowTrialLogger
+from search.records import RecordsError, connect, find_experiment_id, only_search, ranked_runs, retrainable_config, runs_of_search, search_run, seeds_param, trial_runs
+from search.space import COLLAPSE_SETTINGS, OBJECTIVES, Preset, SearchDefaults
+from search.tracking import CONFIRM_ROLE, TRIAL_TAG, MLflowTrialLogger
 from trainables.iic_trainable import SEEDS_KEY, SOURCE_KEY, trial_iic_config, trial_seeds
 
 # Figures of a confirmation run, each over its seeds.
@@ -84,6 +94,16 @@ def confirmation_seeds(search_seed: int, search_seeds: list[int], count: int) ->
     return seeds
 
 
+def space_of(points: list[dict]) -> dict:
+    """A param space that holds every point: Tune fills a point's values into the space's keys, and
+    warns where a point differs from a constant, so keys that differ are choices among the points'."""
+    space = {}
+    for key, value in points[0].items():
+        values = [point[key] for point in points]
+        space[key] = value if all(v == value for v in values) else tune.choice(values)
+    return space
+
+
 def run_confirmation(candidates: list[Candidate], seeds: list[int], preset: Preset, name: str, storage_path: str,
                      logger: MLflowTrialLogger, resume: bool = False):
     """Train every candidate on ``seeds`` as Ray trials (``preset.search``'s concurrency and
@@ -96,6 +116,7 @@ def run_confirmation(candidates: list[Candidate], seeds: list[int], preset: Pres
     search = preset.search
     tuner = tune.Tuner(
         make_trainable(preset),
+        param_space=space_of(points),
         tune_config=tune.TuneConfig(
             search_alg=BasicVariantGenerator(points_to_evaluate=points, max_concurrent=search.max_concurrent),
             num_samples=len(points),
@@ -139,6 +160,29 @@ def confirmed_row(confirmation: Confirmation, objective: str) -> dict:
     return row
 
 
+def record_confirmed(client: MlflowClient, run_id: str, confirmed: list[Confirmation], objective: str) -> None:
+    """The parent run's record of a confirmation stage: confirmed.csv, the confirmed best's
+    best_config.yaml and figures (``best_confirmed_*``), the confirmation seeds."""
+    best = confirmed[0]
+    with tempfile.TemporaryDirectory() as folder:
+        pd.DataFrame([confirmed_row(c, objective) for c in confirmed]).to_csv(Path(folder) / "confirmed.csv", index=False)
+        best.candidate.config.to_yaml(Path(folder) / "best_config.yaml")
+        for name in ("confirmed.csv", "best_config.yaml"):
+            client.log_artifact(run_id, str(Path(folder) / name))
+    client.set_tag(run_id, "iic.best_trial_id", best.candidate.trial_id)
+    client.set_tag(run_id, "iic.confirm_seeds", " ".join(map(str, best.seeds)))
+    for name, value in confirmed_row(best, objective).items():
+        if name.startswith("confirmed_") and isinstance(value, float) and math.isfinite(value):
+            client.log_metric(run_id, f"best_{name}", value)
+
+
+def print_confirmed(confirmed: list[Confirmation], objective: str) -> None:
+    table = pd.DataFrame([confirmed_row(c, objective) for c in confirmed]).drop(columns=["confirm_seeds"])
+    with pd.option_context("display.width", 220, "display.max_columns", 24, "display.float_format", "{:.3f}".format):
+        print(f"\nConfirmed on {len(confirmed[0].seeds)} fresh seeds ({' '.join(map(str, confirmed[0].seeds))}), best first:")
+        print(table.to_string(index=False))
+
+
 # ---- command line: confirm a finished search ----------------------------------------------------
 
 
@@ -150,18 +194,78 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, required=True, help="fresh seeds each config trains on")
     parser.add_argument("--objective", choices=sorted(OBJECTIVES), default="cluster_accuracy")
     parser.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"))
-    parser.add_argument("--storage-path", default=os.environ.get("IIC_STORAGE_PATH", "runs/search"))
+    parser.add_argument("--storage-path", default=os.environ.get("IIC_STORAGE_PATH", "runs/search"), help="Ray Tune storage for the confirmation trials")
     parser.add_argument("--address", default=os.environ.get("RAY_ADDRESS"), help="Ray cluster to join (default: a local Ray)")
-    parser.add_argument("--max-concurrent", type=int, default=1)
+    parser.add_argument("--max-concurrent", type=int, default=1, help="confirmation trials at once")
     parser.add_argument("--cpus-per-trial", type=float, default=1.0)
     parser.add_argument("--gpus-per-trial", type=float, default=0.0)
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    from search.confirm_cli import confirm_search
+def candidates_from_runs(client: MlflowClient, tracking_uri: str, runs: list[Run], objective: str, top: int) -> list[Candidate]:
+    """The ``top`` best distinct configs among a search's recorded trial runs."""
+    chosen: list[Candidate] = []
+    for run, value in ranked_runs(runs, objective):
+        config = retrainable_config(client, tracking_uri, run, objective)
+        if all(config != kept.config for kept in chosen):
+            chosen.append(Candidate(run.data.tags[TRIAL_TAG], config, value, [int(s) for s in seeds_param(run)]))
+        if len(chosen) == top:
+            break
+    return chosen
 
-    return confirm_search(parse_args(argv))
+
+def confirming_preset(parent: Run, args: argparse.Namespace) -> Preset:
+    """The settings confirmation trials run with: the search's collapse rule, these resources."""
+    recorded = {name: parent.data.params[f"search.{name}"] for name in COLLAPSE_SETTINGS if f"search.{name}" in parent.data.params}
+    defaults = SearchDefaults()
+    collapse = {name: type(getattr(defaults, name))(value) for name, value in recorded.items()}
+    search = SearchDefaults(max_concurrent=args.max_concurrent, cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
+                            objective=args.objective, **collapse)
+    return Preset(name="confirm", description="", config={}, params=[], search=search)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    set_driver_environment()
+    try:
+        if args.top < 1 or args.seeds < 1:
+            raise SearchError(f"--top and --seeds must be at least 1 (got {args.top} and {args.seeds})")
+        client, tracking_uri = connect(args.tracking_uri)
+        experiment_id = find_experiment_id(client, args.experiment)
+        runs = runs_of_search(trial_runs(client, experiment_id), args.experiment, args.search)
+        search = args.search or only_search(runs, args.experiment)
+        parent = search_run(client, experiment_id, search)
+        candidates = candidates_from_runs(client, tracking_uri, runs, args.objective, args.top)
+        if not candidates:
+            raise SearchError(f"none of the {len(runs)} trial runs of {search!r} counts (finished, not collapsed, diverged or failed)")
+        preset = confirming_preset(parent, args)
+        storage_path = args.storage_path if "://" in args.storage_path else str(Path(args.storage_path).expanduser().resolve())
+    except (SearchError, RecordsError, MlflowException) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    try:
+        started_ray = start_ray(args.address, preset, storage_path)
+    except SearchError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    search_seed = int(parent.data.params.get("cli.seed", 0))
+    seeds = confirmation_seeds(search_seed, sorted({s for c in candidates for s in c.search_seeds}), args.seeds)
+    name = f"{search}-confirm-{time.strftime('%Y%m%d-%H%M%S')}"
+    report = state_dir(name) / "mlflow_report.json"
+    logger = MLflowTrialLogger(tracking_uri, experiment_id, search, parent.info.run_id, code_version(), report, role=CONFIRM_ROLE)
+    print(f"confirming the best {len(candidates)} config(s) of {search!r} on {len(seeds)} fresh seeds ({' '.join(map(str, seeds))})", flush=True)
+    results = run_confirmation(candidates, seeds, preset, name, storage_path, logger)
+    confirmed = ranked_confirmations(confirmations(candidates, results, seeds, logged_statuses(report)), args.objective)
+    record_confirmed(client, parent.info.run_id, confirmed, args.objective)
+    print_confirmed(confirmed, args.objective)
+    if started_ray:
+        ray.shutdown()
+    return 0
+
+
+def logged_statuses(report_path: Path) -> dict[str, str]:
+    """The final status the MLflow logger gave each trial it ended (see MLflowTrialLogger)."""
+    return json.loads(report_path.read_text()).get("statuses", {}) if report_path.is_file() else {}
 
 
 if __name__ == "__main__":

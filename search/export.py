@@ -29,13 +29,13 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from iic.config import ConfigError, IICConfig
-from search.records import RecordsError, connect, find_experiment_id, ranked_runs, retrainable_config, runs_of_search, trial_runs
+from search.records import (
+    RecordsError, connect, find_experiment_id, objective_value, ranked_runs, retrainable_config, runs_of_search, seeds_param, trial_runs,
+)
 from iic.seeds import LABEL_FREE_PICK
 from search.confirm import CONFIRMED_FIGURES
-from search.records import objective_value
 from search.space import OBJECTIVES
 from search.tracking import CONFIRM_ROLE, CONFIRMS_TAG, SEARCH_TAG, TRIAL_TAG
-from trainables.iic_trainable import SEEDS_KEY
 
 SETTINGS = ("lr", "batch_size", "lamb", "repeats", "sobel", "overcluster_k")
 RANK_FILE = re.compile(r"rank\d+_.+\.yaml")
@@ -133,12 +133,6 @@ def markdown_table(rows: list[dict]) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
     lines += ["| " + " | ".join(cell(row[name]) for name in columns) + " |" for row in rows]
     return "\n".join(lines) + "\n"
-
-
-def seeds_param(run: Run) -> list[str]:
-    """The seeds a run trained on, as recorded in its params (``[1, 2]`` -> ["1", "2"])."""
-    recorded = run.data.params.get(SEEDS_KEY) or run.data.params.get("seed", "")
-    return [seed.strip() for seed in recorded.strip("[]").split(",") if seed.strip()]
 
 
 def write_config(path: Path, trial: ExportedTrial, row: dict) -> Path:

@@ -11,7 +11,8 @@ from iic.config import IICConfig
 from search.driver import SearchError, check_tracking_uri
 from search.ranking import best_first, counts
 from search.space import OBJECTIVES
-from search.tracking import ROLE_TAG, SEARCH_TAG, STATUS_TAG, TRIAL_ROLE
+from search.tracking import ROLE_TAG, SEARCH_ROLE, SEARCH_TAG, STATUS_TAG, TRIAL_ROLE
+from trainables.iic_trainable import SEEDS_KEY
 
 
 class RecordsError(ValueError):
@@ -84,3 +85,25 @@ def retrainable_config(client: MlflowClient, tracking_uri: str, run: Run, object
     return config.replace(epochs=epochs_run)
 
 
+
+
+def seeds_param(run: Run) -> list[str]:
+    """The seeds a run trained on, as recorded in its params (``[1, 2]`` -> ["1", "2"])."""
+    recorded = run.data.params.get(SEEDS_KEY) or run.data.params.get("seed", "")
+    return [seed.strip() for seed in recorded.strip("[]").split(",") if seed.strip()]
+
+
+def search_run(client: MlflowClient, experiment_id: str, search: str) -> Run:
+    """The parent run of a search."""
+    runs = client.search_runs([experiment_id], f"tags.`{SEARCH_TAG}` = '{search}' and tags.`{ROLE_TAG}` = '{SEARCH_ROLE}'", max_results=1)
+    if not runs:
+        raise RecordsError(f"search {search!r} has no parent run in this experiment; was it recorded by search/run.py?")
+    return runs[0]
+
+
+def only_search(runs: list[Run], experiment: str) -> str:
+    """The name of the one search the runs belong to."""
+    names = sorted({run.data.tags.get(SEARCH_TAG, "?") for run in runs})
+    if len(names) > 1:
+        raise RecordsError(f"experiment {experiment!r} holds several searches ({', '.join(names)}); choose one with --search")
+    return names[0]

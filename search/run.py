@@ -29,7 +29,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from iic.config import ConfigError, IICConfig
 from iic.seeds import draw_seeds
-from search.confirm import candidates_from_results, confirmation_seeds, confirmations, ranked_confirmations, run_confirmation
+from search.confirm import logged_statuses, candidates_from_results, confirmation_seeds, confirmations, ranked_confirmations, run_confirmation
 from search.driver import SearchError, check_tracking_uri, code_version, make_trainable, set_driver_environment, start_ray, state_dir
 from search.space import OBJECTIVES, Preset, PresetError, available_presets
 from search.summary import summarise
@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         tuner = build_tuner(preset, args, name, storage_path, logger, warm_points)
     results = tuner.fit()
-    statuses = _statuses(report_path)
+    statuses = logged_statuses(report_path)
     candidates = candidates_from_results(results, search.objective, statuses, max(search.confirm_top, 1))
     confirmed = []
     if search.confirm_top and candidates:
@@ -198,17 +198,12 @@ def main(argv: list[str] | None = None) -> int:
         confirm_report = state_dir(name) / "mlflow_report_confirm.json"
         confirm_logger = MLflowTrialLogger(tracking_uri, experiment_id, name, parent_run_id, code_version(), confirm_report, role=CONFIRM_ROLE)
         confirm_results = run_confirmation(candidates, seeds, preset, f"{name}-confirm", storage_path, confirm_logger, resume=args.resume)
-        confirmed = ranked_confirmations(confirmations(candidates, confirm_results, seeds, _statuses(confirm_report)), search.objective)
+        confirmed = ranked_confirmations(confirmations(candidates, confirm_results, seeds, logged_statuses(confirm_report)), search.objective)
     summarise(results, preset, tracking_uri, experiment_id, parent_run_id, name, report_path, top=args.top,
               confirmed=confirmed, best_candidate=candidates[0] if candidates else None)
     if started_ray:
         ray.shutdown()
     return 0
-
-
-def _statuses(report_path: Path) -> dict[str, str]:
-    """The final status the MLflow logger gave each trial it ended (see MLflowTrialLogger)."""
-    return json.loads(report_path.read_text()).get("statuses", {}) if report_path.is_file() else {}
 
 
 if __name__ == "__main__":

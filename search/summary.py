@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 from scipy.stats import spearmanr
 
 from iic.seeds import LABEL_FREE_PICK
-from search.confirm import Confirmation, confirmed_row
+from search.confirm import Candidate, Confirmation, print_confirmed, record_confirmed
 from search.ranking import best_first, counts, trial_status
 from search.space import OBJECTIVES, Preset
 from search.tracking import ROLE_TAG, TRIAL_ROLE
@@ -127,21 +127,11 @@ def ui_hint(tracking_uri: str, experiment_id: str, objective: str, role: str = T
     return f"mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port 5000", address
 
 
-def record_best(client: MlflowClient, run_id: str, config_yaml_folder: Path, best, objective: str, confirmed: Confirmation | None) -> list[Path]:
-    """The parent run's figures of the best config, and its best_config.yaml."""
-    path = config_yaml_folder / "best_config.yaml"
-    if confirmed is not None:
-        confirmed.candidate.config.to_yaml(path)
-        client.set_tag(run_id, "iic.best_trial_id", confirmed.candidate.trial_id)
-        client.set_tag(run_id, "iic.confirm_seeds", " ".join(map(str, confirmed.seeds)))
-        for name, value in confirmed_row(confirmed, objective).items():
-            if name.startswith("confirmed_") and isinstance(value, float) and math.isfinite(value):
-                client.log_metric(run_id, f"best_{name}", value)
-    else:
-        best.config.to_yaml(path)
-        client.set_tag(run_id, "iic.best_trial_id", best.trial_id)
-    client.log_metric(run_id, f"best_{objective}", float(best.search_value))
-    return [path]
+def record_best(client: MlflowClient, run_id: str, folder: Path, best: Candidate, objective: str) -> None:
+    """The parent run's record of the best trial by the search's own figures."""
+    best.config.to_yaml(folder / "best_config.yaml")
+    client.log_artifact(run_id, str(folder / "best_config.yaml"))
+    client.set_tag(run_id, "iic.best_trial_id", best.trial_id)
 
 
 def summarise(results, preset: Preset, tracking_uri: str, experiment_id: str, parent_run_id: str, name: str,
@@ -160,11 +150,12 @@ def summarise(results, preset: Preset, tracking_uri: str, experiment_id: str, pa
             folder = Path(folder)
             table.to_csv(folder / "trials.csv", index=False)
             files = [folder / "trials.csv", *save_optuna_plots(optuna_study(results, preset, objective, set(completed["trial_id"])), folder)]
-            if confirmed:
-                pd.DataFrame([confirmed_row(c, objective) for c in confirmed]).to_csv(folder / "confirmed.csv", index=False)
-                files.append(folder / "confirmed.csv")
             if best_candidate is not None:
-                files += record_best(client, parent_run_id, folder, best_candidate, objective, confirmed[0] if confirmed else None)
+                client.log_metric(parent_run_id, f"best_{objective}", float(best_candidate.search_value))
+                if confirmed:
+                    record_confirmed(client, parent_run_id, confirmed, objective)
+                else:
+                    record_best(client, parent_run_id, folder, best_candidate, objective)
             if math.isfinite(correlation):
                 client.log_metric(parent_run_id, "mi_accuracy_spearman", correlation)
             client.log_metric(parent_run_id, "trials", len(table))
@@ -189,9 +180,8 @@ def print_summary(table: pd.DataFrame, confirmed: list[Confirmation], objective:
     with pd.option_context("display.width", 220, "display.max_columns", 24, "display.float_format", "{:.3f}".format):
         print(f"\nBest {min(top, len(table))} of {len(table)} trials by {objective} ({name}; {seeds_note}):")
         print(table.head(top).to_string(index=False))
-        if confirmed:
-            print(f"\nConfirmed on {len(confirmed[0].seeds)} fresh seeds ({' '.join(map(str, confirmed[0].seeds))}), best first:")
-            print(pd.DataFrame([confirmed_row(c, objective) for c in confirmed]).drop(columns=["confirm_seeds"]).to_string(index=False))
+    if confirmed:
+        print_confirmed(confirmed, objective)
     value, count = correlation
     if math.isfinite(value):
         print(f"\nHeld-out mutual information vs accuracy over {count} completed trials: Spearman {value:+.2f}")

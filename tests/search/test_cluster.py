@@ -24,7 +24,9 @@ from mlflow.tracking import MlflowClient
 from search.tracking import ROLE_TAG, TRIAL_TAG
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY = ["--set", "max_samples=200", "--set", "backbone_width=4", "--cpus-per-trial", "1", "--gpus-per-trial", "0.5"]
+# One seed per trial and no confirmation stage: these tests are about faults, not seeds.
+TINY = ["--set", "max_samples=200", "--set", "backbone_width=4", "--cpus-per-trial", "1", "--gpus-per-trial", "0.5",
+        "--seeds-per-trial", "1", "--confirm-top", "0"]
 
 
 @pytest.fixture(scope="module")
@@ -76,17 +78,6 @@ def _command(cluster, tmp_path, *extra):
 
 def _env(tmp_path):
     return {**os.environ, "IIC_STATE_DIR": str(tmp_path / "state"), "PYTHONUNBUFFERED": "1"}
-
-
-def _steady_preset(tmp_path) -> list[str]:
-    """The digits preset with its trials never stopping early (no collapse stop, no ASHA rung before
-    the last epoch): a fault injected at an early epoch then always meets a running trial, however
-    far the MLflow records (which the tests watch) lag behind the trials."""
-    preset = yaml.safe_load((ROOT / "search" / "presets" / "digits.yaml").read_text())
-    preset["search"].update(collapse_patience=1000, grace_period=1000)
-    path = tmp_path / "digits.yaml"  # same stem: the experiment stays iic-digits
-    path.write_text(yaml.safe_dump(preset))
-    return ["--config", str(path)]
 
 
 def _start(cluster, tmp_path, *extra):
@@ -195,9 +186,9 @@ def _trial_worker_pids(cluster) -> list[int]:
     return pids
 
 
-def test_killed_trial_worker_continues_from_its_checkpoint(cluster, tmp_path):
+def test_killed_trial_worker_continues_from_its_checkpoint(cluster, tmp_path, steady_preset):
     _ensure_workers(cluster, 2)
-    driver = _start(cluster, tmp_path, *_steady_preset(tmp_path), "--num-samples", "1", "--max-concurrent", "1", "--epochs", "12")
+    driver = _start(cluster, tmp_path, *steady_preset, "--num-samples", "1", "--max-concurrent", "1", "--epochs", "12")
     db = tmp_path / "mlflow.db"
     _wait_for(lambda: _query(db, "select count(*) from metrics where key = 'loss'") >= [(2,)], driver, "epoch 2")
     [pid] = _trial_worker_pids(cluster)
@@ -232,9 +223,9 @@ def _running_trials(db: Path) -> dict[str, tuple[str, int]]:
     return {name.removeprefix("train_iic_"): (node, epoch) for name, node, epoch in rows}
 
 
-def test_lost_node_trials_are_rescheduled(cluster, tmp_path):
+def test_lost_node_trials_are_rescheduled(cluster, tmp_path, steady_preset):
     _ensure_workers(cluster, 2)
-    driver = _start(cluster, tmp_path, *_steady_preset(tmp_path), "--num-samples", "4", "--max-concurrent", "4", "--epochs", "20")
+    driver = _start(cluster, tmp_path, *steady_preset, "--num-samples", "4", "--max-concurrent", "4", "--epochs", "20")
     db = tmp_path / "mlflow.db"
     _wait_for(lambda: len(_running_trials(db)) == 4, driver, "all four trials to report")
     # Each trial runs all 20 epochs (an epoch takes ~0.4-1 s here): lose the node of the trial

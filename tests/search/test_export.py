@@ -15,12 +15,15 @@ from mlflow.tracking import MlflowClient
 from iic.config import IICConfig
 from iic.train import main as train_main
 from iic.train import train
+from search.confirm import CONFIRMED_FIGURES
 from search.export import export_best
 from search.export import main as export_main
-from search.tracking import ROLE_TAG, SEARCH_TAG, STATUS_TAG, TRIAL_METRICS, TRIAL_TAG, flat_params
+from search.tracking import CONFIRMS_TAG, ROLE_TAG, SEARCH_TAG, STATUS_TAG, TRIAL_TAG, flat_params, logged_metric_names
+from trainables.iic_trainable import SEEDS_KEY
 
 SUMMARY_COLUMNS = [
-    "rank", "file", "run_id", "trial_id", "search", "cluster_accuracy", "nmi", "largest_cluster_share", "epochs",
+    "rank", "file", "run_id", "trial_id", "search", "cluster_accuracy", "nmi", "largest_cluster_share", "search_seeds",
+    *(f"confirmed_{name}" for name in CONFIRMED_FIGURES), "confirm_seeds", "epochs",
     "lr", "batch_size", "lamb", "repeats", "sobel", "overcluster_k",
 ]
 _HISTORIES: dict[str, list[dict]] = {}
@@ -42,15 +45,16 @@ class Store:
     experiment_id: str
 
     def log(self, config: IICConfig, history: list[dict], trial_id: str, search: str = "s1", status: str = "completed",
-            run_status: str = "FINISHED", role: str = "trial") -> str:
+            run_status: str = "FINISHED", role: str = "trial", seeds: list[int] | None = None, confirms: str | None = None) -> str:
         """One trial run: tags, params, every epoch's metrics at step = epoch, config.yaml, final status."""
-        tags = {SEARCH_TAG: search, TRIAL_TAG: trial_id, ROLE_TAG: role, STATUS_TAG: "running"}
+        tags = {SEARCH_TAG: search, TRIAL_TAG: trial_id, ROLE_TAG: role, STATUS_TAG: "running", **({CONFIRMS_TAG: confirms} if confirms else {})}
         run_id = self.client.create_run(self.experiment_id, run_name=trial_id, tags=tags).info.run_id
-        self.client.log_batch(run_id, params=[Param(k, v) for k, v in flat_params(config.to_dict()).items()])
+        params = flat_params({**config.to_dict(), SEEDS_KEY: seeds or [config.seed]})
+        self.client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
         now = int(time.time() * 1000)
         for metrics in history:
             self.client.log_batch(run_id, metrics=[
-                Metric(key, float(metrics[key]), now, metrics["epoch"]) for key in TRIAL_METRICS if key in metrics
+                Metric(key, float(metrics[key]), now, metrics["epoch"]) for key in logged_metric_names(metrics) if key in metrics
             ])
         with tempfile.TemporaryDirectory() as folder:
             self.client.log_artifact(run_id, str(config.to_yaml(Path(folder) / "config.yaml")))
@@ -89,6 +93,8 @@ def test_ranks_distinct_finished_trials_and_writes_the_top_k(store, tiny_config,
     store.log(tiny_config.replace(seed=7), perfect, trial_id="failed", run_status="FAILED")
     store.log(tiny_config.replace(seed=8), perfect, trial_id="diverged", status="diverged")
     store.log(tiny_config.replace(seed=9), perfect, trial_id="errored", status="error")
+    store.log(tiny_config.replace(seed=12), perfect, trial_id="collapsed", status="collapsed")
+    store.log(tiny_config.replace(seed=13), perfect, trial_id="lost", status="lost_with_driver", run_status="KILLED")
     store.log(tiny_config.replace(seed=10), perfect, trial_id="other_search", search="s2")
     store.log(tiny_config.replace(seed=11), perfect, trial_id="parent", role="search")
 
@@ -119,6 +125,33 @@ def test_ranks_distinct_finished_trials_and_writes_the_top_k(store, tiny_config,
     assert sorted(out.glob("rank*.yaml")) == sorted(paths) and len(paths) == 2
     information = [float(row["mutual_information"]) for row in read_summary(out)]
     assert information == sorted(information, reverse=True)
+
+
+def test_configs_confirmed_on_fresh_seeds_rank_by_their_confirmed_mean(store, tiny_config, tmp_path):
+    configs = {"a": tiny_config, "b": tiny_config.replace(lr=1e-3), "c": tiny_config.replace(lr=2e-3)}
+    for name, config in configs.items():
+        store.log(config, trained_history(config), trial_id=name, seeds=[5, 6])
+    search_order = [row["trial_id"] for row in read_summary_of(export_best(store.uri, store.experiment, top=3, out=tmp_path / "before"))]
+    worst, best = search_order[0], search_order[-1]  # confirmation turns the search's order round
+    for trial_id, mean in ((worst, 0.2), (best, 0.9)):
+        final = {"epoch": 2, "cluster_accuracy": mean, "cluster_accuracy_min": mean - 0.1, "cluster_accuracy_sd": 0.05,
+                 "label_free_pick_accuracy": mean + 0.02, "mutual_information": 1.0, "nmi": 0.5}
+        store.log(configs[trial_id], [final], trial_id=f"confirm_{trial_id}", role="confirm", seeds=[71, 72, 73], confirms=trial_id)
+
+    paths = export_best(store.uri, store.experiment, top=3, out=tmp_path / "best")
+    rows = read_summary(tmp_path / "best")
+    middle = next(t for t in search_order if t not in (worst, best))
+    assert [row["trial_id"] for row in rows] == [best, worst, middle]  # confirmed first, by confirmed mean
+    assert float(rows[0]["confirmed_cluster_accuracy"]) == 0.9 and rows[0]["confirm_seeds"] == "71 72 73"
+    assert rows[0]["search_seeds"] == "5 6" and rows[2]["confirmed_cluster_accuracy"] == ""
+    header = paths[0].read_text().split("\n")
+    assert "confirmed on seeds it was not chosen with (71 72 73): cluster_accuracy mean 0.9000, min 0.8000" in "\n".join(header)
+    assert "--seeds 5 6" in header[2] and IICConfig.from_yaml(paths[0]) == configs[best]
+    assert "not confirmed on other seeds" in paths[2].read_text()
+
+
+def read_summary_of(paths: list[Path]) -> list[dict]:
+    return read_summary(paths[0].parent)
 
 
 def test_best_config_retrains_to_the_recorded_accuracy(store, tiny_config, tmp_path):

@@ -23,7 +23,8 @@ from search.run import main
 from search.tracking import ROLE_TAG, TRIAL_TAG
 
 EPOCHS = 4
-TINY = ["--set", "max_samples=200", "--set", "backbone_width=4", "--epochs", str(EPOCHS), "--cpus-per-trial", "1"]
+TINY = ["--set", "max_samples=200", "--set", "backbone_width=4", "--epochs", str(EPOCHS), "--cpus-per-trial", "1",
+        "--seeds-per-trial", "1", "--confirm-top", "0"]
 
 
 class MlflowServer:

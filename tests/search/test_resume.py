@@ -11,7 +11,8 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from search.tracking import LOST_WITH_DRIVER, ROLE_TAG, STATUS_TAG
+from iic.status import RunStatus
+from search.tracking import ROLE_TAG, STATUS_TAG
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -19,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def _command(tmp_path, *extra):
     return [
         sys.executable, str(ROOT / "search" / "run.py"), "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db",
-        "--storage-path", str(tmp_path / "ray"), "--num-samples", "3", "--max-concurrent", "1", "--epochs", "4",
+        "--storage-path", str(tmp_path / "ray"), "--num-samples", "3", "--max-concurrent", "1", "--epochs", "4", "--seeds-per-trial", "1", "--confirm-top", "0",
         "--set", "max_samples=200", "--set", "backbone_width=4", *extra,
     ]
 
@@ -53,7 +54,7 @@ def test_killed_driver_resumes_without_duplicates(tmp_path):
     # A trial proposed after Tune's last snapshot before the kill is unknown to the resumed search
     # (another takes its place); its run, if the logger had opened one, is closed as lost.
     lost = [r for r in runs if r.data.tags[ROLE_TAG] == "trial" and r.info.status != "FINISHED"]
-    assert all(r.info.status == "KILLED" and r.data.tags[STATUS_TAG] == LOST_WITH_DRIVER for r in lost), lost
+    assert all(r.info.status == "KILLED" and r.data.tags[STATUS_TAG] == RunStatus.LOST_WITH_DRIVER for r in lost), lost
     trials = [r for r in runs if r.data.tags[ROLE_TAG] == "trial" and r.info.status == "FINISHED"]
     assert len(trials) == 3
     assert len({r.data.tags["iic.trial_id"] for r in trials}) == 3

@@ -5,10 +5,14 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from iic.config import IICConfig
+from iic.seeds import draw_seeds
+from search.confirm import confirmation_seeds
+from search.confirm import main as confirm_main
 from search.run import main
-from search.tracking import ROLE_TAG, STATUS_TAG, TRIAL_TAG
+from search.tracking import CONFIRMS_TAG, ROLE_TAG, STATUS_TAG, TRIAL_TAG
 
-TINY = ["--set", "max_samples=200", "--set", "backbone_width=4", "--epochs", "2"]
+# One seed per trial and no confirmation stage, unless a test is about them: tests stay fast.
+TINY = ["--set", "max_samples=200", "--set", "backbone_width=4", "--epochs", "2", "--seeds-per-trial", "1", "--confirm-top", "0"]
 
 
 def _args(tmp_path, *extra):
@@ -30,11 +34,13 @@ def _runs(tmp_path, experiment="iic-digits"):
 
 
 def test_small_search_records_every_trial_in_mlflow(ray_session, tmp_path, state_dir, capsys):
-    assert main(_args(tmp_path, "--num-samples", "3", "--max-concurrent", "2")) == 0
+    extra = ["--num-samples", "3", "--max-concurrent", "2", "--seeds-per-trial", "2", "--confirm-top", "2", "--confirm-seeds", "2", "--seed", "5"]
+    assert main(_args(tmp_path, *extra)) == 0
     client, experiment, trials, parents = _runs(tmp_path)
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     assert len(parents) == 1 and len(trials) == 3
     parent = parents[0]
+    search_seeds = draw_seeds(5, 2)
     for run in trials:
         assert run.info.status == "FINISHED"
         assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
@@ -42,26 +48,76 @@ def test_small_search_records_every_trial_in_mlflow(ray_session, tmp_path, state
         assert run.data.tags[TRIAL_TAG] and "iic.chosen_subhead" in run.data.tags and run.data.tags["iic.code_version"]
         params = run.data.params
         assert params["dataset"] == "digits" and params["max_samples"] == "200" and float(params["lr"]) > 0
+        assert params["seeds"] == str(search_seeds)  # every trial trains on the search's seeds, recorded
         assert "gate.overclustering" in params
         assert (params["gate.overclustering"] == "False") == (params["overcluster_k"] == "0")
         # per-epoch metrics with step = epoch; config values are params, never metrics
         history = client.get_metric_history(run.info.run_id, "cluster_accuracy")
         assert sorted(m.step for m in history) == list(range(1, len(history) + 1)) and len(history) >= 1
-        for key in ("majority_accuracy", "nmi", "ari", "loss", "mutual_information", "largest_cluster_share"):
+        for key in ("majority_accuracy", "nmi", "ari", "loss", "mutual_information", "largest_cluster_share",
+                    "cluster_accuracy_min", "cluster_accuracy_sd", "label_free_pick_accuracy", "cluster_accuracy/seed_1"):
             assert key in run.data.metrics
+        metrics = run.data.metrics
+        assert metrics["cluster_accuracy"] == pytest.approx((metrics["cluster_accuracy/seed_0"] + metrics["cluster_accuracy/seed_1"]) / 2)
         assert not any(key.startswith("config") or key in params for key in run.data.metrics)
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert {"config.yaml", "confusion_matrix.png", "cluster_gallery.png"} <= artifacts
+    # the confirmation stage: the two best distinct configs again, on two seeds the search never used
+    runs = client.search_runs([experiment.experiment_id])
+    confirms = [r for r in runs if r.data.tags.get(ROLE_TAG) == "confirm"]
+    assert len(confirms) == 2
+    confirm_seeds = confirmation_seeds(5, search_seeds, 2)
+    assert not set(confirm_seeds) & set(search_seeds)
+    trial_ids = {r.data.tags[TRIAL_TAG] for r in trials}
+    for run in confirms:
+        assert run.info.status == "FINISHED" and run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert run.data.tags[CONFIRMS_TAG] in trial_ids and run.data.params["seeds"] == str(confirm_seeds)
+        assert "cluster_accuracy_sd" in run.data.metrics
     parent = client.get_run(parent.info.run_id)
     assert parent.info.status == "FINISHED"
-    assert parent.data.tags["iic.best_trial_id"] in {r.data.tags[TRIAL_TAG] for r in trials}
-    assert {"best_config.yaml", "trials.csv", "optuna_history.png"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
+    best_mean = max(r.data.metrics["cluster_accuracy"] for r in confirms)
+    best_confirmed = {r.data.tags[CONFIRMS_TAG] for r in confirms if r.data.metrics["cluster_accuracy"] == best_mean}
+    assert parent.data.tags["iic.best_trial_id"] in best_confirmed  # the best by the confirmed mean (ties: the search's order)
+    assert parent.data.metrics["best_confirmed_cluster_accuracy"] == pytest.approx(best_mean)
+    assert {"best_config.yaml", "trials.csv", "confirmed.csv", "optuna_history.png"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
+    # 3 trials are too few for parameter importances to mean anything
+    assert "optuna_importance.png" not in {a.path for a in client.list_artifacts(parent.info.run_id)}
     best = max(r.data.metrics["cluster_accuracy"] for r in trials)
     assert parent.data.metrics["best_cluster_accuracy"] == pytest.approx(best)
+    assert -1 <= parent.data.metrics.get("mi_accuracy_spearman", 0) <= 1
     out = capsys.readouterr().out
-    assert "Best 3 of 3 trials by cluster_accuracy" in out
+    assert "Best 3 of 3 trials by cluster_accuracy" in out and "Confirmed on 2 fresh seeds" in out
     assert f"mlflow ui --backend-store-uri sqlite:///{tmp_path}/mlflow.db" in out
-    assert f"#/experiments/{experiment.experiment_id}/runs" in out
+    link = f"#/experiments/{experiment.experiment_id}/runs?searchFilter=tags.%60iic.role%60%20%3D%20%27trial%27&orderByKey=metrics.%60cluster_accuracy%60&orderByAsc=false&compareRunsMode=CHART"
+    assert link in out
+
+
+def test_a_trial_the_time_budget_stops_is_closed_with_its_status_and_artifacts(ray_session, tmp_path, state_dir, steady_preset):
+    # one long trial and a budget that ends the search while it trains
+    args = _args(tmp_path, *steady_preset, "--num-samples", "1", "--epochs", "500", "--time-budget", "12", "--experiment", "budget")
+    assert main(args) == 0
+    client, _, [trial], [parent] = _runs(tmp_path, "budget")
+    assert trial.info.status == "FINISHED" and trial.data.tags[STATUS_TAG] == "stopped_by_budget"
+    assert 1 <= len(client.get_metric_history(trial.info.run_id, "cluster_accuracy")) < 500
+    assert {"config.yaml", "confusion_matrix.png", "cluster_gallery.png"} <= {a.path for a in client.list_artifacts(trial.info.run_id)}
+    assert client.get_run(parent.info.run_id).info.status == "FINISHED"
+
+
+def test_confirm_command_confirms_a_finished_search(ray_session, tmp_path, state_dir, capsys):
+    assert main(_args(tmp_path, "--num-samples", "2", "--experiment", "later")) == 0
+    args = ["--experiment", "later", "--top", "1", "--seeds", "2", "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db",
+            "--storage-path", str(tmp_path / "ray"), "--cpus-per-trial", "1"]
+    assert confirm_main(args) == 0
+    client, experiment, trials, [parent] = _runs(tmp_path, "later")
+    [confirm] = [r for r in client.search_runs([experiment.experiment_id]) if r.data.tags.get(ROLE_TAG) == "confirm"]
+    ranked = sorted(trials, key=lambda r: -r.data.metrics["cluster_accuracy"])
+    counted = [r for r in ranked if r.data.tags[STATUS_TAG] not in ("collapsed", "diverged", "error")]
+    assert confirm.data.tags[CONFIRMS_TAG] == counted[0].data.tags[TRIAL_TAG]
+    assert len(eval(confirm.data.params["seeds"])) == 2 and trials[0].data.params["seeds"] not in confirm.data.params["seeds"]
+    parent = client.get_run(parent.info.run_id)
+    assert parent.data.metrics["best_confirmed_cluster_accuracy"] == pytest.approx(confirm.data.metrics["cluster_accuracy"])
+    assert "Confirmed on 2 fresh seeds" in capsys.readouterr().out
+    assert confirm_main(args[:2] + ["--top", "0", "--seeds", "2"] + args[6:]) == 2
 
 
 def test_warm_start_evaluates_the_given_configs_first(ray_session, tmp_path, state_dir):
@@ -82,6 +138,7 @@ def test_warm_start_evaluates_the_given_configs_first(ray_session, tmp_path, sta
         (["--cpus-per-trial", "64"], "--cpus-per-trial 64.0: no node has that many CPUs"),
         (["--gpus-per-trial", "0.5"], "use --gpus-per-trial 0 on a machine without GPUs"),
         (["--num-samples", "0"], "--num-samples must be at least 1"),
+        (["--seeds-per-trial", "3", "--set", "seed=4"], "seed is fixed .* but each trial trains on 3 seeds"),
         (["--tracking-uri", "http://127.0.0.1:9"], "the MLflow server does not answer"),
         (["--tracking-uri", "file:///tmp/mlruns"], "use sqlite:///FILE or http"),
         (["--resume"], "no search to resume"),
