@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# benchmarks/gpu_packing.py on the lent GPU machine (one H100 or H200, 16 CPUs, no network).
+#
+#     bash benchmarks/gpu_packing_device.sh            # base: 3 workloads x N = 1 2 4 8 16, bf16 (~5 min)
+#     bash benchmarks/gpu_packing_device.sh compare    # digits and resnet18-32px at N = 1 16: bf16, bf16 + MPS, fp32 (~4.5 min)
+#
+# Needs .whl/ (made here by `bash benchmarks/gpu_packing_wheels.sh`; the device call carries it):
+# the machine has torch and Ray's small dependencies but not Ray, jsonschema or pydantic. Installs
+# nothing else. Writes gpu_packing_<run>.json and .log under $OUT (at most 6 files).
+# TOTAL_S (default 290) bounds each phase: a run that would pass it skips its remaining settings
+# (listed in its JSON) rather than overrun. GPU_PACKING_ARGS is appended to every invocation (on a
+# CPU machine, GPU_PACKING_ARGS="--smoke --workloads digits" checks this script end to end).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PHASE=${1:-base}
+OUT=${OUT:-/tmp/gpu_packing_out}
+TOTAL_S=${TOTAL_S:-290}
+STARTED=$(date +%s)
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+
+if ! python3 -c "import ray" 2>/dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+nvidia-smi --query-gpu=name,driver_version,memory.total,utilization.gpu --format=csv || echo "no nvidia-smi: no GPU here"
+python3 -c "import torch, ray; print('torch', torch.__version__, 'ray', ray.__version__, 'cuda', torch.cuda.is_available())" || exit 1
+
+seconds_left() { echo $(( TOTAL_S - ($(date +%s) - STARTED) )); }
+
+# run NAME ARGS...: one benchmark invocation with what is left of TOTAL_S (skipped under 45 s).
+run() {
+    local name=$1 left
+    shift
+    left=$(seconds_left)
+    if (( left < 45 )); then
+        echo "skip $name: only ${left} s of TOTAL_S=${TOTAL_S} left"
+        return
+    fi
+    timeout $(( left + 60 )) python3 benchmarks/gpu_packing.py --time-budget $(( left - 5 )) \
+        --out "$OUT/gpu_packing_$name.json" "$@" ${GPU_PACKING_ARGS:-} 2>&1 | tee "$OUT/gpu_packing_$name.log"
+}
+
+case "$PHASE" in
+    base)
+        run base --seconds-per-setting 6
+        ;;
+    compare)
+        # Each variant's speed-up is over its own N = 1; the bf16 rows are the baseline of this call.
+        run bf16 --workloads digits resnet18-32px --trials-per-gpu 1 16 --seconds-per-setting 6
+        run mps --mps --workloads digits resnet18-32px --trials-per-gpu 1 16 --seconds-per-setting 6
+        run fp32 --no-amp --workloads digits resnet18-32px --trials-per-gpu 1 16 --seconds-per-setting 6
+        ;;
+    *)
+        echo "usage: $0 [base|compare]" >&2
+        exit 2
+        ;;
+esac
+echo "phase $PHASE took $(( $(date +%s) - STARTED )) s"
