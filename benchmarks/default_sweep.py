@@ -25,20 +25,13 @@ import numpy as np
 import torch
 
 from iic.config import IICConfig
-from iic.seeds import label_free_pick
+from iic.seeds import label_free_best_of
 from iic.train import train
 
 
 def parse_candidate(text: str) -> tuple[str, list[str]]:
     name, _, assignments = text.partition(":")
     return name, [a for a in assignments.split(",") if a]
-
-
-def best_of_three(per_seed: list[dict]) -> float:
-    """Mean accuracy of keeping, among each three consecutive seeds, the one with the highest
-    held-out mutual information (what a user without labels would keep)."""
-    groups = [per_seed[i : i + 3] for i in range(0, len(per_seed) - 2, 3)]
-    return float(np.mean([group[label_free_pick(group)]["cluster_accuracy"] for group in groups])) if groups else float("nan")
 
 
 def run_candidate(job: tuple[str, dict, list[int], list[int]]) -> dict:
@@ -55,7 +48,7 @@ def run_candidate(job: tuple[str, dict, list[int], list[int]]) -> dict:
     accuracy = np.array([m["cluster_accuracy"] for m in per_seed], dtype=float)
     return {
         "name": name, "status": str(result.status), "per_seed": per_seed, "mean": float(accuracy.mean()), "min": float(accuracy.min()),
-        "sd": float(accuracy.std(ddof=1)) if len(accuracy) > 1 else 0.0, "best_of_3": best_of_three(per_seed),
+        "sd": float(accuracy.std(ddof=1)) if len(accuracy) > 1 else 0.0, "best_of_3": label_free_best_of(per_seed),
         "seconds": time.perf_counter() - started, "mean_at_epoch": at_epoch,
     }
 

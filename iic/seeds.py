@@ -59,3 +59,11 @@ def combine_seeds(per_seed: list[dict]) -> dict:
     if "cluster_accuracy" in per_seed[pick]:
         combined[LABEL_FREE_PICK] = float(per_seed[pick]["cluster_accuracy"])
     return combined
+
+
+def label_free_best_of(per_seed: list[dict], group: int = 3) -> float:
+    """Mean accuracy a user without labels gets by training ``group`` seeds and keeping the one with
+    the highest held-out mutual information: over consecutive groups of the seeds (a remainder
+    smaller than a group is left out)."""
+    groups = [per_seed[i : i + group] for i in range(0, len(per_seed) - group + 1, group)]
+    return float(np.mean([g[label_free_pick(g)]["cluster_accuracy"] for g in groups])) if groups else float("nan")

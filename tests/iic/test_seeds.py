@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from iic.seeds import LABEL_FREE_PICK, combine_seeds, draw_seeds, label_free_pick
+from iic.seeds import LABEL_FREE_PICK, combine_seeds, draw_seeds, label_free_best_of, label_free_pick
 
 
 def test_seeds_are_reproducible_distinct_and_search_and_confirmation_never_share_one():
@@ -35,3 +35,11 @@ def test_combined_metrics_are_means_with_their_spread_and_the_label_free_pick():
 def test_one_seed_has_no_spread_and_a_lost_score_is_never_picked():
     assert combine_seeds([{"seed": 1, "cluster_accuracy": 0.5, "mutual_information": 1.0}])["cluster_accuracy_sd"] == 0.0
     assert label_free_pick([{"mutual_information": math.nan}, {"mutual_information": 0.1}]) == 1
+
+
+def test_label_free_best_of_three_keeps_the_highest_information_seed_of_each_three():
+    per_seed = [{"cluster_accuracy": a, "mutual_information": mi} for a, mi in
+                [(0.9, 1.0), (0.5, 2.0), (0.7, 0.5), (0.8, 1.5), (0.6, 1.0), (0.4, 0.1), (0.99, 9.0)]]
+    # triples (0.5 picked), (0.8 picked); the seventh seed makes no triple
+    assert label_free_best_of(per_seed) == pytest.approx(0.65)
+    assert math.isnan(label_free_best_of(per_seed[:2]))
