@@ -32,7 +32,7 @@ from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from iic.config import IICConfig
 from iic.seeds import LABEL_FREE_PICK, draw_seeds
-from search.driver import SearchError, code_version, make_trainable, set_driver_environment, start_ray, state_dir
+from search.driver import SearchError, code_version, make_trainable, resolve_storage_path, set_driver_environment, start_ray, state_dir
 from search.ranking import best_first, trial_status
 from search.records import RecordsError, connect, find_experiment_id, only_search, ranked_runs, retrainable_config, runs_of_search, search_run, seeds_param, trial_runs
 from search.space import COLLAPSE_SETTINGS, OBJECTIVES, Preset, SearchDefaults
@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         if not candidates:
             raise SearchError(f"none of the {len(runs)} trial runs of {search!r} counts (finished, not collapsed, diverged or failed)")
         preset = confirming_preset(parent, args)
-        storage_path = args.storage_path if "://" in args.storage_path else str(Path(args.storage_path).expanduser().resolve())
+        storage_path = resolve_storage_path(args.storage_path)
     except (SearchError, RecordsError, MlflowException) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

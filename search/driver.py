@@ -120,6 +120,11 @@ def make_trainable(preset: Preset):
     return tune.with_resources(tune.with_parameters(train_iic, settings=settings), {"cpu": search.cpus_per_trial, "gpu": search.gpus_per_trial})
 
 
+def resolve_storage_path(path: str) -> str:
+    """Tune's storage: a URI as it is (s3://, file://), a local folder made absolute."""
+    return path if "://" in path else str(Path(path).expanduser().resolve())
+
+
 def state_dir(name: str) -> Path:
     """A local folder of the driver's own for this search (the storage path may be remote)."""
     return Path(os.environ.get("IIC_STATE_DIR", Path.home() / ".iic-search")) / name

@@ -15,15 +15,12 @@ seed reproduces the recorded accuracy. Trials with identical configs count once.
 
 import argparse
 import csv
-import math
 import os
 import re
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import mlflow.artifacts
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient

@@ -15,10 +15,8 @@ Everything the command line can get wrong is checked before Ray starts a trial.
 
 import argparse
 import dataclasses
-import json
 import os
 import sys
-from pathlib import Path
 
 import optuna
 import ray
@@ -30,7 +28,9 @@ from ray.tune.search.optuna import OptunaSearch
 from iic.config import ConfigError, IICConfig
 from iic.seeds import draw_seeds
 from search.confirm import logged_statuses, candidates_from_results, confirmation_seeds, confirmations, ranked_confirmations, run_confirmation
-from search.driver import SearchError, check_tracking_uri, code_version, make_trainable, set_driver_environment, start_ray, state_dir
+from search.driver import (
+    SearchError, check_tracking_uri, code_version, make_trainable, resolve_storage_path, set_driver_environment, start_ray, state_dir,
+)
 from search.space import OBJECTIVES, Preset, PresetError, available_presets
 from search.summary import summarise
 from search.tracking import CONFIRM_ROLE, MLflowTrialLogger, open_search_run, prepare_experiment
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         tracking_uri = check_tracking_uri(args.tracking_uri)
         experiment_name = args.experiment or f"iic-{preset.name}"
         name = args.name or experiment_name
-        storage_path = args.storage_path if "://" in args.storage_path else str(Path(args.storage_path).expanduser().resolve())
+        storage_path = resolve_storage_path(args.storage_path)
         experiment_dir = f"{storage_path.rstrip('/')}/{name}"
         if args.resume and not tune.Tuner.can_restore(experiment_dir):
             raise SearchError(f"--resume: no search to resume at {experiment_dir}; run without --resume (same --name and --storage-path) to start it")
