@@ -32,7 +32,9 @@ from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from iic.config import IICConfig
 from iic.seeds import LABEL_FREE_PICK, draw_seeds
-from search.driver import SearchError, code_version, make_trainable, resolve_storage_path, set_driver_environment, start_ray, state_dir
+from search.driver import (
+    SearchError, code_version, default_storage_path, default_tracking_uri, make_trainable, resolve_storage_path, set_driver_environment, start_ray, state_dir,
+)
 from search.ranking import best_first, trial_status
 from search.records import RecordsError, connect, find_experiment_id, only_search, ranked_runs, retrainable_config, runs_of_search, search_run, seeds_param, trial_runs
 from search.space import COLLAPSE_SETTINGS, OBJECTIVES, Preset, SearchDefaults
@@ -193,8 +195,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--top", type=int, required=True, help="distinct configs to confirm")
     parser.add_argument("--seeds", type=int, required=True, help="fresh seeds each config trains on")
     parser.add_argument("--objective", choices=sorted(OBJECTIVES), default="cluster_accuracy")
-    parser.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"))
-    parser.add_argument("--storage-path", default=os.environ.get("IIC_STORAGE_PATH", "runs/search"), help="Ray Tune storage for the confirmation trials")
+    parser.add_argument("--tracking-uri", default=default_tracking_uri())
+    parser.add_argument("--storage-path", default=default_storage_path(), help="Ray Tune storage for the confirmation trials")
     parser.add_argument("--address", default=os.environ.get("RAY_ADDRESS"), help="Ray cluster to join (default: a local Ray)")
     parser.add_argument("--max-concurrent", type=int, default=1, help="confirmation trials at once")
     parser.add_argument("--cpus-per-trial", type=float, default=1.0)

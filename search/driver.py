@@ -17,6 +17,19 @@ from search.space import COLLAPSE_SETTINGS
 from trainables.iic_trainable import TrialSettings, train_iic
 
 
+# Where a search's records and checkpoints go unless the command line or the environment says.
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+DEFAULT_STORAGE_PATH = "runs/search"
+
+
+def default_tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI)
+
+
+def default_storage_path() -> str:
+    return os.environ.get("IIC_STORAGE_PATH", DEFAULT_STORAGE_PATH)
+
+
 class SearchError(ValueError):
     """A search that cannot start; the message says what to change."""
 

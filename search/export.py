@@ -26,6 +26,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from iic.config import ConfigError, IICConfig
+from search.driver import default_tracking_uri
 from search.records import (
     RecordsError, connect, find_experiment_id, objective_value, ranked_runs, retrainable_config, runs_of_search, seeds_param, trial_runs,
 )
@@ -201,7 +202,7 @@ def export_best(tracking_uri: str, experiment: str, top: int, out: str | Path, o
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python search/export.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--experiment", required=True, help="MLflow experiment of the search (e.g. iic-digits)")
-    parser.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"), help="MLflow store: sqlite:///FILE (default sqlite:///mlflow.db) or http://HOST:PORT")
+    parser.add_argument("--tracking-uri", default=default_tracking_uri(), help="MLflow store: sqlite:///FILE (default sqlite:///mlflow.db) or http://HOST:PORT")
     parser.add_argument("--search", help="only the trials of this search name (the iic.search tag; default: every search in the experiment)")
     parser.add_argument("--top", type=int, required=True, help="number of distinct configs to export")
     parser.add_argument("--out", required=True, help="folder for rank01_<trial>.yaml ..., summary.csv and summary.md")

@@ -29,7 +29,7 @@ from iic.config import ConfigError, IICConfig
 from iic.seeds import draw_seeds
 from search.confirm import logged_statuses, candidates_from_results, confirmation_seeds, confirmations, ranked_confirmations, run_confirmation
 from search.driver import (
-    SearchError, check_tracking_uri, code_version, make_trainable, resolve_storage_path, set_driver_environment, start_ray, state_dir,
+    SearchError, check_tracking_uri, code_version, default_storage_path, default_tracking_uri, make_trainable, resolve_storage_path, set_driver_environment, start_ray, state_dir,
 )
 from search.space import OBJECTIVES, Preset, PresetError, available_presets
 from search.summary import summarise
@@ -52,8 +52,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--gpus-per-trial", type=float, help="fractions such as 0.25 put several trials on one GPU")
     parser.add_argument("--experiment", help="MLflow experiment (default: iic-<preset>)")
     parser.add_argument("--name", help="search name: Ray experiment folder and MLflow tag (default: the experiment name)")
-    parser.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"), help="MLflow store: sqlite:///FILE (default sqlite:///mlflow.db) or http://HOST:PORT")
-    parser.add_argument("--storage-path", default=os.environ.get("IIC_STORAGE_PATH", "runs/search"), help="Ray Tune storage (checkpoints); shared storage (s3://...) on multi-node clusters")
+    parser.add_argument("--tracking-uri", default=default_tracking_uri(), help="MLflow store: sqlite:///FILE (default sqlite:///mlflow.db) or http://HOST:PORT")
+    parser.add_argument("--storage-path", default=default_storage_path(), help="Ray Tune storage (checkpoints); shared storage (s3://...) on multi-node clusters")
     parser.add_argument("--address", default=os.environ.get("RAY_ADDRESS"), help="Ray cluster to join (e.g. auto); default: start a local Ray")
     parser.add_argument("--resume", action="store_true", help="continue the interrupted search of this name")
     parser.add_argument("--warm-start", metavar="DIR", help="folder of exported configs to evaluate first")
