@@ -23,6 +23,9 @@ from mlflow.tracking import MlflowClient
 
 from search.tracking import ROLE_TAG, TRIAL_TAG
 
+# Multi-process fault tests: real Ray clusters, servers and drivers killed on purpose.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[2]
 # One seed per trial and no confirmation stage: these tests are about faults, not seeds.
 TINY = ["--set", "max_samples=200", "--set", "backbone_width=4", "--cpus-per-trial", "1", "--gpus-per-trial", "0.5",

@@ -22,6 +22,9 @@ from mlflow.tracking import MlflowClient
 from search.run import main
 from search.tracking import ROLE_TAG, TRIAL_TAG
 
+# Multi-process fault tests: real Ray clusters, servers and drivers killed on purpose.
+pytestmark = pytest.mark.slow
+
 EPOCHS = 4
 TINY = ["--set", "max_samples=200", "--set", "backbone_width=4", "--epochs", str(EPOCHS), "--cpus-per-trial", "1",
         "--seeds-per-trial", "1", "--confirm-top", "0"]

@@ -9,10 +9,14 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 from iic.status import RunStatus
 from search.tracking import ROLE_TAG, STATUS_TAG
+
+# Multi-process fault tests: real Ray clusters, servers and drivers killed on purpose.
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -33,6 +33,7 @@ def _runs(tmp_path, experiment="iic-digits"):
     return client, experiment, trials, parents
 
 
+@pytest.mark.slow
 def test_small_search_records_every_trial_in_mlflow(ray_session, tmp_path, state_dir, capsys):
     extra = ["--num-samples", "3", "--max-concurrent", "2", "--seeds-per-trial", "2", "--confirm-top", "2", "--confirm-seeds", "2", "--seed", "5"]
     assert main(_args(tmp_path, *extra)) == 0
@@ -92,6 +93,7 @@ def test_small_search_records_every_trial_in_mlflow(ray_session, tmp_path, state
     assert link in out
 
 
+@pytest.mark.slow
 def test_a_trial_the_time_budget_stops_is_closed_with_its_status_and_artifacts(ray_session, tmp_path, state_dir, steady_preset):
     # one long trial and a budget that ends the search while it trains
     args = _args(tmp_path, *steady_preset, "--num-samples", "1", "--epochs", "500", "--time-budget", "12", "--experiment", "budget")
@@ -103,6 +105,7 @@ def test_a_trial_the_time_budget_stops_is_closed_with_its_status_and_artifacts(r
     assert client.get_run(parent.info.run_id).info.status == "FINISHED"
 
 
+@pytest.mark.slow
 def test_confirm_command_confirms_a_finished_search(ray_session, tmp_path, state_dir, capsys):
     assert main(_args(tmp_path, "--num-samples", "2", "--experiment", "later")) == 0
     args = ["--experiment", "later", "--top", "1", "--seeds", "2", "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db",

@@ -6,7 +6,8 @@ import pickle
 from mlflow.tracking import MlflowClient
 from ray.tune.experiment import Trial
 
-from search.tracking import LOST_WITH_DRIVER, ROLE_TAG, SEARCH_TAG, STATUS_TAG, TRIAL_TAG, MLflowTrialLogger, prepare_experiment
+from iic.status import RunStatus
+from search.tracking import ROLE_TAG, SEARCH_TAG, STATUS_TAG, TRIAL_TAG, MLflowTrialLogger, prepare_experiment
 
 SEARCH = "left-open"
 
@@ -55,7 +56,7 @@ def test_a_resumed_driver_closes_the_runs_its_killed_predecessor_left_open(tmp_p
 
     runs = _runs(client, experiment_id)
     assert {trial_id: (run.info.status, run.data.tags[STATUS_TAG]) for trial_id, run in runs.items()} == {
-        "aaaa0001": ("FINISHED", "completed"), "bbbb0002": ("KILLED", LOST_WITH_DRIVER),
+        "aaaa0001": ("FINISHED", "completed"), "bbbb0002": ("KILLED", RunStatus.LOST_WITH_DRIVER),
         "cccc0003": ("FINISHED", "completed"), "dddd0004": ("FINISHED", "completed")}
     # The trial finished before the kill gets the ending it missed: its config, and every epoch once.
     assert [a.path for a in client.list_artifacts(runs["aaaa0001"].info.run_id)] == ["config.yaml"]
