@@ -127,7 +127,7 @@ def ui_hint(tracking_uri: str, experiment_id: str, objective: str, role: str = T
     return f"mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port 5000", address
 
 
-def record_best(client: MlflowClient, run_id: str, folder: Path, best: Candidate, objective: str) -> None:
+def record_best(client: MlflowClient, run_id: str, folder: Path, best: Candidate) -> None:
     """The parent run's record of the best trial by the search's own figures."""
     best.config.to_yaml(folder / "best_config.yaml")
     client.log_artifact(run_id, str(folder / "best_config.yaml"))
@@ -155,7 +155,7 @@ def summarise(results, preset: Preset, tracking_uri: str, experiment_id: str, pa
                 if confirmed:
                     record_confirmed(client, parent_run_id, confirmed, objective)
                 else:
-                    record_best(client, parent_run_id, folder, best_candidate, objective)
+                    record_best(client, parent_run_id, folder, best_candidate)
             if math.isfinite(correlation):
                 client.log_metric(parent_run_id, "mi_accuracy_spearman", correlation)
             client.log_metric(parent_run_id, "trials", len(table))
