@@ -242,12 +242,8 @@ def main(argv: list[str] | None = None) -> int:
             raise SearchError(f"none of the {len(runs)} trial runs of {search!r} counts (finished, not collapsed, diverged or failed)")
         preset = confirming_preset(parent, args)
         storage_path = resolve_storage_path(args.storage_path)
+        started_ray = start_ray(args.address, preset, storage_path)  # last: nothing above has started anything
     except (SearchError, RecordsError, MlflowException) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    try:
-        started_ray = start_ray(args.address, preset, storage_path)
-    except SearchError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     search_seed = int(parent.data.params.get("cli.seed", 0))

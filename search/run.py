@@ -167,13 +167,8 @@ def main(argv: list[str] | None = None) -> int:
             raise SearchError(f"a search named {name!r} already exists at {experiment_dir}; continue it with --resume, or choose another --name")
         warm_points = load_warm_start(args.warm_start, preset) if args.warm_start else []
         experiment_id = prepare_experiment(tracking_uri, experiment_name)
+        started_ray = start_ray(args.address, preset, storage_path)  # last: nothing above has started anything
     except (SearchError, PresetError, ConfigError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-
-    try:
-        started_ray = start_ray(args.address, preset, storage_path)
-    except SearchError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     parent_run_id = open_search_run(tracking_uri, experiment_id, name, preset, {**vars(args), "seeds": search_seeds(preset, args.seed)})
