@@ -5,7 +5,8 @@
 #
 # 1. the CUDA tests (tests/iic/test_train.py -k cuda: AMP, resume on the GPU);
 # 2. benchmarks/step_profile.py: S seeds stacked vs in turn, bf16 (issue 8's goal: S=4 <= 1.3x S=1);
-# 3. benchmarks/default_sweep.py: candidate digits defaults on tuning seeds 100-109, fp32, 8 at once;
+# 3. benchmarks/default_sweep.py: candidate digits defaults on tuning seeds 100-109, fp32, 9 at once
+#    (each candidate's ten seeds take ~105 s on an H200 with 9 at once: SWEEP_S=250 runs all 18);
 # 4. benchmarks/gpu_packing_device.sh base: N trials per GPU (issue 13), bounded by PACKING_S.
 # Each step has its own time limit and writes its log (and JSON) under $OUT as it goes.
 set -uo pipefail
@@ -13,8 +14,9 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/device_checks}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
+# The scripts under benchmarks/ import iic from the repository root (no editable install there).
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+    && export PYTHONPATH=$PWD:/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/device.txt"
 
 timeout 60 python3 -m pytest -q -p no:cacheprovider tests/iic/test_train.py -k cuda -rA 2>&1 | tail -15 | tee "$OUT/cuda_tests.log"
