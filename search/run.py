@@ -124,12 +124,13 @@ def search_seeds(preset: Preset, search_seed: int) -> list[int]:
     return draw_seeds(search_seed, preset.search.seeds_per_trial)
 
 
-def build_tuner(preset: Preset, args, name: str, storage_path: str, logger: MLflowTrialLogger, warm_points: list[dict]) -> tune.Tuner:
+def build_tuner(preset: Preset, args, name: str, storage_path: str, logger: MLflowTrialLogger, warm_points: list[dict],
+                trial_seeds: list[int]) -> tune.Tuner:
     search = preset.search
     epochs = IICConfig.from_dict(preset.config).epochs
     sampler = optuna.samplers.TPESampler(seed=args.seed, n_startup_trials=min(10, max(3, search.num_samples // 3)))
     searcher = OptunaSearch(
-        space=preset.space(search_seeds(preset, args.seed)), metric=search.objective, mode=OBJECTIVES[search.objective],
+        space=preset.space(trial_seeds), metric=search.objective, mode=OBJECTIVES[search.objective],
         points_to_evaluate=warm_points or None, sampler=sampler,
     )
     scheduler = ASHAScheduler(
@@ -171,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     except (SearchError, PresetError, ConfigError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    parent_run_id = open_search_run(tracking_uri, experiment_id, name, preset, {**vars(args), "seeds": search_seeds(preset, args.seed)})
+    trial_seeds = search_seeds(preset, args.seed)
+    parent_run_id = open_search_run(tracking_uri, experiment_id, name, preset, {**vars(args), "seeds": trial_seeds})
     report_path = state_dir(name) / "mlflow_report.json"
     logger = MLflowTrialLogger(tracking_uri, experiment_id, name, parent_run_id, code_version(), report_path,
                                time_budget_s=preset.search.time_budget_s)
@@ -182,13 +184,13 @@ def main(argv: list[str] | None = None) -> int:
         # Finished trials stay finished; unfinished and errored ones continue from their checkpoints.
         tuner = tune.Tuner.restore(experiment_dir, trainable=make_trainable(preset), resume_unfinished=True, resume_errored=True)
     else:
-        tuner = build_tuner(preset, args, name, storage_path, logger, warm_points)
+        tuner = build_tuner(preset, args, name, storage_path, logger, warm_points, trial_seeds)
     results = tuner.fit()
     statuses = logged_statuses(report_path)
     candidates = candidates_from_results(results, search.objective, statuses, max(search.confirm_top, 1))
     confirmed = []
     if search.confirm_top and candidates:
-        seeds = confirmation_seeds(args.seed, search_seeds(preset, args.seed), search.confirm_seeds)
+        seeds = confirmation_seeds(args.seed, trial_seeds, search.confirm_seeds)
         print(f"\nconfirming the best {len(candidates)} config(s) on {len(seeds)} fresh seeds ({' '.join(map(str, seeds))})", flush=True)
         confirm_report = state_dir(name) / "mlflow_report_confirm.json"
         confirm_logger = MLflowTrialLogger(tracking_uri, experiment_id, name, parent_run_id, code_version(), confirm_report, role=CONFIRM_ROLE)
