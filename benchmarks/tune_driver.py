@@ -32,7 +32,8 @@ import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 
-from search.tracking import MLflowTrialLogger, open_search_run, prepare_experiment
+from search.mlflow_runs import SearchRecord, open_search_run, prepare_experiment
+from search.tracking import MLflowTrialLogger
 from search.space import Preset
 
 METRICS = ("cluster_accuracy", "majority_accuracy", "nmi", "ari", "loss", "loss_overcluster", "mutual_information",
@@ -69,7 +70,7 @@ def run(trials: int, reports: int, checkpoint_kb: int, storage: Path, tracking_u
     if tracking_uri:
         experiment_id = prepare_experiment(tracking_uri, f"bench-driver-{time.time_ns()}")
         parent = open_search_run(tracking_uri, experiment_id, "bench", Preset.load("digits"), {})
-        callbacks.append(MLflowTrialLogger(tracking_uri, experiment_id, "bench", parent, "bench", storage / "report.json"))
+        callbacks.append(MLflowTrialLogger(SearchRecord(tracking_uri, experiment_id, "bench", parent, "bench"), storage / "report.json", quiet=True))
     tuner = tune.Tuner(
         tune.with_resources(reporting_trial, {"cpu": 1 / trials}),
         param_space={"checkpoint_kb": checkpoint_kb, "reports": reports},

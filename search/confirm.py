@@ -33,12 +33,13 @@ from ray.tune.search.basic_variant import BasicVariantGenerator
 from iic.config import IICConfig
 from iic.seeds import LABEL_FREE_PICK, draw_seeds
 from search.driver import (
-    SearchError, code_version, default_storage_path, default_tracking_uri, make_trainable, resolve_storage_path, set_driver_environment, start_ray, state_dir,
+    SearchError, code_version, trial_dirname, default_storage_path, default_tracking_uri, make_trainable, resolve_storage_path, set_driver_environment, start_ray, state_dir,
 )
 from search.ranking import best_first, trial_status
 from search.records import RecordsError, connect, find_experiment_id, only_search, ranked_runs, retrainable_config, runs_of_search, search_run, seeds_param, trial_runs
 from search.space import COLLAPSE_SETTINGS, OBJECTIVES, Preset, SearchDefaults
-from search.tracking import CONFIRM_ROLE, TRIAL_TAG, MLflowTrialLogger
+from search.mlflow_runs import CONFIRM_ROLE, TRIAL_TAG, SearchRecord
+from search.tracking import MLflowTrialLogger
 from trainables.iic_trainable import SEEDS_KEY, SOURCE_KEY, trial_iic_config, trial_seeds
 
 # Figures of a confirmation run, each over its seeds.
@@ -121,7 +122,7 @@ def run_confirmation(candidates: list[Candidate], seeds: list[int], preset: Pres
         param_space=space_of(points),
         tune_config=tune.TuneConfig(
             search_alg=BasicVariantGenerator(points_to_evaluate=points, max_concurrent=search.max_concurrent),
-            num_samples=len(points),
+            num_samples=len(points), trial_dirname_creator=trial_dirname,
         ),
         run_config=tune.RunConfig(
             name=name, storage_path=storage_path, callbacks=[logger],
@@ -250,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     seeds = confirmation_seeds(search_seed, sorted({s for c in candidates for s in c.search_seeds}), args.seeds)
     name = f"{search}-confirm-{time.strftime('%Y%m%d-%H%M%S')}"
     report = state_dir(name) / "mlflow_report.json"
-    logger = MLflowTrialLogger(tracking_uri, experiment_id, search, parent.info.run_id, code_version(), report, role=CONFIRM_ROLE)
+    logger = MLflowTrialLogger(SearchRecord(tracking_uri, experiment_id, search, parent.info.run_id, code_version(), CONFIRM_ROLE), report)
     print(f"confirming the best {len(candidates)} config(s) of {search!r} on {len(seeds)} fresh seeds ({' '.join(map(str, seeds))})", flush=True)
     results = run_confirmation(candidates, seeds, preset, name, storage_path, logger)
     confirmed = ranked_confirmations(confirmations(candidates, results, seeds, logged_statuses(report)), args.objective)

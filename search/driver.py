@@ -12,7 +12,7 @@ import yaml
 from ray import tune
 
 from search.space import Preset
-from search.tracking import server_unreachable
+from search.mlflow_runs import server_unreachable
 from search.space import COLLAPSE_SETTINGS
 from trainables.iic_trainable import TrialSettings, train_iic
 
@@ -131,6 +131,11 @@ def make_trainable(preset: Preset):
     search = preset.search
     settings = TrialSettings(**{name: getattr(search, name) for name in COLLAPSE_SETTINGS})
     return tune.with_resources(tune.with_parameters(train_iic, settings=settings), {"cpu": search.cpus_per_trial, "gpu": search.gpus_per_trial})
+
+
+def trial_dirname(trial) -> str:
+    """A trial's folder: its id (its config is in params.json and MLflow, not in the folder's name)."""
+    return trial.trial_id
 
 
 def resolve_storage_path(path: str) -> str:

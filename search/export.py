@@ -33,7 +33,7 @@ from search.records import (
 from iic.seeds import LABEL_FREE_PICK
 from search.confirm import CONFIRMED_FIGURES
 from search.space import OBJECTIVES
-from search.tracking import CONFIRM_ROLE, CONFIRMS_TAG, SEARCH_TAG, TRIAL_TAG
+from search.mlflow_runs import CONFIRM_ROLE, CONFIRMS_TAG, SEARCH_TAG, TRIAL_TAG
 
 SETTINGS = ("lr", "batch_size", "lamb", "repeats", "sobel", "overcluster_k")
 RANK_FILE = re.compile(r"rank\d+_.+\.yaml")

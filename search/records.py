@@ -11,7 +11,7 @@ from iic.config import IICConfig
 from search.driver import SearchError, check_tracking_uri
 from search.ranking import best_first, counts
 from search.space import OBJECTIVES
-from search.tracking import ROLE_TAG, SEARCH_ROLE, SEARCH_TAG, STATUS_TAG, TRIAL_ROLE
+from search.mlflow_runs import ROLE_TAG, SEARCH_ROLE, SEARCH_TAG, STATUS_TAG, TRIAL_ROLE
 from trainables.iic_trainable import SEEDS_KEY
 
 

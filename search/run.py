@@ -15,11 +15,15 @@ Everything the command line can get wrong is checked before Ray starts a trial.
 
 import argparse
 import dataclasses
+import json
 import os
 import sys
+from pathlib import Path
 
 import optuna
+import pyarrow.fs
 import ray
+from mlflow.tracking import MlflowClient
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import ConcurrencyLimiter
@@ -29,20 +33,25 @@ from iic.config import ConfigError, IICConfig
 from iic.seeds import draw_seeds
 from search.confirm import logged_statuses, candidates_from_results, confirmation_seeds, confirmations, ranked_confirmations, run_confirmation
 from search.driver import (
-    SearchError, check_tracking_uri, code_version, default_storage_path, default_tracking_uri, make_trainable, resolve_storage_path, set_driver_environment, start_ray, state_dir,
+    SearchError, check_tracking_uri, code_version, trial_dirname, default_storage_path, default_tracking_uri, make_trainable, resolve_storage_path, set_driver_environment, start_ray, state_dir,
 )
 from search.space import OBJECTIVES, Preset, PresetError, available_presets
 from search.summary import summarise
-from search.tracking import CONFIRM_ROLE, MLflowTrialLogger, open_search_run, prepare_experiment
+from search.mlflow_runs import CONFIRM_ROLE, SearchRecord, fail_search_run, open_search_run, prepare_experiment
+from search.reconcile import reconcile, restored_trials
+from search.tracking import MLflowTrialLogger
 from search.warm_start import load_warm_start
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python search/run.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser(given_only: bool = False) -> argparse.ArgumentParser:
+    """The command line; with ``given_only``, flags left out are absent from the parsed namespace."""
+    default = (lambda value: argparse.SUPPRESS) if given_only else (lambda value: value)
+    parser = argparse.ArgumentParser(prog="python search/run.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     argument_default=default(None))
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--preset", default="digits", help=f"bundled preset: {', '.join(available_presets())} (default: digits)")
+    source.add_argument("--preset", default=default("digits"), help=f"bundled preset: {', '.join(available_presets())} (default: digits)")
     source.add_argument("--config", help="a preset YAML file of your own (see search/presets/)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="fix an IICConfig field for every trial, e.g. --set data_root=data/har")
+    parser.add_argument("--set", dest="overrides", action="append", default=default([]), metavar="KEY=VALUE", help="fix an IICConfig field for every trial, e.g. --set data_root=data/har")
     parser.add_argument("--num-samples", type=int, help="number of trials")
     parser.add_argument("--epochs", type=int, help="epochs per trial (ASHA's max_t)")
     parser.add_argument("--max-concurrent", type=int, help="trials running at once")
@@ -52,17 +61,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--gpus-per-trial", type=float, help="fractions such as 0.25 put several trials on one GPU")
     parser.add_argument("--experiment", help="MLflow experiment (default: iic-<preset>)")
     parser.add_argument("--name", help="search name: Ray experiment folder and MLflow tag (default: the experiment name)")
-    parser.add_argument("--tracking-uri", default=default_tracking_uri(), help="MLflow store: sqlite:///FILE (default sqlite:///mlflow.db) or http://HOST:PORT")
-    parser.add_argument("--storage-path", default=default_storage_path(), help="Ray Tune storage (checkpoints); shared storage (s3://...) on multi-node clusters")
-    parser.add_argument("--address", default=os.environ.get("RAY_ADDRESS"), help="Ray cluster to join (e.g. auto); default: start a local Ray")
-    parser.add_argument("--resume", action="store_true", help="continue the interrupted search of this name")
+    parser.add_argument("--tracking-uri", default=default(default_tracking_uri()), help="MLflow store: sqlite:///FILE (default sqlite:///mlflow.db) or http://HOST:PORT")
+    parser.add_argument("--storage-path", default=default(default_storage_path()), help="Ray Tune storage (checkpoints); shared storage (s3://...) on multi-node clusters")
+    parser.add_argument("--address", default=default(os.environ.get("RAY_ADDRESS")), help="Ray cluster to join (e.g. auto); default: start a local Ray")
+    parser.add_argument("--resume", action="store_true", default=default(False), help="continue the interrupted search of this name")
     parser.add_argument("--warm-start", metavar="DIR", help="folder of exported configs to evaluate first")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the sampler and of the seeds trials train on (drawn from it)")
+    parser.add_argument("--seed", type=int, default=default(0), help="seed of the sampler and of the seeds trials train on (drawn from it)")
     parser.add_argument("--seeds-per-trial", type=int, help="seeds each trial trains its config on (mean reported; default: the preset's)")
     parser.add_argument("--confirm-top", type=int, help="distinct configs confirmed on fresh seeds after the search (0: none)")
     parser.add_argument("--confirm-seeds", type=int, help="fresh seeds each confirmed config trains on")
-    parser.add_argument("--top", type=int, default=5, help="best trials to print at the end")
-    return parser.parse_args(argv)
+    parser.add_argument("--top", type=int, default=default(5), help="best trials to print at the end")
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
+
+
+def explicit_flags(argv: list[str] | None) -> dict:
+    """The flags the command line gives (defaults left out)."""
+    return vars(build_parser(given_only=True).parse_args(argv))
 
 
 def load_preset(args: argparse.Namespace) -> Preset:
@@ -142,6 +160,7 @@ def build_tuner(preset: Preset, args, name: str, storage_path: str, logger: MLfl
         tune_config=tune.TuneConfig(
             search_alg=ConcurrencyLimiter(searcher, max_concurrent=search.max_concurrent),
             scheduler=scheduler, num_samples=search.num_samples, time_budget_s=search.time_budget_s,
+            trial_dirname_creator=trial_dirname,
         ),
         run_config=tune.RunConfig(
             name=name, storage_path=storage_path, callbacks=[logger],
@@ -152,54 +171,139 @@ def build_tuner(preset: Preset, args, name: str, storage_path: str, logger: MLfl
     )
 
 
+# Flags that may differ from the stored search on --resume (which cluster to join, how much to
+# print), and those that say which search to resume; every other flag must match what is stored.
+SAFE_ON_RESUME = ("address", "top")
+RESUME_IDENTITY = ("resume", "name", "storage_path")
+SEARCH_RECORD_FILE = "iic_search.json"  # in the search's Ray experiment folder: what --resume continues
+
+
+@dataclasses.dataclass
+class SearchPlan:
+    """Everything a search runs with, settled before anything starts (stored for --resume)."""
+
+    arguments: dict  # the command line's flags, defaults filled in
+    preset: Preset
+    tracking_uri: str
+    experiment: str  # MLflow experiment
+    name: str  # the search: Ray experiment folder and MLflow tag
+    storage_path: str
+    trial_seeds: list[int]
+    warm_points: list[dict] = dataclasses.field(default_factory=list)  # configs to try first (a new search only)
+
+    @property
+    def experiment_dir(self) -> str:
+        return f"{self.storage_path.rstrip('/')}/{self.name}"
+
+    def record(self) -> dict:
+        return {"arguments": self.arguments, "preset": {"name": self.preset.name, **self.preset.to_dict()},
+                "tracking_uri": self.tracking_uri, "experiment": self.experiment, "trial_seeds": self.trial_seeds}
+
+
+def new_plan(args: argparse.Namespace) -> SearchPlan:
+    """A new search's plan from the command line, checked; refuses a name already taken."""
+    preset = load_preset(args)
+    tracking_uri = check_tracking_uri(args.tracking_uri)
+    experiment = args.experiment or f"iic-{preset.name}"
+    plan = SearchPlan(vars(args), preset, tracking_uri, experiment, args.name or experiment, resolve_storage_path(args.storage_path),
+                      search_seeds(preset, args.seed), load_warm_start(args.warm_start, preset) if args.warm_start else [])
+    if tune.Tuner.can_restore(plan.experiment_dir):
+        raise SearchError(f"a search named {plan.name!r} already exists at {plan.experiment_dir}; continue it with --resume, or choose another --name")
+    return plan
+
+
+def resumed_plan(args: argparse.Namespace, given: dict) -> SearchPlan:
+    """The stored plan of the search to resume; refuses flags that would change it."""
+    experiment = args.experiment or f"iic-{Preset.load(args.config or args.preset).name}"
+    experiment_dir = f"{resolve_storage_path(args.storage_path).rstrip('/')}/{args.name or experiment}"
+    if not tune.Tuner.can_restore(experiment_dir):
+        raise SearchError(f"--resume: no search to resume at {experiment_dir}; run without --resume (same --name and --storage-path) to start it")
+    stored = read_record(experiment_dir)
+    if stored is None:
+        raise SearchError(f"--resume: {experiment_dir} has no {SEARCH_RECORD_FILE} (a search started by an older version); start a new search")
+    conflicts = [f"--{flag.replace('_', '-')} {value!r}: the search was started with {stored['arguments'].get(flag)!r}"
+                 for flag, value in given.items() if flag not in SAFE_ON_RESUME + RESUME_IDENTITY and stored["arguments"].get(flag) != value]
+    if conflicts:
+        raise SearchError("--resume continues the search as it was started; drop these flags (only "
+                          f"{', '.join('--' + f for f in SAFE_ON_RESUME)} may change):\n  " + "\n  ".join(conflicts))
+    raw = dict(stored["preset"])
+    preset = Preset.from_dict(raw.pop("name"), raw)
+    arguments = {**stored["arguments"], **{flag: given[flag] for flag in SAFE_ON_RESUME if flag in given}, "resume": True}
+    return SearchPlan(arguments, preset, check_tracking_uri(stored["tracking_uri"]), stored["experiment"], args.name or experiment,
+                      resolve_storage_path(args.storage_path), stored["trial_seeds"])
+
+
+def read_record(experiment_dir: str) -> dict | None:
+    filesystem, folder = pyarrow.fs.FileSystem.from_uri(experiment_dir if "://" in experiment_dir else Path(experiment_dir).as_uri())
+    try:
+        with filesystem.open_input_stream(f"{folder}/{SEARCH_RECORD_FILE}") as stream:
+            return json.loads(stream.readall())
+    except FileNotFoundError:
+        return None
+
+
+def write_record(plan: SearchPlan) -> None:
+    uri = plan.experiment_dir if "://" in plan.experiment_dir else Path(plan.experiment_dir).as_uri()
+    filesystem, folder = pyarrow.fs.FileSystem.from_uri(uri)
+    filesystem.create_dir(folder, recursive=True)
+    with filesystem.open_output_stream(f"{folder}/{SEARCH_RECORD_FILE}") as stream:
+        stream.write(json.dumps(plan.record(), indent=2).encode())
+
+
+def run_search(plan: SearchPlan, search: SearchRecord) -> None:
+    """Tune's trials, the confirmation stage and the summary of a search whose parent run is open."""
+    args, preset = argparse.Namespace(**plan.arguments), plan.preset
+    report_path = state_dir(plan.name) / "mlflow_report.json"
+    settings = preset.search
+    print(f"search {plan.name!r}: preset {preset.name}, {settings.num_samples} trials of {settings.seeds_per_trial} seed(s) each, "
+          f"objective {settings.objective}, MLflow {plan.tracking_uri} (experiment {plan.experiment!r}), storage {plan.experiment_dir}", flush=True)
+    if args.resume:
+        # Tune brings its own stored logger back; first MLflow gets what the last driver could not send.
+        report = reconcile(MlflowClient(plan.tracking_uri), search, restored_trials(plan.experiment_dir))
+        print(f"resuming: MLflow got {sum(map(len, report.sent.values()))} epoch(s) it lacked; {len(report.closed_lost)} run(s) of trials "
+              "Tune never recorded closed as lost", flush=True)
+        # Finished trials stay finished; unfinished and errored ones continue from their checkpoints.
+        tuner = tune.Tuner.restore(plan.experiment_dir, trainable=make_trainable(preset), resume_unfinished=True, resume_errored=True)
+    else:
+        logger = MLflowTrialLogger(search, report_path, time_budget_s=settings.time_budget_s)
+        tuner = build_tuner(preset, args, plan.name, plan.storage_path, logger, plan.warm_points, plan.trial_seeds)
+    results = tuner.fit()
+    statuses = logged_statuses(report_path)
+    candidates = candidates_from_results(results, settings.objective, statuses, max(settings.confirm_top, 1))
+    confirmed = []
+    if settings.confirm_top and candidates:
+        seeds = confirmation_seeds(args.seed, plan.trial_seeds, settings.confirm_seeds)
+        print(f"\nconfirming the best {len(candidates)} config(s) on {len(seeds)} fresh seeds ({' '.join(map(str, seeds))})", flush=True)
+        confirm_report = state_dir(plan.name) / "mlflow_report_confirm.json"
+        confirm_logger = MLflowTrialLogger(dataclasses.replace(search, role=CONFIRM_ROLE), confirm_report)
+        confirm_results = run_confirmation(candidates, seeds, preset, f"{plan.name}-confirm", plan.storage_path, confirm_logger, resume=args.resume)
+        confirmed = ranked_confirmations(confirmations(candidates, confirm_results, seeds, logged_statuses(confirm_report)), settings.objective)
+    summarise(results, preset, plan.tracking_uri, search.experiment_id, search.parent_run_id, plan.name, report_path, top=args.top,
+              confirmed=confirmed, best_candidate=candidates[0] if candidates else None)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     set_driver_environment()
     try:
-        preset = load_preset(args)
-        tracking_uri = check_tracking_uri(args.tracking_uri)
-        experiment_name = args.experiment or f"iic-{preset.name}"
-        name = args.name or experiment_name
-        storage_path = resolve_storage_path(args.storage_path)
-        experiment_dir = f"{storage_path.rstrip('/')}/{name}"
-        if args.resume and not tune.Tuner.can_restore(experiment_dir):
-            raise SearchError(f"--resume: no search to resume at {experiment_dir}; run without --resume (same --name and --storage-path) to start it")
-        if not args.resume and tune.Tuner.can_restore(experiment_dir):
-            raise SearchError(f"a search named {name!r} already exists at {experiment_dir}; continue it with --resume, or choose another --name")
-        warm_points = load_warm_start(args.warm_start, preset) if args.warm_start else []
-        experiment_id = prepare_experiment(tracking_uri, experiment_name)
-        started_ray = start_ray(args.address, preset, storage_path)  # last: nothing above has started anything
+        plan = resumed_plan(args, explicit_flags(argv)) if args.resume else new_plan(args)
+        experiment_id = prepare_experiment(plan.tracking_uri, plan.experiment)
+        started_ray = start_ray(plan.arguments["address"], plan.preset, plan.storage_path)  # last: nothing above has started anything
     except (SearchError, PresetError, ConfigError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    trial_seeds = search_seeds(preset, args.seed)
-    parent_run_id = open_search_run(tracking_uri, experiment_id, name, preset, {**vars(args), "seeds": trial_seeds})
-    report_path = state_dir(name) / "mlflow_report.json"
-    logger = MLflowTrialLogger(tracking_uri, experiment_id, name, parent_run_id, code_version(), report_path,
-                               time_budget_s=preset.search.time_budget_s)
-    search = preset.search
-    print(f"search {name!r}: preset {preset.name}, {search.num_samples} trials of {search.seeds_per_trial} seed(s) each, "
-          f"objective {search.objective}, MLflow {tracking_uri} (experiment {experiment_name!r}), storage {experiment_dir}", flush=True)
-    if args.resume:
-        # Finished trials stay finished; unfinished and errored ones continue from their checkpoints.
-        tuner = tune.Tuner.restore(experiment_dir, trainable=make_trainable(preset), resume_unfinished=True, resume_errored=True)
-    else:
-        tuner = build_tuner(preset, args, name, storage_path, logger, warm_points, trial_seeds)
-    results = tuner.fit()
-    statuses = logged_statuses(report_path)
-    candidates = candidates_from_results(results, search.objective, statuses, max(search.confirm_top, 1))
-    confirmed = []
-    if search.confirm_top and candidates:
-        seeds = confirmation_seeds(args.seed, trial_seeds, search.confirm_seeds)
-        print(f"\nconfirming the best {len(candidates)} config(s) on {len(seeds)} fresh seeds ({' '.join(map(str, seeds))})", flush=True)
-        confirm_report = state_dir(name) / "mlflow_report_confirm.json"
-        confirm_logger = MLflowTrialLogger(tracking_uri, experiment_id, name, parent_run_id, code_version(), confirm_report, role=CONFIRM_ROLE)
-        confirm_results = run_confirmation(candidates, seeds, preset, f"{name}-confirm", storage_path, confirm_logger, resume=args.resume)
-        confirmed = ranked_confirmations(confirmations(candidates, confirm_results, seeds, logged_statuses(confirm_report)), search.objective)
-    summarise(results, preset, tracking_uri, experiment_id, parent_run_id, name, report_path, top=args.top,
-              confirmed=confirmed, best_candidate=candidates[0] if candidates else None)
-    if started_ray:
-        ray.shutdown()
+    parent_run_id = open_search_run(plan.tracking_uri, experiment_id, plan.name, plan.preset, {**plan.arguments, "seeds": plan.trial_seeds})
+    search = SearchRecord(plan.tracking_uri, experiment_id, plan.name, parent_run_id, code_version())
+    try:
+        if not args.resume:
+            write_record(plan)
+        run_search(plan, search)
+    except BaseException as err:
+        fail_search_run(plan.tracking_uri, parent_run_id, err)
+        raise
+    finally:
+        if started_ray:
+            ray.shutdown()
     return 0
 
 

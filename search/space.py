@@ -58,6 +58,13 @@ class Param:
             return optuna.distributions.IntDistribution(int(self.low), int(self.high), log=self.log)
         return optuna.distributions.CategoricalDistribution(list(self.choices) if self.kind == "categorical" else [False, True])
 
+    def spec(self) -> dict:
+        """The param as a preset's ``space`` entry (``_parse_param`` reads it back)."""
+        if self.kind == "gate":
+            return {"gate": True, "otherwise": dict(self.off)}
+        spec = {"choices": list(self.choices)} if self.kind == "categorical" else {"low": self.low, "high": self.high, "log": self.log}
+        return spec | ({"when": self.when} if self.when else {})
+
     def suggest(self, trial: optuna.Trial):
         if self.kind == "float":
             return trial.suggest_float(self.optuna_name, self.low, self.high, log=self.log)
@@ -146,6 +153,12 @@ class Preset:
         )
         preset.validate()
         return preset
+
+    def to_dict(self) -> dict:
+        """The preset as a preset file's sections (``from_dict`` reads it back): what a search stores
+        so that ``--resume`` continues it as it was, whatever became of the file."""
+        return {"description": self.description, "config": dict(self.config), "space": {p.name: p.spec() for p in self.params},
+                "search": dataclasses.asdict(self.search)}
 
     def validate(self) -> None:
         """Check every range against IICConfig's own validation, before any trial starts."""

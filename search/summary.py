@@ -21,7 +21,7 @@ from iic.seeds import LABEL_FREE_PICK
 from search.confirm import Candidate, Confirmation, print_confirmed, record_confirmed
 from search.ranking import best_first, counts, trial_status
 from search.space import OBJECTIVES, Preset
-from search.tracking import ROLE_TAG, TRIAL_ROLE
+from search.mlflow_runs import ROLE_TAG, TRIAL_ROLE
 from trainables.iic_trainable import trial_iic_config
 
 TABLE_PARAMS = ("lr", "batch_size", "lamb", "repeats", "sobel", "overcluster_k", "crop_min_scale", "rotation_degrees")

@@ -10,6 +10,7 @@ A trial trains its config on the seeds listed under ``seeds`` in its config (all
 stacked model) and reports their mean as each metric, with the spread (see ``iic.seeds``).
 """
 
+import logging
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -82,6 +83,8 @@ def write_cluster_summary(trainer: Trainer, path: Path, per_cluster: int) -> Non
 def train_iic(config: dict, settings: TrialSettings = TrialSettings()) -> None:
     """Ray Tune function trainable: ``tune.with_parameters(train_iic, settings=...)``."""
     iic_config, seeds = trial_iic_config(config), trial_seeds(config)
+    # Ray Train logs "Checkpoint successfully created at: ..." for every epoch of every trial.
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
     # Where the trial runs, for the records (a retried trial may land on another node).
     placement = {"node_id": ray.get_runtime_context().get_node_id(), "gpu_ids": ",".join(map(str, ray.get_gpu_ids()))}
 

@@ -18,7 +18,7 @@ from iic.train import train
 from search.confirm import CONFIRMED_FIGURES
 from search.export import export_best
 from search.export import main as export_main
-from search.tracking import CONFIRMS_TAG, ROLE_TAG, SEARCH_TAG, STATUS_TAG, TRIAL_TAG, flat_params, logged_metric_names
+from search.mlflow_runs import CONFIRMS_TAG, ROLE_TAG, SEARCH_TAG, STATUS_TAG, TRIAL_TAG, flat_params, logged_metric_names
 from trainables.iic_trainable import SEEDS_KEY
 
 SUMMARY_COLUMNS = [

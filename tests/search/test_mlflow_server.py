@@ -20,7 +20,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from search.run import main
-from search.tracking import ROLE_TAG, TRIAL_TAG
+from search.mlflow_runs import ROLE_TAG, TRIAL_TAG
 
 # Multi-process fault tests: real Ray clusters, servers and drivers killed on purpose.
 pytestmark = pytest.mark.slow

@@ -9,7 +9,7 @@ from iic.seeds import draw_seeds
 from search.confirm import confirmation_seeds
 from search.confirm import main as confirm_main
 from search.run import main
-from search.tracking import CONFIRMS_TAG, ROLE_TAG, STATUS_TAG, TRIAL_TAG
+from search.mlflow_runs import CONFIRMS_TAG, ROLE_TAG, STATUS_TAG, TRIAL_TAG
 
 # One seed per trial and no confirmation stage, unless a test is about them: tests stay fast.
 TINY = ["--set", "max_samples=200", "--set", "backbone_width=4", "--epochs", "2", "--seeds-per-trial", "1", "--confirm-top", "0"]
