@@ -8,6 +8,7 @@ from iic.config import IICConfig
 from iic.seeds import draw_seeds
 from search.confirm import confirmation_seeds
 from search.confirm import main as confirm_main
+import search.run
 from search.run import main
 from search.mlflow_runs import CONFIRMS_TAG, ROLE_TAG, STATUS_TAG, TRIAL_TAG
 
@@ -167,10 +168,32 @@ def test_invalid_ranges_in_a_preset_file_are_refused(ray_session, tmp_path, stat
     assert "space.rotation_degrees: value 270 is invalid" in capsys.readouterr().err
 
 
-def test_existing_search_name_needs_resume(ray_session, tmp_path, state_dir, capsys):
-    assert main(_args(tmp_path, "--num-samples", "1", "--experiment", "again")) == 0
+def test_existing_search_name_needs_resume_and_resume_continues_the_stored_search(ray_session, tmp_path, state_dir, capsys):
+    assert main(_args(tmp_path, "--num-samples", "1", "--experiment", "again", "--seed", "3")) == 0
     assert main(_args(tmp_path, "--num-samples", "1", "--experiment", "again")) == 2
     assert "continue it with --resume" in capsys.readouterr().err
+    # A flag that would change the stored search is refused, naming the stored value ...
+    assert main(_args(tmp_path, "--experiment", "again", "--resume", "--num-samples", "4", "--seed", "5")) == 2
+    refused = capsys.readouterr().err
+    assert "--num-samples 4: the search was started with 1" in refused and "--seed 5: the search was started with 3" in refused
+    assert main(["--experiment", "again", "--resume", "--storage-path", str(tmp_path / "ray"), "--tracking-uri", "sqlite:///elsewhere.db"]) == 2
+    assert f"--tracking-uri 'sqlite:///elsewhere.db': the search was started with 'sqlite:///{tmp_path}/mlflow.db'" in capsys.readouterr().err
+    # ... and the same search, given only what names it (and what may change), continues as stored.
+    assert main(["--experiment", "again", "--resume", "--storage-path", str(tmp_path / "ray"), "--top", "1"]) == 0
+    _, _, trials, [parent] = _runs(tmp_path, "again")
+    assert len(trials) == 1 and parent.info.status == "FINISHED"
+
+
+def test_a_search_that_fails_after_its_parent_run_opened_marks_it_failed(ray_session, tmp_path, state_dir, monkeypatch):
+    def broken_summary(*args, **kwargs):
+        raise OSError("No space left on device")  # the summary's artifacts cannot be written
+
+    monkeypatch.setattr(search.run, "summarise", broken_summary)
+    with pytest.raises(OSError, match="No space left"):
+        main(_args(tmp_path, "--num-samples", "1", "--experiment", "broken"))
+    _, _, [trial], [parent] = _runs(tmp_path, "broken")
+    assert parent.info.status == "FAILED" and parent.data.tags["iic.error"] == "OSError: No space left on device"
+    assert trial.info.status == "FINISHED"  # what ran is recorded
 
 
 def test_label_free_objective_ranks_by_mutual_information(ray_session, tmp_path, state_dir, capsys):
