@@ -58,15 +58,9 @@ LAUNCHER_CONFIG = "~/ray_bootstrap_config.yaml"
 
 def launchable_node_types() -> list[dict]:
     """Resources of each node type the cluster's autoscaler may start: from the cluster config in
-    Ray's GCS where an autoscaler records one (Ray Train and Data read it too; nothing in Ray 2.60's
-    own Python writes it), else from the config `ray up` leaves on this head node; none on a
-    cluster without an autoscaler."""
-    from ray._private.state import state
-
-    try:
-        config = state.get_cluster_config()
-    except Exception:  # noqa: BLE001 - a private API: fall back to the launcher's file
-        config = None
+    Ray's GCS where an autoscaler records one, else from the config `ray up` leaves on this head
+    node; none on a cluster without an autoscaler."""
+    config = gcs_cluster_config()
     if config is not None and config.node_group_configs:
         return [dict(group.resources) for group in config.node_group_configs if group.max_count != 0]
     path = Path(LAUNCHER_CONFIG).expanduser()
@@ -76,6 +70,15 @@ def launchable_node_types() -> list[dict]:
         return []
     node_types = (launcher or {}).get("available_node_types") or {}
     return [dict(node.get("resources") or {}) for node in node_types.values() if node.get("max_workers", 0) > 0]
+
+
+def gcs_cluster_config():
+    """The autoscaler's cluster config as Ray's GCS holds it (None without one). No public API reads
+    it in Ray 2.60 (Ray Train and Data use this private one too); it is isolated here, and
+    tests/search/test_driver.py fails if a Ray upgrade moves or changes it."""
+    from ray._private.state import state
+
+    return state.get_cluster_config()
 
 
 def start_ray(address: str | None, preset: Preset, storage_path: str) -> bool:
