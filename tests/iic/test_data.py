@@ -517,6 +517,7 @@ def test_every_dataset_spec_is_complete(name):
         assert spec.files is None and spec.check_root is None and spec.torchvision_class is None
     else:
         assert spec.files is not None or callable(spec.check_root), "nothing checks root before reading"
+        assert spec.files is not None or spec.list_sources is not None, "its sources are unknown, so it is never cached"
     for split in spec.splits:
         parts = spec.parts(split)
         assert parts and "all" not in parts
