@@ -135,7 +135,8 @@ def test_har_csv_belongs_to_the_key(cache, tmp_path):
 
     def write_csv(labels: list[str]) -> None:
         with (root / "Training_set.csv").open("w", newline="") as file:
-            csv.writer(file).writerows([["filename", "label"]] + [[f"Image_{i}.bmp", label] for i, label in enumerate(labels)])
+            rows = [[f"Image_{i}.bmp", label] for i, label in enumerate(labels)]
+            csv.writer(file).writerows([["filename", "label"], *rows])
 
     write_csv(["sitting", "sitting", "running", "running"])
     first = load_dataset("har", str(root), input_size=8)
@@ -166,7 +167,7 @@ def test_stored_binary_files_are_cached_by_their_stat(cache, tmp_path):
 
 
 def test_mnist5k_is_cached_and_digits_is_not(cache):
-    """Parsing mnist5k's bundled CSV takes seconds; digits decodes faster than a cache file is read."""
+    """Parsing mnist5k's bundled CSV takes seconds; digits decodes in a fraction of one."""
     first = load_dataset("mnist5k", input_size=8, max_samples=10)
     (path,) = cache_files(cache)
     assert path.name.startswith("mnist5k-train-8px-")

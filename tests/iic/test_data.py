@@ -373,6 +373,8 @@ def test_class_map_unknown_key_names_it_and_the_valid_classes(tmp_path):
         load_dataset("image_folder", str(tmp_path), class_map={"cat": "cat", "horse": "animal"})
     with pytest.raises(DatasetError, match="empty"):
         load_dataset("image_folder", str(tmp_path), class_map={})
+    with pytest.raises(DatasetError, match=r"class names \(strings\); got 1: 'odd'.*quote"):
+        load_dataset("image_folder", str(tmp_path), class_map={1: "odd", "cat": "cat"})
 
 
 def test_corrupt_images_are_all_listed_and_not_dropped(tmp_path):
