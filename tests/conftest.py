@@ -1,6 +1,16 @@
 import pytest
 
+from iic.cache import CACHE_DIR_VARIABLE
 from iic.config import IICConfig
+
+
+@pytest.fixture(scope="session", autouse=True)
+def decode_cache_dir(tmp_path_factory):
+    """The session's decode cache in a temporary folder, never the user's (set in the environment,
+    before any Ray starts, so that trial processes inherit it)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(CACHE_DIR_VARIABLE, str(tmp_path_factory.mktemp("decode-cache")))
+        yield
 
 
 @pytest.fixture

@@ -373,6 +373,8 @@ def test_class_map_unknown_key_names_it_and_the_valid_classes(tmp_path):
         load_dataset("image_folder", str(tmp_path), class_map={"cat": "cat", "horse": "animal"})
     with pytest.raises(DatasetError, match="empty"):
         load_dataset("image_folder", str(tmp_path), class_map={})
+    with pytest.raises(DatasetError, match=r"class names \(strings\); got 1: 'odd'.*quote"):
+        load_dataset("image_folder", str(tmp_path), class_map={1: "odd", "cat": "cat"})
 
 
 def test_corrupt_images_are_all_listed_and_not_dropped(tmp_path):
@@ -517,6 +519,7 @@ def test_every_dataset_spec_is_complete(name):
         assert spec.files is None and spec.check_root is None and spec.torchvision_class is None
     else:
         assert spec.files is not None or callable(spec.check_root), "nothing checks root before reading"
+        assert spec.files is not None or spec.list_sources is not None, "its sources are unknown, so it is never cached"
     for split in spec.splits:
         parts = spec.parts(split)
         assert parts and "all" not in parts
