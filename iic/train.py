@@ -34,8 +34,9 @@ from iic.sobel import Sobel
 from iic.status import RunStatus
 
 # Offsets that give the shuffling, augmentation and held-out-view streams their own seeds.
-_AUGMENT_SEED_OFFSET = 1
+AUGMENT_SEED_OFFSET = 1
 _HELDOUT_SEED_OFFSET = 2
+CHECKPOINT_FILE = "checkpoint.pt"  # in the CLI's --out folder
 
 
 def resolve_device(name: str) -> torch.device:
@@ -44,6 +45,75 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device: {name!r} was asked for but no CUDA GPU is visible; use device: auto or cpu")
     return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def new_backbone(config: IICConfig, channels: int) -> torch.nn.Module:
+    """The config's backbone for images of ``channels`` channels (after Sobel, if on), freshly
+    initialised from torch's global generator."""
+    in_channels = Sobel.output_channels(channels, config.sobel_keep_input) if config.sobel else channels
+    return build_backbone(config.backbone, in_channels, config.input_size, config.backbone_width, config.backbone_weights)
+
+
+def prepare_images(images_uint8: torch.Tensor, augment: BatchAugment, draw: AugmentDraw | None, sobel: Sobel | None) -> torch.Tensor:
+    """uint8 images -> floats in [0, 1], augmented with ``draw`` if given, then Sobel if on."""
+    images = images_uint8.float().div_(255)
+    if draw is not None:
+        images = augment.apply(images, draw)
+    return sobel(images) if sobel is not None else images
+
+
+def batch_bounds(count: int, batch_size: int) -> list[tuple[int, int]]:
+    """(start, stop) of each batch of a pass over ``count`` images. A last batch of one image has no
+    joint distribution (nor batch-norm statistics) to speak of: it is folded into the previous."""
+    starts = list(range(0, count, batch_size))
+    if len(starts) > 1 and count - starts[-1] < 2:
+        starts.pop()
+    return list(zip(starts, starts[1:] + [count]))
+
+
+def save_state(state: dict, path: str | Path) -> Path:
+    """Write a checkpoint's state, never leaving a half-written file behind."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(path.suffix + ".tmp")
+    torch.save(state, temporary)
+    temporary.replace(path)
+    return path
+
+
+def load_state(path: str | Path, kind: str) -> dict:
+    """A checkpoint's state, on the CPU (generator states must be CPU tensors whatever the device;
+    models and optimisers copy their tensors to the device on load). ``kind`` is the run it must
+    come from: ``iic`` (checkpoints without a kind are IIC's) or ``supervised``."""
+    state = torch.load(Path(path), map_location="cpu", weights_only=False)
+    found = state.get("kind", "iic")
+    if found != kind:
+        raise ConfigError(
+            f"checkpoint {path} is from a {found!r} run, not a {kind!r} one (--supervised makes 'supervised' runs); "
+            "resume it as the run it is, or write to another --out"
+        )
+    return state
+
+
+def check_resumable(path: str | Path, saved_config: dict, config: IICConfig, other_changes: Sequence[str] = ()) -> None:
+    """Refuse to continue a checkpoint trained with another config (beyond RESUMABLE_CHANGES)."""
+    saved = IICConfig.from_dict(saved_config)
+    changed = [
+        name for name in config.to_dict()
+        if name not in IICConfig.RESUMABLE_CHANGES and getattr(saved, name) != getattr(config, name)
+    ]
+    changed += other_changes
+    if changed:
+        raise ConfigError(
+            f"checkpoint {path} was trained with a different config ({', '.join(changed)} differ); "
+            f"resume with the same config and seeds (only {', '.join(IICConfig.RESUMABLE_CHANGES)} may change) or start a new run"
+        )
 
 
 def check_seeds(seeds: Sequence[int]) -> list[int]:
@@ -103,7 +173,7 @@ class Trainer:
         self.config = config.validate(check_data=data is None)
         self.seeds = check_seeds(seeds if seeds is not None else [config.seed])
         self.device = resolve_device(config.device)
-        _seed_everything(config.seed)
+        seed_everything(config.seed)
         self.data = data if data is not None else load_dataset(
             config.dataset, config.data_root, split=config.split, input_size=config.input_size,
             greyscale=config.greyscale, class_map=config.class_map, max_samples=config.max_samples,
@@ -122,7 +192,7 @@ class Trainer:
         self.amp = config.amp and self.device.type == "cuda"
 
         self.shuffle_generators = [torch.Generator().manual_seed(seed) for seed in self.seeds]
-        self.augment_generators = [torch.Generator(self.device).manual_seed(seed + _AUGMENT_SEED_OFFSET) for seed in self.seeds]
+        self.augment_generators = [torch.Generator(self.device).manual_seed(seed + AUGMENT_SEED_OFFSET) for seed in self.seeds]
         # Held-out views are drawn once per image, so the label-free score does not depend on how
         # the images are batched for evaluation.
         self.held_out_draws = [
@@ -139,20 +209,14 @@ class Trainer:
         """The model a run of ``seed`` alone starts from."""
         config = self.config
         torch.manual_seed(seed)
-        channels = self.data.channels
-        in_channels = Sobel.output_channels(channels, config.sobel_keep_input) if config.sobel else channels
-        backbone = build_backbone(config.backbone, in_channels, config.input_size, config.backbone_width, config.backbone_weights)
-        return IICModel(backbone, config.num_clusters, config.overcluster_k, config.num_subheads)
+        return IICModel(new_backbone(config, self.data.channels), config.num_clusters, config.overcluster_k, config.num_subheads)
 
     # ---- one epoch ----------------------------------------------------------------------------
 
     def _prepare(self, images_uint8: torch.Tensor, draws: list[AugmentDraw] | None) -> torch.Tensor:
         """uint8 images of all seeds, (S*n, C, H, W) -> floats, augmented with each seed's draw for
         its block of n, then Sobel if on."""
-        images = images_uint8.float().div_(255)
-        if draws is not None:
-            images = self.augment.apply(images, AugmentDraw.cat(draws))
-        return self.sobel(images) if self.sobel is not None else images
+        return prepare_images(images_uint8, self.augment, AugmentDraw.cat(draws) if draws is not None else None, self.sobel)
 
     def make_views(self, batches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """uint8 batches, one per seed (S, B, C, H, W) -> (images, ``repeats`` augmented twins of
@@ -191,18 +255,14 @@ class Trainer:
         sub-head and seed, or None if the loss stopped being finite."""
         config = self.config
         orders = torch.stack([torch.randperm(len(self.images), generator=g) for g in self.shuffle_generators]).to(self.device)
-        # A last batch of one image has no joint distribution to speak of: fold it into the previous.
-        starts = list(range(0, len(self.images), config.batch_size))
-        if len(starts) > 1 and len(self.images) - starts[-1] < 2:
-            starts.pop()
+        bounds = batch_bounds(len(self.images), config.batch_size)
         loss_sums = torch.zeros(config.num_subheads, len(self.seeds), device=self.device)
-        for index, start in enumerate(starts):
-            stop = starts[index + 1] if index + 1 < len(starts) else len(self.images)
+        for start, stop in bounds:
             losses = self.step(*self.make_views(self.images[orders[:, start:stop]]), head)
             if losses is None:
                 return None
             loss_sums += losses
-        return loss_sums / len(starts)
+        return loss_sums / len(bounds)
 
     @torch.no_grad()
     def _predict(self, held_out_views: bool) -> list[torch.Tensor]:
@@ -230,7 +290,7 @@ class Trainer:
         for head in schedule:
             mean_losses = self._pass(head)
             if mean_losses is None:
-                return self._diverged(time.perf_counter() - started)
+                return mark_diverged(self, time.perf_counter() - started)
             losses[head] = mean_losses
         self.epoch += 1
         per_seed = self.evaluate(losses["main"])
@@ -240,13 +300,6 @@ class Trainer:
         for history, metrics in zip(self.seed_histories, per_seed):
             history.append(metrics)
         metrics = {"epoch": self.epoch, "status": self.status, **combine_seeds(per_seed), "epoch_seconds": time.perf_counter() - started}
-        self.history.append(metrics)
-        return metrics
-
-    def _diverged(self, seconds: float) -> dict:
-        self.status = RunStatus.DIVERGED
-        self.epoch += 1
-        metrics = {"epoch": self.epoch, "status": self.status, "loss": float("nan"), "epoch_seconds": seconds}
         self.history.append(metrics)
         return metrics
 
@@ -292,9 +345,8 @@ class Trainer:
 
     def save_checkpoint(self, path: str | Path) -> Path:
         """Everything needed to continue exactly: weights, optimiser, epoch, random streams, history."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         state = {
+            "kind": "iic",
             "config": self.config.to_dict(),
             "seeds": self.seeds,
             "epoch": self.epoch,
@@ -307,31 +359,16 @@ class Trainer:
             "augment_generators": [g.get_state() for g in self.augment_generators],
             "last_clusters": self.last_clusters,
         }
-        temporary = path.with_suffix(path.suffix + ".tmp")
-        torch.save(state, temporary)
-        temporary.replace(path)  # never leave a half-written checkpoint behind
-        return path
+        return save_state(state, path)
 
     @staticmethod
     def saved_seeds(path: str | Path) -> list[int]:
-        return torch.load(Path(path), map_location="cpu", weights_only=False)["seeds"]
+        return load_state(path, "iic")["seeds"]
 
     def load_checkpoint(self, path: str | Path) -> None:
-        # Everything to the CPU first: generator states must be CPU tensors whatever the device (a
-        # CUDA generator's too); the model and optimiser copy their tensors to the device on load.
-        state = torch.load(Path(path), map_location="cpu", weights_only=False)
-        saved = IICConfig.from_dict(state["config"])
-        changed = [
-            name for name in self.config.to_dict()
-            if name not in IICConfig.RESUMABLE_CHANGES and getattr(saved, name) != getattr(self.config, name)
-        ]
-        if state["seeds"] != self.seeds:
-            changed.append(f"seeds ({state['seeds']} there, {self.seeds} here)")
-        if changed:
-            raise ConfigError(
-                f"checkpoint {path} was trained with a different config ({', '.join(changed)} differ); "
-                f"resume with the same config and seeds (only {', '.join(IICConfig.RESUMABLE_CHANGES)} may change) or start a new run"
-            )
+        state = load_state(path, "iic")
+        other = [f"seeds ({state['seeds']} there, {self.seeds} here)"] if state["seeds"] != self.seeds else []
+        check_resumable(path, state["config"], self.config, other)
         self.model.load_state_dict(state["model"])
         self.optimiser.load_state_dict(state["optimiser"])
         for generator, saved_state in zip(self.shuffle_generators + self.augment_generators, state["shuffle_generators"] + state["augment_generators"]):
@@ -341,6 +378,16 @@ class Trainer:
         self.history = state["history"]
         self.seed_histories = state["seed_histories"]
         self.last_clusters = state["last_clusters"]
+
+
+def mark_diverged(trainer, seconds: float) -> dict:
+    """End ``trainer``'s run (an IIC or supervised trainer) as diverged: the epoch whose loss
+    stopped being finite, recorded with a NaN loss."""
+    trainer.status = RunStatus.DIVERGED
+    trainer.epoch += 1
+    metrics = {"epoch": trainer.epoch, "status": trainer.status, "loss": float("nan"), "epoch_seconds": seconds}
+    trainer.history.append(metrics)
+    return metrics
 
 
 # What an epoch callback may return to end the run: a status (e.g. RunStatus.COLLAPSED), or True
@@ -366,7 +413,13 @@ def train(
     written by ``save_checkpoint``. A loss that turns NaN or infinite ends the run with status
     "diverged" rather than an exception.
     """
-    trainer = Trainer(config, data, seeds)
+    return run_epochs(Trainer(config, data, seeds), on_epoch, resume_from)
+
+
+def run_epochs(trainer, on_epoch: EpochCallback | None, resume_from: str | Path | None):
+    """The epoch loop that ``train`` and the supervised ceiling (``iic.supervised``) share, for a
+    trainer with ``config``, ``epoch``, ``status``, ``run_epoch``, ``load_checkpoint`` and ``result``."""
+    config = trainer.config
     if resume_from is not None:
         trainer.load_checkpoint(resume_from)
         if trainer.status != RunStatus.DIVERGED:  # a finished run given more epochs carries on
@@ -382,12 +435,6 @@ def train(
     return trainer.result()
 
 
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 # ---- command line -----------------------------------------------------------------------------
 
 
@@ -399,16 +446,63 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, help="shortcut for --set epochs=N")
     parser.add_argument("--seed", type=int, help="shortcut for --set seed=S")
     parser.add_argument("--out", default="runs/train", help="output directory (default: runs/train)")
-    parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    parser.add_argument("--resume", action="store_true", help=f"continue from OUT/{CHECKPOINT_FILE}")
     parser.add_argument("--seeds", type=int, nargs="+", metavar="SEED",
                         help="train on several seeds at once (one stacked model); metrics.json gives their mean, min, sd and each seed's")
+    parser.add_argument("--supervised", action="store_true",
+                        help="train the config's backbone with a linear classifier on the labels instead (the supervised ceiling, "
+                             "iic.supervised): accuracy on a held-out split, to read IIC's against")
     return parser.parse_args(argv)
 
 
-def _progress_line(metrics: dict, epochs: int) -> str:
+def config_from_args(args: argparse.Namespace) -> tuple[IICConfig, Path | None]:
+    """The validated config the command line asks for, and the checkpoint to resume from (None
+    without --resume). Raises ConfigError/DatasetError before anything is trained or written."""
+    config = IICConfig.from_yaml(args.config) if args.config else IICConfig()
+    shortcuts = {name: getattr(args, name) for name in ("dataset", "epochs", "seed") if getattr(args, name) is not None}
+    config = config.with_overrides(args.overrides).replace(**shortcuts).validate()
+    checkpoint = Path(args.out) / CHECKPOINT_FILE
+    if args.resume and not checkpoint.is_file():
+        raise ConfigError(f"--resume: no checkpoint at {checkpoint}; run without --resume to start a new run")
+    resolve_device(config.device)
+    return config, checkpoint if args.resume else None
+
+
+def cli_error(err: Exception) -> int:
+    print(f"error: {err}", file=sys.stderr)
+    return 2
+
+
+def start_output(out: Path, config: IICConfig, headline: str) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    config.to_yaml(out / "config.yaml")
+    print(f"{headline} -> {out}", flush=True)
+
+
+def checkpoint_and_print(out: Path, epochs: int, accuracy: str = "cluster_accuracy") -> EpochCallback:
+    """The command line's epoch callback: save the checkpoint, print a progress line."""
+
+    def on_epoch(metrics: dict, trainer) -> None:
+        trainer.save_checkpoint(out / CHECKPOINT_FILE)
+        print(_progress_line(metrics, epochs, accuracy), flush=True)
+
+    return on_epoch
+
+
+def write_metrics(out: Path, summary: dict, confusion: np.ndarray | None, class_names: list[str], title: str = "") -> None:
+    """metrics.json (NaN written as null) and, with labels, confusion_matrix.png."""
+    summary = {**summary, "per_seed": [finite(run) for run in summary.get("per_seed", [])]}
+    (out / "metrics.json").write_text(json.dumps(finite(summary), indent=2))
+    if confusion is not None:
+        from iic.plots import plot_confusion_matrix
+
+        plot_confusion_matrix(confusion, class_names, out / "confusion_matrix.png", title)
+
+
+def _progress_line(metrics: dict, epochs: int, accuracy: str) -> str:
     parts = [f"epoch {metrics['epoch']:>3}/{epochs}", f"loss {metrics['loss']:+.4f}"]
-    if "cluster_accuracy" in metrics:
-        parts.append(f"acc {metrics['cluster_accuracy']:.3f}")
+    if accuracy in metrics:
+        parts.append(f"acc {metrics[accuracy]:.3f}")
     if "largest_cluster_share" in metrics:
         parts.append(f"largest cluster {metrics['largest_cluster_share']:.2f}")
     parts.append(f"{metrics['epoch_seconds']:.1f}s")
@@ -417,42 +511,27 @@ def _progress_line(metrics: dict, epochs: int) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
+    if args.supervised:
+        from iic.supervised import main as supervised_main  # imported here: iic.supervised builds on this module
+
+        return supervised_main(args)
     out = Path(args.out)
     try:
-        config = IICConfig.from_yaml(args.config) if args.config else IICConfig()
-        shortcuts = {name: getattr(args, name) for name in ("dataset", "epochs", "seed") if getattr(args, name) is not None}
-        config = config.with_overrides(args.overrides).replace(**shortcuts).validate()
-        checkpoint = out / "checkpoint.pt"
-        if args.resume and not checkpoint.is_file():
-            raise ConfigError(f"--resume: no checkpoint at {checkpoint}; run without --resume to start a new run")
-        resolve_device(config.device)
+        config, resume_from = config_from_args(args)
         # A resumed run keeps the seeds its checkpoint was trained on unless --seeds says otherwise.
-        seeds = check_seeds(args.seeds or (Trainer.saved_seeds(checkpoint) if args.resume else [config.seed]))
+        seeds = check_seeds(args.seeds or (Trainer.saved_seeds(resume_from) if resume_from else [config.seed]))
     except (ConfigError, DatasetError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    out.mkdir(parents=True, exist_ok=True)
-    config.to_yaml(out / "config.yaml")
+        return cli_error(err)
     on_seeds = f" on seeds {', '.join(map(str, seeds))}" if len(seeds) > 1 else ""
-    print(f"training {config.backbone} on {config.dataset} for {config.epochs} epochs{on_seeds} -> {out}", flush=True)
-
-    def on_epoch(metrics: dict, trainer: Trainer) -> None:
-        trainer.save_checkpoint(checkpoint)
-        print(_progress_line(metrics, config.epochs), flush=True)
-
+    start_output(out, config, f"training {config.backbone} on {config.dataset} for {config.epochs} epochs{on_seeds}")
     started = time.perf_counter()
     try:
-        result = train(config, on_epoch=on_epoch, resume_from=checkpoint if args.resume else None, seeds=seeds)
+        result = train(config, on_epoch=checkpoint_and_print(out, config.epochs), resume_from=resume_from, seeds=seeds)
     except (ConfigError, DatasetError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return cli_error(err)
     summary = {**result.metrics, "status": result.status, "epochs": len(result.history), "seconds": time.perf_counter() - started,
-               "per_seed": [_finite({**run.metrics, "seed": run.seed}) for run in result.seeds]}
-    (out / "metrics.json").write_text(json.dumps(_finite(summary), indent=2))
-    if result.confusion is not None:
-        from iic.plots import plot_confusion_matrix
-
-        plot_confusion_matrix(result.confusion, result.class_names, out / "confusion_matrix.png")
+               "per_seed": [{**run.metrics, "seed": run.seed} for run in result.seeds]}
+    write_metrics(out, summary, result.confusion, result.class_names)
     if result.status == RunStatus.DIVERGED:
         print(f"diverged: the loss became NaN/inf at epoch {len(result.history)}; lower lr (now {config.lr}) or lamb", file=sys.stderr)
         return 1
@@ -463,7 +542,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _finite(values: dict) -> dict:
+def finite(values: dict) -> dict:
     """JSON has no NaN: write null instead."""
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in values.items()}
 

@@ -13,6 +13,8 @@ stacked model) and reports their mean as each metric, with the spread (see ``iic
 import logging
 import shutil
 import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,9 +25,8 @@ from ray import tune
 from iic.config import IICConfig
 from iic.plots import cluster_samples
 from iic.status import RunStatus
-from iic.train import StopReason, Trainer, train
+from iic.train import CHECKPOINT_FILE, StopReason, Trainer, train
 
-CHECKPOINT_FILE = "checkpoint.pt"
 SUMMARY_FILE = "clusters.npz"
 # Trial-config keys apart from IICConfig fields: the search's gates (e.g. overclustering on/off),
 # the seeds the trial trains its config on, and (for a confirmation) the trial it confirms.
@@ -80,31 +81,53 @@ def write_cluster_summary(trainer: Trainer, path: Path, per_cluster: int) -> Non
     np.savez_compressed(path, confusion=confusion, class_names=np.array(result.class_names), **samples)
 
 
-def train_iic(config: dict, settings: TrialSettings = TrialSettings()) -> None:
-    """Ray Tune function trainable: ``tune.with_parameters(train_iic, settings=...)``."""
-    iic_config, seeds = trial_iic_config(config), trial_seeds(config)
-    # Ray Train logs "Checkpoint successfully created at: ..." for every epoch of every trial.
+def placement() -> dict:
+    """Where the trial runs, for the records (a retried trial may land on another node)."""
+    return {"node_id": ray.get_runtime_context().get_node_id(), "gpu_ids": ",".join(map(str, ray.get_gpu_ids()))}
+
+
+def report_with_checkpoint(metrics: dict, trainer, write_extra: Callable[[Path], None] | None = None) -> None:
+    """Report an epoch's metrics to Tune with a checkpoint of ``trainer`` (anything with
+    ``save_checkpoint``) and whatever ``write_extra(folder)`` adds to it."""
+    # Ray Train would log "Checkpoint successfully created at: ..." for every epoch of every trial.
     logging.getLogger("ray.train").setLevel(logging.WARNING)
-    # Where the trial runs, for the records (a retried trial may land on another node).
-    placement = {"node_id": ray.get_runtime_context().get_node_id(), "gpu_ids": ",".join(map(str, ray.get_gpu_ids()))}
+    with tempfile.TemporaryDirectory() as folder:
+        trainer.save_checkpoint(Path(folder) / CHECKPOINT_FILE)
+        if write_extra is not None:
+            write_extra(Path(folder))
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
 
-    def report(metrics: dict, trainer: Trainer) -> StopReason:
-        # Collapsed once every seed has: until then the collapsed seeds pull the mean down.
-        collapsed = metrics["status"] != RunStatus.DIVERGED and all(settings.collapsed(h) for h in trainer.seed_histories)
-        reason = RunStatus.COLLAPSED if collapsed else None
-        with tempfile.TemporaryDirectory() as folder:
-            trainer.save_checkpoint(Path(folder) / CHECKPOINT_FILE)
-            write_cluster_summary(trainer, Path(folder) / SUMMARY_FILE, settings.gallery_per_cluster)
-            tune.report({**metrics, "status": reason or metrics["status"], **placement}, checkpoint=tune.Checkpoint.from_directory(folder))
-        return reason
 
+@contextmanager
+def restored_state() -> Iterator[Path | None]:
+    """The trainer state of the checkpoint Tune restores this trial from, as a local file, or None
+    for a trial that starts afresh."""
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
-        train(iic_config, on_epoch=report, seeds=seeds)
+        yield None
         return
     with tempfile.TemporaryDirectory() as scratch:
         # Copy the state out of the (possibly temporary, possibly remote) checkpoint folder.
         state = Path(scratch) / CHECKPOINT_FILE
         with checkpoint.as_directory() as folder:
             shutil.copyfile(Path(folder) / CHECKPOINT_FILE, state)
+        yield state
+
+
+def train_iic(config: dict, settings: TrialSettings = TrialSettings()) -> None:
+    """Ray Tune function trainable: ``tune.with_parameters(train_iic, settings=...)``."""
+    iic_config, seeds = trial_iic_config(config), trial_seeds(config)
+    where = placement()
+
+    def report(metrics: dict, trainer: Trainer) -> StopReason:
+        # Collapsed once every seed has: until then the collapsed seeds pull the mean down.
+        collapsed = metrics["status"] != RunStatus.DIVERGED and all(settings.collapsed(h) for h in trainer.seed_histories)
+        reason = RunStatus.COLLAPSED if collapsed else None
+        report_with_checkpoint(
+            {**metrics, "status": reason or metrics["status"], **where}, trainer,
+            lambda folder: write_cluster_summary(trainer, folder / SUMMARY_FILE, settings.gallery_per_cluster),
+        )
+        return reason
+
+    with restored_state() as state:
         train(iic_config, on_epoch=report, resume_from=state, seeds=seeds)
