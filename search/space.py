@@ -13,64 +13,43 @@ A preset has three sections:
 ``SearchSpace`` turns a preset into the define-by-run function that Ray Tune's ``OptunaSearch``
 calls for every new trial. It is a plain module-level class so that it pickles (Ray stores the
 searcher with the experiment so that an interrupted search can be resumed).
+
+The file format itself (``Param``, parsing, reading, the gated walk ``assign``) lives in
+``search/preset_file.py``, which imports neither Optuna nor Ray: ``benchmarks/record_curves.py``
+samples configs from presets on machines that have torch only. The Optuna side is here.
 """
 
 import dataclasses
-import difflib
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import optuna
 
-from iic.config import ConfigError, IICConfig, read_yaml
+from iic.config import ConfigError, IICConfig
+from search.preset_file import Param, PresetError, assign, available_presets, check_sections, parse_space, read_preset  # noqa: F401 (PresetError, available_presets: part of this module's interface)
 from trainables.iic_trainable import GATE_KEY, SEEDS_KEY, TrialSettings
 
-PRESETS_DIR = Path(__file__).resolve().parent / "presets"
 OBJECTIVES = {"cluster_accuracy": "max", "mutual_information": "max"}
 
 
-class PresetError(ValueError):
-    """A preset that cannot be searched; the message names the entry and the fix."""
+def optuna_name(param: Param) -> str:
+    # OptunaSearch unflattens "gate/x" into {"gate": {"x": ...}} in the trial config.
+    return f"{GATE_KEY}/{param.name}" if param.kind == "gate" else param.name
 
 
-@dataclass(frozen=True)
-class Param:
-    """One searched field: a float/int range or a list of choices, or a gate."""
+def distribution(param: Param) -> optuna.distributions.BaseDistribution:
+    if param.kind == "float":
+        return optuna.distributions.FloatDistribution(param.low, param.high, log=param.log)
+    if param.kind == "int":
+        return optuna.distributions.IntDistribution(int(param.low), int(param.high), log=param.log)
+    return optuna.distributions.CategoricalDistribution(param.options)
 
-    name: str
-    kind: str  # "float", "int", "categorical" or "gate"
-    low: float | None = None
-    high: float | None = None
-    log: bool = False
-    choices: tuple = ()
-    when: str | None = None
-    off: tuple = ()  # a gate's (field, value) pairs for when it is off
 
-    @property
-    def optuna_name(self) -> str:
-        # OptunaSearch unflattens "gate/x" into {"gate": {"x": ...}} in the trial config.
-        return f"{GATE_KEY}/{self.name}" if self.kind == "gate" else self.name
-
-    def distribution(self) -> optuna.distributions.BaseDistribution:
-        if self.kind == "float":
-            return optuna.distributions.FloatDistribution(self.low, self.high, log=self.log)
-        if self.kind == "int":
-            return optuna.distributions.IntDistribution(int(self.low), int(self.high), log=self.log)
-        return optuna.distributions.CategoricalDistribution(list(self.choices) if self.kind == "categorical" else [False, True])
-
-    def spec(self) -> dict:
-        """The param as a preset's ``space`` entry (``_parse_param`` reads it back)."""
-        if self.kind == "gate":
-            return {"gate": True, "otherwise": dict(self.off)}
-        spec = {"choices": list(self.choices)} if self.kind == "categorical" else {"low": self.low, "high": self.high, "log": self.log}
-        return spec | ({"when": self.when} if self.when else {})
-
-    def suggest(self, trial: optuna.Trial):
-        if self.kind == "float":
-            return trial.suggest_float(self.optuna_name, self.low, self.high, log=self.log)
-        if self.kind == "int":
-            return trial.suggest_int(self.optuna_name, int(self.low), int(self.high), log=self.log)
-        return trial.suggest_categorical(self.optuna_name, list(self.choices) if self.kind == "categorical" else [False, True])
+def suggest(param: Param, trial: optuna.Trial):
+    if param.kind == "float":
+        return trial.suggest_float(optuna_name(param), param.low, param.high, log=param.log)
+    if param.kind == "int":
+        return trial.suggest_int(optuna_name(param), int(param.low), int(param.high), log=param.log)
+    return trial.suggest_categorical(optuna_name(param), param.options)
 
 
 # The collapse rule's settings: a trial's TrialSettings, searchable per preset under the same names.
@@ -114,18 +93,7 @@ class Preset:
     @classmethod
     def load(cls, name_or_path: str) -> "Preset":
         """A bundled preset by name (``search/presets/NAME.yaml``) or a YAML file by path."""
-        path = Path(name_or_path)
-        if not path.suffix:
-            path = PRESETS_DIR / f"{name_or_path}.yaml"
-        if not path.is_file():
-            raise PresetError(f"unknown preset {name_or_path!r}: choose one of {', '.join(available_presets())} or give a YAML file path")
-        raw = read_yaml(path, PresetError) or {}
-        if raw.get("extends"):
-            # A training config file (configs/*.yaml) under the preset's own config section.
-            extended = (path.parent / raw["extends"]).resolve()
-            if not extended.is_file():
-                raise PresetError(f"{path}: extends {raw['extends']!r}, which does not exist (paths are relative to the preset)")
-            raw["config"] = {**(read_yaml(extended, PresetError) or {}), **(raw.get("config") or {})}
+        path, raw = read_preset(name_or_path)
         try:
             return cls.from_dict(path.stem, raw)
         except PresetError as err:
@@ -133,9 +101,7 @@ class Preset:
 
     @classmethod
     def from_dict(cls, name: str, raw: dict) -> "Preset":
-        unknown = set(raw) - {"description", "extends", "config", "space", "search"}
-        if unknown:
-            raise PresetError(f"unknown section(s) {', '.join(sorted(unknown))}; a preset has description, extends, config, space and search")
+        check_sections(raw)
         try:
             IICConfig.from_dict(raw.get("config") or {})
         except ConfigError as err:
@@ -148,7 +114,7 @@ class Preset:
             name=name,
             description=raw.get("description", ""),
             config=dict(raw.get("config") or {}),
-            params=[_parse_param(key, spec) for key, spec in (raw.get("space") or {}).items()],
+            params=parse_space(raw.get("space")),
             search=SearchDefaults(**(raw.get("search") or {})),
         )
         preset.validate()
@@ -209,76 +175,22 @@ class SearchSpace:
             self.config[SEEDS_KEY] = list(seeds)
 
     def __call__(self, trial: optuna.Trial) -> dict:
-        constants = dict(self.config)
-        gates = {}
-        for param in self.params:
-            if param.when is not None and not gates.get(param.when, False):
-                continue
-            value = param.suggest(trial)
-            # Ray merges the constants over the suggestions: a suggested field must not be among them.
-            constants.pop(param.name, None)
-            if param.kind == "gate":
-                gates[param.name] = value
-                if not value:
-                    constants.update(param.off)
-        return constants
+        chosen, fixed = assign(self.params, lambda param: suggest(param, trial))
+        # Ray merges the constants over the suggestions: a suggested field must not be among them.
+        return {**{name: value for name, value in self.config.items() if name not in chosen}, **fixed}
 
     def distributions(self) -> dict[str, optuna.distributions.BaseDistribution]:
-        return {p.optuna_name: p.distribution() for p in self.params}
+        return {optuna_name(p): distribution(p) for p in self.params}
 
     def point(self, config: dict) -> dict:
         """The Optuna parameters that would reproduce ``config`` (an IICConfig dict): searched fields
         at the config's values, a gate on unless the config matches its ``otherwise`` values."""
-        point, gates = {}, {}
-        for param in self.params:
-            if param.when is not None and not gates.get(param.when, False):
-                continue
+
+        def value(param: Param):
             if param.kind == "gate":
-                gates[param.name] = not param.off or any(config.get(k) != v for k, v in param.off)
-                point[param.optuna_name] = gates[param.name]
-            else:
-                point[param.optuna_name] = config[param.name]
-        return point
+                return not param.off or any(config.get(k) != v for k, v in param.off)
+            return config[param.name]
 
-
-def available_presets() -> list[str]:
-    return sorted(path.stem for path in PRESETS_DIR.glob("*.yaml"))
-
-
-def _parse_param(name: str, spec) -> Param:
-    fields = {f.name: f for f in dataclasses.fields(IICConfig)}
-    if not isinstance(spec, dict):
-        raise PresetError(f"space.{name}: expected a mapping such as {{low: 0.1, high: 0.9}} or {{choices: [...]}}, got {spec!r}")
-    unknown = set(spec) - {"low", "high", "log", "choices", "when", "gate", "otherwise"}
-    if unknown:
-        raise PresetError(f"space.{name}: unknown key(s) {', '.join(sorted(map(str, unknown)))}; use low/high/log, choices, when, or gate and otherwise")
-    when = spec.get("when")
-    if spec.get("gate"):
-        if name in fields:
-            raise PresetError(f"space.{name}: a gate cannot share its name with an IICConfig field")
-        off = spec.get("otherwise") or {}
-        if not isinstance(off, dict) or any(key not in fields for key in off):
-            raise PresetError(f"space.{name}: otherwise must map IICConfig fields to their values when the gate is off, e.g. {{overcluster_k: 0}}")
-        return Param(name, "gate", off=tuple(off.items()))
-    if name not in fields:
-        close = difflib.get_close_matches(name, fields, n=1)
-        raise PresetError(f"space.{name}: not an IICConfig field" + (f" — did you mean {close[0]!r}?" if close else ""))
-    if "choices" in spec:
-        choices = spec["choices"]
-        if not isinstance(choices, list) or not choices:
-            raise PresetError(f"space.{name}: choices must be a non-empty list")
-        return Param(name, "categorical", choices=tuple(choices), when=when)
-    if "low" not in spec or "high" not in spec:
-        raise PresetError(f"space.{name}: give low and high (a range) or choices (a list)")
-    low, high = spec["low"], spec["high"]
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)):
-        raise PresetError(f"space.{name}: low and high must be numbers, got {low!r} and {high!r}")
-    if low >= high:
-        raise PresetError(f"space.{name}: low ({low}) must be below high ({high}); for a fixed value put it under config")
-    log = bool(spec.get("log", False))
-    if log and low <= 0:
-        raise PresetError(f"space.{name}: a log range needs low > 0 (got {low})")
-    kind = "int" if fields[name].type is int else "float"
-    if kind == "int" and not (float(low).is_integer() and float(high).is_integer()):
-        raise PresetError(f"space.{name}: {name} is an integer field; low and high must be integers")
-    return Param(name, kind, low=low, high=high, log=log, when=when)
+        chosen, _ = assign(self.params, value)
+        by_name = {p.name: p for p in self.params}
+        return {optuna_name(by_name[name]): v for name, v in chosen.items()}
