@@ -16,6 +16,7 @@ for every seed: it is shared, and only the heads are stacked.
 """
 
 import copy
+import pickle
 from pathlib import Path
 
 import torch
@@ -91,7 +92,12 @@ class ResNet50(ResNet):
 
 def _load_matching(net: nn.Module, architecture: str, path: str | Path, adapted: set[str]) -> None:
     own = net.state_dict()
-    loaded = torch.load(Path(path), map_location="cpu", weights_only=True)
+    try:
+        loaded = torch.load(Path(path), map_location="cpu", weights_only=True)
+    except (OSError, EOFError, RuntimeError, pickle.UnpicklingError) as err:
+        raise WeightsError(f"{path} cannot be read as a state dict ({err}); save one with torch.save(model.state_dict(), path)") from None
+    if not isinstance(loaded, dict):
+        raise WeightsError(f"{path} holds a {type(loaded).__name__}, not a state dict; save one with torch.save(model.state_dict(), path)")
     # Files saved before batch norm counted its batches lack num_batches_tracked; it is bookkeeping only.
     lacking = [name for name, value in own.items()
                if name not in adapted and not name.endswith("num_batches_tracked")
