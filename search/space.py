@@ -4,10 +4,12 @@ A preset has three sections:
 
 - ``config``: IICConfig fields shared by every trial (defaults of ``iic/config.py`` fill the rest);
 - ``space``: the searched fields, each a range (``low``/``high``, optional ``log``) or a list of
-  ``choices``, optionally only ``when`` a gate is on; a gate (``{gate: true}``) is a yes/no choice
-  that switches a group of fields on or off (overclustering: its ``overcluster_k`` and
-  ``overcluster_passes`` are proposed only when it is on, and ``otherwise: {overcluster_k: 0}`` says
-  what the fields are when it is off);
+  ``choices``, optionally only ``when`` a gate is on, or ``unless`` it is; a gate (``{gate: true}``)
+  is a yes/no choice that switches a group of fields on or off (overclustering: its
+  ``overcluster_k`` and ``overcluster_passes`` are proposed only when it is on, and ``otherwise:
+  {overcluster_k: 0}`` says what the fields are when it is off). A gate comes before the fields
+  that name it. ``unless`` searches what only fits the gate's off state (``sobel`` unless
+  ``pretrained``: ImageNet weights do not read Sobel's gradients);
 - ``search``: the defaults of the search itself (budget, concurrency, resources, early stopping).
 
 ``SearchSpace`` turns a preset into the define-by-run function that Ray Tune's ``OptunaSearch``
@@ -44,7 +46,14 @@ class Param:
     log: bool = False
     choices: tuple = ()
     when: str | None = None
+    unless: str | None = None  # proposed only while this gate is off
     off: tuple = ()  # a gate's (field, value) pairs for when it is off
+
+    def active(self, gates: dict[str, bool]) -> bool:
+        """Whether the field is proposed, given the gates decided so far."""
+        if self.when is not None and not gates.get(self.when, False):
+            return False
+        return self.unless is None or not gates.get(self.unless, True)
 
     @property
     def optuna_name(self) -> str:
@@ -150,10 +159,13 @@ class Preset:
     def validate(self) -> None:
         """Check every range against IICConfig's own validation, before any trial starts."""
         problems = []
-        gates = {p.name for p in self.params if p.kind == "gate"}
+        gates = {}
         for param in self.params:
-            if param.when is not None and param.when not in gates:
-                problems.append(f"space.{param.name}: 'when: {param.when}' names no gate; declare `{param.when}: {{gate: true}}` first")
+            for key, gate in (("when", param.when), ("unless", param.unless)):
+                if gate is not None and gate not in gates:
+                    problems.append(f"space.{param.name}: '{key}: {gate}' names no gate before it; declare `{gate}: {{gate: true}}` first")
+            if param.kind == "gate":
+                gates[param.name] = param
         base = IICConfig.from_dict(self.config)
         for param in self.params:
             if param.kind == "gate" and param.off:
@@ -162,14 +174,15 @@ class Preset:
                 except ConfigError as err:
                     detail = "\n  ".join(err.problems)
                     problems.append(f"space.{param.name}.otherwise: {detail}")
-        # Every extreme of every range must make a valid config on its own.
+        # Every extreme of every range must make a valid config on its own (with its gate off for ``unless``).
         for param in self.params:
             if param.kind == "gate":
                 continue
             values = param.choices if param.kind == "categorical" else (param.low, param.high)
+            off = dict(gates[param.unless].off) if param.unless in gates else {}
             for value in values:
                 try:
-                    base.replace(**{param.name: value}).validate(check_data=False)
+                    base.replace(**{**off, param.name: value}).validate(check_data=False)
                 except ConfigError as err:
                     detail = "\n  ".join(err.problems)
                     problems.append(f"space.{param.name}: value {value!r} is invalid ({detail})")
@@ -199,7 +212,7 @@ class SearchSpace:
         constants = dict(self.config)
         gates = {}
         for param in self.params:
-            if param.when is not None and not gates.get(param.when, False):
+            if not param.active(gates):
                 continue
             value = param.suggest(trial)
             # Ray merges the constants over the suggestions: a suggested field must not be among them.
@@ -218,7 +231,7 @@ class SearchSpace:
         at the config's values, a gate on unless the config matches its ``otherwise`` values."""
         point, gates = {}, {}
         for param in self.params:
-            if param.when is not None and not gates.get(param.when, False):
+            if not param.active(gates):
                 continue
             if param.kind == "gate":
                 gates[param.name] = not param.off or any(config.get(k) != v for k, v in param.off)
@@ -236,10 +249,10 @@ def _parse_param(name: str, spec) -> Param:
     fields = {f.name: f for f in dataclasses.fields(IICConfig)}
     if not isinstance(spec, dict):
         raise PresetError(f"space.{name}: expected a mapping such as {{low: 0.1, high: 0.9}} or {{choices: [...]}}, got {spec!r}")
-    unknown = set(spec) - {"low", "high", "log", "choices", "when", "gate", "otherwise"}
+    unknown = set(spec) - {"low", "high", "log", "choices", "when", "unless", "gate", "otherwise"}
     if unknown:
-        raise PresetError(f"space.{name}: unknown key(s) {', '.join(sorted(map(str, unknown)))}; use low/high/log, choices, when, or gate and otherwise")
-    when = spec.get("when")
+        raise PresetError(f"space.{name}: unknown key(s) {', '.join(sorted(map(str, unknown)))}; use low/high/log, choices, when or unless, or gate and otherwise")
+    when, unless = spec.get("when"), spec.get("unless")
     if spec.get("gate"):
         if name in fields:
             raise PresetError(f"space.{name}: a gate cannot share its name with an IICConfig field")
@@ -254,7 +267,7 @@ def _parse_param(name: str, spec) -> Param:
         choices = spec["choices"]
         if not isinstance(choices, list) or not choices:
             raise PresetError(f"space.{name}: choices must be a non-empty list")
-        return Param(name, "categorical", choices=tuple(choices), when=when)
+        return Param(name, "categorical", choices=tuple(choices), when=when, unless=unless)
     if "low" not in spec or "high" not in spec:
         raise PresetError(f"space.{name}: give low and high (a range) or choices (a list)")
     low, high = spec["low"], spec["high"]
@@ -268,4 +281,4 @@ def _parse_param(name: str, spec) -> Param:
     kind = "int" if fields[name].type is int else "float"
     if kind == "int" and not (float(low).is_integer() and float(high).is_integer()):
         raise PresetError(f"space.{name}: {name} is an integer field; low and high must be integers")
-    return Param(name, kind, low=low, high=high, log=log, when=when)
+    return Param(name, kind, low=low, high=high, log=log, when=when, unless=unless)
