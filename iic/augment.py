@@ -73,6 +73,11 @@ class BatchAugment:
     def jitters(self) -> bool:
         return self.brightness > 0 or self.contrast > 0 or self.saturation > 0 or self.hue > 0
 
+    @property
+    def is_identity(self) -> bool:
+        """Every transform off: a view is its image."""
+        return not (self.warps or self.jitters)
+
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Augment a (N, C, H, W) float batch in [0, 1]; random draws come from ``generator``,
         which must live on the images' device (this is what makes runs reproducible)."""

@@ -16,7 +16,8 @@ from pathlib import Path
 import yaml
 
 from iic.data import DATASETS, DatasetError, check_dataset_source
-from iic.models import BACKBONES, MIN_INPUT_SIZE
+from iic.models import BACKBONES, MIN_INPUT_SIZE, RESNET_SMALL_STEM_BELOW
+from iic.pretrained import IMAGENET, IMAGENET_WEIGHTS, WeightsError, fetch_imagenet_weights
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -53,7 +54,10 @@ class IICConfig:
     # Model: backbone, optional Sobel preprocessing, heads.
     backbone: str = "clusternet"
     backbone_width: int = 16  # ClusterNet's first stage width
-    backbone_weights: str | None = None  # local state-dict file for ResNet18; nothing is downloaded
+    # ResNets: "imagenet" (torchvision's, downloaded once into torch's cache; see iic/pretrained.py),
+    # a local state-dict file of the same, or null for random weights.
+    backbone_weights: str | None = None
+    freeze_backbone: bool = False  # train the heads only, on the pretrained backbone's features
     sobel: bool = False
     sobel_keep_input: bool = False
     num_clusters: int = 10
@@ -159,7 +163,7 @@ class IICConfig:
         ``base``: the processes that train (Ray Tune trials) run in folders of their own."""
         changes = {name: str((Path(base) / getattr(self, name)).resolve())
                    for name in ("data_root", "backbone_weights")
-                   if getattr(self, name) is not None and not Path(getattr(self, name)).is_absolute()}
+                   if getattr(self, name) not in (None, IMAGENET) and not Path(getattr(self, name)).is_absolute()}
         return self.replace(**changes) if changes else self
 
     def augment_kwargs(self) -> dict:
@@ -169,7 +173,9 @@ class IICConfig:
 
     def validate(self, check_data: bool = True) -> "IICConfig":
         """Raise ConfigError listing every problem, each with its fix; returns self when valid.
-        ``check_data`` also checks that the dataset's files exist (cheap, nothing is decoded)."""
+        ``check_data`` also checks that the dataset's files exist (cheap, nothing is decoded) and
+        that ImageNet weights are in torch's cache, downloading them if not: offline, a missing
+        file is reported here rather than after the data is decoded."""
         problems = []
 
         def require(ok: bool, message: str):
@@ -210,8 +216,25 @@ class IICConfig:
             f"device: {self.device!r} is not one of {', '.join(DEVICES)} (or cuda:N)",
         )
         if self.backbone_weights is not None:
-            require(self.backbone == "resnet18", "backbone_weights: only resnet18 loads weights; remove it or set backbone: resnet18")
-            require(os.path.isfile(self.backbone_weights), f"backbone_weights: file {self.backbone_weights} does not exist; give a local state-dict file or null")
+            resnets = " or ".join(IMAGENET_WEIGHTS)
+            require(self.backbone in IMAGENET_WEIGHTS, f"backbone_weights: only {resnets} load weights; set backbone: {resnets}, or backbone_weights: null")
+            if self.backbone_weights != IMAGENET:
+                require(os.path.isfile(self.backbone_weights),
+                        f"backbone_weights: file {self.backbone_weights} does not exist; give a local state-dict file, {IMAGENET}, or null")
+            elif check_data and self.backbone in IMAGENET_WEIGHTS:
+                try:
+                    fetch_imagenet_weights(self.backbone)
+                except WeightsError as err:
+                    problems.append(f"backbone_weights: {err}")
+            require(not self.sobel, "sobel: pretrained weights read RGB images, and Sobel replaces them with 2 gradient channels; "
+                                    "set sobel: false, or backbone_weights: null to train from scratch with Sobel")
+        if self.freeze_backbone:
+            require(self.backbone_weights is not None, f"freeze_backbone: a frozen backbone without pretrained weights stays random; "
+                                                       f"set backbone_weights: {IMAGENET} (or a state-dict file), or freeze_backbone: false")
+            require(self.input_size >= RESNET_SMALL_STEM_BELOW,
+                    f"freeze_backbone: below {RESNET_SMALL_STEM_BELOW} px (input_size: {self.input_size}) ResNet's first layer is a new 3x3 stem "
+                    f"the weights do not hold, which frozen would stay random; set input_size: {RESNET_SMALL_STEM_BELOW} or more "
+                    f"(images are resized when decoded), or freeze_backbone: false")
         if check_data and self.dataset in DATASETS:
             try:
                 check_dataset_source(self.dataset, self.data_root, self.split)

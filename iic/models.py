@@ -6,22 +6,28 @@ clusters and, optionally, an overclustering head with more clusters than classes
 independent sub-heads: they start from different random weights, converge to different clusterings,
 and the one with the lowest training loss is the model's answer.
 
+Backbones: ``clusternet`` (small, for 8-32 px) and torchvision's ``resnet18`` and ``resnet50``,
+which can start from ImageNet weights (``iic.pretrained``).
+
 ``StackedIICModel`` trains several such models (one per seed) as one: their convolutions become
 grouped convolutions over the models' channels side by side, so S seeds cost one launch per layer
-rather than S, and each model's numbers stay its own.
+rather than S, and each model's numbers stay its own. A frozen pretrained backbone is the same
+for every seed: it is shared, and only the heads are stacked.
 """
 
 import copy
+import pickle
 from pathlib import Path
 
 import torch
 import torchvision
 from torch import nn
 
-BACKBONES = ("clusternet", "resnet18")
+from iic.pretrained import PRETRAINED_CHANNELS, WeightsError, weights_file
+
 # Below these sizes the backbone's downsampling leaves nothing to pool.
-MIN_INPUT_SIZE = {"clusternet": 8, "resnet18": 32}
-# ResNet18's ImageNet stem (7x7 stride-2 conv + max-pool) discards too much of CIFAR-sized images.
+MIN_INPUT_SIZE = {"clusternet": 8, "resnet18": 32, "resnet50": 32}
+# ResNet's ImageNet stem (7x7 stride-2 conv + max-pool) discards too much of CIFAR-sized images.
 RESNET_SMALL_STEM_BELOW = 64
 
 
@@ -46,31 +52,61 @@ class ClusterNet(nn.Module):
         return self.features(images)
 
 
-class ResNet18(nn.Module):
-    """torchvision's ResNet18 trunk (no pretrained download: ``weights=None``), with its first conv
+class ResNet(nn.Module):
+    """A torchvision ResNet trunk (``architecture``; its classifier removed), with its first conv
     adapted to the input channels and, for inputs under 64 px, a 3x3 stride-1 stem without max-pool.
-    ``weights_path`` loads a local state dict (e.g. ImageNet weights saved beforehand); layers whose
-    shapes no longer match (the adapted stem, the classifier) keep their random initialisation."""
 
-    def __init__(self, in_channels: int, input_size: int, weights_path: str | None = None):
+    ``weights_path`` loads a state dict in torchvision's layout (ImageNet weights: see
+    ``iic.pretrained``). The layers the adaptation changed (the stem) keep their random
+    initialisation; any other layer the file lacks, or holds in another shape, is an error, so that
+    a wrong file does not leave the backbone silently random."""
+
+    architecture: str  # torchvision's model name
+
+    def __init__(self, in_channels: int, input_size: int, weights_path: str | Path | None = None):
         super().__init__()
-        net = torchvision.models.resnet18(weights=None)
+        net = torchvision.models.get_model(self.architecture, weights=None)
         if input_size < RESNET_SMALL_STEM_BELOW:
             net.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
             net.maxpool = nn.Identity()
-        elif in_channels != 3:
+        elif in_channels != PRETRAINED_CHANNELS:
             net.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
-        if weights_path:
-            own = net.state_dict()
-            loaded = torch.load(Path(weights_path), map_location="cpu", weights_only=True)
-            own.update({name: value for name, value in loaded.items() if name in own and own[name].shape == value.shape})
-            net.load_state_dict(own)
+        self.out_features = net.fc.in_features
         net.fc = nn.Identity()
+        if weights_path:
+            stem_adapted = input_size < RESNET_SMALL_STEM_BELOW or in_channels != PRETRAINED_CHANNELS
+            _load_matching(net, self.architecture, weights_path, adapted={"conv1.weight"} if stem_adapted else set())
         self.net = net
-        self.out_features = 512
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images)
+
+
+class ResNet18(ResNet):
+    architecture = "resnet18"  # 512 features
+
+
+class ResNet50(ResNet):
+    architecture = "resnet50"  # 2048 features
+
+
+def _load_matching(net: nn.Module, architecture: str, path: str | Path, adapted: set[str]) -> None:
+    own = net.state_dict()
+    try:
+        loaded = torch.load(Path(path), map_location="cpu", weights_only=True)
+    except (OSError, EOFError, RuntimeError, pickle.UnpicklingError) as err:
+        raise WeightsError(f"{path} cannot be read as a state dict ({err}); save one with torch.save(model.state_dict(), path)") from None
+    if not isinstance(loaded, dict):
+        raise WeightsError(f"{path} holds a {type(loaded).__name__}, not a state dict; save one with torch.save(model.state_dict(), path)")
+    # Files saved before batch norm counted its batches lack num_batches_tracked; it is bookkeeping only.
+    lacking = [name for name, value in own.items()
+               if name not in adapted and not name.endswith("num_batches_tracked")
+               and (name not in loaded or loaded[name].shape != value.shape)]
+    if lacking:
+        shown = ", ".join(lacking[:3]) + (f" and {len(lacking) - 3} more" if len(lacking) > 3 else "")
+        raise WeightsError(f"{path} is not a {architecture} state dict in torchvision's layout: it lacks {shown} (or holds them in other shapes)")
+    own.update({name: value for name, value in loaded.items() if name in own and name not in adapted})
+    net.load_state_dict(own)
 
 
 class ClusterHead(nn.Module):
@@ -99,11 +135,17 @@ class IICModel(nn.Module):
         return self.heads[head](self.backbone(images))
 
 
-def build_backbone(name: str, in_channels: int, input_size: int, width: int = 16, weights_path: str | None = None) -> nn.Module:
+RESNETS = {resnet.architecture: resnet for resnet in (ResNet18, ResNet50)}
+BACKBONES = ("clusternet", *RESNETS)
+
+
+def build_backbone(name: str, in_channels: int, input_size: int, width: int = 16, weights: str | None = None) -> nn.Module:
+    """A fresh backbone; ``weights`` is a config's ``backbone_weights`` (``imagenet``, a state-dict
+    file, or None for random weights), for the ResNets."""
     if name == "clusternet":
         return ClusterNet(in_channels, width)
-    if name == "resnet18":
-        return ResNet18(in_channels, input_size, weights_path)
+    if name in RESNETS:
+        return RESNETS[name](in_channels, input_size, weights_file(name, weights) if weights else None)
     raise ValueError(f"unknown backbone {name!r}: choose one of {', '.join(BACKBONES)}")
 
 
@@ -154,8 +196,21 @@ def stack_backbones(backbones: list[nn.Module]) -> nn.Module:
     return stacked
 
 
+def shared_backbone(backbones: list[nn.Module]) -> nn.Module:
+    """S frozen backbones that are one and the same (pretrained weights, every layer loaded) as the
+    one module they all are: it never trains, so computing it once serves every model. Raises
+    ValueError if their weights differ."""
+    first = backbones[0].state_dict()
+    for backbone in backbones[1:]:
+        differing = [name for name, value in backbone.state_dict().items() if not torch.equal(value, first[name])]
+        if differing:
+            raise ValueError(f"frozen backbones must be identical to be shared; {differing[0]} differs (a layer the weights do not hold?)")
+    shared = backbones[0].requires_grad_(False)
+    return shared.eval()
+
+
 class StackedClusterHead(nn.Module):
-    """S models' ``ClusterHead``s as one: features (N, S, F) -> one (S, N, k) probability tensor
+    """S models' ``ClusterHead``s as one: features (S, N, F) -> one (S, N, k) probability tensor
     per sub-head, in float32."""
 
     def __init__(self, heads: list[ClusterHead]):
@@ -169,7 +224,7 @@ class StackedClusterHead(nn.Module):
 
     def forward(self, features: torch.Tensor) -> list[torch.Tensor]:
         return [
-            (torch.einsum("nsf,skf->snk", features, weight) + bias.unsqueeze(1)).float().softmax(dim=-1)
+            (torch.einsum("snf,skf->snk", features, weight) + bias.unsqueeze(1)).float().softmax(dim=-1)
             for weight, bias in zip(self.weights, self.biases)
         ]
 
@@ -182,6 +237,12 @@ class StackedIICModel(nn.Module):
     ones, so one optimiser step of an element-wise optimiser such as Adam on the stack is S
     independent steps.
 
+    With ``freeze_backbone`` only the heads train: the models' backbones, identical pretrained
+    weights, become one shared module that runs without gradients and in eval mode (its batch
+    norms keep the statistics they were trained with), over all S models' images in one batch.
+    ``features`` and ``classify`` are the two halves of ``forward``, so that features can be
+    computed once and reused.
+
     Example:
         >>> models = []
         >>> for seed in (0, 1, 2):
@@ -192,14 +253,38 @@ class StackedIICModel(nn.Module):
         torch.Size([3, 8, 10])
     """
 
-    def __init__(self, models: list[IICModel]):
+    def __init__(self, models: list[IICModel], freeze_backbone: bool = False):
         super().__init__()
         self.num_models = len(models)
-        self.backbone = stack_backbones([model.backbone for model in models])
+        self.freeze_backbone = freeze_backbone
+        backbones = [model.backbone for model in models]
+        self.backbone = shared_backbone(backbones) if freeze_backbone else stack_backbones(backbones)
         self.heads = nn.ModuleDict({name: StackedClusterHead([model.heads[name] for model in models]) for name in models[0].heads})
 
-    def forward(self, images: torch.Tensor, head: str = "main") -> list[torch.Tensor]:
+    def train(self, mode: bool = True) -> "StackedIICModel":
+        super().train(mode)
+        if self.freeze_backbone:
+            self.backbone.eval()
+        return self
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """(S, N, C, H, W), each model its own images -> (S, N, F)."""
         count, n = images.shape[:2]
+        if self.freeze_backbone:
+            with torch.no_grad():
+                return self.backbone(images.flatten(0, 1)).view(count, n, -1)
         side_by_side = images.transpose(0, 1).reshape(n, count * images.shape[2], *images.shape[3:])
-        features = self.backbone(side_by_side).view(n, count, -1)
+        return self.backbone(side_by_side).view(n, count, -1).transpose(0, 1)
+
+    def features_of_same_images(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, C, H, W), the same images for every model -> (S, N, F); a shared backbone runs once."""
+        if self.freeze_backbone:
+            return self.features(images.unsqueeze(0)).expand(self.num_models, -1, -1)
+        return self.features(images.expand(self.num_models, *images.shape))
+
+    def classify(self, features: torch.Tensor, head: str = "main") -> list[torch.Tensor]:
+        """(S, N, F) features -> one (S, N, k) probability tensor per sub-head of ``head``."""
         return self.heads[head](features)
+
+    def forward(self, images: torch.Tensor, head: str = "main") -> list[torch.Tensor]:
+        return self.classify(self.features(images), head)

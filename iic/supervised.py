@@ -31,11 +31,10 @@ from iic.augment import BatchAugment
 from iic.config import ConfigError, IICConfig
 from iic.data import DATASET_SPECS, DatasetError, ImageData, check_dataset_source, load_dataset
 from iic.metrics import clustering_metrics, confusion_matrix
-from iic.sobel import Sobel
 from iic.status import RunStatus
 from iic.train import (
     AUGMENT_SEED_OFFSET, EpochCallback, batch_bounds, check_resumable, check_seeds, checkpoint_and_print, cli_error,
-    config_from_args, load_state, mark_diverged, new_backbone, prepare_images, resolve_device, run_epochs, save_state,
+    config_from_args, input_transform, load_state, mark_diverged, new_backbone, prepare_images, resolve_device, run_epochs, save_state,
     seed_everything, start_output, write_metrics,
 )
 
@@ -147,7 +146,9 @@ class SupervisedTrainer:
         self.train_images, self.train_labels = split.train.images.to(self.device), split.train.labels.to(self.device)
         self.held_out_images, self.held_out_labels = split.held_out.images.to(self.device), split.held_out.labels.to(self.device)
 
-        self.sobel = Sobel(config.sobel_keep_input).to(self.device) if config.sobel else None
+        self.input_transform = input_transform(config)
+        if self.input_transform is not None:
+            self.input_transform.to(self.device)
         torch.manual_seed(self.seed)
         self.model = SupervisedModel(new_backbone(config, self.channels), len(self.class_names)).to(self.device)
         self.optimiser = torch.optim.Adam(self.model.parameters(), lr=config.lr)
@@ -175,7 +176,7 @@ class SupervisedTrainer:
         for start, stop in batch_bounds(count, self.config.batch_size):
             index = order[start:stop]
             draw = self.augment.sample(stop - start, self.channels, self.augment_generator, self.device)
-            logits = self._logits(prepare_images(self.train_images[index], self.augment, draw, self.sobel))
+            logits = self._logits(prepare_images(self.train_images[index], self.augment, draw, self.input_transform))
             labels = self.train_labels[index]
             loss = F.cross_entropy(logits, labels)
             if not torch.isfinite(loss):
@@ -200,7 +201,7 @@ class SupervisedTrainer:
         an IIC run computed on the predicted classes, so that the two read side by side."""
         self.model.eval()
         logits = torch.cat([
-            self._logits(prepare_images(self.held_out_images[start : start + self.config.eval_batch_size], self.augment, None, self.sobel))
+            self._logits(prepare_images(self.held_out_images[start : start + self.config.eval_batch_size], self.augment, None, self.input_transform))
             for start in range(0, len(self.held_out_images), self.config.eval_batch_size)
         ])
         self.model.train()

@@ -29,6 +29,7 @@ from iic.data import DatasetError, ImageData, load_dataset
 from iic.loss import IICLoss, mutual_information
 from iic.metrics import clustering_metrics, confusion_matrix
 from iic.models import IICModel, StackedIICModel, build_backbone
+from iic.pretrained import PRETRAINED_CHANNELS, ImageNetInput, WeightsError
 from iic.seeds import LABEL_FREE_PICK, combine_seeds, label_free_pick
 from iic.sobel import Sobel
 from iic.status import RunStatus
@@ -53,19 +54,28 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def input_transform(config: IICConfig) -> torch.nn.Module | None:
+    """What images go through before the backbone: Sobel, the pretrained weights' normalisation, or nothing."""
+    return Sobel(config.sobel_keep_input) if config.sobel else ImageNetInput(config.backbone) if config.backbone_weights else None
+
+
 def new_backbone(config: IICConfig, channels: int) -> torch.nn.Module:
-    """The config's backbone for images of ``channels`` channels (after Sobel, if on), freshly
-    initialised from torch's global generator."""
-    in_channels = Sobel.output_channels(channels, config.sobel_keep_input) if config.sobel else channels
+    """The config's backbone for images of ``channels`` channels (as ``input_transform`` leaves
+    them), freshly initialised from torch's global generator (or loaded with its weights)."""
+    if config.sobel:
+        in_channels = Sobel.output_channels(channels, config.sobel_keep_input)
+    else:
+        in_channels = PRETRAINED_CHANNELS if config.backbone_weights else channels
     return build_backbone(config.backbone, in_channels, config.input_size, config.backbone_width, config.backbone_weights)
 
 
-def prepare_images(images_uint8: torch.Tensor, augment: BatchAugment, draw: AugmentDraw | None, sobel: Sobel | None) -> torch.Tensor:
-    """uint8 images -> floats in [0, 1], augmented with ``draw`` if given, then Sobel if on."""
+def prepare_images(images_uint8: torch.Tensor, augment: BatchAugment, draw: AugmentDraw | None,
+                   transform: torch.nn.Module | None) -> torch.Tensor:
+    """uint8 images -> floats in [0, 1], augmented with ``draw`` if given, then ``transform`` (see input_transform)."""
     images = images_uint8.float().div_(255)
     if draw is not None:
         images = augment.apply(images, draw)
-    return sobel(images) if sobel is not None else images
+    return transform(images) if transform is not None else images
 
 
 def batch_bounds(count: int, batch_size: int) -> list[tuple[int, int]]:
@@ -184,12 +194,21 @@ class Trainer:
         self.images = self.data.images.to(self.device)
         self.labels = self.data.labels.numpy()
 
-        self.sobel = Sobel(config.sobel_keep_input).to(self.device) if config.sobel else None
-        self.model = StackedIICModel([self._new_model(seed) for seed in self.seeds]).to(self.device)
-        self.optimiser = torch.optim.Adam(self.model.parameters(), lr=config.lr)
+        self.input_transform = input_transform(config)
+        if self.input_transform is not None:
+            self.input_transform.to(self.device)
+        try:
+            models = [self._new_model(seed) for seed in self.seeds]
+        except WeightsError as err:
+            raise ConfigError(f"backbone_weights: {err}") from None
+        self.model = StackedIICModel(models, config.freeze_backbone).to(self.device)
+        self.optimiser = torch.optim.Adam([p for p in self.model.parameters() if p.requires_grad], lr=config.lr)
         self.criterion = IICLoss(config.lamb)
         self.augment = BatchAugment(**config.augment_kwargs())
         self.amp = config.amp and self.device.type == "cuda"
+        # A frozen backbone shown the same images every epoch (no augmentation) gives the same
+        # features: computed once, (N, F), and every step and evaluation slices them.
+        self.cached_features = self._all_features() if config.freeze_backbone and self.augment.is_identity else None
 
         self.shuffle_generators = [torch.Generator().manual_seed(seed) for seed in self.seeds]
         self.augment_generators = [torch.Generator(self.device).manual_seed(seed + AUGMENT_SEED_OFFSET) for seed in self.seeds]
@@ -215,8 +234,18 @@ class Trainer:
 
     def _prepare(self, images_uint8: torch.Tensor, draws: list[AugmentDraw] | None) -> torch.Tensor:
         """uint8 images of all seeds, (S*n, C, H, W) -> floats, augmented with each seed's draw for
-        its block of n, then Sobel if on."""
-        return prepare_images(images_uint8, self.augment, AugmentDraw.cat(draws) if draws is not None else None, self.sobel)
+        its block of n, then Sobel or the pretrained weights' normalisation if on."""
+        return prepare_images(images_uint8, self.augment, AugmentDraw.cat(draws) if draws is not None else None, self.input_transform)
+
+    @torch.no_grad()
+    def _all_features(self) -> torch.Tensor:
+        """The frozen backbone's features of every image, (N, F), in evaluation batches."""
+        chunks = []
+        for start in range(0, len(self.images), self.config.eval_batch_size):
+            images = self._prepare(self.images[start : start + self.config.eval_batch_size], None)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+                chunks.append(self.model.features(images.unsqueeze(0))[0])
+        return torch.cat(chunks)
 
     def make_views(self, batches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """uint8 batches, one per seed (S, B, C, H, W) -> (images, ``repeats`` augmented twins of
@@ -238,8 +267,10 @@ class Trainer:
         minimised. Returns the (sub-heads, seeds) losses, or None if any is no longer finite (the
         step is then not taken)."""
         size = base.shape[1]
+        # Views are images, or with cached features already the frozen backbone's features of them.
+        classify = self.model.classify if self.cached_features is not None else self.model
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-            probabilities = self.model(torch.cat([base, twins], dim=1), head)
+            probabilities = classify(torch.cat([base, twins], dim=1), head)
         repeats = twins.shape[1] // size
         losses = torch.stack([self.criterion(p[:, :size].repeat(1, repeats, 1), p[:, size:]) for p in probabilities])
         per_seed = losses.mean(dim=0)
@@ -258,7 +289,12 @@ class Trainer:
         bounds = batch_bounds(len(self.images), config.batch_size)
         loss_sums = torch.zeros(config.num_subheads, len(self.seeds), device=self.device)
         for start, stop in bounds:
-            losses = self.step(*self.make_views(self.images[orders[:, start:stop]]), head)
+            batches = orders[:, start:stop]
+            if self.cached_features is not None:  # no augmentation: twins are the images again
+                features = self.cached_features[batches]
+                losses = self.step(features, features.repeat(1, config.repeats, 1), head)
+            else:
+                losses = self.step(*self.make_views(self.images[batches]), head)
             if losses is None:
                 return None
             loss_sums += losses
@@ -273,10 +309,16 @@ class Trainer:
         count = len(self.seeds)
         for start in range(0, len(self.images), self.config.eval_batch_size):
             stop = min(start + self.config.eval_batch_size, len(self.images))
-            draws = [draw[start:stop] for draw in self.held_out_draws] if held_out_views else None
-            batch = self._prepare(self.images[start:stop].repeat(count, 1, 1, 1), draws).unflatten(0, (count, stop - start))
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-                outputs.append(self.model(batch, "main"))
+                if self.cached_features is not None:  # held-out views without augmentation are the images
+                    features = self.cached_features[start:stop].expand(count, -1, -1)
+                elif held_out_views:
+                    draws = [draw[start:stop] for draw in self.held_out_draws]
+                    batch = self._prepare(self.images[start:stop].repeat(count, 1, 1, 1), draws)
+                    features = self.model.features(batch.unflatten(0, (count, stop - start)))
+                else:
+                    features = self.model.features_of_same_images(self._prepare(self.images[start:stop], None))
+                outputs.append(self.model.classify(features, "main"))
         self.model.train()
         return [torch.cat(per_subhead, dim=1) for per_subhead in zip(*outputs)]
 
@@ -353,7 +395,9 @@ class Trainer:
             "status": str(self.status),
             "history": self.history,
             "seed_histories": self.seed_histories,
-            "model": self.model.state_dict(),
+            # A frozen backbone is left out: it is the config's weights file, as loaded again on resume.
+            "model": {name: value for name, value in self.model.state_dict().items()
+                      if not (self.config.freeze_backbone and name.startswith("backbone."))},
             "optimiser": self.optimiser.state_dict(),
             "shuffle_generators": [g.get_state() for g in self.shuffle_generators],
             "augment_generators": [g.get_state() for g in self.augment_generators],
@@ -369,7 +413,8 @@ class Trainer:
         state = load_state(path, "iic")
         other = [f"seeds ({state['seeds']} there, {self.seeds} here)"] if state["seeds"] != self.seeds else []
         check_resumable(path, state["config"], self.config, other)
-        self.model.load_state_dict(state["model"])
+        # A frozen backbone is not saved (it is the pretrained weights): keep the one built here.
+        self.model.load_state_dict({**self.model.state_dict(), **state["model"]})
         self.optimiser.load_state_dict(state["optimiser"])
         for generator, saved_state in zip(self.shuffle_generators + self.augment_generators, state["shuffle_generators"] + state["augment_generators"]):
             generator.set_state(saved_state.cpu())

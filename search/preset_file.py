@@ -37,7 +37,8 @@ class Param:
     high: float | None = None
     log: bool = False
     choices: tuple = ()
-    when: str | None = None
+    when: str | None = None  # proposed only while this gate is on ...
+    unless: str | None = None  # ... or only while this gate is off
     off: tuple = ()  # a gate's (field, value) pairs for when it is off
 
     @property
@@ -45,12 +46,18 @@ class Param:
         """The values of a categorical field or a gate."""
         return list(self.choices) if self.kind == "categorical" else [False, True]
 
+    def active(self, gates: dict[str, bool]) -> bool:
+        """Whether the field is proposed, given the gates decided so far."""
+        if self.when is not None and not gates.get(self.when, False):
+            return False
+        return self.unless is None or not gates.get(self.unless, True)
+
     def spec(self) -> dict:
         """The param as a preset's ``space`` entry (``parse_space`` reads it back)."""
         if self.kind == "gate":
             return {"gate": True, "otherwise": dict(self.off)}
         spec = {"choices": list(self.choices)} if self.kind == "categorical" else {"low": self.low, "high": self.high, "log": self.log}
-        return spec | ({"when": self.when} if self.when else {})
+        return spec | {key: gate for key, gate in (("when", self.when), ("unless", self.unless)) if gate}
 
 
 def available_presets() -> list[str]:
@@ -89,10 +96,10 @@ def parse_param(name: str, spec) -> Param:
     fields = {f.name: f for f in dataclasses.fields(IICConfig)}
     if not isinstance(spec, dict):
         raise PresetError(f"space.{name}: expected a mapping such as {{low: 0.1, high: 0.9}} or {{choices: [...]}}, got {spec!r}")
-    unknown = set(spec) - {"low", "high", "log", "choices", "when", "gate", "otherwise"}
+    unknown = set(spec) - {"low", "high", "log", "choices", "when", "unless", "gate", "otherwise"}
     if unknown:
-        raise PresetError(f"space.{name}: unknown key(s) {', '.join(sorted(map(str, unknown)))}; use low/high/log, choices, when, or gate and otherwise")
-    when = spec.get("when")
+        raise PresetError(f"space.{name}: unknown key(s) {', '.join(sorted(map(str, unknown)))}; use low/high/log, choices, when or unless, or gate and otherwise")
+    when, unless = spec.get("when"), spec.get("unless")
     if spec.get("gate"):
         if name in fields:
             raise PresetError(f"space.{name}: a gate cannot share its name with an IICConfig field")
@@ -107,7 +114,7 @@ def parse_param(name: str, spec) -> Param:
         choices = spec["choices"]
         if not isinstance(choices, list) or not choices:
             raise PresetError(f"space.{name}: choices must be a non-empty list")
-        return Param(name, "categorical", choices=tuple(choices), when=when)
+        return Param(name, "categorical", choices=tuple(choices), when=when, unless=unless)
     if "low" not in spec or "high" not in spec:
         raise PresetError(f"space.{name}: give low and high (a range) or choices (a list)")
     low, high = spec["low"], spec["high"]
@@ -121,7 +128,7 @@ def parse_param(name: str, spec) -> Param:
     kind = "int" if fields[name].type is int else "float"
     if kind == "int" and not (float(low).is_integer() and float(high).is_integer()):
         raise PresetError(f"space.{name}: {name} is an integer field; low and high must be integers")
-    return Param(name, kind, low=low, high=high, log=log, when=when)
+    return Param(name, kind, low=low, high=high, log=log, when=when, unless=unless)
 
 
 def assign(params: list[Param], choose: Callable[[Param], Any]) -> tuple[dict, dict]:
@@ -130,7 +137,7 @@ def assign(params: list[Param], choose: Callable[[Param], Any]) -> tuple[dict, d
     fields that the gates chosen off fix (their ``otherwise``)."""
     chosen, fixed = {}, {}
     for param in params:
-        if param.when is not None and not chosen.get(param.when, False):
+        if not param.active(chosen):
             continue
         chosen[param.name] = choose(param)
         if param.kind == "gate" and not chosen[param.name]:

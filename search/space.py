@@ -4,10 +4,12 @@ A preset has three sections:
 
 - ``config``: IICConfig fields shared by every trial (defaults of ``iic/config.py`` fill the rest);
 - ``space``: the searched fields, each a range (``low``/``high``, optional ``log``) or a list of
-  ``choices``, optionally only ``when`` a gate is on; a gate (``{gate: true}``) is a yes/no choice
-  that switches a group of fields on or off (overclustering: its ``overcluster_k`` and
-  ``overcluster_passes`` are proposed only when it is on, and ``otherwise: {overcluster_k: 0}`` says
-  what the fields are when it is off);
+  ``choices``, optionally only ``when`` a gate is on, or ``unless`` it is; a gate (``{gate: true}``)
+  is a yes/no choice that switches a group of fields on or off (overclustering: its
+  ``overcluster_k`` and ``overcluster_passes`` are proposed only when it is on, and ``otherwise:
+  {overcluster_k: 0}`` says what the fields are when it is off). A gate comes before the fields
+  that name it. ``unless`` searches what only fits the gate's off state (``sobel`` unless
+  ``pretrained``: ImageNet weights do not read Sobel's gradients);
 - ``search``: the defaults of the search itself (budget, concurrency, resources, early stopping).
 
 ``SearchSpace`` turns a preset into the define-by-run function that Ray Tune's ``OptunaSearch``
@@ -129,10 +131,13 @@ class Preset:
     def validate(self) -> None:
         """Check every range against IICConfig's own validation, before any trial starts."""
         problems = []
-        gates = {p.name for p in self.params if p.kind == "gate"}
+        gates = {}
         for param in self.params:
-            if param.when is not None and param.when not in gates:
-                problems.append(f"space.{param.name}: 'when: {param.when}' names no gate; declare `{param.when}: {{gate: true}}` first")
+            for key, gate in (("when", param.when), ("unless", param.unless)):
+                if gate is not None and gate not in gates:
+                    problems.append(f"space.{param.name}: '{key}: {gate}' names no gate before it; declare `{gate}: {{gate: true}}` first")
+            if param.kind == "gate":
+                gates[param.name] = param
         base = IICConfig.from_dict(self.config)
         for param in self.params:
             if param.kind == "gate" and param.off:
@@ -141,14 +146,15 @@ class Preset:
                 except ConfigError as err:
                     detail = "\n  ".join(err.problems)
                     problems.append(f"space.{param.name}.otherwise: {detail}")
-        # Every extreme of every range must make a valid config on its own.
+        # Every extreme of every range must make a valid config on its own (with its gate off for ``unless``).
         for param in self.params:
             if param.kind == "gate":
                 continue
             values = param.choices if param.kind == "categorical" else (param.low, param.high)
+            off = dict(gates[param.unless].off) if param.unless in gates else {}
             for value in values:
                 try:
-                    base.replace(**{param.name: value}).validate(check_data=False)
+                    base.replace(**{**off, param.name: value}).validate(check_data=False)
                 except ConfigError as err:
                     detail = "\n  ".join(err.problems)
                     problems.append(f"space.{param.name}: value {value!r} is invalid ({detail})")

@@ -130,3 +130,22 @@ def test_relative_paths_become_absolute_against_a_base(tmp_path):
     assert resolved.data_root == str(tmp_path / "data" / "pets")
     assert resolved.backbone_weights == "/w/r18.pt"  # already absolute
     assert IICConfig().with_absolute_paths(tmp_path) == IICConfig()  # digits: no paths
+    assert config.replace(backbone_weights="imagenet").with_absolute_paths(tmp_path).backbone_weights == "imagenet"  # not a path
+
+
+def test_pretrained_and_frozen_backbones_refuse_what_does_not_fit(tmp_path):
+    weights = tmp_path / "resnet18.pt"
+    weights.write_bytes(b"")  # validation checks that the file is there; the model reads it
+    pretrained = IICConfig(backbone="resnet18", input_size=64, backbone_weights=str(weights))
+    pretrained.validate()
+    pretrained.replace(freeze_backbone=True, backbone="resnet50").validate()
+    cases = [
+        ({"backbone": "clusternet"}, "backbone_weights: only resnet18 or resnet50 load weights"),
+        ({"sobel": True}, "sobel: pretrained weights read RGB images, and Sobel replaces them with 2 gradient channels; set sobel: false"),
+        ({"freeze_backbone": True, "backbone_weights": None}, "freeze_backbone: a frozen backbone without pretrained weights stays random"),
+        ({"freeze_backbone": True, "input_size": 32}, "freeze_backbone: below 64 px .* set input_size: 64 or more"),
+        ({"backbone_weights": str(tmp_path / "none.pt")}, "backbone_weights: file .*none.pt does not exist; give a local state-dict file, imagenet, or null"),
+    ]
+    for changes, message in cases:
+        with pytest.raises(ConfigError, match=message):
+            pretrained.replace(**changes).validate()

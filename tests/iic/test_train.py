@@ -4,6 +4,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torchvision
 
 from iic.config import ConfigError
 from iic.data import load_dataset
@@ -211,10 +212,89 @@ def test_cli_trains_several_seeds_and_reports_their_spread(tmp_path, capsys):
     assert [m["seed"] for m in json.loads((out / "metrics.json").read_text())["per_seed"]] == [3, 8]
 
 
+@pytest.fixture
+def frozen_config(tiny_config, tmp_path):
+    """Digits (grey: expanded to RGB for the weights) at 64 px through a frozen ResNet18 whose
+    pretrained weights are a random torchvision ResNet18 saved to a file."""
+    torch.manual_seed(0)
+    torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "resnet18.pt")
+    return tiny_config.replace(max_samples=24, input_size=64, backbone="resnet18", backbone_weights=str(tmp_path / "resnet18.pt"),
+                               freeze_backbone=True, batch_size=12, epochs=1)
+
+
+def test_weights_that_do_not_fit_are_a_config_error(frozen_config, tmp_path):
+    (tmp_path / "empty.pt").write_bytes(b"")
+    with pytest.raises(ConfigError, match=r"backbone_weights: .*empty.pt cannot be read as a state dict"):
+        Trainer(frozen_config.replace(backbone_weights=str(tmp_path / "empty.pt")))
+    with pytest.raises(ConfigError, match=r"backbone_weights: .*resnet18.pt is not a resnet50 state dict"):
+        Trainer(frozen_config.replace(backbone="resnet50"))
+
+
+NO_AUGMENTATION = {"crop_min_scale": 1.0, "rotation_degrees": 0.0, "brightness": 0.0, "contrast": 0.0}
+
+
+def test_a_frozen_backbone_keeps_its_weights_and_runs_once_per_step_for_all_seeds(frozen_config, tmp_path):
+    trainer = Trainer(frozen_config, seeds=[0, 1])
+    heads_before = [p.detach().clone() for p in trainer.model.heads.parameters()]
+    images_per_call = []
+    trainer.model.backbone.register_forward_hook(lambda module, inputs, output: images_per_call.append(len(inputs[0])))
+    trainer.run_epoch()
+    # two steps of 2 seeds x 12 images x (1 + 2 twins), then evaluation: the images once for both
+    # seeds, and each seed's held-out views
+    assert images_per_call == [72, 72, 24, 48]
+    saved = torch.load(tmp_path / "resnet18.pt")
+    assert all(torch.equal(value, saved[name]) for name, value in trainer.model.backbone.net.state_dict().items())
+    assert all(not torch.equal(before, after) for before, after in zip(heads_before, trainer.model.heads.parameters()))
+
+
+def test_without_augmentation_a_frozen_backbone_sees_each_image_once_for_the_whole_run(frozen_config):
+    config = frozen_config.replace(**NO_AUGMENTATION, epochs=2)
+    images_seen = []
+
+    def count(module, inputs, output):
+        if isinstance(module, torchvision.models.ResNet):
+            images_seen.append(len(inputs[0]))
+
+    hook = torch.nn.modules.module.register_module_forward_hook(count)
+    try:
+        cached = train(config, seeds=[0, 1])
+    finally:
+        hook.remove()
+    assert images_seen == [24]
+    # Saturation does nothing to grey images, but counts as augmentation: the same run, computing features every step.
+    computed = train(config.replace(saturation=0.5), seeds=[0, 1])
+    for mine, its in zip(cached.history, computed.history):
+        assert mine["loss"] == pytest.approx(its["loss"], abs=1e-5)
+        assert mine["mutual_information"] == pytest.approx(its["mutual_information"], abs=1e-5)
+
+
+def test_a_frozen_run_resumes_exactly_from_a_checkpoint_of_its_heads(frozen_config, tmp_path):
+    config = frozen_config.replace(**NO_AUGMENTATION, epochs=2)
+    straight = Trainer(config)
+    for _ in range(2):
+        straight.run_epoch()
+    first = Trainer(config)
+    first.run_epoch()
+    first.save_checkpoint(tmp_path / "checkpoint.pt")
+    saved = torch.load(tmp_path / "checkpoint.pt", weights_only=False)["model"]
+    assert saved and not any(name.startswith("backbone.") for name in saved)  # the weights file holds the backbone
+    resumed = Trainer(config)
+    resumed.load_checkpoint(tmp_path / "checkpoint.pt")
+    resumed.run_epoch()
+    assert torch.equal(_weights(resumed), _weights(straight))
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_run_with_mixed_precision(tiny_config):
     result = train(tiny_config.replace(device="cuda", amp=True, overcluster_k=20), seeds=[0, 1])
     assert result.status == "completed" and math.isfinite(result.metrics["loss"])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_frozen_backbone_with_mixed_precision(frozen_config):
+    for changes in ({}, NO_AUGMENTATION):  # features computed every step, and cached (in bf16)
+        result = train(frozen_config.replace(device="cuda", amp=True, epochs=2, **changes), seeds=[0, 1])
+        assert result.status == "completed" and math.isfinite(result.metrics["loss"])
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

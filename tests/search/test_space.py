@@ -24,7 +24,7 @@ GATED = {
 
 def test_bundled_presets_load_with_their_datasets():
     names = available_presets()
-    assert {"digits", "mnist", "cifar10", "har", "har_merged", "har_reduced"} <= set(names)
+    assert {"digits", "mnist", "cifar10", "har", "har_merged", "har_reduced", "image_folder"} <= set(names)
     assert [Preset.load(n).config["num_clusters"] for n in ("har", "har_merged", "har_reduced")] == [15, 9, 3]
     assert Preset.load("har_merged").config["class_map"]["texting"] == "using_device"
 
@@ -54,6 +54,42 @@ def test_through_rays_optuna_searcher_the_trial_config_is_complete():
         assert 1e-3 <= iic.lr <= 1e-2
         assert (iic.overcluster_k == 0) != config["gate"]["overclustering"]
         assert trial_seeds(config) == [7, 11]  # every trial trains on the search's seeds
+
+
+PRETRAINED = {
+    "pretrained": {"gate": True, "otherwise": {"backbone_weights": None, "freeze_backbone": False}},
+    "freeze_backbone": {"choices": [True, False], "when": "pretrained"},
+    "sobel": {"choices": [False, True], "unless": "pretrained"},
+}
+
+
+@pytest.mark.parametrize("preset", ["har", "cifar10", "image_folder", None])
+def test_pretrained_frozen_and_sobel_are_proposed_only_where_they_fit(preset):
+    """Pretrained: frozen or not, never Sobel (ImageNet weights read RGB); from scratch: never frozen,
+    Sobel or not. Every proposed config is valid."""
+    loaded = Preset.load(preset) if preset else _preset(PRETRAINED, {"dataset": "digits", "backbone": "resnet18", "input_size": 64, "backbone_weights": "imagenet"})
+    space = loaded.space()
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    arms = set()
+    for _ in range(30):
+        trial = study.ask()
+        config = trial_iic_config({**space(trial), **{k: v for k, v in trial.params.items() if "/" not in k}})
+        config.validate(check_data=False)
+        pretrained = trial.params["gate/pretrained"]
+        assert (config.backbone_weights == "imagenet") == pretrained
+        assert ("freeze_backbone" in trial.params) == pretrained and ("sobel" in trial.params) != pretrained
+        arms.add((pretrained, config.freeze_backbone, config.sobel))
+        assert space.point(config.to_dict()) == trial.params
+    assert arms == {(True, True, False), (True, False, False), (False, False, False), (False, False, True)}
+
+
+def test_unless_must_follow_its_gate_and_is_checked_with_the_gate_off():
+    with pytest.raises(PresetError, match="space.sobel: 'unless: pretrained' names no gate before it"):
+        _preset({"sobel": PRETRAINED["sobel"], "pretrained": PRETRAINED["pretrained"]})
+    config = {"dataset": "digits", "backbone": "resnet18", "input_size": 64, "backbone_weights": "imagenet"}
+    _preset(PRETRAINED, config)  # sobel is valid with the weights off
+    with pytest.raises(PresetError, match="space.sobel: value True is invalid .*sobel: pretrained weights read RGB"):
+        _preset({"sobel": {"choices": [False, True]}}, config)
 
 
 def test_space_pickles_for_experiment_checkpoints():
