@@ -54,7 +54,7 @@ import torch
 from iic.config import ConfigError, IICConfig
 from iic.status import RunStatus
 from iic.train import Trainer, check_seeds, resolve_device
-from search.preset_file import PresetError, assign, config_changes, draw, parse_space, read_preset
+from search.preset_file import assign, config_changes, draw, parse_space, read_preset
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 DEFAULT_PRESET = "digits_wide"
@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         if existing is not None and existing != table:
             differ = sorted(key for key in table if existing.get(key) != table.get(key))
             raise ConfigError(f"{out} holds another table ({', '.join(differ)} differ); write to another --out or delete it")
-    except (ConfigError, PresetError, ValueError) as err:
+    except ValueError as err:  # ConfigError, PresetError, a damaged table
         print(f"error: {err}", file=sys.stderr)
         return 2
     for record in recorded:  # config i must be the one this draw gives: the sampler may have changed

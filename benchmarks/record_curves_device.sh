@@ -23,7 +23,7 @@ TABLE=curves_digits_wide.jsonl
 mkdir -p "$OUT"
 
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || echo "no nvidia-smi: no GPU here"; } | tee "$OUT/device.txt"
-python3 -c "import torch, numpy, scipy, sklearn, yaml; print('python', __import__('platform').python_version(), 'torch', torch.__version__, 'cuda', torch.cuda.is_available())" \
+python3 -c "import torch, torchvision, PIL, numpy, scipy, sklearn, yaml; print('python', __import__('platform').python_version(), 'torch', torch.__version__, 'cuda', torch.cuda.is_available())" \
     | tee -a "$OUT/device.txt" || exit 1
 
 if [[ -f benchmarks/data/$TABLE ]]; then
