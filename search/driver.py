@@ -129,11 +129,14 @@ def code_version() -> str:
         return "iic-search " + version("iic-search")
 
 
+def trial_resources(preset: Preset) -> dict:
+    return {"cpu": preset.search.cpus_per_trial, "gpu": preset.search.gpus_per_trial}
+
+
 def make_trainable(preset: Preset):
     """The trial function with the preset's collapse rule and resources."""
-    search = preset.search
-    settings = TrialSettings(**{name: getattr(search, name) for name in COLLAPSE_SETTINGS})
-    return tune.with_resources(tune.with_parameters(train_iic, settings=settings), {"cpu": search.cpus_per_trial, "gpu": search.gpus_per_trial})
+    settings = TrialSettings(**{name: getattr(preset.search, name) for name in COLLAPSE_SETTINGS})
+    return tune.with_resources(tune.with_parameters(train_iic, settings=settings), trial_resources(preset))
 
 
 def trial_dirname(trial) -> str:

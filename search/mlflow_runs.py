@@ -30,7 +30,7 @@ EPOCH_METRIC = "epoch"
 TRIAL_METRICS = (
     EPOCH_METRIC, "cluster_accuracy", "majority_accuracy", "nmi", "ari", "loss", "loss_overcluster", "mutual_information",
     "largest_cluster_share", "empty_clusters", "cluster_size_entropy", "diagnostic_best_subhead_accuracy", "epoch_seconds",
-    LABEL_FREE_PICK,
+    LABEL_FREE_PICK, "supervised_accuracy", "train_accuracy", "held_out_loss",
 )
 # Result keys recorded as tags of the trial's run, with their tag names.
 RESULT_TAGS = {"status": "iic.status", "chosen_subhead": "iic.chosen_subhead", "node_id": "iic.node_id", "gpu_ids": "iic.gpu_ids"}
@@ -43,8 +43,10 @@ ERROR_TAG = "iic.error"  # on a search run that failed: what went wrong
 PARENT_TAG = "mlflow.parentRunId"
 MAX_PARAM_LENGTH = 6000
 MAX_BATCH_METRICS, MAX_BATCH_PARAMS = 1000, 100  # MLflow's limits per log_batch
-# Values of ROLE_TAG
-SEARCH_ROLE, TRIAL_ROLE, CONFIRM_ROLE = "search", "trial", "confirm"
+# Values of ROLE_TAG; each stage of a search but the search run itself is a Tune experiment of its
+# own, named by the search's name and the stage's suffix.
+SEARCH_ROLE, TRIAL_ROLE, CONFIRM_ROLE, CEILING_ROLE = "search", "trial", "confirm", "ceiling"
+STAGE_SUFFIXES = {TRIAL_ROLE: "", CONFIRM_ROLE: "-confirm", CEILING_ROLE: "-ceiling"}
 
 
 @dataclass(frozen=True)
@@ -175,6 +177,8 @@ def log_trial_artifacts(client: MlflowClient, run_id: str, trial) -> None:
         if trial.checkpoint is None:
             return
         with trial.checkpoint.as_directory() as saved:
+            if not (Path(saved) / SUMMARY_FILE).is_file():
+                return  # a supervised ceiling's checkpoint: no clusters to draw
             summary = np.load(Path(saved) / SUMMARY_FILE)
             if summary["confusion"].size:
                 plot_confusion_matrix(summary["confusion"], list(summary["class_names"]), folder / "confusion_matrix.png", title=str(trial))

@@ -23,7 +23,7 @@ from ray.air.constants import EXPR_RESULT_FILE
 from iic.status import RunStatus
 from search.driver import SearchError, check_tracking_uri, code_version, default_storage_path, default_tracking_uri, resolve_storage_path
 from search.mlflow_runs import (
-    CONFIRM_ROLE, ROLE_TAG, SEARCH_ROLE, SEARCH_TAG, STATUS_TAG, TRIAL_ROLE, TRIAL_TAG, SearchRecord, create_trial_run, end_trial_run,
+    ROLE_TAG, SEARCH_ROLE, STAGE_SUFFIXES, SEARCH_TAG, STATUS_TAG, TRIAL_ROLE, TRIAL_TAG, SearchRecord, create_trial_run, end_trial_run,
     ended_status, logged_epochs, result_epoch, send_epochs,
 )
 
@@ -143,8 +143,8 @@ def reconcile_search(client: MlflowClient, tracking_uri: str, name: str, storage
         raise LookupError(f"no search named {name!r} in MLflow at {tracking_uri}; check --name and --tracking-uri")
     parent = parents[0]
     reports = []
-    for role, folder in ((TRIAL_ROLE, name), (CONFIRM_ROLE, f"{name}-confirm")):
-        experiment_dir = f"{storage_path.rstrip('/')}/{folder}"
+    for role, suffix in STAGE_SUFFIXES.items():
+        experiment_dir = f"{storage_path.rstrip('/')}/{name}{suffix}"
         if not tune.Tuner.can_restore(experiment_dir):
             if role == TRIAL_ROLE:
                 raise LookupError(f"no Tune records of search {name!r} at {experiment_dir}; check --name and --storage-path")

@@ -37,7 +37,8 @@ from search.driver import (
 )
 from search.space import OBJECTIVES, Preset, PresetError, available_presets
 from search.summary import summarise
-from search.mlflow_runs import CONFIRM_ROLE, SearchRecord, fail_search_run, open_search_run, prepare_experiment
+from search.ceiling import run_ceiling
+from search.mlflow_runs import CEILING_ROLE, CONFIRM_ROLE, STAGE_SUFFIXES, SearchRecord, fail_search_run, open_search_run, prepare_experiment
 from search.reconcile import reconcile, restored_trials
 from search.tracking import MLflowTrialLogger
 from search.warm_start import load_warm_start
@@ -70,6 +71,8 @@ def build_parser(given_only: bool = False) -> argparse.ArgumentParser:
     parser.add_argument("--seeds-per-trial", type=int, help="seeds each trial trains its config on (mean reported; default: the preset's)")
     parser.add_argument("--confirm-top", type=int, help="distinct configs confirmed on fresh seeds after the search (0: none)")
     parser.add_argument("--confirm-seeds", type=int, help="fresh seeds each confirmed config trains on")
+    parser.add_argument("--ceiling", action="store_true", default=default(False),
+                        help="also train the supervised ceiling (the same backbone on the labels) once, to read the search's accuracy against")
     parser.add_argument("--top", type=int, default=default(5), help="best trials to print at the end")
     return parser
 
@@ -276,10 +279,16 @@ def run_search(plan: SearchPlan, search: SearchRecord) -> None:
         print(f"\nconfirming the best {len(candidates)} config(s) on {len(seeds)} fresh seeds ({' '.join(map(str, seeds))})", flush=True)
         confirm_report = state_dir(plan.name) / "mlflow_report_confirm.json"
         confirm_logger = MLflowTrialLogger(dataclasses.replace(search, role=CONFIRM_ROLE), confirm_report)
-        confirm_results = run_confirmation(candidates, seeds, preset, f"{plan.name}-confirm", plan.storage_path, confirm_logger, resume=args.resume)
+        confirm_results = run_confirmation(candidates, seeds, preset, plan.name + STAGE_SUFFIXES[CONFIRM_ROLE], plan.storage_path, confirm_logger,
+                                           resume=args.resume)
         confirmed = ranked_confirmations(confirmations(candidates, confirm_results, seeds, logged_statuses(confirm_report)), settings.objective)
+    ceiling = None
+    if args.ceiling:
+        print("\ntraining the supervised ceiling: the same backbone on the labels", flush=True)
+        ceiling_logger = MLflowTrialLogger(dataclasses.replace(search, role=CEILING_ROLE), state_dir(plan.name) / "mlflow_report_ceiling.json")
+        ceiling = run_ceiling(preset, plan.trial_seeds, plan.name + STAGE_SUFFIXES[CEILING_ROLE], plan.storage_path, ceiling_logger, resume=args.resume)
     summarise(results, preset, plan.tracking_uri, search.experiment_id, search.parent_run_id, plan.name, report_path, top=args.top,
-              confirmed=confirmed, best_candidate=candidates[0] if candidates else None)
+              confirmed=confirmed, best_candidate=candidates[0] if candidates else None, ceiling=ceiling)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,6 +18,7 @@ from mlflow.tracking import MlflowClient
 from scipy.stats import spearmanr
 
 from iic.seeds import LABEL_FREE_PICK
+from search.ceiling import Ceiling, ceiling_line, record_ceiling
 from search.confirm import Candidate, Confirmation, print_confirmed, record_confirmed
 from search.ranking import best_first, counts, trial_status
 from search.space import OBJECTIVES, Preset
@@ -127,6 +128,15 @@ def ui_hint(tracking_uri: str, experiment_id: str, objective: str, role: str = T
     return f"mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port 5000", address
 
 
+def best_accuracy(table: pd.DataFrame, confirmed: list[Confirmation] | None) -> tuple[float | None, str]:
+    """The search's best cluster accuracy, and what it is: the best confirmed config's mean, else the
+    best counted trial's (over the search's seeds)."""
+    if confirmed and confirmed[0].metrics.get("cluster_accuracy") is not None:
+        return float(confirmed[0].metrics["cluster_accuracy"]), "the best config, confirmed on fresh seeds"
+    counted = table[[counts(status, value) for status, value in zip(table["status"], table["cluster_accuracy"])]]
+    return (float(counted["cluster_accuracy"].max()), "the best trial, over the search's seeds") if len(counted) else (None, "")
+
+
 def record_best(client: MlflowClient, run_id: str, folder: Path, best: Candidate) -> None:
     """The parent run's record of the best trial by the search's own figures."""
     best.config.to_yaml(folder / "best_config.yaml")
@@ -135,9 +145,11 @@ def record_best(client: MlflowClient, run_id: str, folder: Path, best: Candidate
 
 
 def summarise(results, preset: Preset, tracking_uri: str, experiment_id: str, parent_run_id: str, name: str,
-              report_path: Path, top: int = 5, confirmed: list[Confirmation] | None = None, best_candidate=None) -> pd.DataFrame:
+              report_path: Path, top: int = 5, confirmed: list[Confirmation] | None = None, best_candidate=None,
+              ceiling: Ceiling | None = None) -> pd.DataFrame:
     """Print and record the end of a search. ``confirmed``: the confirmation stage's results, best
-    first; ``best_candidate``: the best trial by the search's own figures (a search.confirm.Candidate)."""
+    first; ``best_candidate``: the best trial by the search's own figures (a search.confirm.Candidate);
+    ``ceiling``: the supervised ceiling, when it was trained."""
     objective = preset.search.objective
     report = json.loads(Path(report_path).read_text()) if Path(report_path).is_file() else {}
     failures, statuses = report.get("failures", []), report.get("statuses", {})
@@ -156,6 +168,8 @@ def summarise(results, preset: Preset, tracking_uri: str, experiment_id: str, pa
                     record_confirmed(client, parent_run_id, confirmed, objective)
                 else:
                     record_best(client, parent_run_id, folder, best_candidate)
+            if ceiling is not None:
+                record_ceiling(client, parent_run_id, ceiling, best_accuracy(table, confirmed)[0])
             if math.isfinite(correlation):
                 client.log_metric(parent_run_id, "mi_accuracy_spearman", correlation)
             client.log_metric(parent_run_id, "trials", len(table))
@@ -166,6 +180,8 @@ def summarise(results, preset: Preset, tracking_uri: str, experiment_id: str, pa
     except Exception as err:  # noqa: BLE001 - the trials are done; say what could not be recorded
         failures.append(f"search: could not record the summary in the parent run: {type(err).__name__}: {str(err).splitlines()[0][:200]}")
     print_summary(table, confirmed or [], objective, name, top, (correlation, correlated))
+    if ceiling is not None:
+        print("\n" + ceiling_line(ceiling, *best_accuracy(table, confirmed)))
     command, address = ui_hint(tracking_uri, experiment_id, objective)
     print(f"\nMLflow: {command}\n        then open the trials, best first: {address}")
     if failures:

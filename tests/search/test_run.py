@@ -10,7 +10,7 @@ from search.confirm import confirmation_seeds
 from search.confirm import main as confirm_main
 import search.run
 from search.run import main
-from search.mlflow_runs import CONFIRMS_TAG, ROLE_TAG, STATUS_TAG, TRIAL_TAG
+from search.mlflow_runs import CONFIRMS_TAG, PARENT_TAG, ROLE_TAG, STATUS_TAG, TRIAL_TAG
 
 # One seed per trial and no confirmation stage, unless a test is about them: tests stay fast.
 TINY = ["--set", "max_samples=200", "--set", "backbone_width=4", "--epochs", "2", "--seeds-per-trial", "1", "--confirm-top", "0"]
@@ -220,3 +220,19 @@ def test_relative_data_root_reaches_trials_that_run_in_their_own_folders(ray_ses
     _, _, [trial], _ = _runs(tmp_path, "folder")
     assert trial.info.status == "FINISHED" and "cluster_accuracy" in trial.data.metrics
     assert trial.data.params["data_root"] == str(tmp_path / "pngs")
+
+
+def test_ceiling_trains_the_supervised_ceiling_beside_the_search(ray_session, tmp_path, state_dir, capsys):
+    assert main(_args(tmp_path, "--num-samples", "1", "--experiment", "ceiling", "--ceiling")) == 0
+    client, experiment, trials, [parent] = _runs(tmp_path, "ceiling")
+    [ceiling] = client.search_runs([experiment.experiment_id], f"tags.`{ROLE_TAG}` = 'ceiling'")
+    assert len(trials) == 1 and ceiling.info.status == "FINISHED" and ceiling.data.tags[PARENT_TAG] == parent.info.run_id
+    accuracy = ceiling.data.metrics["supervised_accuracy"]
+    assert [m.step for m in client.get_metric_history(ceiling.info.run_id, "supervised_accuracy")] == [1, 2]
+    parent = client.get_run(parent.info.run_id)
+    assert parent.data.metrics["ceiling_accuracy"] == pytest.approx(accuracy)
+    best = trials[0].data.metrics["cluster_accuracy"]
+    assert parent.data.metrics["best_to_ceiling"] == pytest.approx(best / accuracy)
+    printed = capsys.readouterr().out
+    assert f"Supervised ceiling (same backbone on the labels, held out: stratified 20% of train (seed " in printed
+    assert f"{accuracy:.3f}; best IIC accuracy {best:.3f}" in printed
