@@ -30,6 +30,8 @@ from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
 from iic.config import ConfigError, IICConfig
+from iic.data import DatasetError
+from iic.supervised import check_held_out_source
 from iic.seeds import draw_seeds
 from search.confirm import logged_statuses, candidates_from_results, confirmation_seeds, confirmations, ranked_confirmations, run_confirmation
 from search.driver import (
@@ -206,6 +208,11 @@ class SearchPlan:
 def new_plan(args: argparse.Namespace) -> SearchPlan:
     """A new search's plan from the command line, checked; refuses a name already taken."""
     preset = load_preset(args)
+    if args.ceiling:
+        try:
+            check_held_out_source(IICConfig.from_dict(preset.config))
+        except DatasetError as err:
+            raise SearchError(f"--ceiling: {err}") from None
     tracking_uri = check_tracking_uri(args.tracking_uri)
     experiment = args.experiment or f"iic-{preset.name}"
     plan = SearchPlan(vars(args), preset, tracking_uri, experiment, args.name or experiment, resolve_storage_path(args.storage_path),
@@ -287,6 +294,8 @@ def run_search(plan: SearchPlan, search: SearchRecord) -> None:
         print("\ntraining the supervised ceiling: the same backbone on the labels", flush=True)
         ceiling_logger = MLflowTrialLogger(dataclasses.replace(search, role=CEILING_ROLE), state_dir(plan.name) / "mlflow_report_ceiling.json")
         ceiling = run_ceiling(preset, plan.trial_seeds, plan.name + STAGE_SUFFIXES[CEILING_ROLE], plan.storage_path, ceiling_logger, resume=args.resume)
+        if ceiling is None:
+            print("the supervised ceiling failed: its error is in its MLflow run (iic.role=ceiling) and Tune's error.txt", flush=True)
     summarise(results, preset, plan.tracking_uri, search.experiment_id, search.parent_run_id, plan.name, report_path, top=args.top,
               confirmed=confirmed, best_candidate=candidates[0] if candidates else None, ceiling=ceiling)
 
