@@ -33,7 +33,7 @@ from ray.tune.search.basic_variant import BasicVariantGenerator
 from iic.config import IICConfig
 from iic.seeds import LABEL_FREE_PICK, draw_seeds
 from search.driver import (
-    SearchError, code_version, trial_dirname, default_storage_path, default_tracking_uri, make_trainable, resolve_storage_path, set_driver_environment, start_ray, state_dir,
+    SearchError, code_version, trial_dirname, default_storage_path, default_tracking_uri, make_trainable, progress_reporter, resolve_storage_path, set_driver_environment, start_ray, state_dir,
 )
 from search.ranking import best_first, trial_status
 from search.records import RecordsError, connect, find_experiment_id, only_search, ranked_runs, retrainable_config, runs_of_search, search_run, seeds_param, trial_runs
@@ -125,7 +125,7 @@ def run_confirmation(candidates: list[Candidate], seeds: list[int], preset: Pres
             num_samples=len(points), trial_dirname_creator=trial_dirname,
         ),
         run_config=tune.RunConfig(
-            name=name, storage_path=storage_path, callbacks=[logger],
+            name=name, storage_path=storage_path, callbacks=[logger], progress_reporter=progress_reporter(preset),
             failure_config=tune.FailureConfig(max_failures=search.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             verbose=1,

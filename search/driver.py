@@ -10,6 +10,7 @@ from pathlib import Path
 import ray
 import yaml
 from ray import tune
+from ray.tune import CLIReporter
 
 from search.space import Preset
 from search.mlflow_runs import server_unreachable
@@ -168,3 +169,15 @@ def set_driver_environment() -> None:
     # and warns each time that happens twice in 5 s. Its cost is in benchmarks/tune_driver.py;
     # the warning about a slow snapshot (over 30 s) stays on.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Tune's newer console prints every trial's whole config as a 45-line table when it starts and
+    # again when it ends; its classic reporter (``progress_reporter``) prints the status table only.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+
+
+def progress_reporter(preset: Preset) -> CLIReporter:
+    """Tune's status table every minute: each trial's status, epoch, objective and largest cluster,
+    and the first few settings the preset searches (the logger prints a line per trial start and end)."""
+    searched = [param.name for param in preset.params if param.kind != "gate"][:4]
+    objective = preset.search.objective
+    return CLIReporter(metric_columns={"epoch": "epoch", objective: objective, "largest_cluster_share": "largest"},
+                       parameter_columns=searched, max_report_frequency=60, max_progress_rows=12)

@@ -35,7 +35,7 @@ from iic.supervised import check_held_out_source
 from iic.seeds import draw_seeds
 from search.confirm import logged_statuses, candidates_from_results, confirmation_seeds, confirmations, ranked_confirmations, run_confirmation
 from search.driver import (
-    SearchError, check_tracking_uri, code_version, trial_dirname, default_storage_path, default_tracking_uri, make_trainable, resolve_storage_path, set_driver_environment, start_ray, state_dir,
+    SearchError, check_tracking_uri, code_version, trial_dirname, default_storage_path, default_tracking_uri, make_trainable, progress_reporter, resolve_storage_path, set_driver_environment, start_ray, state_dir,
 )
 from search.space import OBJECTIVES, Preset, PresetError, available_presets
 from search.summary import summarise
@@ -168,7 +168,7 @@ def build_tuner(preset: Preset, args, name: str, storage_path: str, logger: MLfl
             trial_dirname_creator=trial_dirname,
         ),
         run_config=tune.RunConfig(
-            name=name, storage_path=storage_path, callbacks=[logger],
+            name=name, storage_path=storage_path, callbacks=[logger], progress_reporter=progress_reporter(preset),
             failure_config=tune.FailureConfig(max_failures=search.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             verbose=1,
@@ -243,20 +243,25 @@ def resumed_plan(args: argparse.Namespace, given: dict) -> SearchPlan:
                       resolve_storage_path(args.storage_path), stored["trial_seeds"])
 
 
-def read_record(experiment_dir: str) -> dict | None:
+def record_file(experiment_dir: str) -> tuple[pyarrow.fs.FileSystem, str]:
+    """Where a search's record is: beside Tune's experiment state, on the storage's own filesystem."""
     filesystem, folder = pyarrow.fs.FileSystem.from_uri(experiment_dir if "://" in experiment_dir else Path(experiment_dir).as_uri())
+    return filesystem, f"{folder}/{SEARCH_RECORD_FILE}"
+
+
+def read_record(experiment_dir: str) -> dict | None:
+    filesystem, path = record_file(experiment_dir)
     try:
-        with filesystem.open_input_stream(f"{folder}/{SEARCH_RECORD_FILE}") as stream:
+        with filesystem.open_input_stream(path) as stream:
             return json.loads(stream.readall())
     except FileNotFoundError:
         return None
 
 
 def write_record(plan: SearchPlan) -> None:
-    uri = plan.experiment_dir if "://" in plan.experiment_dir else Path(plan.experiment_dir).as_uri()
-    filesystem, folder = pyarrow.fs.FileSystem.from_uri(uri)
-    filesystem.create_dir(folder, recursive=True)
-    with filesystem.open_output_stream(f"{folder}/{SEARCH_RECORD_FILE}") as stream:
+    filesystem, path = record_file(plan.experiment_dir)
+    filesystem.create_dir(path.rpartition("/")[0], recursive=True)
+    with filesystem.open_output_stream(path) as stream:
         stream.write(json.dumps(plan.record(), indent=2).encode())
 
 
