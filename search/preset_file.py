@@ -89,7 +89,10 @@ def check_sections(raw: dict) -> None:
 
 
 def parse_space(space: dict | None) -> list[Param]:
-    return [parse_param(name, spec) for name, spec in (space or {}).items()]
+    """The space's params, gates first (so a field's gate is decided before it, whatever order the
+    file lists them in: a YAML writer may sort the keys), otherwise in the file's order."""
+    params = [parse_param(name, spec) for name, spec in (space or {}).items()]
+    return sorted(params, key=lambda param: param.kind != "gate")
 
 
 def parse_param(name: str, spec) -> Param:

@@ -7,8 +7,8 @@ A preset has three sections:
   ``choices``, optionally only ``when`` a gate is on, or ``unless`` it is; a gate (``{gate: true}``)
   is a yes/no choice that switches a group of fields on or off (overclustering: its
   ``overcluster_k`` and ``overcluster_passes`` are proposed only when it is on, and ``otherwise:
-  {overcluster_k: 0}`` says what the fields are when it is off). A gate comes before the fields
-  that name it. ``unless`` searches what only fits the gate's off state (``sobel`` unless
+  {overcluster_k: 0}`` says what the fields are when it is off). Gates are decided before the
+  fields that name them, wherever the file lists them. ``unless`` searches what only fits the gate's off state (``sobel`` unless
   ``pretrained``: ImageNet weights do not read Sobel's gradients);
 - ``search``: the defaults of the search itself (budget, concurrency, resources, early stopping).
 
@@ -135,7 +135,7 @@ class Preset:
         for param in self.params:
             for key, gate in (("when", param.when), ("unless", param.unless)):
                 if gate is not None and gate not in gates:
-                    problems.append(f"space.{param.name}: '{key}: {gate}' names no gate before it; declare `{gate}: {{gate: true}}` first")
+                    problems.append(f"space.{param.name}: '{key}: {gate}' names no gate; declare `{gate}: {{gate: true}}`")
             if param.kind == "gate":
                 gates[param.name] = param
         base = IICConfig.from_dict(self.config)

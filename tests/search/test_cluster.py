@@ -83,6 +83,13 @@ def _env(tmp_path):
     return {**os.environ, "IIC_STATE_DIR": str(tmp_path / "state"), "PYTHONUNBUFFERED": "1"}
 
 
+def _token_outside(home: Path) -> dict:
+    """Where a driver with another HOME finds the cluster's auth token: Ray keeps it in
+    ~/.ray/auth_token, and an earlier ray.init in this process may have switched token auth on."""
+    token = Path.home() / ".ray" / "auth_token"
+    return {"RAY_AUTH_TOKEN_PATH": str(token)} if token.is_file() and not (home / ".ray" / "auth_token").is_file() else {}
+
+
 def _start(cluster, tmp_path, *extra):
     return subprocess.Popen(_command(cluster, tmp_path, *extra), env=_env(tmp_path), cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -137,7 +144,7 @@ def test_search_from_zero_workers_waits_for_nodes_then_packs_two_half_gpu_trials
     launcher["available_node_types"]["gpu_worker"].update(resources={"CPU": 2, "GPU": 1}, max_workers=2)
     (home / "ray_bootstrap_config.yaml").write_text(json.dumps(launcher))
     driver = subprocess.Popen(_command(cluster, tmp_path, "--num-samples", "4", "--max-concurrent", "4", "--epochs", "6"),
-                              env={**_env(tmp_path), "HOME": str(home)}, cwd=tmp_path, stdout=subprocess.PIPE,
+                              env={**_env(tmp_path), "HOME": str(home), **_token_outside(home)}, cwd=tmp_path, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True)
     _wait_for(lambda: (tmp_path / "ray" / "iic-digits").is_dir(), driver, "the search to start")  # accepted
     time.sleep(2)

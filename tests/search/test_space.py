@@ -83,9 +83,13 @@ def test_pretrained_frozen_and_sobel_are_proposed_only_where_they_fit(preset):
     assert arms == {(True, True, False), (True, False, False), (False, False, False), (False, False, True)}
 
 
-def test_unless_must_follow_its_gate_and_is_checked_with_the_gate_off():
-    with pytest.raises(PresetError, match="space.sobel: 'unless: pretrained' names no gate before it"):
-        _preset({"sobel": PRETRAINED["sobel"], "pretrained": PRETRAINED["pretrained"]})
+def test_unless_names_a_gate_listed_anywhere_and_is_checked_with_the_gate_off():
+    with pytest.raises(PresetError, match="space.sobel: 'unless: pretrained' names no gate"):
+        _preset({"sobel": PRETRAINED["sobel"]})
+    # a gate listed after the fields that name it (as a YAML writer that sorts keys leaves it) is the same space
+    reordered = _preset({"sobel": PRETRAINED["sobel"], "pretrained": PRETRAINED["pretrained"]}, {"dataset": "digits", "backbone": "resnet18",
+                                                                                                   "input_size": 64, "backbone_weights": "imagenet"})
+    assert [param.name for param in reordered.params] == ["pretrained", "sobel"]
     config = {"dataset": "digits", "backbone": "resnet18", "input_size": 64, "backbone_weights": "imagenet"}
     _preset(PRETRAINED, config)  # sobel is valid with the weights off
     with pytest.raises(PresetError, match="space.sobel: value True is invalid .*sobel: pretrained weights read RGB"):
