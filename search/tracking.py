@@ -143,8 +143,9 @@ class MLflowTrialLogger(tune.Callback):
         self._endings.shutdown(wait=True)
         budget_spent = self.time_budget_s is not None and time.monotonic() - self._started >= self.time_budget_s - 1
         for trial in trials:
-            if trial.trial_id in self._runs and trial.trial_id not in self._ended and ended_status(trial) is None:
-                # Tune stopped it as the experiment ended: the time budget ran out (or the search was stopped)
+            if trial.trial_id in self._runs and trial.trial_id not in self._ended and trial.status != trial.ERROR:
+                # Tune stopped it as the experiment ended (it marks such trials TERMINATED without
+                # ending them one by one): the time budget ran out, or the search was stopped.
                 self._ended[trial.trial_id] = (RunStatus.STOPPED_BY_BUDGET if budget_spent else RunStatus.STOPPED, "FINISHED")
         closed = {trial_id for trial_id, done in self._closed.items() if done.done() and done.result()}
         report = reconcile(self._client, self.search, trials, self._ended, self._sent, closed)

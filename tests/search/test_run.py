@@ -97,7 +97,7 @@ def test_small_search_records_every_trial_in_mlflow(ray_session, tmp_path, state
 @pytest.mark.slow
 def test_a_trial_the_time_budget_stops_is_closed_with_its_status_and_artifacts(ray_session, tmp_path, state_dir, steady_preset):
     # one long trial and a budget that ends the search while it trains
-    args = _args(tmp_path, *steady_preset, "--num-samples", "1", "--epochs", "500", "--time-budget", "12", "--experiment", "budget")
+    args = _args(tmp_path, *steady_preset, "--num-samples", "1", "--epochs", "500", "--time-budget", "20", "--experiment", "budget")
     assert main(args) == 0
     client, _, [trial], [parent] = _runs(tmp_path, "budget")
     assert trial.info.status == "FINISHED" and trial.data.tags[STATUS_TAG] == "stopped_by_budget"
