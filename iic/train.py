@@ -1,6 +1,6 @@
 """Train one IIC model from a config: the loop every other part of iic-search wraps.
 
-``train(config, on_epoch=...)`` runs the whole schedule and calls back after each epoch with that
+``train(config, on_epoch=...)`` runs all the epochs and calls back after each one with that
 epoch's metrics; the callback may save a checkpoint or stop the run. ``python -m iic.train`` is the
 same loop from the command line, writing metrics, config, checkpoint and a confusion-matrix plot.
 
@@ -8,6 +8,11 @@ The data is decoded once into a uint8 tensor that lives on the training device; 
 batch from it, makes ``repeats`` augmented twins of every image on the device, and pushes the image
 and its twins through the model in one forward pass. Runs are seeded: the same config and seed give
 the same result on CPU, and a resumed run continues exactly where its checkpoint left it.
+
+The augmentation strengths, lr and lamb in force are set at the start of every epoch from the
+config's ``schedule``. A run resumed with other values of those fields (what population-based
+training does when a trial takes over another's checkpoint) trains on with them and adds the change
+to its config's schedule, so that the config a run ends with replays it from epoch 1.
 """
 
 import argparse
@@ -74,6 +79,7 @@ class TrainResult:
     history: list[dict]
     seeds: list[SeedRun]
     class_names: list[str]
+    config: IICConfig  # as trained: a resume with new schedulable values adds them to its schedule
 
     @property
     def label_free_pick(self) -> SeedRun:
@@ -118,22 +124,36 @@ class Trainer:
         self.model = StackedIICModel([self._new_model(seed) for seed in self.seeds]).to(self.device)
         self.optimiser = torch.optim.Adam(self.model.parameters(), lr=config.lr)
         self.criterion = IICLoss(config.lamb)
-        self.augment = BatchAugment(**config.augment_kwargs())
+        self.apply_schedule(1)  # the augmentation, lr and lamb of epoch 1
         self.amp = config.amp and self.device.type == "cuda"
 
         self.shuffle_generators = [torch.Generator().manual_seed(seed) for seed in self.seeds]
         self.augment_generators = [torch.Generator(self.device).manual_seed(seed + _AUGMENT_SEED_OFFSET) for seed in self.seeds]
-        # Held-out views are drawn once per image, so the label-free score does not depend on how
-        # the images are batched for evaluation.
-        self.held_out_draws = [
-            self.augment.sample(len(self.images), self.data.channels, torch.Generator(self.device).manual_seed(seed + _HELDOUT_SEED_OFFSET), self.device)
-            for seed in self.seeds
-        ]
+        self.held_out_draws = self._draw_held_out_views()
         self.epoch = 0
         self.history: list[dict] = []  # combined over seeds, one record per epoch
         self.seed_histories: list[list[dict]] = [[] for _ in self.seeds]
         self.status = RunStatus.RUNNING
         self.last_clusters = [np.zeros(len(self.images), dtype=np.int64) for _ in self.seeds]  # of the latest evaluation
+
+    def _draw_held_out_views(self) -> list[AugmentDraw]:
+        """Each seed's held-out view of every image, drawn once with the augmentation of epoch 1: the
+        label-free score then depends neither on how the images are batched for evaluation nor on
+        a schedule's later strengths."""
+        augment = BatchAugment(**self.config.augment_kwargs(1))
+        return [
+            augment.sample(len(self.images), self.data.channels, torch.Generator(self.device).manual_seed(seed + _HELDOUT_SEED_OFFSET), self.device)
+            for seed in self.seeds
+        ]
+
+    def apply_schedule(self, epoch: int) -> None:
+        """Put the schedulable fields' values for ``epoch`` in force: the augmentation strengths,
+        the optimiser's learning rate (its state, Adam's moments, stays) and the loss's lamb."""
+        values = self.config.values_at(epoch)
+        self.augment = BatchAugment(**self.config.augment_kwargs(epoch))
+        for group in self.optimiser.param_groups:
+            group["lr"] = values["lr"]
+        self.criterion.lamb = values["lamb"]
 
     def _new_model(self, seed: int) -> IICModel:
         """The model a run of ``seed`` alone starts from."""
@@ -225,9 +245,10 @@ class Trainer:
         combined over the seeds (each seed's own go to ``seed_histories``)."""
         started = time.perf_counter()
         config = self.config
-        schedule = ["overcluster"] * (config.overcluster_passes if config.overcluster_k else 0) + ["main"] * config.main_passes
+        self.apply_schedule(self.epoch + 1)
+        heads = ["overcluster"] * (config.overcluster_passes if config.overcluster_k else 0) + ["main"] * config.main_passes
         losses = {}
-        for head in schedule:
+        for head in heads:
             mean_losses = self._pass(head)
             if mean_losses is None:
                 return self._diverged(time.perf_counter() - started)
@@ -286,7 +307,7 @@ class Trainer:
             if labelled.any():
                 confusion = confusion_matrix(clusters[labelled], self.labels[labelled], self.config.num_clusters, self.data.num_classes)
             runs.append(SeedRun(seed, history[-1] if history else {}, list(history), clusters, confusion))
-        return TrainResult(self.status, self.history[-1] if self.history else {}, list(self.history), runs, self.data.class_names)
+        return TrainResult(self.status, self.history[-1] if self.history else {}, list(self.history), runs, self.data.class_names, self.config)
 
     # ---- checkpoints --------------------------------------------------------------------------
 
@@ -321,17 +342,19 @@ class Trainer:
         # CUDA generator's too); the model and optimiser copy their tensors to the device on load.
         state = torch.load(Path(path), map_location="cpu", weights_only=False)
         saved = IICConfig.from_dict(state["config"])
-        changed = [
-            name for name in self.config.to_dict()
-            if name not in IICConfig.RESUMABLE_CHANGES and getattr(saved, name) != getattr(self.config, name)
-        ]
+        may_change = (*IICConfig.RESUMABLE_CHANGES, *IICConfig.SCHEDULABLE_FIELDS, "schedule")
+        changed = [name for name in self.config.to_dict() if name not in may_change and getattr(saved, name) != getattr(self.config, name)]
         if state["seeds"] != self.seeds:
             changed.append(f"seeds ({state['seeds']} there, {self.seeds} here)")
         if changed:
             raise ConfigError(
                 f"checkpoint {path} was trained with a different config ({', '.join(changed)} differ); "
-                f"resume with the same config and seeds (only {', '.join(IICConfig.RESUMABLE_CHANGES)} may change) or start a new run"
+                f"resume with the same config and seeds (only {', '.join(IICConfig.RESUMABLE_CHANGES)} may change, and "
+                f"{', '.join(IICConfig.SCHEDULABLE_FIELDS)}, which then change from the restored epoch on) or start a new run"
             )
+        # The epochs trained keep the values they had; new ones apply from the next epoch on.
+        self.config = self.config.continuing(saved, state["epoch"])
+        self.held_out_draws = self._draw_held_out_views()
         self.model.load_state_dict(state["model"])
         self.optimiser.load_state_dict(state["optimiser"])
         for generator, saved_state in zip(self.shuffle_generators + self.augment_generators, state["shuffle_generators"] + state["augment_generators"]):
@@ -446,6 +469,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DatasetError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    result.config.to_yaml(out / "config.yaml")  # with the schedule, if the resume changed values
     summary = {**result.metrics, "status": result.status, "epochs": len(result.history), "seconds": time.perf_counter() - started,
                "per_seed": [_finite({**run.metrics, "seed": run.seed}) for run in result.seeds]}
     (out / "metrics.json").write_text(json.dumps(_finite(summary), indent=2))
