@@ -8,8 +8,19 @@ which the search's driver draws the trial's figures, wherever the trial ran.
 
 A trial trains its config on the seeds listed under ``seeds`` in its config (all at once, as one
 stacked model) and reports their mean as each metric, with the spread (see ``iic.seeds``).
+
+Under population-based training Tune restarts a trial from another trial's checkpoint with new
+values of the schedulable fields (``IICConfig.SCHEDULABLE_FIELDS``); anything else that differs is
+refused. A trial whose config says ``scheduled`` (or holds a schedule) reports every epoch the values
+in force as ``schedule.<field>`` and its complete schedule from epoch 1 (``schedule``: the donors'
+epochs, then its own). Once it has taken over another trial's checkpoint, its results say whose
+(``exploited_from``) and after which epoch (``exploit_epoch``): from the first result after the
+restore until the next exploit, since under asynchronous PBT that first result may replay an epoch
+the records already hold. ``trial_finished`` is the stopper PBT needs: a trial whose last result says
+it ended must end there, not be paused by the scheduler and restarted to train on.
 """
 
+import json
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -26,12 +37,21 @@ from iic.train import StopReason, Trainer, train
 
 CHECKPOINT_FILE = "checkpoint.pt"
 SUMMARY_FILE = "clusters.npz"
+WRITER_FILE = "writer.json"  # which trial wrote the checkpoint after which epoch, and its latest exploit
 # Trial-config keys apart from IICConfig fields: the search's gates (e.g. overclustering on/off),
-# the seeds the trial trains its config on, and (for a confirmation) the trial it confirms.
+# the seeds the trial trains its config on, (for a confirmation) the trial it confirms, and whether
+# its schedulable fields may change as it trains (population-based training).
 GATE_KEY = "gate"
 SEEDS_KEY = "seeds"
 SOURCE_KEY = "confirms"
-TRIAL_KEYS = (GATE_KEY, SEEDS_KEY, SOURCE_KEY)
+SCHEDULED_KEY = "scheduled"
+TRIAL_KEYS = (GATE_KEY, SEEDS_KEY, SOURCE_KEY, SCHEDULED_KEY)
+# Result keys of a scheduled trial: the values in force (schedule.lr, ...), its complete schedule
+# (JSON text: Tune's loggers take scalars and text), and since an exploit whose checkpoint it took.
+SCHEDULE_METRIC_PREFIX = "schedule."
+SCHEDULE_KEY = "schedule"
+EXPLOITED_FROM_KEY = "exploited_from"
+EXPLOIT_EPOCH_KEY = "exploit_epoch"
 
 
 @dataclass(frozen=True)
@@ -48,14 +68,23 @@ class TrialSettings:
         return has_collapsed(history, self.collapse_share, self.collapse_patience, self.collapse_information, self.collapse_warmup)
 
 
-def trial_iic_config(trial_config: dict) -> IICConfig:
-    """The IICConfig of a trial: its config without the search's own keys (TRIAL_KEYS)."""
-    return IICConfig.from_dict({key: value for key, value in trial_config.items() if key not in TRIAL_KEYS})
+def trial_iic_config(trial_config: dict, result: dict | None = None) -> IICConfig:
+    """The IICConfig of a trial: its config without the search's own keys (TRIAL_KEYS), following
+    the complete schedule its ``result`` reports, if any (under PBT, Tune's config of a trial holds
+    only the values of its latest exploit)."""
+    config = IICConfig.from_dict({key: value for key, value in trial_config.items() if key not in TRIAL_KEYS})
+    schedule = (result or {}).get(SCHEDULE_KEY)
+    return config.with_schedule(json.loads(schedule)) if schedule else config
 
 
 def trial_seeds(trial_config: dict) -> list[int]:
     """The seeds a trial trains on: its ``seeds``, else its config's one seed."""
     return list(trial_config.get(SEEDS_KEY) or [trial_iic_config(trial_config).seed])
+
+
+def trial_finished(trial_id: str, result: dict) -> bool:
+    """Tune stopper: a result whose status is final (completed, collapsed, diverged) ends the trial."""
+    return result.get("status", RunStatus.RUNNING) != RunStatus.RUNNING
 
 
 def has_collapsed(history: list[dict], share: float, patience: int, information: float = 0.0, warmup: int = 0) -> bool:
@@ -79,20 +108,31 @@ def write_cluster_summary(trainer: Trainer, path: Path, per_cluster: int) -> Non
     np.savez_compressed(path, confusion=confusion, class_names=np.array(result.class_names), **samples)
 
 
+def schedule_report(config: IICConfig, epoch: int) -> dict:
+    """What a scheduled trial reports after ``epoch``: the values in force, its complete schedule."""
+    in_force = {f"{SCHEDULE_METRIC_PREFIX}{name}": value for name, value in config.values_at(epoch).items()}
+    return {**in_force, SCHEDULE_KEY: json.dumps(config.full_schedule())}
+
+
 def train_iic(config: dict, settings: TrialSettings = TrialSettings()) -> None:
     """Ray Tune function trainable: ``tune.with_parameters(train_iic, settings=...)``."""
     iic_config, seeds = trial_iic_config(config), trial_seeds(config)
+    trial_id = tune.get_context().get_trial_id()
+    scheduled = bool(config.get(SCHEDULED_KEY)) or iic_config.schedule is not None
     # Where the trial runs, for the records (a retried trial may land on another node).
     placement = {"node_id": ray.get_runtime_context().get_node_id(), "gpu_ids": ",".join(map(str, ray.get_gpu_ids()))}
+    exploit = {}  # the latest checkpoint of another trial's this trial took over, and after which epoch
 
     def report(metrics: dict, trainer: Trainer) -> StopReason:
         # Collapsed once every seed has: until then the collapsed seeds pull the mean down.
         collapsed = metrics["status"] != RunStatus.DIVERGED and all(settings.collapsed(h) for h in trainer.seed_histories)
         reason = RunStatus.COLLAPSED if collapsed else None
+        extra = {**(schedule_report(trainer.config, trainer.epoch) if scheduled else {}), **exploit}
         with tempfile.TemporaryDirectory() as folder:
             trainer.save_checkpoint(Path(folder) / CHECKPOINT_FILE)
             write_cluster_summary(trainer, Path(folder) / SUMMARY_FILE, settings.gallery_per_cluster)
-            tune.report({**metrics, "status": reason or metrics["status"], **placement}, checkpoint=tune.Checkpoint.from_directory(folder))
+            (Path(folder) / WRITER_FILE).write_text(json.dumps({"trial_id": trial_id, "epoch": trainer.epoch, "exploit": exploit}))
+            tune.report({**metrics, "status": reason or metrics["status"], **placement, **extra}, checkpoint=tune.Checkpoint.from_directory(folder))
         return reason
 
     checkpoint = tune.get_checkpoint()
@@ -104,4 +144,9 @@ def train_iic(config: dict, settings: TrialSettings = TrialSettings()) -> None:
         state = Path(scratch) / CHECKPOINT_FILE
         with checkpoint.as_directory() as folder:
             shutil.copyfile(Path(folder) / CHECKPOINT_FILE, state)
+            writer = json.loads((Path(folder) / WRITER_FILE).read_text()) if (Path(folder) / WRITER_FILE).is_file() else {}
+        if writer.get("trial_id", trial_id) != trial_id:  # PBT's exploit: another trial's state, this trial's (new) config
+            exploit.update({EXPLOITED_FROM_KEY: writer["trial_id"], EXPLOIT_EPOCH_KEY: writer["epoch"]})
+        else:  # its own checkpoint (a pause, a retry): its latest exploit still holds
+            exploit.update(writer.get("exploit") or {})
         train(iic_config, on_epoch=report, resume_from=state, seeds=seeds)
