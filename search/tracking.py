@@ -29,7 +29,7 @@ from iic.plots import plot_cluster_gallery, plot_confusion_matrix
 from iic.seeds import LABEL_FREE_PICK, PER_SEED_METRICS, SPREAD_METRICS
 from iic.status import RunStatus
 from search.ranking import trial_status
-from trainables.iic_trainable import SOURCE_KEY, SUMMARY_FILE, trial_iic_config
+from trainables.iic_trainable import EXPLOIT_EPOCH_KEY, EXPLOITED_FROM_KEY, SCHEDULE_METRIC_PREFIX, SOURCE_KEY, SUMMARY_FILE, trial_iic_config
 
 # What a trial reports that is worth a curve in MLflow (everything else is bookkeeping): means over
 # its seeds, their spread, and the per-seed curves.
@@ -53,7 +53,8 @@ def logged_metric_names(result: dict) -> list[str]:
     """The keys of a trial's result that MLflow records as metrics."""
     spread = [f"{name}_{stat}" for name in SPREAD_METRICS for stat in ("min", "max", "sd")]
     per_seed = [key for key in result if key.partition("/seed_")[0] in PER_SEED_METRICS and "/seed_" in key]
-    return [*TRIAL_METRICS, *spread, *per_seed]
+    scheduled = [key for key in result if key.startswith(SCHEDULE_METRIC_PREFIX)]  # the values in force under PBT
+    return [*TRIAL_METRICS, *spread, *per_seed, *scheduled]
 
 
 def search_run_filter(search_name: str, role: str, trial_id: str | None = None, status: str | None = None) -> str:
@@ -284,7 +285,8 @@ class MLflowTrialLogger(tune.Callback):
             if isinstance(result.get(key), (int, float)) and not isinstance(result.get(key), bool) and math.isfinite(result[key])
         ]
         backlog.tags[STATUS_TAG] = str(result.get("status", RunStatus.RUNNING))
-        for key, tag in (("chosen_subhead", "iic.chosen_subhead"), ("node_id", "iic.node_id"), ("gpu_ids", "iic.gpu_ids")):
+        for key, tag in (("chosen_subhead", "iic.chosen_subhead"), ("node_id", "iic.node_id"), ("gpu_ids", "iic.gpu_ids"),
+                         (EXPLOITED_FROM_KEY, "iic.exploited_from"), (EXPLOIT_EPOCH_KEY, "iic.exploit_epoch")):
             if key in result:
                 value = result[key]
                 backlog.tags[tag] = ",".join(map(str, value)) if isinstance(value, list) else str(value)
@@ -309,7 +311,7 @@ class MLflowTrialLogger(tune.Callback):
     def _log_artifacts(self, trial, run_id: str) -> None:
         with tempfile.TemporaryDirectory() as folder:
             folder = Path(folder)
-            trial_iic_config(trial.config).to_yaml(folder / "config.yaml")
+            trial_iic_config(trial.config, trial.last_result).to_yaml(folder / "config.yaml")  # with its schedule under PBT
             self.client.log_artifact(run_id, str(folder / "config.yaml"))
             checkpoint = trial.checkpoint
             if checkpoint is None:

@@ -11,13 +11,14 @@ stacked model) and reports their mean as each metric, with the spread (see ``iic
 
 Under population-based training Tune restarts a trial from another trial's checkpoint with new
 values of the schedulable fields (``IICConfig.SCHEDULABLE_FIELDS``); anything else that differs is
-refused. A trial whose config says ``scheduled`` (or holds a schedule) reports every epoch the values
-in force as ``schedule.<field>`` and its complete schedule from epoch 1 (``schedule``: the donors'
-epochs, then its own). Once it has taken over another trial's checkpoint, its results say whose
-(``exploited_from``) and after which epoch (``exploit_epoch``): from the first result after the
-restore until the next exploit, since under asynchronous PBT that first result may replay an epoch
-the records already hold. ``trial_finished`` is the stopper PBT needs: a trial whose last result says
-it ended must end there, not be paused by the scheduler and restarted to train on.
+refused. A trial whose config says ``pbt`` (or holds a schedule) reports every epoch the values in
+force as ``schedule.<field>`` and its complete schedule from epoch 1 (``schedule``: the donors'
+epochs, then its own); its first result after taking over another trial's checkpoint says whose
+(``exploited_from``) and after which epoch (``exploit_epoch``). A PBT trial does not stop itself
+when it collapses: PBT replaces it with a better trial's state (synchronous PBT would wait for ever
+for a trial that ended early); it is labelled collapsed if it still is at its last epoch.
+``trial_finished`` is the stopper PBT needs: a trial whose result says it ended ends there, rather
+than being paused at a perturbation point and restarted.
 """
 
 import json
@@ -37,19 +38,20 @@ from iic.train import StopReason, Trainer, train
 
 CHECKPOINT_FILE = "checkpoint.pt"
 SUMMARY_FILE = "clusters.npz"
-WRITER_FILE = "writer.json"  # which trial wrote the checkpoint after which epoch, and its latest exploit
+WRITER_FILE = "writer.json"  # which trial wrote the checkpoint, after which epoch
 # Trial-config keys apart from IICConfig fields: the search's gates (e.g. overclustering on/off),
 # the seeds the trial trains its config on, (for a confirmation) the trial it confirms, and whether
-# its schedulable fields may change as it trains (population-based training).
+# it is a member of a population-based training.
 GATE_KEY = "gate"
 SEEDS_KEY = "seeds"
 SOURCE_KEY = "confirms"
-SCHEDULED_KEY = "scheduled"
-TRIAL_KEYS = (GATE_KEY, SEEDS_KEY, SOURCE_KEY, SCHEDULED_KEY)
+PBT_KEY = "pbt"
+TRIAL_KEYS = (GATE_KEY, SEEDS_KEY, SOURCE_KEY, PBT_KEY)
 # Result keys of a scheduled trial: the values in force (schedule.lr, ...), its complete schedule
-# (JSON text: Tune's loggers take scalars and text), and since an exploit whose checkpoint it took.
+# (JSON text, as in a trial config: Tune's loggers take scalars and text), and after an exploit whose
+# checkpoint it took.
 SCHEDULE_METRIC_PREFIX = "schedule."
-SCHEDULE_KEY = "schedule"
+SCHEDULE_KEY = "schedule"  # also IICConfig's field
 EXPLOITED_FROM_KEY = "exploited_from"
 EXPLOIT_EPOCH_KEY = "exploit_epoch"
 
@@ -72,9 +74,21 @@ def trial_iic_config(trial_config: dict, result: dict | None = None) -> IICConfi
     """The IICConfig of a trial: its config without the search's own keys (TRIAL_KEYS), following
     the complete schedule its ``result`` reports, if any (under PBT, Tune's config of a trial holds
     only the values of its latest exploit)."""
-    config = IICConfig.from_dict({key: value for key, value in trial_config.items() if key not in TRIAL_KEYS})
+    values = {key: value for key, value in trial_config.items() if key not in TRIAL_KEYS}
+    if isinstance(values.get(SCHEDULE_KEY), str):
+        values[SCHEDULE_KEY] = json.loads(values[SCHEDULE_KEY])
+    config = IICConfig.from_dict(values)
     schedule = (result or {}).get(SCHEDULE_KEY)
     return config.with_schedule(json.loads(schedule)) if schedule else config
+
+
+def trial_config_values(config: IICConfig) -> dict:
+    """An IICConfig as the fields of a trial config: a schedule as JSON text, since Tune's variant
+    generator walks into lists and cannot fill in points whose lists differ."""
+    values = config.to_dict()
+    if config.schedule is not None:
+        values[SCHEDULE_KEY] = json.dumps(config.schedule)
+    return values
 
 
 def trial_seeds(trial_config: dict) -> list[int]:
@@ -118,20 +132,23 @@ def train_iic(config: dict, settings: TrialSettings = TrialSettings()) -> None:
     """Ray Tune function trainable: ``tune.with_parameters(train_iic, settings=...)``."""
     iic_config, seeds = trial_iic_config(config), trial_seeds(config)
     trial_id = tune.get_context().get_trial_id()
-    scheduled = bool(config.get(SCHEDULED_KEY)) or iic_config.schedule is not None
+    in_population = bool(config.get(PBT_KEY))
+    scheduled = in_population or iic_config.schedule is not None
     # Where the trial runs, for the records (a retried trial may land on another node).
     placement = {"node_id": ray.get_runtime_context().get_node_id(), "gpu_ids": ",".join(map(str, ray.get_gpu_ids()))}
-    exploit = {}  # the latest checkpoint of another trial's this trial took over, and after which epoch
+    exploit = {}  # whose checkpoint this trial took over: said once, in its next result
 
     def report(metrics: dict, trainer: Trainer) -> StopReason:
         # Collapsed once every seed has: until then the collapsed seeds pull the mean down.
         collapsed = metrics["status"] != RunStatus.DIVERGED and all(settings.collapsed(h) for h in trainer.seed_histories)
-        reason = RunStatus.COLLAPSED if collapsed else None
+        last_epoch = metrics["status"] == RunStatus.COMPLETED
+        reason = RunStatus.COLLAPSED if collapsed and (last_epoch or not in_population) else None
         extra = {**(schedule_report(trainer.config, trainer.epoch) if scheduled else {}), **exploit}
+        exploit.clear()
         with tempfile.TemporaryDirectory() as folder:
             trainer.save_checkpoint(Path(folder) / CHECKPOINT_FILE)
             write_cluster_summary(trainer, Path(folder) / SUMMARY_FILE, settings.gallery_per_cluster)
-            (Path(folder) / WRITER_FILE).write_text(json.dumps({"trial_id": trial_id, "epoch": trainer.epoch, "exploit": exploit}))
+            (Path(folder) / WRITER_FILE).write_text(json.dumps({"trial_id": trial_id, "epoch": trainer.epoch}))
             tune.report({**metrics, "status": reason or metrics["status"], **placement, **extra}, checkpoint=tune.Checkpoint.from_directory(folder))
         return reason
 
@@ -147,6 +164,4 @@ def train_iic(config: dict, settings: TrialSettings = TrialSettings()) -> None:
             writer = json.loads((Path(folder) / WRITER_FILE).read_text()) if (Path(folder) / WRITER_FILE).is_file() else {}
         if writer.get("trial_id", trial_id) != trial_id:  # PBT's exploit: another trial's state, this trial's (new) config
             exploit.update({EXPLOITED_FROM_KEY: writer["trial_id"], EXPLOIT_EPOCH_KEY: writer["epoch"]})
-        else:  # its own checkpoint (a pause, a retry): its latest exploit still holds
-            exploit.update(writer.get("exploit") or {})
         train(iic_config, on_epoch=report, resume_from=state, seeds=seeds)

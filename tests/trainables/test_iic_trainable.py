@@ -10,7 +10,7 @@ import torch
 
 from iic.config import IICConfig
 from trainables.iic_trainable import (
-    CHECKPOINT_FILE, EXPLOIT_EPOCH_KEY, EXPLOITED_FROM_KEY, SCHEDULE_KEY, SCHEDULED_KEY, SEEDS_KEY, SUMMARY_FILE, TrialSettings, has_collapsed,
+    CHECKPOINT_FILE, EXPLOIT_EPOCH_KEY, EXPLOITED_FROM_KEY, SCHEDULE_KEY, PBT_KEY, SEEDS_KEY, SUMMARY_FILE, TrialSettings, has_collapsed,
     train_iic, trial_finished, trial_iic_config,
 )
 
@@ -104,7 +104,7 @@ def test_a_trial_takes_over_another_trials_checkpoint_with_new_values_and_refuse
                                   custom_explore_fn=explore, synch=True)
     tuner = tune.Tuner(
         tune.with_resources(tune.with_parameters(train_iic, settings=TrialSettings(collapse_share=1.1)), {"cpu": 1}),
-        param_space={**tiny_config.replace(epochs=3).to_dict(), "lr": tune.grid_search([3e-3, 5e-3]), SCHEDULED_KEY: True},
+        param_space={**tiny_config.replace(epochs=3).to_dict(), "lr": tune.grid_search([3e-3, 5e-3]), PBT_KEY: True},
         tune_config=tune.TuneConfig(scheduler=pbt, metric="mutual_information", mode="max"),
         run_config=tune.RunConfig(name="pbt", storage_path=str(tmp_path), stop=trial_finished, verbose=0),
     )
@@ -133,3 +133,12 @@ def test_a_trial_takes_over_another_trials_checkpoint_with_new_values_and_refuse
 def test_an_unscheduled_trial_reports_no_schedule(ray_session, tmp_path, tiny_config):
     result = _fit(tmp_path, tiny_config.replace(epochs=1).to_dict(), TrialSettings(collapse_share=1.1), "unscheduled")
     assert not any(key.startswith("schedule") for key in result.metrics) and EXPLOITED_FROM_KEY not in result.metrics
+
+
+def test_a_pbt_trial_trains_on_when_it_collapses_and_is_labelled_at_its_last_epoch(ray_session, tmp_path, tiny_config):
+    # Synchronous PBT waits for every trial at each perturbation point: a member must not stop early;
+    # PBT replaces a collapsed one with a better one's state.
+    config = {**tiny_config.replace(epochs=3).to_dict(), PBT_KEY: True}
+    result = _fit(tmp_path, config, TrialSettings(collapse_share=0.0, collapse_patience=1), "member")
+    assert list(result.metrics_dataframe["status"]) == ["running", "running", "collapsed"]
+    assert trial_finished("t", {"status": "collapsed"}) and not trial_finished("t", {"status": "running"})
