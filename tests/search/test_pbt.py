@@ -127,3 +127,28 @@ def test_a_population_waiting_for_a_trial_that_ended_early_ends_the_search(ray_s
     assert "every trial of the population has waited 5 s for one that ended early" in capsys.readouterr().err
     assert list(results[1].metrics_dataframe["status"]) == ["completed"]
     assert list(results[3].metrics_dataframe["epoch"]) == [1]  # it waited at the perturbation point until the search ended
+
+
+def test_configs_with_gates_and_schedules_pass_through_tunes_variant_generator_unchanged(ray_session, tmp_path):
+    # The PBT population (nested gates) and confirmation points (schedules) start as Tune's points.
+    from ray import tune
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    from search.confirm import space_of
+    from search.space import Preset
+    from trainables.iic_trainable import trial_config_values, trial_iic_config
+
+    preset = Preset.load("digits")
+    points = preset.population(seeds=[1, 2], seed=0)[:2]
+    points[0]["gate"]["overclustering"], points[1]["gate"]["overclustering"] = True, False
+    schedules = [[{"epoch": 2, "values": {"lr": 1e-3}}], [{"epoch": 3, "values": {"lr": 2e-3, "hue": 0.1}}, {"epoch": 4, "values": {"lamb": 1.0}}]]
+    points += [{**points[0], **trial_config_values(trial_iic_config(points[0]).replace(schedule=schedule))} for schedule in schedules]
+    tuner = tune.Tuner(
+        lambda config: tune.report({"done": 1}),
+        param_space=space_of(points),
+        tune_config=tune.TuneConfig(search_alg=BasicVariantGenerator(points_to_evaluate=points), num_samples=len(points)),
+        run_config=tune.RunConfig(name="points", storage_path=str(tmp_path), verbose=0),
+    )
+    configs = sorted((result.config for result in tuner.fit()), key=lambda config: json.dumps(config, sort_keys=True))
+    assert configs == sorted(points, key=lambda config: json.dumps(config, sort_keys=True))
+    assert [trial_iic_config(point).schedule for point in points[2:]] == schedules
