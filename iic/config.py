@@ -3,6 +3,11 @@
 Every field is a plain value so that a config is at once a YAML file, a set of search parameters
 and a set of MLflow params. ``validate()`` runs before any compute and reports every problem at once,
 each naming the field and the fix.
+
+A few fields may change while a run trains (``SCHEDULABLE_FIELDS``: the augmentation strengths, lr
+and lamb). ``schedule`` lists such changes, ``[{epoch: E, values: {field: value, ...}}, ...]``: from
+epoch E on, those fields take those values. Population-based training writes one (each exploit
+of another trial's checkpoint continues it with new values); a run given one replays it.
 """
 
 import dataclasses
@@ -91,10 +96,18 @@ class IICConfig:
     amp: bool = True  # bfloat16 autocast on CUDA; ignored on CPU
     eval_batch_size: int = 1024
 
+    # Changes of SCHEDULABLE_FIELDS while the run trains: [{"epoch": E, "values": {field: value}}, ...],
+    # epochs increasing; from epoch E on the fields take those values. None: the fields never change.
+    schedule: list[dict] | None = None
+
     AUGMENT_FIELDS: typing.ClassVar[tuple[str, ...]] = (
         "crop_min_scale", "hflip_prob", "vflip_prob", "rotation_degrees", "brightness", "contrast", "saturation", "hue",
     )
-    # Fields that may differ between a checkpoint and the config resuming it.
+    # Fields that may change while a run trains (they shape neither the model nor the data): the
+    # values in force are set at the start of every epoch.
+    SCHEDULABLE_FIELDS: typing.ClassVar[tuple[str, ...]] = (*AUGMENT_FIELDS, "lr", "lamb")
+    # Fields that may differ between a checkpoint and the config resuming it (the schedulable fields
+    # may too: they then change from the restored epoch on, see ``continuing``).
     RESUMABLE_CHANGES: typing.ClassVar[tuple[str, ...]] = ("epochs", "device", "amp", "eval_batch_size", "download")
 
     # ---- construction -------------------------------------------------------------------------
@@ -113,7 +126,7 @@ class IICConfig:
                 problems.append(f"{key}: unknown field" + (f" — did you mean {close[0]!r}?" if close else f"; valid fields: {', '.join(names)}"))
                 continue
             try:
-                coerced[key] = _coerce(value, names[key].type)
+                coerced[key] = _coerce_schedule(value) if key == "schedule" else _coerce(value, names[key].type)
             except TypeError as err:
                 problems.append(f"{key}: {err}")
         if problems:
@@ -166,8 +179,51 @@ class IICConfig:
                    if getattr(self, name) not in (None, IMAGENET) and not Path(getattr(self, name)).is_absolute()}
         return self.replace(**changes) if changes else self
 
-    def augment_kwargs(self) -> dict:
-        return {name: getattr(self, name) for name in self.AUGMENT_FIELDS}
+    def augment_kwargs(self, epoch: int = 1) -> dict:
+        """BatchAugment's arguments for ``epoch``."""
+        return {name: value for name, value in self.values_at(epoch).items() if name in self.AUGMENT_FIELDS}
+
+    # ---- schedule -----------------------------------------------------------------------------
+
+    def values_at(self, epoch: int) -> dict:
+        """The schedulable fields' values in force during ``epoch`` (counted from 1)."""
+        values = {name: getattr(self, name) for name in self.SCHEDULABLE_FIELDS}
+        for entry in self.schedule or []:
+            if entry["epoch"] <= epoch:
+                values.update(entry["values"])
+        return values
+
+    def continuing(self, saved: "IICConfig", epoch: int) -> "IICConfig":
+        """This config continuing a run of ``saved`` that has trained ``epoch`` epochs: those epochs
+        keep the values ``saved`` gave them, and this config's values (where they differ) take over
+        from epoch + 1, as a schedule entry. The result replays the whole run. Fields other than the
+        schedulable ones are this config's (the caller checks they may differ from ``saved``'s)."""
+        entries = [entry for entry in saved.schedule or [] if entry["epoch"] <= min(epoch, self.epochs)]
+        before, after = saved.values_at(epoch), self.values_at(epoch + 1)
+        changed = {name: value for name, value in after.items() if value != before[name]}
+        if changed and epoch < self.epochs:
+            entries.append({"epoch": epoch + 1, "values": changed})
+        entries += [entry for entry in self.schedule or [] if entry["epoch"] > epoch + 1]
+        first = {name: getattr(saved, name) for name in self.SCHEDULABLE_FIELDS}
+        return self.replace(**first, schedule=entries or None)
+
+    def full_schedule(self) -> list[dict]:
+        """The schedule on its own: every schedulable field's value from epoch 1, then the changes
+        (``with_schedule`` puts it back into a config whatever that config's own values)."""
+        return [{"epoch": 1, "values": self.values_at(1)}, *[entry for entry in self.schedule or [] if entry["epoch"] > 1]]
+
+    def with_schedule(self, schedule: list[dict]) -> "IICConfig":
+        """This config following ``schedule``: an entry at epoch 1 sets the fields themselves, the
+        later entries become the config's schedule."""
+        schedule = _coerce_schedule(schedule)
+        first = schedule[0]["values"] if schedule and schedule[0]["epoch"] == 1 else {}
+        later = [entry for entry in schedule if entry["epoch"] > 1]
+        return self.replace(**first, schedule=later or None)
+
+    def truncated(self, epochs: int) -> "IICConfig":
+        """The config of this run stopped after ``epochs`` epochs: changes due later are dropped."""
+        kept = [entry for entry in self.schedule or [] if entry["epoch"] <= epochs]
+        return self.replace(epochs=epochs, schedule=kept or None)
 
     # ---- validation ---------------------------------------------------------------------------
 
@@ -191,23 +247,14 @@ class IICConfig:
             f"the paper uses 3-10x the classes, or set 0 to switch overclustering off",
         )
         require(self.num_subheads >= 1, f"num_subheads: must be at least 1 (got {self.num_subheads}); the paper uses 5")
-        require(self.lr > 0, f"lr: must be positive (got {self.lr}); try 1e-4 (paper, large data) to 3e-3 (small data)")
-        require(self.lamb > 0, f"lamb: must be positive (got {self.lamb}); 1.0 is plain mutual information")
         require(self.batch_size >= 2, f"batch_size: must be at least 2 (got {self.batch_size}); the joint distribution needs a batch")
         require(self.repeats >= 1, f"repeats: must be at least 1 (got {self.repeats})")
         require(self.epochs >= 1, f"epochs: must be at least 1 (got {self.epochs})")
         require(self.overcluster_passes >= 0 and self.main_passes >= 1, "overcluster_passes must be >= 0 and main_passes >= 1 (passes over the data per epoch)")
         require(self.eval_batch_size >= 1, f"eval_batch_size: must be at least 1 (got {self.eval_batch_size})")
         require(self.max_samples is None or self.max_samples >= 2, f"max_samples: must be at least 2 or null for all (got {self.max_samples})")
-        for name in ("hflip_prob", "vflip_prob"):
-            value = getattr(self, name)
-            require(0 <= value <= 1, f"{name}: a probability must lie in [0, 1] (got {value})")
-        require(0 < self.crop_min_scale <= 1, f"crop_min_scale: must lie in (0, 1] (got {self.crop_min_scale}); 1.0 switches cropping off")
-        require(0 <= self.rotation_degrees <= 180, f"rotation_degrees: must lie in [0, 180] (got {self.rotation_degrees})")
-        for name in ("brightness", "contrast", "saturation"):
-            value = getattr(self, name)
-            require(0 <= value <= 1, f"{name}: jitter strength must lie in [0, 1] (got {value}); 0 switches it off")
-        require(0 <= self.hue <= 0.5, f"hue: must lie in [0, 0.5] turns of the colour wheel (got {self.hue})")
+        problems += schedulable_problems({name: getattr(self, name) for name in self.SCHEDULABLE_FIELDS})
+        problems += self._schedule_problems()
         if self.backbone in MIN_INPUT_SIZE:
             minimum = MIN_INPUT_SIZE[self.backbone]
             require(self.input_size >= minimum, f"input_size: {self.input_size} px is too small for {self.backbone}; use at least {minimum}")
@@ -244,6 +291,55 @@ class IICConfig:
             raise ConfigError.listing(problems)
         return self
 
+    def _schedule_problems(self) -> list[str]:
+        if self.schedule is None:
+            return []
+        problems, previous = [], 0
+        allowed = ", ".join(self.SCHEDULABLE_FIELDS)
+        for index, entry in enumerate(self.schedule):
+            where = f"schedule[{index}]"
+            if not isinstance(entry, dict) or set(entry) != {"epoch", "values"} or not isinstance(entry["values"], dict):
+                problems.append(f"{where}: expected {{epoch: E, values: {{field: value, ...}}}}, got {entry!r}")
+                continue
+            epoch, values = entry["epoch"], entry["values"]
+            if not isinstance(epoch, int) or isinstance(epoch, bool) or not 1 <= epoch <= self.epochs:
+                problems.append(f"{where}: epoch must be a whole number in 1..epochs={self.epochs} (got {epoch!r})")
+            elif epoch <= previous:
+                problems.append(f"{where}: epoch {epoch} does not come after epoch {previous}; list the changes in increasing epochs, one entry per epoch")
+            else:
+                previous = epoch
+            if not values:
+                problems.append(f"{where}: no values; give the fields that change at epoch {epoch} or drop the entry")
+            fixed = sorted(name for name in values if name not in self.SCHEDULABLE_FIELDS)
+            if fixed:
+                problems.append(f"{where}: {', '.join(fixed)} cannot change while a run trains; a schedule may change only {allowed}")
+            problems += [f"{where}: {problem}" for problem in schedulable_problems({k: v for k, v in values.items() if k in self.SCHEDULABLE_FIELDS})]
+        return problems
+
+
+def schedulable_problems(values: dict) -> list[str]:
+    """What is wrong with these values of schedulable fields (a config's own, or a schedule's)."""
+    checks = {
+        "lr": (lambda v: v > 0, "must be positive (got {}); try 1e-4 (paper, large data) to 3e-3 (small data)"),
+        "lamb": (lambda v: v > 0, "must be positive (got {}); 1.0 is plain mutual information"),
+        "crop_min_scale": (lambda v: 0 < v <= 1, "must lie in (0, 1] (got {}); 1.0 switches cropping off"),
+        "hflip_prob": (lambda v: 0 <= v <= 1, "a probability must lie in [0, 1] (got {})"),
+        "vflip_prob": (lambda v: 0 <= v <= 1, "a probability must lie in [0, 1] (got {})"),
+        "rotation_degrees": (lambda v: 0 <= v <= 180, "must lie in [0, 180] (got {})"),
+        "brightness": (lambda v: 0 <= v <= 1, "jitter strength must lie in [0, 1] (got {}); 0 switches it off"),
+        "contrast": (lambda v: 0 <= v <= 1, "jitter strength must lie in [0, 1] (got {}); 0 switches it off"),
+        "saturation": (lambda v: 0 <= v <= 1, "jitter strength must lie in [0, 1] (got {}); 0 switches it off"),
+        "hue": (lambda v: 0 <= v <= 0.5, "must lie in [0, 0.5] turns of the colour wheel (got {})"),
+    }
+    problems = []
+    for name, value in values.items():
+        ok, message = checks[name]
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            problems.append(f"{name}: expected a number (got {value!r})")
+        elif not ok(value):
+            problems.append(f"{name}: {message.format(value)}")
+    return problems
+
 
 def read_yaml(path: str | Path, error: type[ValueError] = ConfigError):
     """The document in the YAML file ``path``. A syntax error raises ``error`` (ConfigError, or the
@@ -262,6 +358,27 @@ def read_yaml(path: str | Path, error: type[ValueError] = ConfigError):
 
 def _yaml_problem(err: yaml.YAMLError) -> str:
     return getattr(err, "problem", None) or str(err)
+
+
+def _coerce_schedule(value) -> list[dict] | None:
+    """A schedule as a list of ``{"epoch": int, "values": {field: value}}``, each value of its
+    field's type (ints become floats). Its content (epochs, fields, ranges) is ``validate()``'s."""
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        raise TypeError(f"expected a list of {{epoch: E, values: {{field: value, ...}}}}, got {value!r}")
+    types = {f.name: f.type for f in dataclasses.fields(IICConfig)}
+    entries = []
+    for index, entry in enumerate(value):
+        if not isinstance(entry, dict) or set(entry) != {"epoch", "values"} or not isinstance(entry["values"], dict):
+            raise TypeError(f"entry {index}: expected {{epoch: E, values: {{field: value, ...}}}}, got {entry!r}")
+        try:
+            epoch = _coerce(entry["epoch"], int)
+            values = {name: _coerce(v, types[name]) if name in types else v for name, v in entry["values"].items()}
+        except TypeError as err:
+            raise TypeError(f"entry {index}: {err}") from None
+        entries.append({"epoch": epoch, "values": values})
+    return entries
 
 
 def _coerce(value, annotation):

@@ -1,6 +1,6 @@
 """Train one IIC model from a config: the loop every other part of iic-search wraps.
 
-``train(config, on_epoch=...)`` runs the whole schedule and calls back after each epoch with that
+``train(config, on_epoch=...)`` runs all the epochs and calls back after each one with that
 epoch's metrics; the callback may save a checkpoint or stop the run. ``python -m iic.train`` is the
 same loop from the command line, writing metrics, config, checkpoint and a confusion-matrix plot.
 
@@ -8,6 +8,11 @@ The data is decoded once into a uint8 tensor that lives on the training device; 
 batch from it, makes ``repeats`` augmented twins of every image on the device, and pushes the image
 and its twins through the model in one forward pass. Runs are seeded: the same config and seed give
 the same result on CPU, and a resumed run continues exactly where its checkpoint left it.
+
+The augmentation strengths, lr and lamb in force are set at the start of every epoch from the
+config's ``schedule``. A run resumed with other values of those fields (what population-based
+training does when a trial takes over another's checkpoint) trains on with them and adds the change
+to its config's schedule, so that the config a run ends with replays it from epoch 1.
 """
 
 import argparse
@@ -111,18 +116,19 @@ def load_state(path: str | Path, kind: str) -> dict:
     return state
 
 
-def check_resumable(path: str | Path, saved_config: dict, config: IICConfig, other_changes: Sequence[str] = ()) -> None:
-    """Refuse to continue a checkpoint trained with another config (beyond RESUMABLE_CHANGES)."""
+def check_resumable(path: str | Path, saved_config: dict, config: IICConfig, other_changes: Sequence[str] = (), scheduled: bool = False) -> None:
+    """Refuse to continue a checkpoint trained with another config (beyond RESUMABLE_CHANGES, and
+    with ``scheduled`` the SCHEDULABLE_FIELDS, which then change from the restored epoch on)."""
     saved = IICConfig.from_dict(saved_config)
-    changed = [
-        name for name in config.to_dict()
-        if name not in IICConfig.RESUMABLE_CHANGES and getattr(saved, name) != getattr(config, name)
-    ]
+    may_change = (*IICConfig.RESUMABLE_CHANGES, *((*IICConfig.SCHEDULABLE_FIELDS, "schedule") if scheduled else ()))
+    changed = [name for name in config.to_dict() if name not in may_change and getattr(saved, name) != getattr(config, name)]
     changed += other_changes
     if changed:
+        allowed = f"only {', '.join(IICConfig.RESUMABLE_CHANGES)} may change" + (
+            f", and {', '.join(IICConfig.SCHEDULABLE_FIELDS)}, which then change from the restored epoch on" if scheduled else "")
         raise ConfigError(
             f"checkpoint {path} was trained with a different config ({', '.join(changed)} differ); "
-            f"resume with the same config and seeds (only {', '.join(IICConfig.RESUMABLE_CHANGES)} may change) or start a new run"
+            f"resume with the same config and seeds ({allowed}) or start a new run"
         )
 
 
@@ -154,6 +160,7 @@ class TrainResult:
     history: list[dict]
     seeds: list[SeedRun]
     class_names: list[str]
+    config: IICConfig  # as trained: a resume with new schedulable values adds them to its schedule
 
     @property
     def label_free_pick(self) -> SeedRun:
@@ -204,25 +211,39 @@ class Trainer:
         self.model = StackedIICModel(models, config.freeze_backbone).to(self.device)
         self.optimiser = torch.optim.Adam([p for p in self.model.parameters() if p.requires_grad], lr=config.lr)
         self.criterion = IICLoss(config.lamb)
-        self.augment = BatchAugment(**config.augment_kwargs())
+        self.apply_schedule(1)  # the augmentation, lr and lamb of epoch 1
         self.amp = config.amp and self.device.type == "cuda"
         # A frozen backbone shown the same images every epoch (no augmentation) gives the same
         # features: computed once, (N, F), and every step and evaluation slices them.
-        self.cached_features = self._all_features() if config.freeze_backbone and self.augment.is_identity else None
+        self.cached_features = self._all_features() if config.freeze_backbone and self.augment.is_identity and not config.schedule else None
 
         self.shuffle_generators = [torch.Generator().manual_seed(seed) for seed in self.seeds]
         self.augment_generators = [torch.Generator(self.device).manual_seed(seed + AUGMENT_SEED_OFFSET) for seed in self.seeds]
-        # Held-out views are drawn once per image, so the label-free score does not depend on how
-        # the images are batched for evaluation.
-        self.held_out_draws = [
-            self.augment.sample(len(self.images), self.data.channels, torch.Generator(self.device).manual_seed(seed + _HELDOUT_SEED_OFFSET), self.device)
-            for seed in self.seeds
-        ]
+        self.held_out_draws = self._draw_held_out_views()
         self.epoch = 0
         self.history: list[dict] = []  # combined over seeds, one record per epoch
         self.seed_histories: list[list[dict]] = [[] for _ in self.seeds]
         self.status = RunStatus.RUNNING
         self.last_clusters = [np.zeros(len(self.images), dtype=np.int64) for _ in self.seeds]  # of the latest evaluation
+
+    def _draw_held_out_views(self) -> list[AugmentDraw]:
+        """Each seed's held-out view of every image, drawn once with the augmentation of epoch 1: the
+        label-free score then depends neither on how the images are batched for evaluation nor on
+        a schedule's later strengths."""
+        augment = BatchAugment(**self.config.augment_kwargs(1))
+        return [
+            augment.sample(len(self.images), self.data.channels, torch.Generator(self.device).manual_seed(seed + _HELDOUT_SEED_OFFSET), self.device)
+            for seed in self.seeds
+        ]
+
+    def apply_schedule(self, epoch: int) -> None:
+        """Put the schedulable fields' values for ``epoch`` in force: the augmentation strengths,
+        the optimiser's learning rate (its state, Adam's moments, stays) and the loss's lamb."""
+        values = self.config.values_at(epoch)
+        self.augment = BatchAugment(**self.config.augment_kwargs(epoch))
+        for group in self.optimiser.param_groups:
+            group["lr"] = values["lr"]
+        self.criterion.lamb = values["lamb"]
 
     def _new_model(self, seed: int) -> IICModel:
         """The model a run of ``seed`` alone starts from."""
@@ -327,9 +348,10 @@ class Trainer:
         combined over the seeds (each seed's own go to ``seed_histories``)."""
         started = time.perf_counter()
         config = self.config
-        schedule = ["overcluster"] * (config.overcluster_passes if config.overcluster_k else 0) + ["main"] * config.main_passes
+        self.apply_schedule(self.epoch + 1)
+        heads = ["overcluster"] * (config.overcluster_passes if config.overcluster_k else 0) + ["main"] * config.main_passes
         losses = {}
-        for head in schedule:
+        for head in heads:
             mean_losses = self._pass(head)
             if mean_losses is None:
                 return mark_diverged(self, time.perf_counter() - started)
@@ -381,7 +403,7 @@ class Trainer:
             if labelled.any():
                 confusion = confusion_matrix(clusters[labelled], self.labels[labelled], self.config.num_clusters, self.data.num_classes)
             runs.append(SeedRun(seed, history[-1] if history else {}, list(history), clusters, confusion))
-        return TrainResult(self.status, self.history[-1] if self.history else {}, list(self.history), runs, self.data.class_names)
+        return TrainResult(self.status, self.history[-1] if self.history else {}, list(self.history), runs, self.data.class_names, self.config)
 
     # ---- checkpoints --------------------------------------------------------------------------
 
@@ -412,7 +434,10 @@ class Trainer:
     def load_checkpoint(self, path: str | Path) -> None:
         state = load_state(path, "iic")
         other = [f"seeds ({state['seeds']} there, {self.seeds} here)"] if state["seeds"] != self.seeds else []
-        check_resumable(path, state["config"], self.config, other)
+        check_resumable(path, state["config"], self.config, other, scheduled=True)
+        # The epochs trained keep the values they had; new ones apply from the next epoch on.
+        self.config = self.config.continuing(IICConfig.from_dict(state["config"]), state["epoch"])
+        self.held_out_draws = self._draw_held_out_views()
         # A frozen backbone is not saved (it is the pretrained weights): keep the one built here.
         self.model.load_state_dict({**self.model.state_dict(), **state["model"]})
         self.optimiser.load_state_dict(state["optimiser"])
@@ -574,6 +599,7 @@ def main(argv: list[str] | None = None) -> int:
         result = train(config, on_epoch=checkpoint_and_print(out, config.epochs), resume_from=resume_from, seeds=seeds)
     except (ConfigError, DatasetError) as err:
         return cli_error(err)
+    result.config.to_yaml(out / "config.yaml")  # with the schedule, if the resume changed values
     summary = {**result.metrics, "status": result.status, "epochs": len(result.history), "seconds": time.perf_counter() - started,
                "per_seed": [{**run.metrics, "seed": run.seed} for run in result.seeds]}
     write_metrics(out, summary, result.confusion, result.class_names)

@@ -40,7 +40,7 @@ from search.records import RecordsError, connect, find_experiment_id, only_searc
 from search.space import COLLAPSE_SETTINGS, OBJECTIVES, Preset, SearchDefaults
 from search.mlflow_runs import CONFIRM_ROLE, TRIAL_TAG, SearchRecord
 from search.tracking import MLflowTrialLogger
-from trainables.iic_trainable import SEEDS_KEY, SOURCE_KEY, trial_iic_config, trial_seeds
+from trainables.iic_trainable import SEEDS_KEY, SOURCE_KEY, trial_config_values, trial_iic_config, trial_seeds
 
 # Figures of a confirmation run, each over its seeds.
 CONFIRMED_FIGURES = ("cluster_accuracy", "cluster_accuracy_min", "cluster_accuracy_sd", LABEL_FREE_PICK, "mutual_information", "nmi")
@@ -79,7 +79,7 @@ def candidates_from_results(results, objective: str, statuses: dict[str, str], t
     ranked = best_first(list(results), lambda r: (r.metrics or {}).get(objective), status, OBJECTIVES[objective])
     chosen: list[Candidate] = []
     for result in ranked:
-        config = trial_iic_config(result.config).replace(epochs=int(result.metrics["epoch"]))
+        config = trial_iic_config(result.config, result.metrics).truncated(int(result.metrics["epoch"]))
         if all(config != kept.config for kept in chosen):
             chosen.append(Candidate(result.metrics["trial_id"], config, result.metrics[objective], trial_seeds(result.config)))
         if len(chosen) == top:
@@ -99,11 +99,15 @@ def confirmation_seeds(search_seed: int, search_seeds: list[int], count: int) ->
 
 def space_of(points: list[dict]) -> dict:
     """A param space that holds every point: Tune fills a point's values into the space's keys, and
-    warns where a point differs from a constant, so keys that differ are choices among the points'."""
+    warns where a point differs from a constant, so keys that differ are choices among the points'
+    (within nested mappings such as the gates, key by key)."""
     space = {}
     for key, value in points[0].items():
         values = [point[key] for point in points]
-        space[key] = value if all(v == value for v in values) else tune.choice(values)
+        if all(isinstance(v, dict) for v in values) and not all(v == value for v in values):
+            space[key] = space_of(values)
+        else:
+            space[key] = value if all(v == value for v in values) else tune.choice(values)
     return space
 
 
@@ -115,7 +119,7 @@ def run_confirmation(candidates: list[Candidate], seeds: list[int], preset: Pres
     experiment_dir = f"{storage_path.rstrip('/')}/{name}"
     if resume and tune.Tuner.can_restore(experiment_dir):
         return tune.Tuner.restore(experiment_dir, trainable=make_trainable(preset), resume_unfinished=True, resume_errored=True).fit()
-    points = [{**c.config.to_dict(), SEEDS_KEY: seeds, SOURCE_KEY: c.trial_id} for c in candidates]
+    points = [{**trial_config_values(c.config), SEEDS_KEY: seeds, SOURCE_KEY: c.trial_id} for c in candidates]
     search = preset.search
     tuner = tune.Tuner(
         make_trainable(preset),

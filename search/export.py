@@ -9,7 +9,8 @@ Reads the trial runs that ``search/run.py`` recorded in MLflow (tag ``iic.role =
 that FINISHED with a finite objective and did not diverge or fail, and ranks them by the objective's
 last value, best first. Each trial's ``config.yaml`` artifact is written with ``epochs`` set to the
 epochs the trial actually ran (ASHA may have stopped it early), so that retraining it with the same
-seed reproduces the recorded accuracy. Trials with identical configs count once. OUT also receives
+seed reproduces the recorded accuracy; a population-based trial's config carries its whole schedule
+(its donors' epochs, then its own), up to those epochs. Trials with identical configs count once. OUT also receives
 ``summary.csv`` and ``summary.md``; the rank files of an earlier export into OUT are replaced.
 """
 

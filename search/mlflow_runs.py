@@ -22,7 +22,7 @@ from iic.plots import plot_cluster_gallery, plot_confusion_matrix
 from iic.seeds import LABEL_FREE_PICK, PER_SEED_METRICS, SPREAD_METRICS
 from iic.status import RunStatus
 from search.ranking import trial_status
-from trainables.iic_trainable import SOURCE_KEY, SUMMARY_FILE, trial_iic_config
+from trainables.iic_trainable import EXPLOIT_EPOCH_KEY, EXPLOITED_FROM_KEY, SCHEDULE_METRIC_PREFIX, SOURCE_KEY, SUMMARY_FILE, trial_iic_config
 
 # What a trial reports that is worth a curve in MLflow (everything else is bookkeeping): means over
 # its seeds, their spread, and the per-seed curves. Every logged epoch has "epoch" (never NaN).
@@ -33,7 +33,8 @@ TRIAL_METRICS = (
     LABEL_FREE_PICK, "supervised_accuracy", "train_accuracy", "held_out_loss",
 )
 # Result keys recorded as tags of the trial's run, with their tag names.
-RESULT_TAGS = {"status": "iic.status", "chosen_subhead": "iic.chosen_subhead", "node_id": "iic.node_id", "gpu_ids": "iic.gpu_ids"}
+RESULT_TAGS = {"status": "iic.status", "chosen_subhead": "iic.chosen_subhead", "node_id": "iic.node_id", "gpu_ids": "iic.gpu_ids",
+               EXPLOITED_FROM_KEY: "iic.exploited_from", EXPLOIT_EPOCH_KEY: "iic.exploit_epoch"}
 SEARCH_TAG = "iic.search"
 TRIAL_TAG = "iic.trial_id"
 STATUS_TAG = RESULT_TAGS["status"]
@@ -75,7 +76,8 @@ def logged_metric_names(result: dict) -> list[str]:
     """The keys of a trial's result that MLflow records as metrics."""
     spread = [f"{name}_{stat}" for name in SPREAD_METRICS for stat in ("min", "max", "sd")]
     per_seed = [key for key in result if key.partition("/seed_")[0] in PER_SEED_METRICS and "/seed_" in key]
-    return [*TRIAL_METRICS, *spread, *per_seed]
+    scheduled = [key for key in result if key.startswith(SCHEDULE_METRIC_PREFIX)]  # the values in force under PBT
+    return [*TRIAL_METRICS, *spread, *per_seed, *scheduled]
 
 
 def result_epoch(result: dict) -> int:
@@ -172,7 +174,7 @@ def log_trial_artifacts(client: MlflowClient, run_id: str, trial) -> None:
     """The trial's config YAML, and its confusion matrix and cluster gallery from its last checkpoint."""
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
-        trial_iic_config(trial.config).to_yaml(folder / "config.yaml")
+        trial_iic_config(trial.config, trial.last_result).to_yaml(folder / "config.yaml")  # with its schedule under PBT
         client.log_artifact(run_id, str(folder / "config.yaml"))
         if trial.checkpoint is None:
             return

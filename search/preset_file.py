@@ -20,7 +20,7 @@ import numpy as np
 from iic.config import IICConfig, read_yaml
 
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
-PRESET_SECTIONS = ("description", "extends", "config", "space", "search")
+PRESET_SECTIONS = ("description", "extends", "config", "space", "search", "pbt")
 
 
 class PresetError(ValueError):

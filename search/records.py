@@ -77,12 +77,13 @@ def ranked_runs(runs: list[Run], objective: str) -> list[tuple[Run, float]]:
 
 
 def retrainable_config(client: MlflowClient, tracking_uri: str, run: Run, objective: str) -> IICConfig:
-    """The run's config.yaml with ``epochs`` = the last epoch it recorded the objective for."""
+    """The run's config.yaml with ``epochs`` = the last epoch it recorded the objective for (and
+    its schedule up to that epoch)."""
     with tempfile.TemporaryDirectory() as folder:
         path = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="config.yaml", dst_path=folder, tracking_uri=tracking_uri)
         config = IICConfig.from_yaml(path)
     epochs_run = max(metric.step for metric in client.get_metric_history(run.info.run_id, objective))
-    return config.replace(epochs=epochs_run)
+    return config.truncated(epochs_run)
 
 
 

@@ -8,7 +8,10 @@ Each trial is one IIC training run (``trainables.iic_trainable.train_iic``) of i
 ``seeds_per_trial`` seeds at once, reporting their mean (and spread) every epoch. Optuna's TPE
 proposes the settings from the preset's space, ASHA stops weak trials early, trials whose
 clustering collapses stop themselves, and every trial is one MLflow run under the search's parent
-run. Then the best ``confirm_top`` distinct configs are trained again on ``confirm_seeds`` fresh
+run. With ``--scheduler pbt`` a population drawn at random from the space trains instead, and Ray
+Tune's population-based training gives its weakest trials the best ones' checkpoints with perturbed
+augmentation strengths, lr and lamb: each trial learns a schedule of them (recorded as
+``schedule.<field>`` metrics, and in its config.yaml, which ``python -m iic.train`` replays). Then the best ``confirm_top`` distinct configs are trained again on ``confirm_seeds`` fresh
 seeds (``search/confirm.py``), and the search's result is the best of them by that confirmed mean.
 Everything the command line can get wrong is checked before Ray starts a trial.
 """
@@ -17,33 +20,37 @@ import argparse
 import dataclasses
 import json
 import os
+import random
 import sys
 from pathlib import Path
+import time
 
 import optuna
 import pyarrow.fs
 import ray
 from mlflow.tracking import MlflowClient
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler
+from ray.tune.schedulers import ASHAScheduler, PopulationBasedTraining
 from ray.tune.search import ConcurrencyLimiter
+from ray.tune.search.basic_variant import BasicVariantGenerator
 from ray.tune.search.optuna import OptunaSearch
 
 from iic.config import ConfigError, IICConfig
 from iic.data import DatasetError
 from iic.supervised import check_held_out_source
 from iic.seeds import draw_seeds
-from search.confirm import logged_statuses, candidates_from_results, confirmation_seeds, confirmations, ranked_confirmations, run_confirmation
+from search.confirm import logged_statuses, candidates_from_results, confirmation_seeds, confirmations, ranked_confirmations, run_confirmation, space_of
 from search.driver import (
     SearchError, check_tracking_uri, code_version, trial_dirname, default_storage_path, default_tracking_uri, make_trainable, progress_reporter, resolve_storage_path, set_driver_environment, start_ray, state_dir,
 )
-from search.space import OBJECTIVES, Preset, PresetError, available_presets
+from search.space import OBJECTIVES, SCHEDULERS, Preset, PresetError, available_presets
 from search.summary import summarise
 from search.ceiling import run_ceiling
 from search.mlflow_runs import CEILING_ROLE, CONFIRM_ROLE, STAGE_SUFFIXES, SearchRecord, fail_search_run, open_search_run, prepare_experiment
 from search.reconcile import reconcile, restored_trials
 from search.tracking import MLflowTrialLogger
 from search.warm_start import load_warm_start
+from trainables.iic_trainable import trial_finished
 
 
 def build_parser(given_only: bool = False) -> argparse.ArgumentParser:
@@ -55,7 +62,10 @@ def build_parser(given_only: bool = False) -> argparse.ArgumentParser:
     source.add_argument("--preset", default=default("digits"), help=f"bundled preset: {', '.join(available_presets())} (default: digits)")
     source.add_argument("--config", help="a preset YAML file of your own (see search/presets/)")
     parser.add_argument("--set", dest="overrides", action="append", default=default([]), metavar="KEY=VALUE", help="fix an IICConfig field for every trial, e.g. --set data_root=data/har")
-    parser.add_argument("--num-samples", type=int, help="number of trials")
+    parser.add_argument("--scheduler", choices=SCHEDULERS, help="asha: TPE proposes, ASHA stops weak trials (default); "
+                        "pbt: population-based training of augmentation, lr and lamb schedules (the preset's pbt section)")
+    parser.add_argument("--population", type=int, help="trials in the population under --scheduler pbt (default: the preset's pbt.population)")
+    parser.add_argument("--num-samples", type=int, help="number of trials (under --scheduler pbt: --population)")
     parser.add_argument("--epochs", type=int, help="epochs per trial (ASHA's max_t)")
     parser.add_argument("--max-concurrent", type=int, help="trials running at once")
     parser.add_argument("--time-budget", type=float, help="seconds after which no new trial starts and running ones stop")
@@ -109,10 +119,19 @@ def load_preset(args: argparse.Namespace) -> Preset:
     search = preset.search
     flags = {"num_samples": "num_samples", "max_concurrent": "max_concurrent", "time_budget": "time_budget_s",
              "objective": "objective", "cpus_per_trial": "cpus_per_trial", "gpus_per_trial": "gpus_per_trial",
-             "seeds_per_trial": "seeds_per_trial", "confirm_top": "confirm_top", "confirm_seeds": "confirm_seeds"}
+             "seeds_per_trial": "seeds_per_trial", "confirm_top": "confirm_top", "confirm_seeds": "confirm_seeds", "scheduler": "scheduler"}
     search = dataclasses.replace(search, **{field: getattr(args, flag) for flag, field in flags.items() if getattr(args, flag) is not None})
-    preset = dataclasses.replace(preset, search=search, **changes)
+    pbt = preset.pbt if args.population is None else dataclasses.replace(preset.pbt, population=args.population)
     problems = []
+    if search.scheduler == "pbt":
+        if args.num_samples is not None:
+            problems.append("--num-samples: under --scheduler pbt the trials are the population; give --population instead")
+        if args.warm_start:
+            problems.append("--warm-start: its configs seed Optuna's TPE, which PBT does not use (its population is drawn at random); drop one of them")
+        search = dataclasses.replace(search, num_samples=pbt.population)
+    elif args.population is not None:
+        problems.append("--population: only population-based training has one; add --scheduler pbt or use --num-samples")
+    preset = dataclasses.replace(preset, search=search, pbt=pbt, **changes)
     if search.num_samples < 1:
         problems.append(f"--num-samples must be at least 1 (got {search.num_samples})")
     if search.max_concurrent < 1:
@@ -149,9 +168,27 @@ def search_seeds(preset: Preset, search_seed: int) -> list[int]:
 
 def build_tuner(preset: Preset, args, name: str, storage_path: str, logger: MLflowTrialLogger, warm_points: list[dict],
                 trial_seeds: list[int]) -> tune.Tuner:
+    if preset.search.scheduler == "pbt":
+        tune_config, param_space, run_options = population_based_training(preset, args.seed, trial_seeds)
+    else:
+        tune_config, param_space, run_options = tpe_with_asha(preset, args.seed, warm_points, trial_seeds)
+    callbacks = [logger, *run_options.pop("callbacks", [])]
+    return tune.Tuner(
+        make_trainable(preset),
+        param_space=param_space,
+        tune_config=tune_config,
+        run_config=tune.RunConfig(
+            name=name, storage_path=storage_path, callbacks=callbacks, progress_reporter=progress_reporter(preset),
+            failure_config=tune.FailureConfig(max_failures=preset.search.max_failures), verbose=1, **run_options,
+        ),
+    )
+
+
+def tpe_with_asha(preset: Preset, seed: int, warm_points: list[dict], trial_seeds: list[int]) -> tuple[tune.TuneConfig, None, dict]:
+    """Tune's config, param space (none: the searcher's) and run options of a TPE + ASHA search."""
     search = preset.search
     epochs = IICConfig.from_dict(preset.config).epochs
-    sampler = optuna.samplers.TPESampler(seed=args.seed, n_startup_trials=min(10, max(3, search.num_samples // 3)))
+    sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, max(3, search.num_samples // 3)))
     searcher = OptunaSearch(
         space=preset.space(trial_seeds), metric=search.objective, mode=OBJECTIVES[search.objective],
         points_to_evaluate=warm_points or None, sampler=sampler,
@@ -160,20 +197,76 @@ def build_tuner(preset: Preset, args, name: str, storage_path: str, logger: MLfl
         time_attr="training_iteration", metric=search.objective, mode=OBJECTIVES[search.objective],
         max_t=epochs, grace_period=min(search.grace_period, epochs), reduction_factor=search.reduction_factor,
     )
-    return tune.Tuner(
-        make_trainable(preset),
-        tune_config=tune.TuneConfig(
-            search_alg=ConcurrencyLimiter(searcher, max_concurrent=search.max_concurrent),
-            scheduler=scheduler, num_samples=search.num_samples, time_budget_s=search.time_budget_s,
-            trial_dirname_creator=trial_dirname,
-        ),
-        run_config=tune.RunConfig(
-            name=name, storage_path=storage_path, callbacks=[logger], progress_reporter=progress_reporter(preset),
-            failure_config=tune.FailureConfig(max_failures=search.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-            verbose=1,
-        ),
+    tune_config = tune.TuneConfig(
+        search_alg=ConcurrencyLimiter(searcher, max_concurrent=search.max_concurrent),
+        scheduler=scheduler, num_samples=search.num_samples, time_budget_s=search.time_budget_s,
+        trial_dirname_creator=trial_dirname,
     )
+    return tune_config, None, {"checkpoint_config": tune.CheckpointConfig(num_to_keep=2)}
+
+
+def population_based_training(preset: Preset, seed: int, trial_seeds: list[int]) -> tuple[tune.TuneConfig, dict, dict]:
+    """Tune's config, param space and run options of a PBT search. The population, drawn from the
+    space, starts through Tune's variant generator (no searcher: PBT refuses one, and every member
+    must exist at once, so no concurrency limit either: the trials take turns on the resources).
+
+    Synchronous PBT: every trial trains to the same epoch before any exploit, so scores are compared
+    at equal epochs, a trial continues from a checkpoint of its own epoch (its records never step
+    back), and trials that take turns on the resources all get them (asynchronous PBT may keep giving
+    the turn to the weak trials that took over paused ones). It waits for every live trial at each
+    perturbation point, so PBT trials do not stop themselves when they collapse, and
+    ``StalledPopulation`` ends the search should one end early otherwise (diverged, failed)."""
+    search, pbt = preset.search, preset.pbt
+    random.seed(seed)  # PBT draws its exploits and perturbations from Python's random
+    population = preset.population(trial_seeds, seed)
+    scheduler = PopulationBasedTraining(
+        time_attr="training_iteration", metric=search.objective, mode=OBJECTIVES[search.objective],
+        perturbation_interval=pbt.perturbation_interval, quantile_fraction=pbt.quantile_fraction,
+        resample_probability=pbt.resample_probability, hyperparam_mutations=preset.mutations(),
+        custom_explore_fn=preset.clip_to_ranges(), synch=True,
+    )
+    tune_config = tune.TuneConfig(
+        search_alg=BasicVariantGenerator(points_to_evaluate=population), scheduler=scheduler,
+        num_samples=len(population), time_budget_s=search.time_budget_s, trial_dirname_creator=trial_dirname,
+    )
+    stalled = StalledPopulation()
+    run_options = {
+        "stop": stalled, "callbacks": [stalled],
+        # Every checkpoint is kept: a trial may take over another's after that one has trained on.
+        "checkpoint_config": tune.CheckpointConfig(num_to_keep=None),
+    }
+    return tune_config, space_of(population), run_options
+
+
+class StalledPopulation(tune.Callback, tune.Stopper):
+    """Stops a trial whose result says it ended (``trial_finished``: not paused and restarted by
+    PBT), and the whole search when every live trial has been paused for ``patience_s``: synchronous
+    PBT then waits for a trial that ended before the perturbation point, and would wait for ever."""
+
+    def __init__(self, patience_s: float = 60.0):
+        self.patience_s = patience_s
+        self._stalled_since: float | None = None
+
+    def __getstate__(self):
+        return {**self.__dict__, "_stalled_since": None}  # pickled with the experiment
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        return trial_finished(trial_id, result)
+
+    def on_step_end(self, iteration, trials, **info):
+        live = [trial for trial in trials if not trial.is_finished()]
+        if live and all(trial.status == trial.PAUSED for trial in live):
+            if self._stalled_since is None:
+                self._stalled_since = time.monotonic()
+        else:
+            self._stalled_since = None
+
+    def stop_all(self) -> bool:
+        if self._stalled_since is None or time.monotonic() - self._stalled_since < self.patience_s:
+            return False
+        print(f"error: every trial of the population has waited {self.patience_s:.0f} s for one that ended early "
+              "(diverged or failed); the search ends here", file=sys.stderr, flush=True)
+        return True
 
 
 # Flags that may differ from the stored search on --resume (which cluster to join, how much to
@@ -270,7 +363,8 @@ def run_search(plan: SearchPlan, search: SearchRecord) -> None:
     args, preset = argparse.Namespace(**plan.arguments), plan.preset
     report_path = state_dir(plan.name) / "mlflow_report.json"
     settings = preset.search
-    print(f"search {plan.name!r}: preset {preset.name}, {settings.num_samples} trials of {settings.seeds_per_trial} seed(s) each, "
+    how = f"population-based training of {settings.num_samples} trials" if settings.scheduler == "pbt" else f"{settings.num_samples} trials"
+    print(f"search {plan.name!r}: preset {preset.name}, {how} of {settings.seeds_per_trial} seed(s) each, "
           f"objective {settings.objective}, MLflow {plan.tracking_uri} (experiment {plan.experiment!r}), storage {plan.experiment_dir}", flush=True)
     if args.resume:
         # Tune brings its own stored logger back; first MLflow gets what the last driver could not send.

@@ -149,3 +149,53 @@ def test_pretrained_and_frozen_backbones_refuse_what_does_not_fit(tmp_path):
     for changes, message in cases:
         with pytest.raises(ConfigError, match=message):
             pretrained.replace(**changes).validate()
+
+
+def test_a_schedule_round_trips_through_yaml_and_says_what_is_in_force(tmp_path):
+    schedule = [{"epoch": 3, "values": {"lr": 1e-3, "rotation_degrees": 5}}, {"epoch": 5, "values": {"lamb": 1}}]
+    config = IICConfig.from_dict({"epochs": 6, "schedule": schedule}).validate(check_data=False)
+    assert config.schedule[0]["values"]["rotation_degrees"] == 5.0 and isinstance(config.schedule[1]["values"]["lamb"], float)
+    assert IICConfig.from_yaml(config.to_yaml(tmp_path / "config.yaml")) == config
+    assert config.values_at(2)["lr"] == IICConfig.lr and config.values_at(3)["lr"] == 1e-3
+    assert config.values_at(6) == {**config.values_at(1), "lr": 1e-3, "rotation_degrees": 5.0, "lamb": 1.0}
+    assert config.augment_kwargs(4)["rotation_degrees"] == 5.0 and "lr" not in config.augment_kwargs(4)
+    # the schedule on its own (as a trial reports it) puts the same run back into any config
+    other = IICConfig(epochs=6, lr=0.5, brightness=0.0)
+    assert other.with_schedule(config.full_schedule()) == config
+    assert config.truncated(4) == config.replace(epochs=4, schedule=schedule[:1])
+
+
+@pytest.mark.parametrize(
+    "schedule, message",
+    [
+        ([{"epoch": 2, "values": {"batch_size": 32}}], r"schedule\[0\]: batch_size cannot change while a run trains; a schedule may change only crop_min_scale, .*lr, lamb"),
+        ([{"epoch": 2, "values": {"hflip_prob": 1.5}}], r"schedule\[0\]: hflip_prob: a probability must lie in \[0, 1\]"),
+        ([{"epoch": 2, "values": {"lr": 0.0}}], r"schedule\[0\]: lr: must be positive"),
+        ([{"epoch": 0, "values": {"lr": 0.1}}], r"schedule\[0\]: epoch must be a whole number in 1..epochs=4 \(got 0\)"),
+        ([{"epoch": 5, "values": {"lr": 0.1}}], r"schedule\[0\]: epoch must be a whole number in 1..epochs=4 \(got 5\)"),
+        ([{"epoch": 3, "values": {"lr": 0.1}}, {"epoch": 2, "values": {"lr": 0.2}}], r"schedule\[1\]: epoch 2 does not come after epoch 3; list the changes in increasing epochs"),
+        ([{"epoch": 2, "values": {}}], r"schedule\[0\]: no values; give the fields that change at epoch 2"),
+    ],
+)
+def test_schedule_problems_name_the_entry_and_the_fix(schedule, message):
+    with pytest.raises(ConfigError, match=message):
+        IICConfig(epochs=4, schedule=schedule).validate(check_data=False)
+
+
+@pytest.mark.parametrize(
+    "schedule, message",
+    [
+        ({"epoch": 2, "values": {"lr": 0.1}}, "schedule: expected a list of {epoch: E, values: {field: value, ...}}"),
+        ([{"epoch": 2, "lr": 0.1}], "schedule: entry 0: expected {epoch: E, values: {field: value, ...}}"),
+        ([{"epoch": "two", "values": {"lr": 0.1}}], "schedule: entry 0: expected int, got 'two'"),
+        ([{"epoch": 2, "values": {"lr": "fast"}}], "schedule: entry 0: expected float, got 'fast'"),
+    ],
+)
+def test_a_malformed_schedule_in_a_file_is_refused_with_its_shape(tmp_path, schedule, message):
+    import yaml
+
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({"epochs": 4, "schedule": schedule}))
+    with pytest.raises(ConfigError) as caught:
+        IICConfig.from_yaml(path)
+    assert message in str(caught.value)

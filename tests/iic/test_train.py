@@ -6,7 +6,7 @@ import pytest
 import torch
 import torchvision
 
-from iic.config import ConfigError
+from iic.config import ConfigError, IICConfig
 from iic.data import load_dataset
 from iic.status import RunStatus
 from iic.train import Trainer, main, train
@@ -63,10 +63,47 @@ def test_resume_continues_exactly(tiny_config, tmp_path):
 def test_resume_refuses_a_different_config(tiny_config, tmp_path):
     trainer = Trainer(tiny_config)
     trainer.save_checkpoint(tmp_path / "checkpoint.pt")
-    with pytest.raises(ConfigError, match="lr differ"):
-        Trainer(tiny_config.replace(lr=0.01)).load_checkpoint(tmp_path / "checkpoint.pt")
+    with pytest.raises(ConfigError, match=r"num_subheads, batch_size differ\); resume with the same config and seeds \(only epochs, .* may change, and crop_min_scale, .*, lr, lamb, which then change from the restored epoch on\)"):
+        Trainer(tiny_config.replace(batch_size=16, num_subheads=3, lr=0.01)).load_checkpoint(tmp_path / "checkpoint.pt")
     longer = Trainer(tiny_config.replace(epochs=5))  # more epochs is a legitimate continuation
     longer.load_checkpoint(tmp_path / "checkpoint.pt")
+    assert longer.config == tiny_config.replace(epochs=5)
+
+
+# Every schedulable kind at once: an augmentation strength switched on and one changed, lr, lamb.
+CHANGES = {"lr": 1e-3, "brightness": 0.0, "rotation_degrees": 30.0, "hflip_prob": 0.5, "lamb": 1.0}
+
+
+def test_a_schedule_equals_a_run_stopped_and_resumed_with_the_new_values(tiny_config, tmp_path):
+    scheduled = tiny_config.replace(schedule=[{"epoch": 2, "values": CHANGES}])  # 2 epochs, the change at the second
+    straight = train(scheduled)
+    plain = Trainer(tiny_config)
+    plain.run_epoch()
+    plain.save_checkpoint(tmp_path / "checkpoint.pt")
+    plain.run_epoch()
+    resumed = train(tiny_config.replace(**CHANGES), resume_from=tmp_path / "checkpoint.pt")
+    assert resumed.status == "completed" and [m["epoch"] for m in resumed.history] == [1, 2]
+    for mine, its in zip(resumed.history, straight.history):
+        for key in ("loss", "mutual_information", "cluster_accuracy"):
+            assert mine[key] == pytest.approx(its[key], abs=1e-6), key
+    # the resumed run's config is the scheduled one: it replays the run from epoch 1
+    assert resumed.config == scheduled
+    # and the change took effect: without it the second epoch ends elsewhere
+    assert plain.history[-1]["loss"] != pytest.approx(straight.history[-1]["loss"], abs=1e-4)
+
+
+def test_a_scheduled_lr_keeps_the_optimiser_state(tiny_config):
+    trainer = Trainer(tiny_config.replace(epochs=2, schedule=[{"epoch": 2, "values": {"lr": 1e-4}}]))
+    steps_per_epoch = math.ceil(240 / tiny_config.batch_size)
+    trainer.run_epoch()
+    assert trainer.optimiser.param_groups[0]["lr"] == tiny_config.lr
+    first = next(iter(trainer.optimiser.state.values()))
+    moment = first["exp_avg_sq"].clone()
+    trainer.run_epoch()
+    state = next(iter(trainer.optimiser.state.values()))
+    assert trainer.optimiser.param_groups[0]["lr"] == 1e-4
+    assert int(state["step"]) == 2 * steps_per_epoch  # Adam's step count and moments carried on, not restarted
+    assert not torch.equal(state["exp_avg_sq"], moment) and torch.all(state["exp_avg_sq"] >= 0.999**steps_per_epoch * moment)
 
 
 def test_overclustering_head_trains_alongside(tiny_config):
@@ -109,10 +146,25 @@ def test_cli_writes_metrics_config_checkpoint_and_plot(tmp_path, capsys):
     assert json.loads((out / "metrics.json").read_text())["epochs"] == 3
 
 
+def test_cli_replays_a_schedule_and_records_a_resume_with_new_values(tiny_config, tmp_path):
+    scheduled = tiny_config.replace(schedule=[{"epoch": 2, "values": CHANGES}])
+    assert main(["--config", str(scheduled.to_yaml(tmp_path / "scheduled.yaml")), "--out", str(tmp_path / "replay")]) == 0
+    # one epoch, then resumed with the new values: the run's config.yaml records them as its schedule
+    out = str(tmp_path / "resumed")
+    assert main(["--config", str(tiny_config.replace(epochs=1).to_yaml(tmp_path / "plain.yaml")), "--out", out]) == 0
+    assert main(["--config", str(tiny_config.replace(**CHANGES).to_yaml(tmp_path / "changed.yaml")), "--out", out, "--resume"]) == 0
+    assert IICConfig.from_yaml(tmp_path / "resumed" / "config.yaml") == scheduled
+    replayed, resumed = (json.loads((tmp_path / run / "metrics.json").read_text()) for run in ("replay", "resumed"))
+    assert resumed["epochs"] == replayed["epochs"] == 2
+    assert resumed["loss"] == pytest.approx(replayed["loss"], abs=1e-6)
+    assert resumed["cluster_accuracy"] == pytest.approx(replayed["cluster_accuracy"], abs=1e-6)
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
         (["--set", "lr=-1"], "lr: must be positive"),
+        (["--set", "epochs=2", "--set", "schedule=[{epoch: 3, values: {lr: 0.1}}]"], r"schedule[0]: epoch must be a whole number in 1..epochs=2"),
         (["--dataset", "cifar100"], "unknown dataset 'cifar100'"),
         (["--set", "num_clusters=1"], "num_clusters"),
         (["--config", "/no/such.yaml"], "does not exist"),

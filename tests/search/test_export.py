@@ -204,3 +204,11 @@ def test_bad_inputs_exit_2_and_write_nothing(case, store, tiny_config, tmp_path,
     if case == "unknown_experiment":
         assert store.experiment in error
     assert not out.exists() and not (tmp_path / "missing.db").exists()
+
+
+def test_a_scheduled_trial_exports_its_schedule_up_to_the_epochs_it_ran(store, tiny_config, tmp_path):
+    scheduled = tiny_config.replace(epochs=3, schedule=[{"epoch": 2, "values": {"lr": 1e-3}}, {"epoch": 3, "values": {"brightness": 0.0}}])
+    ran = scheduled.truncated(2)  # stopped after epoch 2 (the time budget, say): the change due at epoch 3 never came
+    store.log(scheduled, trained_history(ran), trial_id="pbt")
+    [path] = export_best(store.uri, store.experiment, top=1, out=tmp_path / "best")
+    assert IICConfig.from_yaml(path) == ran and ran.schedule == scheduled.schedule[:1]

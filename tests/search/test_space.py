@@ -154,3 +154,65 @@ def test_malformed_extended_config_names_that_file(tmp_path):
     preset.write_text("extends: base.yaml\nspace:\n  lr: {low: 0.001, high: 0.01}\n")
     with pytest.raises(PresetError, match=rf"^{re.escape(str(extended.resolve()))} line 3 column 1: expected ',' or '\]'"):
         Preset.load(str(preset))
+
+
+def _pbt_preset(space: dict, pbt: dict | None = None) -> Preset:
+    return Preset.from_dict("test", {"config": {"dataset": "digits"}, "space": space, "search": {"scheduler": "pbt"}, "pbt": pbt or {}})
+
+
+PBT_SPACE = {**GATED, "hflip_prob": {"choices": [0.0, 0.5]}, "brightness": {"low": 0.1, "high": 0.9}, "repeats": {"low": 2, "high": 5}}
+
+
+def test_pbt_mutates_the_spaces_schedulable_fields_within_their_ranges():
+    preset = _pbt_preset(PBT_SPACE)
+    # repeats shapes each batch and overcluster_k the model: never mutated; a gate may switch a field off
+    assert [p.name for p in preset.mutated_params()] == ["lr", "hflip_prob", "brightness"]
+    mutations = preset.mutations()
+    assert mutations["hflip_prob"] == [0.0, 0.5]  # choices: PBT shifts to a neighbour
+    assert (mutations["lr"].lower, mutations["lr"].upper) == (1e-3, 1e-2) and mutations["brightness"].upper == 0.9
+    assert [p.name for p in _pbt_preset(PBT_SPACE, {"mutate": ["brightness"]}).mutated_params()] == ["brightness"]
+    clip = preset.clip_to_ranges()
+    explored = clip({"lr": 0.02, "brightness": 0.05, "hflip_prob": 0.5, "repeats": 3, "gate": {"overclustering": True}})
+    assert explored == {"lr": 1e-2, "brightness": 0.1, "hflip_prob": 0.5, "repeats": 3, "gate": {"overclustering": True}}
+    assert pickle.loads(pickle.dumps(clip)) == clip  # Tune stores the scheduler with the experiment
+
+
+def test_pbt_population_is_drawn_from_the_space_with_its_gates():
+    preset = _pbt_preset(PBT_SPACE, {"population": 12})
+    population = preset.population(seeds=[7, 11], seed=5)
+    assert len(population) == 12 and population == preset.population(seeds=[7, 11], seed=5)  # seeded
+    assert population != preset.population(seeds=[7, 11], seed=6)
+    gates = set()
+    for member in population:
+        config = trial_iic_config(member)
+        assert member["pbt"] is True and trial_seeds(member) == [7, 11]
+        assert 1e-3 <= config.lr <= 1e-2 and config.hflip_prob in (0.0, 0.5) and 2 <= config.repeats <= 5
+        gates.add(member["gate"]["overclustering"])
+        assert (config.overcluster_k == 0) != member["gate"]["overclustering"]
+    assert gates == {True, False}
+
+
+@pytest.mark.parametrize(
+    "pbt, message",
+    [
+        ({"population": 1}, r"pbt.population: a population needs at least 2 trials \(got 1\)"),
+        ({"perturbation_interval": 0}, r"pbt.perturbation_interval: give a whole number of epochs, at least 1"),
+        ({"quantile_fraction": 0.75}, r"pbt.quantile_fraction: must lie in \(0, 0.5\]"),
+        ({"resample_probability": 1.5}, r"pbt.resample_probability: a probability must lie in \[0, 1\]"),
+        ({"mutate": ["repeats"]}, "pbt.mutate: repeats cannot change while a trial trains; PBT may mutate crop_min_scale, .*, lr, lamb"),
+        ({"mutate": ["hue"]}, "pbt.mutate: hue is not searched; give it a range under space"),
+        ({"mutations": ["lr"]}, "pbt section: unknown setting.*mutations; valid: mutate, perturbation_interval"),
+    ],
+)
+def test_bad_pbt_settings_are_named(pbt, message):
+    with pytest.raises(PresetError, match=message):
+        _pbt_preset(PBT_SPACE, pbt)
+
+
+def test_pbt_needs_something_to_mutate_outside_a_gate():
+    gated_lr = {"warm": {"gate": True, "otherwise": {"lr": 1e-3}}, "lr": {"low": 1e-3, "high": 1e-2, "when": "warm"}}
+    with pytest.raises(PresetError, match="pbt.mutate: lr is proposed only when warm is on; PBT cannot mutate a gated field"):
+        _pbt_preset(gated_lr, {"mutate": ["lr"]})
+    with pytest.raises(PresetError, match="pbt: nothing to mutate; the space searches none of"):
+        _pbt_preset({"repeats": {"low": 2, "high": 5}})
+    _preset({"repeats": {"low": 2, "high": 5}})  # fine for ASHA, which mutates nothing

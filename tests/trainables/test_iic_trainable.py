@@ -1,12 +1,18 @@
+import json
 import os
 
 import numpy as np
 import pytest
 from ray import tune
+from ray.tune.schedulers import PopulationBasedTraining
 
 import torch
 
-from trainables.iic_trainable import SEEDS_KEY, CHECKPOINT_FILE, SUMMARY_FILE, TrialSettings, has_collapsed, train_iic, trial_iic_config
+from iic.config import IICConfig
+from trainables.iic_trainable import (
+    CHECKPOINT_FILE, EXPLOIT_EPOCH_KEY, EXPLOITED_FROM_KEY, SCHEDULE_KEY, PBT_KEY, SEEDS_KEY, SUMMARY_FILE, TrialSettings, has_collapsed,
+    train_iic, trial_finished, trial_iic_config,
+)
 
 
 def test_collapse_needs_patience_epochs_in_a_row():
@@ -82,3 +88,57 @@ def test_a_trial_trains_its_seeds_at_once_and_reports_their_spread(ray_session, 
     assert metrics["label_free_pick_seed"] in (4, 9, 13)
     with result.checkpoint.as_directory() as folder:
         assert torch.load(f"{folder}/{CHECKPOINT_FILE}", weights_only=False)["seeds"] == [4, 9, 13]
+
+
+def test_a_trial_takes_over_another_trials_checkpoint_with_new_values_and_refuses_other_changes(ray_session, tmp_path, tiny_config):
+    # Two trials, a real PBT exploit after every epoch (synchronous: both trials at the same epoch):
+    # the first gives the weaker trial the stronger one's checkpoint with a new lr and augmentation,
+    # the second changes the batch size.
+    explored = []
+
+    def explore(config: dict) -> dict:
+        explored.append(config)
+        return {**config, "lr": 1e-3, "brightness": 0.1} if len(explored) == 1 else {**config, "batch_size": 16}
+
+    pbt = PopulationBasedTraining(time_attr="training_iteration", perturbation_interval=1, quantile_fraction=0.5,
+                                  custom_explore_fn=explore, synch=True)
+    tuner = tune.Tuner(
+        tune.with_resources(tune.with_parameters(train_iic, settings=TrialSettings(collapse_share=1.1)), {"cpu": 1}),
+        param_space={**tiny_config.replace(epochs=3).to_dict(), "lr": tune.grid_search([3e-3, 5e-3]), PBT_KEY: True},
+        tune_config=tune.TuneConfig(scheduler=pbt, metric="mutual_information", mode="max"),
+        run_config=tune.RunConfig(name="pbt", storage_path=str(tmp_path), stop=trial_finished, verbose=0),
+    )
+    results = list(tuner.fit())
+    assert len(explored) == 2
+    # (keyed by the trials' own reports: a trial that fails right after an exploit keeps the donor's last result)
+    histories = {result.metrics_dataframe["trial_id"].iloc[0]: result.metrics_dataframe for result in results}
+    taken = {trial_id: history.dropna(subset=[EXPLOITED_FROM_KEY]) if EXPLOITED_FROM_KEY in history else history.iloc[:0]
+             for trial_id, history in histories.items()}
+    [(recipient, row)] = [(trial_id, rows.iloc[0]) for trial_id, rows in taken.items() if len(rows) and rows.iloc[0][EXPLOIT_EPOCH_KEY] == 1]
+    [donor] = set(histories) - {recipient}
+    # the recipient went on from the donor's epoch 1 with the new values, and said so
+    assert row[EXPLOITED_FROM_KEY] == donor and row["epoch"] == 2 and row["status"] in ("running", "completed")
+    assert row["schedule.lr"] == 1e-3 and row["schedule.brightness"] == 0.1
+    donor_lr = histories[donor].iloc[0]["schedule.lr"]
+    schedule = json.loads(row[SCHEDULE_KEY])
+    assert schedule[0]["epoch"] == 1 and schedule[0]["values"]["lr"] == donor_lr  # epoch 1 was the donor's
+    assert schedule[1] == {"epoch": 2, "values": {"lr": 1e-3, "brightness": 0.1}}
+    assert trial_iic_config(explored[0], {SCHEDULE_KEY: row[SCHEDULE_KEY]}) == tiny_config.replace(
+        epochs=3, lr=donor_lr, schedule=[{"epoch": 2, "values": {"lr": 1e-3, "brightness": 0.1}}])
+    # the second exploit changed the batch size: refused, naming it
+    errors = [str(result.error) for result in results if result.error is not None]
+    assert len(errors) == 1 and "batch_size differ" in errors[0] and "which then change from the restored epoch on" in errors[0]
+
+
+def test_an_unscheduled_trial_reports_no_schedule(ray_session, tmp_path, tiny_config):
+    result = _fit(tmp_path, tiny_config.replace(epochs=1).to_dict(), TrialSettings(collapse_share=1.1), "unscheduled")
+    assert not any(key.startswith("schedule") for key in result.metrics) and EXPLOITED_FROM_KEY not in result.metrics
+
+
+def test_a_pbt_trial_trains_on_when_it_collapses_and_is_labelled_at_its_last_epoch(ray_session, tmp_path, tiny_config):
+    # Synchronous PBT waits for every trial at each perturbation point: a member must not stop early;
+    # PBT replaces a collapsed one with a better one's state.
+    config = {**tiny_config.replace(epochs=3).to_dict(), PBT_KEY: True}
+    result = _fit(tmp_path, config, TrialSettings(collapse_share=0.0, collapse_patience=1), "member")
+    assert list(result.metrics_dataframe["status"]) == ["running", "running", "collapsed"]
+    assert trial_finished("t", {"status": "collapsed"}) and not trial_finished("t", {"status": "running"})
