@@ -232,7 +232,7 @@ class Preset:
         """The searched fields PBT changes as trials train: ``pbt.mutate``, or every schedulable field
         of the space that no gate switches off."""
         names = self.pbt.mutate if self.pbt.mutate is not None else IICConfig.SCHEDULABLE_FIELDS
-        return [p for p in self.params if p.name in names and p.name in IICConfig.SCHEDULABLE_FIELDS and p.when is None and p.kind != "gate"]
+        return [p for p in self.params if p.name in names and p.name in IICConfig.SCHEDULABLE_FIELDS and p.when is None]
 
     def mutations(self) -> dict:
         """PBT's ``hyperparam_mutations``."""
