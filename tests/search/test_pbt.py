@@ -13,7 +13,7 @@ from iic.config import IICConfig
 from iic.train import main as train_main
 from search.export import export_best
 from search.run import main
-from search.tracking import ROLE_TAG, STATUS_TAG, TRIAL_TAG
+from search.mlflow_runs import ROLE_TAG, STATUS_TAG, TRIAL_TAG
 
 ROOT = Path(__file__).resolve().parents[2]
 
