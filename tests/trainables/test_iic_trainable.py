@@ -90,6 +90,7 @@ def test_a_trial_trains_its_seeds_at_once_and_reports_their_spread(ray_session, 
         assert torch.load(f"{folder}/{CHECKPOINT_FILE}", weights_only=False)["seeds"] == [4, 9, 13]
 
 
+@pytest.mark.slow  # a real two-trial PBT run
 def test_a_trial_takes_over_another_trials_checkpoint_with_new_values_and_refuses_other_changes(ray_session, tmp_path, tiny_config):
     # Two trials, a real PBT exploit after every epoch (synchronous: both trials at the same epoch):
     # the first gives the weaker trial the stronger one's checkpoint with a new lr and augmentation,
