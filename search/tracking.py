@@ -129,15 +129,18 @@ class MLflowTrialLogger(tune.Callback):
         self._end(trial, RunStatus.ERROR, "FAILED")
 
     def _end(self, trial, status: str, run_status: str) -> None:
+        self._record_end(trial, status, run_status)
+        run_id = self._open(trial)
+        if run_id:
+            self._closed[trial.trial_id] = self._endings.submit(self._write, "log its figures, status and end", trial.trial_id,
+                                                                lambda: end_trial_run(self._client, run_id, trial, status, run_status))
+
+    def _record_end(self, trial, status: str, run_status: str) -> None:
         self._ended[trial.trial_id] = (status, run_status)
         if not self.quiet:
             objective = trial.last_result.get("cluster_accuracy") if trial.last_result else None
             shown = f", cluster_accuracy {objective:.3f}" if isinstance(objective, float) else ""
             print(f"trial {trial.trial_id} {status} after {result_epoch(trial.last_result or {})} epochs{shown}", flush=True)
-        run_id = self._open(trial)
-        if run_id:
-            self._closed[trial.trial_id] = self._endings.submit(self._write, "log its figures, status and end", trial.trial_id,
-                                 lambda: end_trial_run(self._client, run_id, trial, status, run_status))
 
     def on_experiment_end(self, trials, **info):
         self._endings.shutdown(wait=True)
@@ -146,7 +149,7 @@ class MLflowTrialLogger(tune.Callback):
             if trial.trial_id in self._runs and trial.trial_id not in self._ended and trial.status != trial.ERROR:
                 # Tune stopped it as the experiment ended (it marks such trials TERMINATED without
                 # ending them one by one): the time budget ran out, or the search was stopped.
-                self._ended[trial.trial_id] = (RunStatus.STOPPED_BY_BUDGET if budget_spent else RunStatus.STOPPED, "FINISHED")
+                self._record_end(trial, RunStatus.STOPPED_BY_BUDGET if budget_spent else RunStatus.STOPPED, "FINISHED")
         closed = {trial_id for trial_id, done in self._closed.items() if done.done() and done.result()}
         report = reconcile(self._client, self.search, trials, self._ended, self._sent, closed)
         report.failures[:0] = self.failures
