@@ -3,10 +3,14 @@
 #
 #     bash benchmarks/gpu_packing_device.sh            # base: 3 workloads x N = 1 2 4 8 16, bf16 (~5 min)
 #     bash benchmarks/gpu_packing_device.sh compare    # digits and resnet18-32px at N = 1 16: bf16, bf16 + MPS, fp32 (~4.5 min)
+#     TOTAL_S=560 bash benchmarks/gpu_packing_device.sh speedups
+#         # issue 13's candidates, each against the plain bf16 rows of the same call: digits at N = 1 16
+#         # and resnet18-64px at N = 1 8, plain / channels_last / CUDA graphs (compile_mode=reduce-overhead) / MPS,
+#         # after the CUDA tests of those settings (tests/iic/test_train.py -k cuda_speed)
 #
 # Needs .whl/ (made here by `bash benchmarks/gpu_packing_wheels.sh`; the device call carries it):
 # the machine has torch and Ray's small dependencies but not Ray, jsonschema or pydantic. Installs
-# nothing else. Writes gpu_packing_<run>.json and .log under $OUT (at most 6 files).
+# nothing else. Writes gpu_packing_<run>.json and .log under $OUT (at most 16 files).
 # TOTAL_S (default 290) bounds each phase: a run that would pass it skips its remaining settings
 # (listed in its JSON) rather than overrun. GPU_PACKING_ARGS is appended to every invocation (on a
 # CPU machine, GPU_PACKING_ARGS="--smoke --workloads digits" checks this script end to end).
@@ -51,8 +55,22 @@ case "$PHASE" in
         run mps --mps --workloads digits resnet18-32px --trials-per-gpu 1 16 --seconds-per-setting 6
         run fp32 --no-amp --workloads digits resnet18-32px --trials-per-gpu 1 16 --seconds-per-setting 6
         ;;
+    speedups)
+        # The settings train as the default does on CUDA (CUDA graphs and NHWC kernels exist only there).
+        PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} timeout 150 python3 -m pytest -q -p no:cacheprovider \
+            tests/iic/test_train.py -k cuda_speed -rA 2>&1 | tail -8 | tee "$OUT/cuda_speed_tests.log"
+        # Plain first: a later variant that runs out of TOTAL_S still has its baseline in this call.
+        # Compiling happens in each trial's warm-up epoch, hence the longer warm-up timeout.
+        for workload in "digits 1 16" "resnet18-64px 1 8"; do
+            set -- $workload
+            run "plain_$1" --workloads "$1" --trials-per-gpu "$2" "$3"
+            run "channels_last_$1" --workloads "$1" --trials-per-gpu "$2" "$3" --set channels_last=true
+            run "cuda_graphs_$1" --workloads "$1" --trials-per-gpu "$2" "$3" --set compile_mode=reduce-overhead --warmup-timeout 240
+            run "mps_$1" --mps --workloads "$1" --trials-per-gpu "$2" "$3"
+        done
+        ;;
     *)
-        echo "usage: $0 [base|compare]" >&2
+        echo "usage: $0 [base|compare|speedups]" >&2
         exit 2
         ;;
 esac

@@ -92,6 +92,14 @@ def sample_configs(space: dict, base: IICConfig, count: int, sample_seed: int) -
     return configs
 
 
+def same_values(recorded: dict, drawn: dict) -> bool:
+    """Whether a recorded config's values are this draw's: equal, floats up to the last digits
+    (another machine's log and exp may round the last bit otherwise)."""
+    return recorded.keys() == drawn.keys() and all(
+        math.isclose(a, b, rel_tol=1e-12) if isinstance(a, float) and isinstance(b, float) else a == b
+        for a, b in ((recorded[k], drawn[k]) for k in recorded))
+
+
 def read_table(path: str | Path) -> tuple[dict | None, list[dict], list[dict]]:
     """(table definition, run records, config records) of a table file (``.jsonl`` or ``.jsonl.gz``);
     a last line cut short by a kill is left out."""
@@ -200,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
             config.validate(check_data=False)
         table = table_definition(Path(args.preset).stem, space, base, seeds, args.sample_seed)
         existing, _, recorded = read_table(out)
+        if existing is not None:  # a field IICConfig gained since has its default there
+            existing = {**existing, "config": IICConfig.from_dict(existing["config"]).to_dict()}
         if existing is not None and existing != table:
             differ = sorted(key for key in table if existing.get(key) != table.get(key))
             raise ConfigError(f"{out} holds another table ({', '.join(differ)} differ); write to another --out or delete it")
@@ -207,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     for record in recorded:  # config i must be the one this draw gives: the sampler may have changed
-        if record["index"] < count and record["values"] != configs[record["index"]][0]:
+        if record["index"] < count and not same_values(record["values"], configs[record["index"]][0]):
             print(f"error: {out}: config {record['index']} was recorded with other values than this draw gives; the table cannot be extended", file=sys.stderr)
             return 2
 

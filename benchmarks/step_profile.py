@@ -4,6 +4,7 @@ several seeds at once costs.
     python benchmarks/step_profile.py                 # CPU (or CUDA with AMP when present)
     python benchmarks/step_profile.py --device cuda --no-amp
     python benchmarks/step_profile.py --seeds 1 2 4   # S seeds stacked vs the same seeds one after another
+    python benchmarks/step_profile.py --set channels_last=true --set compile_mode=reduce-overhead
 
 Two setups: the default config (digits, ClusterNet, 16 px) and ResNet18 at 64 px on RGB images
 with the full augmentation (crop, flip, rotation, colour jitter) and Sobel. For each it prints
@@ -116,11 +117,15 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--seeds", type=int, nargs="+", metavar="S", help="also time S seeds stacked vs in turn, e.g. --seeds 1 2 4")
     parser.add_argument("--only", choices=["default", "resnet18"], help="profile one setup only")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="an IICConfig field for both setups, e.g. --set channels_last=true or "
+                             "--set compile_mode=reduce-overhead (compiling happens in the warm-up steps)")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads"
           + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""))
     print(f"{'setup':<36} {'device':<22} {'images/s':>9} {'views/s':>9} {'step ms':>8} {'prep share':>10}")
-    configs = {name: config for name, config in setups(args.device, not args.no_amp).items() if not args.only or name.startswith(args.only)}
+    configs = {name: config.with_overrides(args.overrides)
+               for name, config in setups(args.device, not args.no_amp).items() if not args.only or name.startswith(args.only)}
     for name, config in configs.items():
         r = profile(config, args.steps, args.warmup)
         print(f"{name:<36} {r['device']:<22} {r['images_per_second']:>9.0f} {r['views_per_second']:>9.0f} "

@@ -25,6 +25,8 @@ from iic.models import BACKBONES, MIN_INPUT_SIZE, RESNET_SMALL_STEM_BELOW
 from iic.pretrained import IMAGENET, IMAGENET_WEIGHTS, WeightsError, fetch_imagenet_weights
 
 DEVICES = ("auto", "cpu", "cuda")
+# torch.compile's modes, and "off" (eager).
+COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 class ConfigError(ValueError):
@@ -95,6 +97,11 @@ class IICConfig:
     device: str = "auto"  # auto = CUDA when present, else CPU
     amp: bool = True  # bfloat16 autocast on CUDA; ignored on CPU
     eval_batch_size: int = 1024
+    # Speed only (the same training, up to floating-point noise; measured by benchmarks/gpu_packing.py):
+    # channels-last (NHWC) convolutions, and torch.compile of the training forward pass, one of
+    # COMPILE_MODES ("reduce-overhead" replays it as CUDA graphs: fewer kernel launches on a GPU).
+    channels_last: bool = False
+    compile_mode: str = "off"
 
     # Changes of SCHEDULABLE_FIELDS while the run trains: [{"epoch": E, "values": {field: value}}, ...],
     # epochs increasing; from epoch E on the fields take those values. None: the fields never change.
@@ -108,7 +115,9 @@ class IICConfig:
     SCHEDULABLE_FIELDS: typing.ClassVar[tuple[str, ...]] = (*AUGMENT_FIELDS, "lr", "lamb")
     # Fields that may differ between a checkpoint and the config resuming it (the schedulable fields
     # may too: they then change from the restored epoch on, see ``continuing``).
-    RESUMABLE_CHANGES: typing.ClassVar[tuple[str, ...]] = ("epochs", "device", "amp", "eval_batch_size", "download")
+    RESUMABLE_CHANGES: typing.ClassVar[tuple[str, ...]] = (
+        "epochs", "device", "amp", "eval_batch_size", "download", "channels_last", "compile_mode",
+    )
 
     # ---- construction -------------------------------------------------------------------------
 
@@ -252,6 +261,8 @@ class IICConfig:
         require(self.epochs >= 1, f"epochs: must be at least 1 (got {self.epochs})")
         require(self.overcluster_passes >= 0 and self.main_passes >= 1, "overcluster_passes must be >= 0 and main_passes >= 1 (passes over the data per epoch)")
         require(self.eval_batch_size >= 1, f"eval_batch_size: must be at least 1 (got {self.eval_batch_size})")
+        require(self.compile_mode in COMPILE_MODES,
+                f"compile_mode: {self.compile_mode!r} is not one of {', '.join(COMPILE_MODES)} (off: no torch.compile)")
         require(self.max_samples is None or self.max_samples >= 2, f"max_samples: must be at least 2 or null for all (got {self.max_samples})")
         problems += schedulable_problems({name: getattr(self, name) for name in self.SCHEDULABLE_FIELDS})
         problems += self._schedule_problems()

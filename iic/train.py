@@ -43,6 +43,7 @@ from iic.status import RunStatus
 AUGMENT_SEED_OFFSET = 1
 _HELDOUT_SEED_OFFSET = 2
 CHECKPOINT_FILE = "checkpoint.pt"  # in the CLI's --out folder
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")  # compile modes that replay CUDA graphs
 
 
 def resolve_device(name: str) -> torch.device:
@@ -72,6 +73,12 @@ def new_backbone(config: IICConfig, channels: int) -> torch.nn.Module:
     else:
         in_channels = PRETRAINED_CHANNELS if config.backbone_weights else channels
     return build_backbone(config.backbone, in_channels, config.input_size, config.backbone_width, config.backbone_weights)
+
+
+def compiled(model: torch.nn.Module, mode: str) -> torch.nn.Module:
+    """``model`` under torch.compile in ``mode`` (``IICConfig.compile_mode``), or itself for "off".
+    Shapes are specialised (a pass has at most two batch sizes), which CUDA graphs need."""
+    return model if mode == "off" else torch.compile(model, mode=mode, dynamic=False)
 
 
 def prepare_images(images_uint8: torch.Tensor, augment: BatchAugment, draw: AugmentDraw | None,
@@ -209,6 +216,9 @@ class Trainer:
         except WeightsError as err:
             raise ConfigError(f"backbone_weights: {err}") from None
         self.model = StackedIICModel(models, config.freeze_backbone).to(self.device)
+        if config.channels_last:  # 4-d weights NHWC; convolutions then give NHWC outputs too
+            self.model.to(memory_format=torch.channels_last)
+        self.training_forward = compiled(self.model, config.compile_mode)
         self.optimiser = torch.optim.Adam([p for p in self.model.parameters() if p.requires_grad], lr=config.lr)
         self.criterion = IICLoss(config.lamb)
         self.apply_schedule(1)  # the augmentation, lr and lamb of epoch 1
@@ -289,7 +299,9 @@ class Trainer:
         step is then not taken)."""
         size = base.shape[1]
         # Views are images, or with cached features already the frozen backbone's features of them.
-        classify = self.model.classify if self.cached_features is not None else self.model
+        classify = self.model.classify if self.cached_features is not None else self.training_forward
+        if self.config.compile_mode in CUDA_GRAPH_MODES:  # a new step: the graphs' earlier outputs may be reused
+            torch.compiler.cudagraph_mark_step_begin()
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
             probabilities = classify(torch.cat([base, twins], dim=1), head)
         repeats = twins.shape[1] // size

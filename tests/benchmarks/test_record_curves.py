@@ -1,3 +1,5 @@
+import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -79,6 +81,20 @@ def test_a_rerun_resumes_without_redoing_finished_configs(smoke_table, tmp_path,
     assert main(["--smoke", "--preset", str(preset), "--workers", "1", "--epochs", "3", "--out", str(out)]) == 2
     assert "holds another table (config, epochs differ)" in capsys.readouterr().err
     assert out.read_text() == text
+
+
+def test_a_table_from_another_machine_and_an_older_config_is_still_extended(smoke_table, tmp_path, capsys):
+    preset, recorded = smoke_table
+    lines = [json.loads(line) for line in recorded.read_text().splitlines()]
+    for line in lines:
+        if line["kind"] == "table":  # recorded before IICConfig had this field: its default is meant
+            del line["config"]["compile_mode"]
+        if line["kind"] == "config" and line["index"] == 0:  # another machine's exp rounded the last bit otherwise
+            line["values"]["lr"] = math.nextafter(line["values"]["lr"], 1.0)
+    out = tmp_path / "curves.jsonl"
+    out.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    assert main(["--smoke", "--preset", str(preset), "--workers", "1", "--configs", "3", "--out", str(out)]) == 0
+    assert "3 of 3 configs already" in capsys.readouterr().out
 
 
 def test_the_time_budget_stops_new_configs_and_lets_the_running_one_finish(smoke_table, tmp_path, capsys):

@@ -1,9 +1,11 @@
 import json
 import math
 
+import numpy as np
 import pytest
 
-from benchmarks.search_strategies import STRATEGIES, chosen_at, compare, load_table, main, run_search
+from benchmarks.search_strategies import STRATEGIES, Member, PBTRun, chosen_at, compare, exploit, load_table, main, run_pbt, run_search
+from search.space import PBTSettings
 
 EPOCHS = 8
 SEEDS = [0, 1, 2, 3, 4]
@@ -113,3 +115,28 @@ def test_the_command_prints_its_figures_and_itself(tmp_path, capsys):
     assert [(row[0], row[1]) for row in rows] == [(b, s) for b in ("16", "400") for s in STRATEGIES]
     assert all(row[2:5] == ["0.500", "0.000", "0.500"] for row in rows if row[0] == "400")  # mean, sd, min
     assert f"command: python benchmarks/search_strategies.py --table {path} --budgets 16 400 --searches 3 --grace-period 2" in out
+
+
+def test_pbt_spends_its_budget_as_a_population_and_exploits_at_each_interval(table):
+    run = run_pbt(table, seed=0, budget=16, settings=PBTSettings(perturbation_interval=3))
+    assert len(run.members) == 2 and run.spent == 16  # 16 trial-epochs: two members of 8 epochs
+    assert run.exploits == 2  # at epochs 3 and 6, the worse of the two takes over the better
+    assert all(m.status == "completed" for m in run.members)
+    assert run_pbt(table, seed=0, budget=8, settings=PBTSettings()) is None  # no population of two in one trial's epochs
+
+
+def test_an_exploit_copies_a_top_member_and_explores_only_the_schedulable_fields(table):
+    always_resample = PBTSettings(quantile_fraction=0.5, resample_probability=1.0)
+    landed = set()
+    for seed in range(20):
+        top = Member({"lr": 1e-3, "batch_size": 64}, [(1, FLATTERED)])
+        bottom = Member({"lr": 1e-4, "batch_size": 128}, [(1, BATCH_SIZES.index(128))])
+        run = PBTRun([top, bottom], 0)
+        exploit(table, [top, bottom], 3, always_resample, np.random.default_rng(seed), run)
+        assert top.path == [(1, FLATTERED)]  # the better member trains on
+        (epoch, config), = bottom.path[1:]
+        assert epoch == 4 and bottom.values["batch_size"] == 64  # from the next epoch, with the donor's batch size
+        assert table.values[config]["batch_size"] == 64 and config != DIVERGING
+        landed.add(config)
+        assert run.moves == (config != FLATTERED)
+    assert len(landed) > 1  # a fresh lr reaches other recorded configs of the same batch size

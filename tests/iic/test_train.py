@@ -336,6 +336,52 @@ def test_a_frozen_run_resumes_exactly_from_a_checkpoint_of_its_heads(frozen_conf
     assert torch.equal(_weights(resumed), _weights(straight))
 
 
+def _two_epochs_then_resumed_in_eager(config, tmp_path):
+    """Losses of 2 epochs of ``config``, then of a third by a default (eager, NCHW) trainer resumed from its checkpoint."""
+    fast = Trainer(config, seeds=[0, 1])
+    losses = [fast.run_epoch()["loss"] for _ in range(2)]
+    fast.save_checkpoint(tmp_path / "checkpoint.pt")
+    eager = Trainer(config.replace(channels_last=False, compile_mode="off"), seeds=[0, 1])
+    eager.load_checkpoint(tmp_path / "checkpoint.pt")
+    return losses + [eager.run_epoch()["loss"]]
+
+
+def test_channels_last_trains_as_the_default_layout_does_and_resumes_without_it(tiny_config, tmp_path):
+    config = tiny_config.replace(epochs=3, overcluster_k=20, sobel=True)
+    plain = Trainer(config, seeds=[0, 1])
+    expected = [plain.run_epoch()["loss"] for _ in range(3)]
+    fast = Trainer(config.replace(channels_last=True), seeds=[0, 1])
+    convolutions = [p for p in fast.model.parameters() if p.dim() == 4]
+    assert convolutions and all(p.is_contiguous(memory_format=torch.channels_last) for p in convolutions)
+    assert _two_epochs_then_resumed_in_eager(config.replace(channels_last=True), tmp_path) == pytest.approx(expected, abs=1e-4)
+
+
+@pytest.mark.slow  # compiling takes 15-50 s on 2 cores
+def test_a_compiled_training_step_trains_as_eager_does_and_resumes_without_it(tiny_config, tmp_path):
+    config = tiny_config.replace(epochs=3, overcluster_k=20)
+    plain = Trainer(config, seeds=[0, 1])
+    expected = [plain.run_epoch()["loss"] for _ in range(3)]
+    assert _two_epochs_then_resumed_in_eager(config.replace(compile_mode="default"), tmp_path) == pytest.approx(expected, abs=1e-4)
+
+
+def test_an_unknown_compile_mode_is_refused_naming_the_modes(tiny_config):
+    with pytest.raises(ConfigError, match="compile_mode: 'fast' is not one of off, default, reduce-overhead"):
+        tiny_config.replace(compile_mode="fast").validate()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("changes", [{"channels_last": True}, {"compile_mode": "reduce-overhead"},
+                                     {"channels_last": True, "compile_mode": "reduce-overhead"}])
+def test_cuda_speed_settings_train_as_the_default_does(tiny_config, changes):
+    # CUDA graphs (reduce-overhead) and NHWC kernels exist only on a GPU: the CPU tests cannot show their failures.
+    config = tiny_config.replace(device="cuda", amp=False, epochs=3, overcluster_k=20)
+    expected = train(config, seeds=[0, 1]).history
+    history = train(config.replace(**changes), seeds=[0, 1]).history
+    assert [m["loss"] for m in history] == pytest.approx([m["loss"] for m in expected], abs=1e-3)  # other kernels
+    in_bf16 = train(config.replace(amp=True, **changes), seeds=[0, 1])
+    assert in_bf16.status == "completed" and math.isfinite(in_bf16.metrics["loss"])
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_run_with_mixed_precision(tiny_config):
     result = train(tiny_config.replace(device="cuda", amp=True, overcluster_k=20), seeds=[0, 1])

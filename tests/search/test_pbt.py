@@ -2,17 +2,21 @@
 a real MLflow SQLite store, then export and python -m iic.train replaying an exploited trial."""
 
 import json
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 from mlflow.tracking import MlflowClient
+from ray import tune
+from ray.tune.schedulers import PopulationBasedTraining
 
 from iic.config import IICConfig
 from iic.train import main as train_main
 from search.export import export_best
-from search.run import main
+from search.run import StalledPopulation, main
 from search.mlflow_runs import ROLE_TAG, STATUS_TAG, TRIAL_TAG
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -104,43 +108,57 @@ def test_warm_start_and_pbt_are_refused_together(ray_session, tmp_path, state_di
     assert "--warm-start: its configs seed Optuna's TPE, which PBT does not use" in capsys.readouterr().err
 
 
-@pytest.mark.skip(reason="racy: whether the population stalls depends on which trial Ray starts first; failed 3 of 6 runs on 2026-11-27 (see issue 11's note)")
-def test_a_population_waiting_for_a_trial_that_ended_early_ends_the_search(ray_session, tmp_path, tiny_config, capsys):
-    # The short trial (one epoch, eight times the work of an epoch of the other) ends after the long one has paused
-    # at the perturbation point to wait for it: synchronous PBT alone would wait for ever.
-    from ray import tune
-    from ray.tune.schedulers import PopulationBasedTraining
+class _MarkWhenPaused(tune.Callback):
+    """Touches a file once the trial of role ``long`` is paused: what the short trial waits for."""
 
-    from search.run import StalledPopulation
-    from trainables.iic_trainable import PBT_KEY, TrialSettings, train_iic
+    def __init__(self, marker: Path):
+        self.marker = marker
 
-    def attempt(number: int) -> tuple[dict, str]:
-        stalled = StalledPopulation(patience_s=5)
-        tuner = tune.Tuner(
-            tune.with_resources(tune.with_parameters(train_iic, settings=TrialSettings(collapse_share=1.1)), {"cpu": 1}),
-            param_space={**tiny_config.to_dict(), PBT_KEY: True, "epochs": tune.grid_search([3, 1]),
-                         "repeats": tune.sample_from(lambda config: 1 if config["epochs"] == 3 else 8)},
-            tune_config=tune.TuneConfig(scheduler=PopulationBasedTraining(
-                time_attr="training_iteration", perturbation_interval=1, hyperparam_mutations={"lr": [1e-3, 3e-3]}, synch=True),
-                metric="cluster_accuracy", mode="max"),
-            run_config=tune.RunConfig(name=f"stalled{number}", storage_path=str(tmp_path), stop=stalled, callbacks=[stalled], verbose=0),
-        )
-        return {result.config["epochs"]: result for result in tuner.fit()}, capsys.readouterr().err
+    def on_step_end(self, iteration, trials, **info):
+        if any(trial.config["role"] == "long" and trial.status == trial.PAUSED for trial in trials):
+            self.marker.touch()
 
-    # Which trial gets its worker first is up to Ray: when the short one ends before the long one
-    # has reached the perturbation point, nothing waits and nothing is to be stopped; try again.
-    for number in range(3):
-        results, printed = attempt(number)
-        if list(results[3].metrics_dataframe["epoch"]) != [1, 2, 3]:
-            break
-    assert "every trial of the population has waited 5 s for one that ended early" in printed
-    assert list(results[1].metrics_dataframe["status"]) == ["completed"]
-    assert list(results[3].metrics_dataframe["epoch"]) == [1]  # it waited at the perturbation point until the search ended
+
+@pytest.mark.slow
+def test_a_population_waiting_for_a_trial_that_ended_early_ends_the_search(ray_session, tmp_path, capsys):
+    # The short trial ends (a final status: the stopper ends it) only once the long one waits for it at the
+    # perturbation point: synchronous PBT alone would wait for ever; StalledPopulation ends the search.
+    def long_or_short_trial(config):
+        """``long`` reports epoch 1 of 3 (with a checkpoint, as PBT pauses it there); ``short`` waits until
+        ``long`` is paused at the perturbation point, then reports its one and final epoch. (Defined
+        here: Ray's workers unpickle it by value, they cannot import a test module.)"""
+        if config["role"] == "short":
+            waited = 0.0
+            while not Path(config["marker"]).exists():
+                assert waited < 120, "the long trial was never paused"
+                time.sleep(0.2)
+                waited += 0.2
+            tune.report({"epoch": 1, "status": "completed", "cluster_accuracy": 0.5})
+            return
+        for epoch in range(1, 4):
+            with tempfile.TemporaryDirectory() as folder:
+                (Path(folder) / "epoch").write_text(str(epoch))
+                tune.report({"epoch": epoch, "status": "running", "cluster_accuracy": 0.1}, checkpoint=tune.Checkpoint.from_directory(folder))
+
+    stalled = StalledPopulation(patience_s=5)
+    marker = tmp_path / "long-is-paused"
+    tuner = tune.Tuner(
+        tune.with_resources(long_or_short_trial, {"cpu": 1}),
+        param_space={"role": tune.grid_search(["long", "short"]), "marker": str(marker), "lr": 1e-3},
+        tune_config=tune.TuneConfig(scheduler=PopulationBasedTraining(
+            time_attr="training_iteration", perturbation_interval=1, hyperparam_mutations={"lr": [1e-3, 3e-3]}, synch=True),
+            metric="cluster_accuracy", mode="max", time_budget_s=120),  # without the guard: fail, not hang
+        run_config=tune.RunConfig(name="stalled", storage_path=str(tmp_path), stop=stalled,
+                                  callbacks=[stalled, _MarkWhenPaused(marker)], verbose=0),
+    )
+    results = {result.config["role"]: result for result in tuner.fit()}
+    assert "every trial of the population has waited 5 s for one that ended early" in capsys.readouterr().err
+    assert list(results["short"].metrics_dataframe["status"]) == ["completed"]
+    assert list(results["long"].metrics_dataframe["epoch"]) == [1]  # it waited at the perturbation point until the search ended
 
 
 def test_configs_with_gates_and_schedules_pass_through_tunes_variant_generator_unchanged(ray_session, tmp_path):
     # The PBT population (nested gates) and confirmation points (schedules) start as Tune's points.
-    from ray import tune
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     from search.confirm import space_of
