@@ -2,14 +2,16 @@
 # benchmarks/record_curves.py on the lent GPU machine (one H100/H200, 16 CPUs, torch, no network):
 #
 #     WORKERS=8 TIME_BUDGET=420 bash benchmarks/record_curves_device.sh      # device tool: timeout_s 600
+#     PRESET=digits_schedules WORKERS=14 TIME_BUDGET=420 bash benchmarks/record_curves_device.sh
 #
-# Records the digits_wide table (CONFIGS configs x seeds 0-4 x 20 epochs) into $OUT, all workers
+# Records the PRESET table (default digits_wide; CONFIGS configs x seeds 0-4 x 20 epochs) into $OUT, all workers
 # sharing the GPU. It starts from the table committed in benchmarks/data/ when there is one, so a
 # second call carries on where the first stopped (copy $OUT's table back into benchmarks/data/ and
 # commit it in between). A config is started only while it should end within TIME_BUDGET; running
 # ones finish, so the command is given SLACK_S more before `timeout` ends it (a killed run keeps
-# every config it finished). Writes under $OUT: curves_digits_wide.jsonl (.jsonl.gz instead when over
-# 2 MB), record_curves.log, device.txt.
+# every config it finished). Writes under $OUT: curves_$PRESET.jsonl (.jsonl.gz instead when over
+# 2 MB), record_curves.log, device.txt. digits_schedules varies only what PBT changes (its configs
+# share the model), so that search_strategies.py can replay PBT's explore steps.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH=$PWD  # no editable install there: iic and search come from the repository root
@@ -19,7 +21,8 @@ WORKERS=${WORKERS:-8}
 TIME_BUDGET=${TIME_BUDGET:-420}
 SLACK_S=${SLACK_S:-120}
 CONFIGS=${CONFIGS:-400}
-TABLE=curves_digits_wide.jsonl
+PRESET=${PRESET:-digits_wide}
+TABLE=curves_$PRESET.jsonl
 mkdir -p "$OUT"
 
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || echo "no nvidia-smi: no GPU here"; } | tee "$OUT/device.txt"
@@ -32,7 +35,7 @@ elif [[ -f benchmarks/data/$TABLE.gz ]]; then
     gunzip -c "benchmarks/data/$TABLE.gz" > "$OUT/$TABLE"
 fi
 
-timeout $(( TIME_BUDGET + SLACK_S )) python3 benchmarks/record_curves.py --workers "$WORKERS" --time-budget "$TIME_BUDGET" \
+timeout $(( TIME_BUDGET + SLACK_S )) python3 benchmarks/record_curves.py --preset "$PRESET" --workers "$WORKERS" --time-budget "$TIME_BUDGET" \
     --configs "$CONFIGS" --out "$OUT/$TABLE" ${RECORD_ARGS:-} 2>&1 | tee "$OUT/record_curves.log"
 echo "record_curves exit status ${PIPESTATUS[0]} (124: stopped by timeout; finished configs are kept)" | tee -a "$OUT/record_curves.log"
 

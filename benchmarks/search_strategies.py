@@ -371,7 +371,9 @@ def summary(values: list[float]) -> dict:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--table", help=f"table of curves (default benchmarks/data/curves_{DEFAULT_PRESET}.jsonl, or .jsonl.gz)")
+    parser.add_argument("--table", help="table of curves (default benchmarks/data/curves_PRESET.jsonl, or .jsonl.gz)")
+    parser.add_argument("--preset", default=DEFAULT_PRESET,
+                        help=f"whose bundled table, when no --table (default {DEFAULT_PRESET}; digits_schedules: PBT's explore moves)")
     parser.add_argument("--budgets", type=int, nargs="+", default=list(DEFAULT_BUDGETS), help="trial-epochs per search")
     parser.add_argument("--searches", type=int, default=30, help="searches per strategy and budget (sampler seeds 0..N-1)")
     parser.add_argument("--strategies", nargs="+", choices=STRATEGIES, default=list(STRATEGIES))
@@ -389,7 +391,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.perf_counter()
-    path = Path(args.table) if args.table else default_table_path(DEFAULT_PRESET)
+    path = Path(args.table) if args.table else default_table_path(args.preset)
     if not args.table and not path.exists():
         path = path.with_suffix(".jsonl.gz")
     try:

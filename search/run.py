@@ -228,6 +228,8 @@ def population_based_training(preset: Preset, seed: int, trial_seeds: list[int])
     tune_config = tune.TuneConfig(
         search_alg=BasicVariantGenerator(points_to_evaluate=population), scheduler=scheduler,
         num_samples=len(population), time_budget_s=search.time_budget_s, trial_dirname_creator=trial_dirname,
+        # A trial paused at a perturbation point continues in a waiting process instead of a new one.
+        reuse_actors=True,
     )
     stalled = StalledPopulation()
     run_options = {
