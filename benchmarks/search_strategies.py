@@ -3,7 +3,7 @@ TPE + ASHA or population-based training, replayed against a table of recorded le
 (``record_curves.py``).
 
     python benchmarks/search_strategies.py                                   # the bundled digits_wide table
-    python benchmarks/search_strategies.py --budgets 100 200 400 800 --searches 30
+    python benchmarks/search_strategies.py --budgets 100 200 400 800 --searches 100
 
 Strategies: Optuna's ``RandomSampler``; ``TPESampler`` (Optuna's defaults: 10 random start-up
 trials, multivariate); ``TPESampler`` with Optuna's ``SuccessiveHalvingPruner`` (asynchronous
@@ -375,7 +375,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--preset", default=DEFAULT_PRESET,
                         help=f"whose bundled table, when no --table (default {DEFAULT_PRESET}; digits_schedules: PBT's explore moves)")
     parser.add_argument("--budgets", type=int, nargs="+", default=list(DEFAULT_BUDGETS), help="trial-epochs per search")
-    parser.add_argument("--searches", type=int, default=30, help="searches per strategy and budget (sampler seeds 0..N-1)")
+    parser.add_argument("--searches", type=int, default=100, help="searches per strategy and budget (sampler seeds 0..N-1)")
     parser.add_argument("--strategies", nargs="+", choices=STRATEGIES, default=list(STRATEGIES))
     parser.add_argument("--search-seeds", type=int, nargs="+", default=[0, 1, 2], help="table seeds a search sees")
     parser.add_argument("--confirm-seeds", type=int, nargs="+", default=[3, 4], help="table seeds the chosen config is reported on")
