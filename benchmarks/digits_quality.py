@@ -2,6 +2,7 @@
 
     python benchmarks/digits_quality.py                      # digits, the ten reporting seeds 1000-1009
     python benchmarks/digits_quality.py --config configs/mnist5k.yaml --seeds 1000 1001 1002 1003 1004
+    python benchmarks/digits_quality.py --epochs 90 --report-epochs 45 --seeds 1020 1021 1022   # also epoch 45 of the run
 
 The seeds trained on at once (one stacked model, see iic.train.Trainer). Prints one row per seed
 (accuracy, NMI, largest-cluster share, held-out mutual information), then the mean, minimum and
@@ -43,6 +44,21 @@ def kmeans_accuracy(config: IICConfig, seed: int = 0) -> float:
     return clustering_metrics(clusters, data.labels.numpy(), config.num_clusters, data.num_classes)["cluster_accuracy"]
 
 
+def print_figures(per_seed: list[dict]) -> None:
+    """One row per seed, then the accuracy's mean, min and sd and the label-free best of 3."""
+    print(f"{'seed':>10}  {'accuracy':>8}  {'nmi':>6}  {'largest':>7}  {'held-out MI':>11}")
+    for m in per_seed:
+        print(f"{m['seed']:>10}  {m.get('cluster_accuracy', float('nan')):>8.3f}  {m.get('nmi', float('nan')):>6.3f}  "
+              f"{m.get('largest_cluster_share', float('nan')):>7.2f}  {m.get('mutual_information', float('nan')):>11.3f}")
+    accuracy = np.array([m["cluster_accuracy"] for m in per_seed])
+    nmi = np.array([m["nmi"] for m in per_seed])
+    print(f"IIC accuracy over {len(accuracy)} seeds: mean {accuracy.mean():.3f}  min {accuracy.min():.3f}  "
+          f"sd {accuracy.std(ddof=1) if len(accuracy) > 1 else 0.0:.3f}  (NMI mean {nmi.mean():.3f})")
+    if len(per_seed) >= 3:
+        print(f"label-free best of 3 seeds (highest held-out MI of each 3 in order): mean accuracy "
+              f"{label_free_best_of(per_seed):.3f} over {len(per_seed) // 3} triples")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML config (default: IICConfig defaults)")
@@ -50,6 +66,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--seeds", type=int, nargs="+", default=REPORTING_SEEDS, help="default: 1000-1009, never used for tuning")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--report-epochs", type=int, nargs="+", default=[], metavar="E",
+                        help="also the figures at these earlier epochs of the same run (a run of E epochs is its first E: "
+                             "nothing in training depends on the epoch count)")
     args = parser.parse_args()
 
     config = IICConfig.from_yaml(args.config) if args.config else IICConfig()
@@ -69,19 +88,12 @@ def main() -> None:
     started = time.perf_counter()
     result = train(config, seeds=args.seeds)
     seconds = time.perf_counter() - started
-    print(f"{'seed':>10}  {'accuracy':>8}  {'nmi':>6}  {'largest':>7}  {'held-out MI':>11}")
-    for run in result.seeds:
-        m = run.metrics
-        print(f"{run.seed:>10}  {m.get('cluster_accuracy', float('nan')):>8.3f}  {m.get('nmi', float('nan')):>6.3f}  "
-              f"{m.get('largest_cluster_share', float('nan')):>7.2f}  {m.get('mutual_information', float('nan')):>11.3f}")
-    accuracy = np.array([run.metrics["cluster_accuracy"] for run in result.seeds])
-    nmi = np.array([run.metrics["nmi"] for run in result.seeds])
-    print(f"IIC accuracy over {len(accuracy)} seeds: mean {accuracy.mean():.3f}  min {accuracy.min():.3f}  "
-          f"sd {accuracy.std(ddof=1) if len(accuracy) > 1 else 0.0:.3f}  (NMI mean {nmi.mean():.3f}); status {result.status}")
-    if len(result.seeds) >= 3:
-        print(f"label-free best of 3 seeds (highest held-out MI of each 3 in order): mean accuracy "
-              f"{label_free_best_of([run.metrics for run in result.seeds]):.3f} over {len(result.seeds) // 3} triples")
-    print(f"{seconds:.0f} s for all {len(accuracy)} seeds at once ({seconds / len(accuracy):.0f} s per seed)")
+    for epoch in sorted(e for e in args.report_epochs if e < len(result.history)):
+        print(f"\nat epoch {epoch} of the same run:")
+        print_figures([run.history[epoch - 1] for run in result.seeds])
+    print(f"\nat epoch {len(result.history)} (status {result.status}):")
+    print_figures([run.metrics for run in result.seeds])
+    print(f"{seconds:.0f} s for all {len(args.seeds)} seeds at once ({seconds / len(args.seeds):.0f} s per seed)")
     print(f"k-means on raw pixels: accuracy {kmeans_accuracy(config):.3f}")
     print("command: python " + " ".join(shlex.quote(a) for a in sys.argv))
 
