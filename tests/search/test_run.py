@@ -234,5 +234,5 @@ def test_ceiling_trains_the_supervised_ceiling_beside_the_search(ray_session, tm
     best = trials[0].data.metrics["cluster_accuracy"]
     assert parent.data.metrics["best_to_ceiling"] == pytest.approx(best / accuracy)
     printed = capsys.readouterr().out
-    assert f"Supervised ceiling (same backbone on the labels, held out: stratified 20% of train (seed " in printed
+    assert "Supervised ceiling (same backbone on the labels, held out: stratified 20% of train (seed " in printed
     assert f"{accuracy:.3f}; best IIC accuracy {best:.3f}" in printed

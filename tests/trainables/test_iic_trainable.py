@@ -8,7 +8,6 @@ from ray.tune.schedulers import PopulationBasedTraining
 
 import torch
 
-from iic.config import IICConfig
 from trainables.iic_trainable import (
     CHECKPOINT_FILE, EXPLOIT_EPOCH_KEY, EXPLOITED_FROM_KEY, SCHEDULE_KEY, PBT_KEY, SEEDS_KEY, SUMMARY_FILE, TrialSettings, has_collapsed,
     train_iic, trial_finished, trial_iic_config,
