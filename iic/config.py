@@ -27,6 +27,7 @@ from iic.pretrained import IMAGENET, IMAGENET_WEIGHTS, WeightsError, fetch_image
 DEVICES = ("auto", "cpu", "cuda")
 # torch.compile's modes, and "off" (eager).
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")  # those of COMPILE_MODES that replay CUDA graphs
 
 
 class ConfigError(ValueError):

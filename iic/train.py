@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from iic.augment import AugmentDraw, BatchAugment
-from iic.config import ConfigError, IICConfig
+from iic.config import CUDA_GRAPH_MODES, ConfigError, IICConfig
 from iic.data import DatasetError, ImageData, load_dataset
 from iic.loss import IICLoss, mutual_information
 from iic.metrics import clustering_metrics, confusion_matrix
@@ -43,7 +43,6 @@ from iic.status import RunStatus
 AUGMENT_SEED_OFFSET = 1
 _HELDOUT_SEED_OFFSET = 2
 CHECKPOINT_FILE = "checkpoint.pt"  # in the CLI's --out folder
-CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")  # compile modes that replay CUDA graphs
 
 
 def resolve_device(name: str) -> torch.device:
