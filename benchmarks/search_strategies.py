@@ -4,6 +4,7 @@ TPE + ASHA or population-based training, replayed against a table of recorded le
 
     python benchmarks/search_strategies.py                                   # the bundled digits_wide table
     python benchmarks/search_strategies.py --budgets 100 200 400 800 --searches 100
+    python benchmarks/search_strategies.py --preset digits_schedules   # only what PBT changes varies: its explore moves
 
 Strategies: Optuna's ``RandomSampler``; ``TPESampler`` (Optuna's defaults: 10 random start-up
 trials, multivariate); ``TPESampler`` with Optuna's ``SuccessiveHalvingPruner`` (asynchronous

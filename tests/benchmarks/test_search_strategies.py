@@ -140,3 +140,16 @@ def test_an_exploit_copies_a_top_member_and_explores_only_the_schedulable_fields
         landed.add(config)
         assert run.moves == (config != FLATTERED)
     assert len(landed) > 1  # a fresh lr reaches other recorded configs of the same batch size
+
+
+def test_the_bundled_schedules_table_lets_pbt_explore():
+    """digits_schedules varies only what PBT changes, so its explores reach other recorded configs
+    (on digits_wide almost none could): the table README's PBT figures come from."""
+    from benchmarks.record_curves import default_table_path
+    from iic.config import IICConfig
+
+    table = load_table(default_table_path("digits_schedules"), search_seeds=[0, 1, 2], confirm_seeds=[3, 4])
+    assert set(table.values[0]) <= set(IICConfig.SCHEDULABLE_FIELDS) and len(table.values) >= 50
+    runs = [run_pbt(table, seed=seed, budget=200, settings=PBTSettings()) for seed in range(5)]
+    assert sum(run.exploits for run in runs) > 0
+    assert sum(run.moves for run in runs) >= sum(run.exploits for run in runs) / 2
