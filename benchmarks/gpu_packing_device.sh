@@ -7,6 +7,8 @@
 #         # issue 13's candidates, each against the plain bf16 rows of the same call: digits at N = 1 16
 #         # and resnet18-64px at N = 1 8, plain / channels_last / CUDA graphs (compile_mode=reduce-overhead) / MPS,
 #         # after the CUDA tests of those settings (tests/iic/test_train.py -k cuda_speed)
+#     SPEEDUP_WORKLOADS="resnet18-64px 1 8;digits 1 16" SPEEDUP_VARIANTS="plain cuda_graphs mps" TOTAL_S=560 \
+#         bash benchmarks/gpu_packing_device.sh speedups     # which workloads ("NAME N1 N2", ';'-separated) and variants
 #
 # Needs .whl/ (made here by `bash benchmarks/gpu_packing_wheels.sh`; the device call carries it):
 # the machine has torch and Ray's small dependencies but not Ray, jsonschema or pydantic. Installs
@@ -61,12 +63,18 @@ case "$PHASE" in
             tests/iic/test_train.py -k cuda_speed -rA 2>&1 | tail -8 | tee "$OUT/cuda_speed_tests.log"
         # Plain first: a later variant that runs out of TOTAL_S still has its baseline in this call.
         # Compiling happens in each trial's warm-up epoch, hence the longer warm-up timeout.
-        for workload in "digits 1 16" "resnet18-64px 1 8"; do
+        IFS=';' read -ra workloads <<< "${SPEEDUP_WORKLOADS:-digits 1 16;resnet18-64px 1 8}"
+        for workload in "${workloads[@]}"; do
             set -- $workload
-            run "plain_$1" --workloads "$1" --trials-per-gpu "$2" "$3"
-            run "channels_last_$1" --workloads "$1" --trials-per-gpu "$2" "$3" --set channels_last=true
-            run "cuda_graphs_$1" --workloads "$1" --trials-per-gpu "$2" "$3" --set compile_mode=reduce-overhead --warmup-timeout 240
-            run "mps_$1" --mps --workloads "$1" --trials-per-gpu "$2" "$3"
+            for variant in ${SPEEDUP_VARIANTS:-plain channels_last cuda_graphs mps}; do
+                case $variant in
+                    plain) run "plain_$1" --workloads "$1" --trials-per-gpu "$2" "$3" ;;
+                    channels_last) run "channels_last_$1" --workloads "$1" --trials-per-gpu "$2" "$3" --set channels_last=true ;;
+                    cuda_graphs) run "cuda_graphs_$1" --workloads "$1" --trials-per-gpu "$2" "$3" --set compile_mode=reduce-overhead --warmup-timeout 240 ;;
+                    mps) run "mps_$1" --mps --workloads "$1" --trials-per-gpu "$2" "$3" ;;
+                    *) echo "unknown variant $variant (plain channels_last cuda_graphs mps)" >&2; exit 2 ;;
+                esac
+            done
         done
         ;;
     *)
