@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from iic.seeds import LABEL_FREE_PICK, combine_seeds, draw_seeds, label_free_best_of, label_free_pick
+from iic.seeds import LABEL_FREE_PICK, combine_seeds, draw_seeds, label_free_best_of, label_free_best_of_every, label_free_pick
 
 
 def test_seeds_are_reproducible_distinct_and_search_and_confirmation_never_share_one():
@@ -43,3 +43,12 @@ def test_label_free_best_of_three_keeps_the_highest_information_seed_of_each_thr
     # triples (0.5 picked), (0.8 picked); the seventh seed makes no triple
     assert label_free_best_of(per_seed) == pytest.approx(0.65)
     assert math.isnan(label_free_best_of(per_seed[:2]))
+
+
+def test_label_free_best_of_every_triple_averages_all_of_them():
+    # Four seeds by rising information; the pick of a triple is its seed with the highest information.
+    per_seed = [{"cluster_accuracy": a, "mutual_information": mi} for a, mi in [(0.2, 1.0), (0.9, 2.0), (0.4, 3.0), (0.6, 4.0)]]
+    # triples {0,1,2} -> 0.4, {0,1,3} -> 0.6, {0,2,3} -> 0.6, {1,2,3} -> 0.6
+    assert label_free_best_of_every(per_seed) == pytest.approx((0.4 + 0.6 * 3) / 4)
+    assert label_free_best_of(per_seed) == pytest.approx(0.4)  # consecutive triples: only the first
+    assert math.isnan(label_free_best_of_every(per_seed[:2]))
