@@ -8,8 +8,8 @@ A candidate is ``NAME`` or ``NAME:key=value,key=value`` (IICConfig fields, value
 over ``--config`` (default: IICConfig's defaults). Prints, per candidate, the Hungarian accuracy
 over the seeds (mean, min, sd), the mean accuracy a user gets by training 3 seeds and keeping the
 one with the highest held-out mutual information (seeds taken three at a time, in order; 'every 3':
-over every triple of the seeds), and the
-seconds it took; ``--out FILE`` also writes every seed's figures as JSON.
+over every triple of the seeds), and the seconds it took; ``--out FILE`` also writes every seed's
+figures as JSON.
 
 This is the tool that chooses defaults, so its seeds are tuning seeds: report a chosen default
 with ``benchmarks/digits_quality.py`` on other seeds.

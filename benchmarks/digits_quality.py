@@ -68,7 +68,7 @@ def main() -> None:
     parser.add_argument("--config", help="YAML config (default: IICConfig defaults)")
     parser.add_argument("--dataset", help="override the config's dataset")
     parser.add_argument("--epochs", type=int)
-    parser.add_argument("--seeds", type=int, nargs="+", default=REPORTING_SEEDS, help="default: 1040-1049, never used for tuning or deciding")
+    parser.add_argument("--seeds", type=int, nargs="+", default=REPORTING_SEEDS, help=f"default: {REPORTING_SEEDS[0]}-{REPORTING_SEEDS[-1]}, never used for tuning or deciding")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--report-epochs", type=int, nargs="+", default=[], metavar="E",
                         help="also the figures at these earlier epochs of the same run (a run of E epochs is its first E: "
