@@ -8,7 +8,8 @@ The seeds trained on at once (one stacked model, see iic.train.Trainer). Prints 
 (accuracy, NMI, largest-cluster share, held-out mutual information), then the mean, minimum and
 standard deviation of the accuracy, what a user without labels gets by training three seeds and
 keeping the one with the highest held-out mutual information (seeds taken three at a time, in
-order), the k-means baseline on raw pixels at the data's native size, and the command.
+order, and every three), the label-free consensus of three seeds (iic.consensus) on the same triples
+beside that pick and the best of the three by labels, the k-means baseline on raw pixels at the data's native size, and the command.
 
 Seeds used to choose the defaults, and so never to report them: 0, 1, 2 (the sweeps README
 describes) and 100-109 (benchmarks/default_sweep.py on a GPU, 2026-11-27; 100-104 also chose the
@@ -17,6 +18,7 @@ beforehand then decided on them (README, Results): a later choice reports on 104
 """
 
 import argparse
+import itertools
 import math
 import platform
 import shlex
@@ -28,10 +30,11 @@ import torch
 from sklearn.cluster import KMeans
 
 from iic.config import IICConfig
+from iic.consensus import CONSENSUS_ACCURACY, consensus_metrics
 from iic.data import load_dataset
 from iic.metrics import clustering_metrics
-from iic.seeds import label_free_best_of, label_free_best_of_every
-from iic.train import train
+from iic.seeds import label_free_best_of, label_free_best_of_every, label_free_pick
+from iic.train import TrainResult, train
 
 NATIVE_SIZE = {"digits": 8, "mnist5k": 28}
 TUNING_SEEDS = frozenset({0, 1, 2, *range(100, 110)})
@@ -63,6 +66,22 @@ def print_figures(per_seed: list[dict]) -> None:
               f"over every triple of the seeds: {label_free_best_of_every(per_seed):.3f} ({math.comb(len(per_seed), 3)} triples)")
 
 
+def print_consensus(result: TrainResult, labels: np.ndarray, num_clusters: int, num_classes: int) -> None:
+    """The label-free consensus of every 3 seeds (iic.consensus) beside keeping the seed with the
+    highest held-out MI and the best seed by labels (an oracle), over the same triples."""
+    accuracy = [run.metrics["cluster_accuracy"] for run in result.seeds]
+    triples = list(itertools.combinations(range(len(accuracy)), 3))
+    in_order = [tuple(range(i, i + 3)) for i in range(0, len(accuracy) - 2, 3)]
+    for name, chosen in ((f"{len(in_order)} triples in order", in_order), (f"every triple ({len(triples)})", triples)):
+        values = np.array([consensus_metrics([result.seeds[i].probabilities for i in t], labels, num_clusters, num_classes)[1][CONSENSUS_ACCURACY]
+                           for t in chosen])
+        mi_pick = np.mean([accuracy[t[label_free_pick([result.seeds[i].metrics for i in t])]] for t in chosen])
+        oracle = np.mean([max(accuracy[i] for i in t) for t in chosen])
+        print(f"consensus of 3 seeds, {name}: mean accuracy {values.mean():.3f}  min {values.min():.3f}  "
+              f"(highest-MI seed {mi_pick:.3f}, best seed by labels {oracle:.3f})")
+    print(f"consensus of all {len(accuracy)} seeds: accuracy {result.metrics[CONSENSUS_ACCURACY]:.3f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML config (default: IICConfig defaults)")
@@ -89,14 +108,18 @@ def main() -> None:
     tuned_on = sorted(TUNING_SEEDS.intersection(args.seeds))
     if tuned_on:
         print(f"warning: seeds {tuned_on} were used to choose the defaults; figures on them are optimistic")
+    data = load_dataset(config.dataset, config.data_root, split=config.split, input_size=config.input_size, greyscale=config.greyscale,
+                        class_map=config.class_map, max_samples=config.max_samples, seed=config.seed)
     started = time.perf_counter()
-    result = train(config, seeds=args.seeds)
+    result = train(config, data=data, seeds=args.seeds)
     seconds = time.perf_counter() - started
     for epoch in sorted(e for e in args.report_epochs if e < len(result.history)):
         print(f"\nat epoch {epoch} of the same run:")
         print_figures([run.history[epoch - 1] for run in result.seeds])
     print(f"\nat epoch {len(result.history)} (status {result.status}):")
     print_figures([run.metrics for run in result.seeds])
+    if len(result.seeds) >= 3:
+        print_consensus(result, data.labels.numpy(), config.num_clusters, data.num_classes)
     print(f"{seconds:.0f} s for all {len(args.seeds)} seeds at once ({seconds / len(args.seeds):.0f} s per seed)")
     print(f"k-means on raw pixels: accuracy {kmeans_accuracy(config):.3f}")
     print("command: python " + " ".join(shlex.quote(a) for a in sys.argv))

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from iic.augment import AugmentDraw, BatchAugment
+from iic.consensus import CONSENSUS_ACCURACY, consensus_metrics
 from iic.config import CUDA_GRAPH_MODES, ConfigError, IICConfig
 from iic.data import DatasetError, ImageData, load_dataset
 from iic.loss import IICLoss, mutual_information
@@ -43,6 +44,7 @@ from iic.status import RunStatus
 AUGMENT_SEED_OFFSET = 1
 _HELDOUT_SEED_OFFSET = 2
 CHECKPOINT_FILE = "checkpoint.pt"  # in the CLI's --out folder
+CLUSTERS_FILE = "clusters.csv"  # in the CLI's --out folder: every image's cluster
 
 
 def resolve_device(name: str) -> torch.device:
@@ -154,6 +156,7 @@ class SeedRun:
     history: list[dict]
     clusters: np.ndarray  # final cluster of every image (the seed's chosen sub-head)
     confusion: np.ndarray | None  # clusters x classes, None without labels
+    probabilities: np.ndarray  # (N, k): the chosen sub-head's soft assignment of every image
 
 
 @dataclass
@@ -167,6 +170,7 @@ class TrainResult:
     seeds: list[SeedRun]
     class_names: list[str]
     config: IICConfig  # as trained: a resume with new schedulable values adds them to its schedule
+    consensus_clusters: np.ndarray | None = None  # the seeds' label-free consensus (iic.consensus); None for one seed
 
     @property
     def label_free_pick(self) -> SeedRun:
@@ -233,7 +237,10 @@ class Trainer:
         self.history: list[dict] = []  # combined over seeds, one record per epoch
         self.seed_histories: list[list[dict]] = [[] for _ in self.seeds]
         self.status = RunStatus.RUNNING
-        self.last_clusters = [np.zeros(len(self.images), dtype=np.int64) for _ in self.seeds]  # of the latest evaluation
+        # Of the latest evaluation: each seed's clusters and soft assignments, and their consensus.
+        self.last_clusters = [np.zeros(len(self.images), dtype=np.int64) for _ in self.seeds]
+        self.last_probabilities = [np.zeros((len(self.images), config.num_clusters), dtype=np.float32) for _ in self.seeds]
+        self.last_consensus: np.ndarray | None = None
 
     def _draw_held_out_views(self) -> list[AugmentDraw]:
         """Each seed's held-out view of every image, drawn once with the augmentation of epoch 1: the
@@ -374,7 +381,8 @@ class Trainer:
                 metrics["loss_overcluster"] = float(seed_losses.min())
         for history, metrics in zip(self.seed_histories, per_seed):
             history.append(metrics)
-        metrics = {"epoch": self.epoch, "status": self.status, **combine_seeds(per_seed), "epoch_seconds": time.perf_counter() - started}
+        metrics = {"epoch": self.epoch, "status": self.status, **combine_seeds(per_seed), **self._consensus(),
+                   "epoch_seconds": time.perf_counter() - started}
         self.history.append(metrics)
         return metrics
 
@@ -403,18 +411,28 @@ class Trainer:
                     for p in probabilities
                 )
             self.last_clusters[index] = clusters
+            self.last_probabilities[index] = probabilities[chosen][index].float().cpu().numpy()
             per_seed.append(metrics)
         return per_seed
+
+    def _consensus(self) -> dict:
+        """The seeds' label-free consensus clustering of the latest evaluation and its metrics
+        (``consensus_accuracy``, ...); nothing for a run of one seed."""
+        if len(self.seeds) < 2:
+            return {}
+        self.last_consensus, metrics = consensus_metrics(self.last_probabilities, self.labels, self.config.num_clusters, self.data.num_classes)
+        return metrics
 
     def result(self) -> TrainResult:
         labelled = self.labels >= 0
         runs = []
-        for seed, history, clusters in zip(self.seeds, self.seed_histories, self.last_clusters):
+        for seed, history, clusters, probabilities in zip(self.seeds, self.seed_histories, self.last_clusters, self.last_probabilities):
             confusion = None
             if labelled.any():
                 confusion = confusion_matrix(clusters[labelled], self.labels[labelled], self.config.num_clusters, self.data.num_classes)
-            runs.append(SeedRun(seed, history[-1] if history else {}, list(history), clusters, confusion))
-        return TrainResult(self.status, self.history[-1] if self.history else {}, list(self.history), runs, self.data.class_names, self.config)
+            runs.append(SeedRun(seed, history[-1] if history else {}, list(history), clusters, confusion, probabilities))
+        return TrainResult(self.status, self.history[-1] if self.history else {}, list(self.history), runs, self.data.class_names,
+                           self.config, self.last_consensus)
 
     # ---- checkpoints --------------------------------------------------------------------------
 
@@ -435,6 +453,8 @@ class Trainer:
             "shuffle_generators": [g.get_state() for g in self.shuffle_generators],
             "augment_generators": [g.get_state() for g in self.augment_generators],
             "last_clusters": self.last_clusters,
+            "last_probabilities": self.last_probabilities,
+            "last_consensus": self.last_consensus,
         }
         return save_state(state, path)
 
@@ -459,6 +479,9 @@ class Trainer:
         self.history = state["history"]
         self.seed_histories = state["seed_histories"]
         self.last_clusters = state["last_clusters"]
+        # Checkpoints written before the consensus existed: the next epoch's evaluation fills them in.
+        self.last_probabilities = state.get("last_probabilities", self.last_probabilities)
+        self.last_consensus = state.get("last_consensus")
 
 
 def mark_diverged(trainer, seconds: float) -> dict:
@@ -580,6 +603,18 @@ def write_metrics(out: Path, summary: dict, confusion: np.ndarray | None, class_
         plot_confusion_matrix(confusion, class_names, out / "confusion_matrix.png", title)
 
 
+def write_clusters(path: Path, result: TrainResult) -> None:
+    """Every image's cluster, in the dataset's order: the label-free pick's (``cluster``), each
+    seed's (``seed_<s>``) and, for several seeds, their consensus (``consensus``)."""
+    columns = {"image": np.arange(len(result.clusters)), "cluster": result.clusters}
+    if len(result.seeds) > 1:
+        columns |= {f"seed_{run.seed}": run.clusters for run in result.seeds}
+        if result.consensus_clusters is not None:
+            columns["consensus"] = result.consensus_clusters
+    lines = [",".join(columns)] + [",".join(map(str, row)) for row in zip(*columns.values())]
+    path.write_text("\n".join(lines) + "\n")
+
+
 def _progress_line(metrics: dict, epochs: int, accuracy: str) -> str:
     parts = [f"epoch {metrics['epoch']:>3}/{epochs}", f"loss {metrics['loss']:+.4f}"]
     if accuracy in metrics:
@@ -614,12 +649,13 @@ def main(argv: list[str] | None = None) -> int:
     summary = {**result.metrics, "status": result.status, "epochs": len(result.history), "seconds": time.perf_counter() - started,
                "per_seed": [{**run.metrics, "seed": run.seed} for run in result.seeds]}
     write_metrics(out, summary, result.confusion, result.class_names)
+    write_clusters(out / CLUSTERS_FILE, result)
     if result.status == RunStatus.DIVERGED:
         print(f"diverged: the loss became NaN/inf at epoch {len(result.history)}; lower lr (now {config.lr}) or lamb", file=sys.stderr)
         return 1
     shown = ["cluster_accuracy", "nmi", "largest_cluster_share", "status"]
     if len(seeds) > 1:  # a mean over seeds is read with its spread
-        shown[1:1] = ["cluster_accuracy_min", "cluster_accuracy_sd", LABEL_FREE_PICK]
+        shown[1:1] = ["cluster_accuracy_min", "cluster_accuracy_sd", LABEL_FREE_PICK, CONSENSUS_ACCURACY]
     print(json.dumps({k: summary[k] for k in shown if k in summary}))
     return 0
 

@@ -31,6 +31,7 @@ from ray import tune
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from iic.config import IICConfig
+from iic.consensus import CONSENSUS_ACCURACY
 from iic.seeds import LABEL_FREE_PICK, draw_seeds
 from search.driver import (
     SearchError, code_version, trial_dirname, default_storage_path, default_tracking_uri, make_trainable, progress_reporter, resolve_storage_path, set_driver_environment, start_ray, state_dir,
@@ -43,7 +44,7 @@ from search.tracking import MLflowTrialLogger
 from trainables.iic_trainable import SEEDS_KEY, SOURCE_KEY, trial_config_values, trial_iic_config, trial_seeds
 
 # Figures of a confirmation run, each over its seeds.
-CONFIRMED_FIGURES = ("cluster_accuracy", "cluster_accuracy_min", "cluster_accuracy_sd", LABEL_FREE_PICK, "mutual_information", "nmi")
+CONFIRMED_FIGURES = ("cluster_accuracy", "cluster_accuracy_min", "cluster_accuracy_sd", LABEL_FREE_PICK, CONSENSUS_ACCURACY, "mutual_information", "nmi")
 
 
 @dataclass

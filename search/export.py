@@ -31,6 +31,7 @@ from search.driver import default_tracking_uri
 from search.records import (
     RecordsError, connect, find_experiment_id, objective_value, ranked_runs, retrainable_config, runs_of_search, seeds_param, trial_runs,
 )
+from iic.consensus import CONSENSUS_ACCURACY
 from iic.seeds import LABEL_FREE_PICK
 from search.confirm import CONFIRMED_FIGURES
 from search.space import OBJECTIVES
@@ -145,7 +146,7 @@ def write_config(path: Path, trial: ExportedTrial, row: dict) -> Path:
         lines.append(f"# confirmed on seeds it was not chosen with ({row['confirm_seeds']}): {objective} mean "
                      f"{row[f'confirmed_{objective}']:.4f}" + "".join(
                          f", {label} {row[f'confirmed_{name}']:.4f}" for label, name in
-                         (("min", "cluster_accuracy_min"), ("sd", "cluster_accuracy_sd"), ("label-free pick", LABEL_FREE_PICK))
+                         (("min", "cluster_accuracy_min"), ("sd", "cluster_accuracy_sd"), ("label-free pick", LABEL_FREE_PICK), ("consensus of the seeds", CONSENSUS_ACCURACY))
                          if row.get(f"confirmed_{name}") is not None and objective == "cluster_accuracy"))
     else:
         lines.append("# not confirmed on other seeds: expect less (python search/confirm.py confirms it)")

@@ -18,6 +18,7 @@ import numpy as np
 from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.tracking import MlflowClient
 
+from iic.consensus import CONSENSUS_ACCURACY
 from iic.plots import plot_cluster_gallery, plot_confusion_matrix
 from iic.seeds import LABEL_FREE_PICK, PER_SEED_METRICS, SPREAD_METRICS
 from iic.status import RunStatus
@@ -30,7 +31,7 @@ EPOCH_METRIC = "epoch"
 TRIAL_METRICS = (
     EPOCH_METRIC, "cluster_accuracy", "majority_accuracy", "nmi", "ari", "loss", "loss_overcluster", "mutual_information",
     "largest_cluster_share", "empty_clusters", "cluster_size_entropy", "diagnostic_best_subhead_accuracy", "epoch_seconds",
-    LABEL_FREE_PICK, "supervised_accuracy", "train_accuracy", "held_out_loss",
+    LABEL_FREE_PICK, CONSENSUS_ACCURACY, "supervised_accuracy", "train_accuracy", "held_out_loss",
 )
 # Result keys recorded as tags of the trial's run, with their tag names.
 RESULT_TAGS = {"status": "iic.status", "chosen_subhead": "iic.chosen_subhead", "node_id": "iic.node_id", "gpu_ids": "iic.gpu_ids",

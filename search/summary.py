@@ -17,6 +17,7 @@ from matplotlib import pyplot as plt
 from mlflow.tracking import MlflowClient
 from scipy.stats import spearmanr
 
+from iic.consensus import CONSENSUS_ACCURACY
 from iic.seeds import LABEL_FREE_PICK
 from search.ceiling import Ceiling, ceiling_line, record_ceiling
 from search.confirm import Candidate, Confirmation, print_confirmed, record_confirmed
@@ -46,6 +47,7 @@ def trial_table(results, objective: str, statuses: dict[str, str]) -> pd.DataFra
             "cluster_accuracy": metrics.get("cluster_accuracy", math.nan),
             "mutual_information": metrics.get("mutual_information", math.nan),
             LABEL_FREE_PICK: metrics.get(LABEL_FREE_PICK, math.nan),
+            CONSENSUS_ACCURACY: metrics.get(CONSENSUS_ACCURACY, math.nan),
             "largest_cluster_share": metrics.get("largest_cluster_share", math.nan),
             "epochs": metrics.get("epoch", 0),
             "status": str(statuses.get(trial_id) or trial_status(metrics, result.error is not None)),

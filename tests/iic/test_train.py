@@ -7,7 +7,9 @@ import torch
 import torchvision
 
 from iic.config import ConfigError, IICConfig
+from iic.consensus import consensus_metrics
 from iic.data import load_dataset
+from iic.metrics import clustering_metrics
 from iic.status import RunStatus
 from iic.train import Trainer, main, train
 
@@ -207,6 +209,27 @@ def test_seeds_trained_at_once_equal_each_seed_trained_alone(tiny_config):
     assert together.history[-1]["loss"] == pytest.approx(np.mean([h[-1]["loss"] for h in together.seed_histories]))
 
 
+def test_several_seeds_report_their_consensus_every_epoch_and_keep_it_across_a_resume(tiny_config, tmp_path):
+    config = tiny_config.replace(epochs=2)
+    trainer = Trainer(config, seeds=[3, 5, 7])
+    trainer.run_epoch()
+    trainer.save_checkpoint(tmp_path / "checkpoint.pt")
+    after_one = trainer.last_consensus.copy()
+    metrics = trainer.run_epoch()
+    result = trainer.result()
+    clusters, expected = consensus_metrics([run.probabilities for run in result.seeds], trainer.labels, 10, 10)
+    assert np.array_equal(result.consensus_clusters, clusters)
+    assert metrics["consensus_accuracy"] == expected["consensus_accuracy"] and "consensus_nmi" in metrics
+    for run in result.seeds:  # each seed's probabilities are those of its clusters
+        assert run.probabilities.shape == (240, 10) and np.array_equal(run.probabilities.argmax(axis=1), run.clusters)
+    resumed = Trainer(config, seeds=[3, 5, 7])
+    resumed.load_checkpoint(tmp_path / "checkpoint.pt")
+    assert np.array_equal(resumed.result().consensus_clusters, after_one)
+    assert resumed.run_epoch()["consensus_accuracy"] == metrics["consensus_accuracy"]
+    one_seed = Trainer(config)
+    assert "consensus_accuracy" not in one_seed.run_epoch() and one_seed.result().consensus_clusters is None
+
+
 def test_a_stop_in_the_last_epoch_wins_over_completed(tiny_config):
     seen = []
 
@@ -259,6 +282,12 @@ def test_cli_trains_several_seeds_and_reports_their_spread(tmp_path, capsys):
     assert [m["seed"] for m in metrics["per_seed"]] == [3, 8]
     assert metrics["cluster_accuracy"] == pytest.approx(np.mean([m["cluster_accuracy"] for m in metrics["per_seed"]]))
     assert "cluster_accuracy_sd" in capsys.readouterr().out
+    # every image's cluster: the label-free pick's, each seed's and their consensus
+    header, *rows = (out / "clusters.csv").read_text().splitlines()
+    assert header == "image,cluster,seed_3,seed_8,consensus" and len(rows) == 200
+    consensus = np.array([int(row.split(",")[-1]) for row in rows])
+    labels = load_dataset("digits", None, max_samples=200, seed=0).labels.numpy()
+    assert metrics["consensus_accuracy"] == pytest.approx(clustering_metrics(consensus, labels, 10, 10)["cluster_accuracy"])
     # resuming keeps the checkpoint's seeds
     assert main(["--config", str(out / "config.yaml"), "--epochs", "2", "--out", str(out), "--resume"]) == 0
     assert [m["seed"] for m in json.loads((out / "metrics.json").read_text())["per_seed"]] == [3, 8]

@@ -135,7 +135,7 @@ def test_configs_confirmed_on_fresh_seeds_rank_by_their_confirmed_mean(store, ti
     worst, best = search_order[0], search_order[-1]  # confirmation turns the search's order round
     for trial_id, mean in ((worst, 0.2), (best, 0.9)):
         final = {"epoch": 2, "cluster_accuracy": mean, "cluster_accuracy_min": mean - 0.1, "cluster_accuracy_sd": 0.05,
-                 "label_free_pick_accuracy": mean + 0.02, "mutual_information": 1.0, "nmi": 0.5}
+                 "label_free_pick_accuracy": mean + 0.02, "consensus_accuracy": mean + 0.03, "mutual_information": 1.0, "nmi": 0.5}
         store.log(configs[trial_id], [final], trial_id=f"confirm_{trial_id}", role="confirm", seeds=[71, 72, 73], confirms=trial_id)
 
     paths = export_best(store.uri, store.experiment, top=3, out=tmp_path / "best")
@@ -146,6 +146,8 @@ def test_configs_confirmed_on_fresh_seeds_rank_by_their_confirmed_mean(store, ti
     assert rows[0]["search_seeds"] == "5 6" and rows[2]["confirmed_cluster_accuracy"] == ""
     header = paths[0].read_text().split("\n")
     assert "confirmed on seeds it was not chosen with (71 72 73): cluster_accuracy mean 0.9000, min 0.8000" in "\n".join(header)
+    assert "label-free pick 0.9200, consensus of the seeds 0.9300" in "\n".join(header)
+    assert float(rows[0]["confirmed_consensus_accuracy"]) == pytest.approx(0.93)
     assert "--seeds 5 6" in header[2] and IICConfig.from_yaml(paths[0]) == configs[best]
     assert "not confirmed on other seeds" in paths[2].read_text()
 

@@ -57,7 +57,7 @@ def test_small_search_records_every_trial_in_mlflow(ray_session, tmp_path, state
         history = client.get_metric_history(run.info.run_id, "cluster_accuracy")
         assert sorted(m.step for m in history) == list(range(1, len(history) + 1)) and len(history) >= 1
         for key in ("majority_accuracy", "nmi", "ari", "loss", "mutual_information", "largest_cluster_share",
-                    "cluster_accuracy_min", "cluster_accuracy_sd", "label_free_pick_accuracy", "cluster_accuracy/seed_1"):
+                    "cluster_accuracy_min", "cluster_accuracy_sd", "label_free_pick_accuracy", "consensus_accuracy", "cluster_accuracy/seed_1"):
             assert key in run.data.metrics
         metrics = run.data.metrics
         assert metrics["cluster_accuracy"] == pytest.approx((metrics["cluster_accuracy/seed_0"] + metrics["cluster_accuracy/seed_1"]) / 2)
