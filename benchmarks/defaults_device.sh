@@ -9,17 +9,17 @@
 # 2. The rule, written before the sweep (2026-11-27, the third GPU sweep): the candidate with the
 #    highest mean over the tuning seeds goes on to the report if that mean beats the defaults' 0.865
 #    on the same seeds (the second sweep, README); else the defaults stay and nothing is reported.
-# 3. benchmarks/digits_quality.py on the reporting seeds 1040-1059 for the choice and for today's
+# 3. benchmarks/digits_quality.py on the reporting seeds 1070-1089 for the choice and for today's
 #    default (base), fp32 on the GPU, side by side. The choice replaces the default only if its mean
 #    there beats base's by 0.02 or more and its worst seed is no lower (report.log says which).
-#    Those seeds then decided something: an adopted default's figures are reported on 1060 and up.
+#    Those seeds then decided something: an adopted default's figures are reported on 1090 and up.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/defaults_device}
 mkdir -p "$OUT"
 TUNING="100 101 102 103 104 105 106 107 108 109"
-REPORTING=$(seq -s " " 1040 1059)
+REPORTING=$(seq -s " " 1070 1089)
 BASE_TUNING_MEAN=0.865
 
 timeout ${SWEEP_S:-300} python3 benchmarks/default_sweep.py --jobs ${JOBS:-8} --seeds $TUNING --set amp=false --out "$OUT/sweep.json" \

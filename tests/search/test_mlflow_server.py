@@ -84,6 +84,7 @@ class Relay:
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.uri = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
         self.cut = threading.Event()
+        self.refused = 0  # connections turned away while cut
         self.open_sockets: list[socket.socket] = []
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -92,6 +93,7 @@ class Relay:
             client, _ = self.listener.accept()
             if self.cut.is_set():
                 client.close()
+                self.refused += 1
                 continue
             upstream = socket.create_connection(("127.0.0.1", self.target_port))
             self.open_sockets += [client, upstream]
@@ -220,6 +222,11 @@ def test_server_unreachable_mid_search_gets_every_run_metric_and_artifact_once_b
     def outage():
         relay.disconnect()
         time.sleep(4)  # epochs go by unlogged
+        # ... and at least one write fails for good (its 3 tries and a health check turned away),
+        # however slowly a loaded machine trains
+        deadline = time.time() + 120
+        while relay.refused < 4 and time.time() < deadline:
+            time.sleep(0.1)
         relay.reconnect()
 
     watcher = _when_logged(server, 2, outage)
