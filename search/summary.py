@@ -197,7 +197,8 @@ def print_summary(table: pd.DataFrame, confirmed: list[Confirmation], objective:
     seeds_note = "mean over each trial's seeds"
     with pd.option_context("display.width", 220, "display.max_columns", 24, "display.float_format", "{:.3f}".format):
         print(f"\nBest {min(top, len(table))} of {len(table)} trials by {objective} ({name}; {seeds_note}):")
-        print(table.head(top).to_string(index=False))
+        # a figure no trial has (a consensus of one seed, accuracy without labels) is left out
+        print(table.head(top).dropna(axis=1, how="all").to_string(index=False))
     if confirmed:
         print_confirmed(confirmed, objective)
     value, count = correlation
