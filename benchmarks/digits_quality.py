@@ -16,8 +16,8 @@ describes) and 100-109 (benchmarks/default_sweep.py on a GPU, 2026-11-27; 100-10
 90-epoch candidate; the consensus of seeds, iic.consensus, was chosen on all of them). Seeds 1000-1019,
 1020-1029, 1030-1039 and 1040-1049 reported candidates whose adoption a rule written beforehand then
 decided on them (README, Results): a later choice reports on 1060 and up, the default (1050-1059 are
-mnist5k's: 1050-1054 decided its 40 epochs; 1055 and up are its next; benchmarks/defaults_device.sh
-reports on 1070-1089).
+mnist5k's: 1050-1054 decided its 40 epochs, 1055-1059 reported it; its next report uses 1090 and up;
+benchmarks/defaults_device.sh reports on 1070-1089).
 """
 
 import argparse
