@@ -233,14 +233,21 @@ def _running_trials(db: Path) -> dict[str, tuple[str, int]]:
     return {name.removeprefix("train_iic_"): (node, epoch) for name, node, epoch in rows}
 
 
+def _fewest_logged_epochs(db: Path, trials: int = 4) -> int:
+    """The fewest epochs any of ``trials`` running trials has logged (0 until all of them run)."""
+    epochs = [epoch for _, epoch in _running_trials(db).values()]
+    return min(epochs) if len(epochs) == trials else 0
+
+
 def test_lost_node_trials_are_rescheduled(cluster, tmp_path, steady_preset):
     _ensure_workers(cluster, 2)
     driver = _start(cluster, tmp_path, *steady_preset, "--num-samples", "4", "--max-concurrent", "4", "--epochs", "20")
     db = tmp_path / "mlflow.db"
-    _wait_for(lambda: len(_running_trials(db)) == 4, driver, "all four trials to report")
     # Each trial runs all 20 epochs (an epoch takes ~0.4-1 s here): lose the node of the trial
-    # furthest from its end while it is early on; each of its trials has a checkpoint by then
-    # (one is reported with every epoch).
+    # furthest from its end while it is early on. Tune logs a result before it registers the
+    # checkpoint sent with it: a trial lost after logging only epoch 1 may have no checkpoint yet
+    # and start again from zero. Once epoch 2 is logged, epoch 1's checkpoint is registered.
+    _wait_for(lambda: _fewest_logged_epochs(db) >= 2, driver, "all four trials to report two epochs")
     running = _running_trials(db)
     lost_id = min(running.values(), key=lambda placed: placed[1])[0]
     on_lost = {trial_id for trial_id, (node, epoch) in running.items() if node == lost_id}
@@ -252,7 +259,9 @@ def test_lost_node_trials_are_rescheduled(cluster, tmp_path, steady_preset):
     assert len(runs) == 4 and all(r.info.status == "FINISHED" for r in runs), output[-3000:]
     for trial_id in on_lost:  # the lost node's trials went on elsewhere, from their checkpoints
         results = _tune_results(tmp_path, trial_id)
-        assert any(r["iterations_since_restore"] < r["training_iteration"] for r in results), (trial_id, results)
+        progress = [(r["training_iteration"], r["iterations_since_restore"], r["epoch"], r["node_id"][:8]) for r in results]
+        assert any(r["iterations_since_restore"] < r["training_iteration"] for r in results), (
+            trial_id, lost_id[:8], running, progress, output[-3000:])
         assert results[-1]["node_id"] != lost_id and results[-1]["epoch"] == 20
     for run in runs:
         _assert_every_epoch_once(client, run)
