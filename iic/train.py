@@ -454,7 +454,6 @@ class Trainer:
             "augment_generators": [g.get_state() for g in self.augment_generators],
             "last_clusters": self.last_clusters,
             "last_probabilities": self.last_probabilities,
-            "last_consensus": self.last_consensus,
         }
         return save_state(state, path)
 
@@ -480,8 +479,10 @@ class Trainer:
         self.seed_histories = state["seed_histories"]
         self.last_clusters = state["last_clusters"]
         # Checkpoints written before the consensus existed: the next epoch's evaluation fills them in.
-        self.last_probabilities = state.get("last_probabilities", self.last_probabilities)
-        self.last_consensus = state.get("last_consensus")
+        if "last_probabilities" in state:
+            self.last_probabilities = state["last_probabilities"]
+            if self.epoch:
+                self._consensus()  # derived from the probabilities (deterministic): not saved
 
 
 def mark_diverged(trainer, seconds: float) -> dict:
