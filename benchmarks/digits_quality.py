@@ -94,7 +94,9 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--report-epochs", type=int, nargs="+", default=[], metavar="E",
                         help="also the figures at these earlier epochs of the same run (a run of E epochs is its first E: "
-                             "nothing in training depends on the epoch count)")
+                             "nothing in training depends on the epoch count, except that self-labelling takes the last "
+                             "self_label_epochs: with --epochs 55 --set self_label_epochs=10, epoch 45 is IIC alone and "
+                             "epoch 50 a run of 50 epochs self-labelling the last 5)")
     args = parser.parse_args()
 
     config = IICConfig.from_yaml(args.config) if args.config else IICConfig()
@@ -107,7 +109,7 @@ def main() -> None:
 
     print(f"{config.dataset}: {config.backbone} (width {config.backbone_width}), {config.epochs} epochs, "
           f"lr {config.lr}, batch {config.batch_size}x{config.repeats} repeats, lamb {config.lamb}, "
-          f"overcluster_k {config.overcluster_k}; torch threads {torch.get_num_threads()}, {platform.processor() or platform.machine()}")
+          f"overcluster_k {config.overcluster_k}, self_label_epochs {config.self_label_epochs}; torch threads {torch.get_num_threads()}, {platform.processor() or platform.machine()}")
     tuned_on = sorted(TUNING_SEEDS.intersection(args.seeds))
     if tuned_on:
         print(f"warning: seeds {tuned_on} were used to choose the defaults; figures on them are optimistic")

@@ -82,6 +82,11 @@ class IICConfig:
     epochs: int = 45
     overcluster_passes: int = 1
     main_passes: int = 1
+    # SCAN's self-labelling (iic/self_label.py): the last self_label_epochs of the epochs train the
+    # main head on its own confident assignments (probability > self_label_threshold) instead of
+    # IIC's loss, and skip the overclustering head. 0 = off.
+    self_label_epochs: int = 0
+    self_label_threshold: float = 0.99
     seed: int = 0
 
     # Augmentation strengths (see iic.augment.BatchAugment); 0 = off, crop_min_scale 1.0 = off.
@@ -233,7 +238,15 @@ class IICConfig:
     def truncated(self, epochs: int) -> "IICConfig":
         """The config of this run stopped after ``epochs`` epochs: changes due later are dropped."""
         kept = [entry for entry in self.schedule or [] if entry["epoch"] <= epochs]
-        return self.replace(epochs=epochs, schedule=kept or None)
+        return self.replace(epochs=epochs, schedule=kept or None, self_label_epochs=self.self_label_epochs_within(epochs))
+
+    def self_label_epochs_within(self, epochs: int) -> int:
+        """How many of the first ``epochs`` epochs self-label (the last ``self_label_epochs`` of ``self.epochs`` do)."""
+        return max(0, epochs - (self.epochs - self.self_label_epochs))
+
+    def self_labels_at(self, epoch: int) -> bool:
+        """Whether epoch ``epoch`` (1-based) trains by self-labelling rather than IIC's loss."""
+        return epoch > self.epochs - self.self_label_epochs
 
     # ---- validation ---------------------------------------------------------------------------
 
@@ -260,6 +273,10 @@ class IICConfig:
         require(self.batch_size >= 2, f"batch_size: must be at least 2 (got {self.batch_size}); the joint distribution needs a batch")
         require(self.repeats >= 1, f"repeats: must be at least 1 (got {self.repeats})")
         require(self.epochs >= 1, f"epochs: must be at least 1 (got {self.epochs})")
+        require(0 <= self.self_label_epochs < self.epochs,
+                f"self_label_epochs: must be from 0 to epochs - 1 = {self.epochs - 1} (got {self.self_label_epochs}): "
+                "self-labelling needs IIC's clusters to start from")
+        require(0 < self.self_label_threshold < 1, f"self_label_threshold: must be between 0 and 1, exclusive (got {self.self_label_threshold}); SCAN uses 0.99")
         require(self.overcluster_passes >= 0 and self.main_passes >= 1, "overcluster_passes must be >= 0 and main_passes >= 1 (passes over the data per epoch)")
         require(self.eval_batch_size >= 1, f"eval_batch_size: must be at least 1 (got {self.eval_batch_size})")
         require(self.compile_mode in COMPILE_MODES,

@@ -37,6 +37,7 @@ from iic.metrics import clustering_metrics, confusion_matrix
 from iic.models import IICModel, StackedIICModel, build_backbone
 from iic.pretrained import PRETRAINED_CHANNELS, ImageNetInput, WeightsError
 from iic.seeds import LABEL_FREE_PICK, combine_seeds, label_free_pick
+from iic.self_label import SELF_LABEL_SHARE, SelfLabelLoss
 from iic.sobel import Sobel
 from iic.status import RunStatus
 
@@ -224,6 +225,7 @@ class Trainer:
         self.training_forward = compiled(self.model, config.compile_mode)
         self.optimiser = torch.optim.Adam([p for p in self.model.parameters() if p.requires_grad], lr=config.lr)
         self.criterion = IICLoss(config.lamb)
+        self.self_label_criterion = SelfLabelLoss(config.self_label_threshold)
         self.apply_schedule(1)  # the augmentation, lr and lamb of epoch 1
         self.amp = config.amp and self.device.type == "cuda"
         # A frozen backbone shown the same images every epoch (no augmentation) gives the same
@@ -298,11 +300,12 @@ class Trainer:
         twins = self._prepare(batches.repeat(1, repeats, 1, 1, 1).flatten(0, 1), twin_draws)
         return base.unflatten(0, (count, size)), twins.unflatten(0, (count, size * repeats))
 
-    def step(self, base: torch.Tensor, twins: torch.Tensor, head: str) -> torch.Tensor | None:
+    def step(self, base: torch.Tensor, twins: torch.Tensor, head: str, self_label: bool = False) -> torch.Tensor | None:
         """One optimiser step on ``head`` for every seed: both views through the model in one
         forward pass, the IIC loss per sub-head and seed, each seed's mean over its sub-heads
-        minimised. Returns the (sub-heads, seeds) losses, or None if any is no longer finite (the
-        step is then not taken)."""
+        minimised (with ``self_label``, the self-labelling loss of the twins against the images'
+        confident assignments is minimised instead). Returns the (sub-heads, seeds) IIC losses,
+        or None if any minimised loss is no longer finite (the step is then not taken)."""
         size = base.shape[1]
         # Views are images, or with cached features already the frozen backbone's features of them.
         classify = self.model.classify if self.cached_features is not None else self.training_forward
@@ -312,7 +315,10 @@ class Trainer:
             probabilities = classify(torch.cat([base, twins], dim=1), head)
         repeats = twins.shape[1] // size
         losses = torch.stack([self.criterion(p[:, :size].repeat(1, repeats, 1), p[:, size:]) for p in probabilities])
-        per_seed = losses.mean(dim=0)
+        minimised = losses
+        if self_label:  # IIC's loss still chooses the sub-head and is reported
+            minimised = torch.stack([self.self_label_criterion(p[:, :size].repeat(1, repeats, 1), p[:, size:]) for p in probabilities])
+        per_seed = minimised.mean(dim=0)
         if not torch.isfinite(per_seed).all():
             return None
         self.optimiser.zero_grad(set_to_none=True)
@@ -320,9 +326,10 @@ class Trainer:
         self.optimiser.step()
         return losses.detach()
 
-    def _pass(self, head: str) -> torch.Tensor | None:
-        """One pass over the data (shuffled per seed) training ``head``; returns the mean loss per
-        sub-head and seed, or None if the loss stopped being finite."""
+    def _pass(self, head: str, self_label: bool = False) -> torch.Tensor | None:
+        """One pass over the data (shuffled per seed) training ``head`` (by self-labelling if
+        ``self_label``); returns the mean IIC loss per sub-head and seed, or None if the loss
+        stopped being finite."""
         config = self.config
         orders = torch.stack([torch.randperm(len(self.images), generator=g) for g in self.shuffle_generators]).to(self.device)
         bounds = batch_bounds(len(self.images), config.batch_size)
@@ -331,9 +338,9 @@ class Trainer:
             batches = orders[:, start:stop]
             if self.cached_features is not None:  # no augmentation: twins are the images again
                 features = self.cached_features[batches]
-                losses = self.step(features, features.repeat(1, config.repeats, 1), head)
+                losses = self.step(features, features.repeat(1, config.repeats, 1), head, self_label)
             else:
-                losses = self.step(*self.make_views(self.images[batches]), head)
+                losses = self.step(*self.make_views(self.images[batches]), head, self_label)
             if losses is None:
                 return None
             loss_sums += losses
@@ -367,10 +374,12 @@ class Trainer:
         started = time.perf_counter()
         config = self.config
         self.apply_schedule(self.epoch + 1)
-        heads = ["overcluster"] * (config.overcluster_passes if config.overcluster_k else 0) + ["main"] * config.main_passes
+        self_label = config.self_labels_at(self.epoch + 1)
+        overcluster_passes = config.overcluster_passes if config.overcluster_k and not self_label else 0
+        heads = ["overcluster"] * overcluster_passes + ["main"] * config.main_passes
         losses = {}
         for head in heads:
-            mean_losses = self._pass(head)
+            mean_losses = self._pass(head, self_label and head == "main")
             if mean_losses is None:
                 return mark_diverged(self, time.perf_counter() - started)
             losses[head] = mean_losses
@@ -404,6 +413,8 @@ class Trainer:
                 "chosen_subhead": chosen,
                 **clustering_metrics(clusters, self.labels, num_clusters, num_classes),
             }
+            if self.config.self_label_epochs:  # how many images would be pseudo-labels
+                metrics[SELF_LABEL_SHARE] = float(self.self_label_criterion.confident_share(probabilities[chosen][index]))
             if "cluster_accuracy" in metrics and len(probabilities) > 1:
                 # Picks a sub-head by looking at labels: a diagnostic of sub-head spread, never the result.
                 metrics["diagnostic_best_subhead_accuracy"] = max(
@@ -464,6 +475,10 @@ class Trainer:
     def load_checkpoint(self, path: str | Path) -> None:
         state = load_state(path, "iic")
         other = [f"seeds ({state['seeds']} there, {self.seeds} here)"] if state["seeds"] != self.seeds else []
+        saved = IICConfig.from_dict(state["config"])
+        if any(saved.self_labels_at(epoch) != self.config.self_labels_at(epoch) for epoch in range(1, state["epoch"] + 1)):
+            other.append(f"which of the {state['epoch']} epochs trained self-labelled (epochs and self_label_epochs "
+                         f"{saved.epochs}, {saved.self_label_epochs} there; {self.config.epochs}, {self.config.self_label_epochs} here)")
         check_resumable(path, state["config"], self.config, other, scheduled=True)
         # The epochs trained keep the values they had; new ones apply from the next epoch on.
         self.config = self.config.continuing(IICConfig.from_dict(state["config"]), state["epoch"])

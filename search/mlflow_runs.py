@@ -21,6 +21,7 @@ from mlflow.tracking import MlflowClient
 from iic.consensus import CONSENSUS_ACCURACY
 from iic.plots import plot_cluster_gallery, plot_confusion_matrix
 from iic.seeds import LABEL_FREE_PICK, PER_SEED_METRICS, SPREAD_METRICS
+from iic.self_label import SELF_LABEL_SHARE
 from iic.status import RunStatus
 from search.ranking import trial_status
 from trainables.iic_trainable import EXPLOIT_EPOCH_KEY, EXPLOITED_FROM_KEY, SCHEDULE_METRIC_PREFIX, SOURCE_KEY, SUMMARY_FILE, trial_iic_config
@@ -31,7 +32,7 @@ EPOCH_METRIC = "epoch"
 TRIAL_METRICS = (
     EPOCH_METRIC, "cluster_accuracy", "majority_accuracy", "nmi", "ari", "loss", "loss_overcluster", "mutual_information",
     "largest_cluster_share", "empty_clusters", "cluster_size_entropy", "diagnostic_best_subhead_accuracy", "epoch_seconds",
-    LABEL_FREE_PICK, CONSENSUS_ACCURACY, "supervised_accuracy", "train_accuracy", "held_out_loss",
+    LABEL_FREE_PICK, CONSENSUS_ACCURACY, SELF_LABEL_SHARE, "supervised_accuracy", "train_accuracy", "held_out_loss",
 )
 # Result keys recorded as tags of the trial's run, with their tag names.
 RESULT_TAGS = {"status": "iic.status", "chosen_subhead": "iic.chosen_subhead", "node_id": "iic.node_id", "gpu_ids": "iic.gpu_ids",

@@ -52,6 +52,9 @@ def test_wrong_types_are_rejected_and_ints_become_floats():
         ({"dataset": "har"}, "data_root: .*har"),
         ({"dataset": "image_folder", "data_root": "/no/such/folder"}, "data_root: .*/no/such/folder"),
         ({"device": "tpu"}, "device: 'tpu'"),
+        ({"epochs": 10, "self_label_epochs": 10}, "self_label_epochs: must be from 0 to epochs - 1 = 9 .*IIC's clusters to start from"),
+        ({"self_label_epochs": -1}, "self_label_epochs: must be from 0"),
+        ({"self_label_threshold": 1.0}, "self_label_threshold: must be between 0 and 1, exclusive .* SCAN uses 0.99"),
         ({"backbone": "resnet18", "input_size": 32, "backbone_weights": "/no/weights.pt"}, "backbone_weights: file /no/weights.pt does not exist"),
     ],
 )
@@ -199,3 +202,11 @@ def test_a_malformed_schedule_in_a_file_is_refused_with_its_shape(tmp_path, sche
     with pytest.raises(ConfigError) as caught:
         IICConfig.from_yaml(path)
     assert message in str(caught.value)
+
+
+def test_self_labelling_takes_the_last_epochs_and_a_truncated_run_keeps_those_it_trained():
+    config = IICConfig(epochs=10, self_label_epochs=3)
+    assert [epoch for epoch in range(1, 11) if config.self_labels_at(epoch)] == [8, 9, 10]
+    assert config.truncated(9).self_label_epochs == 2  # stopped after epoch 9: self-labelled 8 and 9
+    assert config.truncated(7).self_label_epochs == 0  # stopped before self-labelling began
+    assert not any(IICConfig(epochs=10).self_labels_at(epoch) for epoch in range(1, 11))

@@ -10,6 +10,7 @@ from iic.config import ConfigError, IICConfig
 from iic.consensus import consensus_metrics
 from iic.data import load_dataset
 from iic.metrics import clustering_metrics
+from iic.self_label import SELF_LABEL_SHARE
 from iic.status import RunStatus
 from iic.train import Trainer, main, train
 
@@ -228,6 +229,46 @@ def test_several_seeds_report_their_consensus_every_epoch_and_keep_it_across_a_r
     assert resumed.run_epoch()["consensus_accuracy"] == metrics["consensus_accuracy"]
     one_seed = Trainer(config)
     assert "consensus_accuracy" not in one_seed.run_epoch() and one_seed.result().consensus_clusters is None
+
+
+def _head_weights(trainer, head):
+    return torch.cat([p.detach().flatten() for p in trainer.model.heads[head].parameters()])
+
+
+def test_self_labelling_trains_the_main_head_in_the_last_epochs_only(tiny_config):
+    plain = Trainer(tiny_config.replace(epochs=4, overcluster_k=20), seeds=[3, 5])
+    labelling = Trainer(tiny_config.replace(epochs=4, overcluster_k=20, self_label_epochs=2, self_label_threshold=0.5), seeds=[3, 5])
+    for _ in range(2):  # IIC's epochs: the same training
+        plain.run_epoch(), labelling.run_epoch()
+    assert torch.equal(_weights(plain), _weights(labelling))
+    overcluster_head = _head_weights(labelling, "overcluster")
+    for _ in range(2):
+        plain.run_epoch(), labelling.run_epoch()
+    assert not torch.equal(_head_weights(plain, "main"), _head_weights(labelling, "main"))
+    assert torch.equal(_head_weights(labelling, "overcluster"), overcluster_head)  # skipped while self-labelling
+    assert ["loss_overcluster" in m for m in labelling.seed_histories[0]] == [True, True, False, False]
+    for metrics in labelling.history:  # the share of images confident enough to be pseudo-labels
+        assert 0 <= metrics[SELF_LABEL_SHARE] <= 1 and math.isfinite(metrics["loss"])
+    assert SELF_LABEL_SHARE not in plain.history[-1]
+
+
+def test_a_run_stopped_while_self_labelling_resumes_exactly_and_refuses_to_move_the_window(tiny_config, tmp_path):
+    config = tiny_config.replace(epochs=4, self_label_epochs=2, self_label_threshold=0.5)
+    straight = Trainer(config)
+    for epoch in range(1, 5):
+        straight.run_epoch()
+        if epoch in (2, 3):
+            straight.save_checkpoint(tmp_path / f"epoch{epoch}.pt")
+    resumed = Trainer(config)
+    resumed.load_checkpoint(tmp_path / "epoch3.pt")
+    resumed.run_epoch()
+    assert torch.equal(_weights(resumed), _weights(straight))
+    # epoch 3 self-labelled: 6 epochs of which the last 2 self-label would say it had not
+    with pytest.raises(ConfigError, match=r"which of the 3 epochs trained self-labelled \(epochs and self_label_epochs 4, 2 there; 6, 2 here\)"):
+        Trainer(config.replace(epochs=6)).load_checkpoint(tmp_path / "epoch3.pt")
+    longer = Trainer(config.replace(epochs=6))  # before the window: more epochs move it legitimately
+    longer.load_checkpoint(tmp_path / "epoch2.pt")
+    assert longer.epoch == 2
 
 
 def test_a_stop_in_the_last_epoch_wins_over_completed(tiny_config):
