@@ -120,9 +120,11 @@ class IICConfig:
     # values in force are set at the start of every epoch.
     SCHEDULABLE_FIELDS: typing.ClassVar[tuple[str, ...]] = (*AUGMENT_FIELDS, "lr", "lamb")
     # Fields that may differ between a checkpoint and the config resuming it (the schedulable fields
-    # may too: they then change from the restored epoch on, see ``continuing``).
+    # may too: they then change from the restored epoch on, see ``continuing``; the self-labelling
+    # fields only where no epoch trained has self-labelled otherwise, see ``Trainer.load_checkpoint``).
     RESUMABLE_CHANGES: typing.ClassVar[tuple[str, ...]] = (
         "epochs", "device", "amp", "eval_batch_size", "download", "channels_last", "compile_mode",
+        "self_label_epochs", "self_label_threshold",
     )
 
     # ---- construction -------------------------------------------------------------------------

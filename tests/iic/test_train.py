@@ -266,9 +266,12 @@ def test_a_run_stopped_while_self_labelling_resumes_exactly_and_refuses_to_move_
     # epoch 3 self-labelled: 6 epochs of which the last 2 self-label would say it had not
     with pytest.raises(ConfigError, match=r"which of the 3 epochs trained self-labelled \(epochs and self_label_epochs 4, 2 there; 6, 2 here\)"):
         Trainer(config.replace(epochs=6)).load_checkpoint(tmp_path / "epoch3.pt")
-    longer = Trainer(config.replace(epochs=6))  # before the window: more epochs move it legitimately
+    with pytest.raises(ConfigError, match=r"self_label_threshold, after self-labelled epochs \(0.5 there, 0.9 here\)"):
+        Trainer(config.replace(self_label_threshold=0.9)).load_checkpoint(tmp_path / "epoch3.pt")
+    # before the window: more epochs, or other self-labelling, continue legitimately
+    longer = Trainer(config.replace(epochs=6, self_label_epochs=3, self_label_threshold=0.9))
     longer.load_checkpoint(tmp_path / "epoch2.pt")
-    assert longer.epoch == 2
+    assert longer.epoch == 2 and longer.config.self_label_epochs == 3
 
 
 def test_a_stop_in_the_last_epoch_wins_over_completed(tiny_config):
