@@ -1,7 +1,7 @@
 """Self-labelling after IIC (iic/self_label.py): what each variant does to the same IIC runs.
 
     python benchmarks/self_label.py                                    # the tuning seeds 100-109, the default variants
-    python benchmarks/self_label.py --seeds 1060 1061 1062 --variant "low lr:self_label_epochs=10,lr=0.0003"
+    python benchmarks/self_label.py --seeds 1100 1101 1102 --variant "low lr:self_label_epochs=10,lr=0.0003"
 
 Trains the config (default: IICConfig defaults) on the seeds, all at once, for --base-epochs
 epochs of IIC and checkpoints it; then continues that checkpoint once per variant, each a set of
