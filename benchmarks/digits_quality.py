@@ -17,7 +17,7 @@ describes) and 100-109 (benchmarks/default_sweep.py on a GPU, 2026-11-27; 100-10
 were chosen on them). Seeds 1000-1019, 1020-1029, 1030-1039, 1040-1049 and 1060-1069 reported
 candidates whose adoption a rule written beforehand then decided on them (README, Results): a later
 choice reports on 1100 and up, the default (1050-1059 are mnist5k's: 1050-1054 decided its 40
-epochs, 1055-1059 reported it; its next report uses 1090-1099; benchmarks/defaults_device.sh
+epochs, 1055-1059 and 1090-1094 reported it; its next report uses 1095-1099; benchmarks/defaults_device.sh
 reports on 1070-1089).
 """
 
