@@ -121,7 +121,7 @@ class IICConfig:
     SCHEDULABLE_FIELDS: typing.ClassVar[tuple[str, ...]] = (*AUGMENT_FIELDS, "lr", "lamb")
     # Fields that may differ between a checkpoint and the config resuming it (the schedulable fields
     # may too: they then change from the restored epoch on, see ``continuing``; the self-labelling
-    # fields only where no epoch trained has self-labelled otherwise, see ``Trainer.load_checkpoint``).
+    # fields only where no epoch trained has self-labelled otherwise, see ``self_labelling_changes``).
     RESUMABLE_CHANGES: typing.ClassVar[tuple[str, ...]] = (
         "epochs", "device", "amp", "eval_batch_size", "download", "channels_last", "compile_mode",
         "self_label_epochs", "self_label_threshold",
@@ -249,6 +249,17 @@ class IICConfig:
     def self_labels_at(self, epoch: int) -> bool:
         """Whether epoch ``epoch`` (1-based) trains by self-labelling rather than IIC's loss."""
         return epoch > self.epochs - self.self_label_epochs
+
+    def self_labelling_changes(self, saved: "IICConfig", trained: int) -> list[str]:
+        """How this config would rewrite the self-labelling of the ``trained`` epochs of a run of
+        ``saved`` (the self-labelling fields may change on resume only where those epochs stay as they were)."""
+        epochs = range(1, trained + 1)
+        if any(saved.self_labels_at(epoch) != self.self_labels_at(epoch) for epoch in epochs):
+            return [f"which of the {trained} epochs trained self-labelled (epochs and self_label_epochs "
+                    f"{saved.epochs}, {saved.self_label_epochs} there; {self.epochs}, {self.self_label_epochs} here)"]
+        if any(map(saved.self_labels_at, epochs)) and saved.self_label_threshold != self.self_label_threshold:
+            return [f"self_label_threshold, after self-labelled epochs ({saved.self_label_threshold} there, {self.self_label_threshold} here)"]
+        return []
 
     # ---- validation ---------------------------------------------------------------------------
 

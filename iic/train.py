@@ -472,21 +472,10 @@ class Trainer:
     def saved_seeds(path: str | Path) -> list[int]:
         return load_state(path, "iic")["seeds"]
 
-    def _self_labelling_changes(self, saved: IICConfig, trained: int) -> list[str]:
-        """How this config would rewrite the self-labelling of the ``trained`` epochs of a run of
-        ``saved`` (the self-labelling fields may change only where those epochs stay as they were)."""
-        config, epochs = self.config, range(1, trained + 1)
-        if any(saved.self_labels_at(epoch) != config.self_labels_at(epoch) for epoch in epochs):
-            return [f"which of the {trained} epochs trained self-labelled (epochs and self_label_epochs "
-                    f"{saved.epochs}, {saved.self_label_epochs} there; {config.epochs}, {config.self_label_epochs} here)"]
-        if any(map(saved.self_labels_at, epochs)) and saved.self_label_threshold != config.self_label_threshold:
-            return [f"self_label_threshold, after self-labelled epochs ({saved.self_label_threshold} there, {config.self_label_threshold} here)"]
-        return []
-
     def load_checkpoint(self, path: str | Path) -> None:
         state = load_state(path, "iic")
         other = [f"seeds ({state['seeds']} there, {self.seeds} here)"] if state["seeds"] != self.seeds else []
-        other += self._self_labelling_changes(IICConfig.from_dict(state["config"]), state["epoch"])
+        other += self.config.self_labelling_changes(IICConfig.from_dict(state["config"]), state["epoch"])
         check_resumable(path, state["config"], self.config, other, scheduled=True)
         # The epochs trained keep the values they had; new ones apply from the next epoch on.
         self.config = self.config.continuing(IICConfig.from_dict(state["config"]), state["epoch"])
