@@ -79,6 +79,9 @@ class IICConfig:
     batch_size: int = 64  # images per step, before repeats
     repeats: int = 4  # augmented twins per image in a step
     augment_both_views: bool = False  # also augment the image paired with its twins
+    # Twins are views of the image or of one of its twin_neighbours nearest neighbours (cosine, in
+    # pixels or the pretrained backbone's features: iic/neighbours.py), drawn uniformly. 0 = itself only.
+    twin_neighbours: int = 0
     epochs: int = 45
     overcluster_passes: int = 1
     main_passes: int = 1
@@ -285,6 +288,7 @@ class IICConfig:
         require(self.num_subheads >= 1, f"num_subheads: must be at least 1 (got {self.num_subheads}); the paper uses 5")
         require(self.batch_size >= 2, f"batch_size: must be at least 2 (got {self.batch_size}); the joint distribution needs a batch")
         require(self.repeats >= 1, f"repeats: must be at least 1 (got {self.repeats})")
+        require(self.twin_neighbours >= 0, f"twin_neighbours: must be 0 (twins of the image itself) or more (got {self.twin_neighbours}); SCAN uses 5-20")
         require(self.epochs >= 1, f"epochs: must be at least 1 (got {self.epochs})")
         require(0 <= self.self_label_epochs < self.epochs,
                 f"self_label_epochs: must be from 0 to epochs - 1 = {self.epochs - 1} (got {self.self_label_epochs}): "

@@ -35,6 +35,7 @@ from iic.data import DatasetError, ImageData, load_dataset
 from iic.loss import IICLoss, mutual_information
 from iic.metrics import clustering_metrics, confusion_matrix
 from iic.models import IICModel, StackedIICModel, build_backbone
+from iic.neighbours import nearest_neighbours, pair_candidates
 from iic.pretrained import PRETRAINED_CHANNELS, ImageNetInput, WeightsError
 from iic.seeds import LABEL_FREE_PICK, combine_seeds, label_free_pick
 from iic.self_label import SELF_LABEL_SHARE, SelfLabelLoss
@@ -209,6 +210,9 @@ class Trainer:
         )
         if len(self.data) < 2:
             raise ConfigError(f"dataset {config.dataset!r} has {len(self.data)} image(s); IIC needs at least 2")
+        if config.twin_neighbours >= len(self.data):
+            raise ConfigError(f"twin_neighbours: {config.twin_neighbours} is not below the {len(self.data)} images of "
+                              f"dataset {config.dataset!r}; set it to at most {len(self.data) - 1} (SCAN uses 5-20)")
         self.images = self.data.images.to(self.device)
         self.labels = self.data.labels.numpy()
 
@@ -231,6 +235,8 @@ class Trainer:
         # A frozen backbone shown the same images every epoch (no augmentation) gives the same
         # features: computed once, (N, F), and every step and evaluation slices them.
         self.cached_features = self._all_features() if config.freeze_backbone and self.augment.is_identity and not config.schedule else None
+        # Each image's twin sources: itself, then its nearest neighbours (N, 1 + twin_neighbours).
+        self.twin_candidates = pair_candidates(nearest_neighbours(self._neighbour_space(), config.twin_neighbours)) if config.twin_neighbours else None
 
         self.shuffle_generators = [torch.Generator().manual_seed(seed) for seed in self.seeds]
         self.augment_generators = [torch.Generator(self.device).manual_seed(seed + AUGMENT_SEED_OFFSET) for seed in self.seeds]
@@ -286,9 +292,41 @@ class Trainer:
                 chunks.append(self.model.features(images.unsqueeze(0))[0])
         return torch.cat(chunks)
 
-    def make_views(self, batches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    @torch.no_grad()
+    def _neighbour_space(self) -> torch.Tensor:
+        """Where twin neighbours are found: the pretrained backbone's features of every image as
+        it starts (the first seed's; the seeds' pretrained weights are the same), else the pixels."""
+        if not self.config.backbone_weights:
+            return self.images
+        if self.config.freeze_backbone:
+            return self._all_features()
+        self.model.eval()  # batch norm's running statistics must not move
+        chunks = []
+        for start in range(0, len(self.images), self.config.eval_batch_size):
+            images = self._prepare(self.images[start : start + self.config.eval_batch_size], None)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+                chunks.append(self.model.features_of_same_images(images)[0])
+        self.model.train()
+        return torch.cat(chunks)
+
+    def twin_sources(self, batches: torch.Tensor) -> torch.Tensor:
+        """The images whose views are the twins of ``batches`` (S, B) of indices: (S, repeats * B),
+        the batch repeated; with ``twin_neighbours``, each twin's source drawn uniformly from its
+        image and the image's neighbours (from the seed's shuffling stream, as a run of it alone)."""
+        repeated = batches.repeat(1, self.config.repeats)
+        if self.twin_candidates is None:
+            return repeated
+        choices = torch.stack([
+            torch.randint(self.twin_candidates.shape[1], (repeated.shape[1],), generator=generator)
+            for generator in self.shuffle_generators
+        ]).to(self.device)
+        return self.twin_candidates[repeated, choices]
+
+    def make_views(self, batches: torch.Tensor, twin_images: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """uint8 batches, one per seed (S, B, C, H, W) -> (images, ``repeats`` augmented twins of
-        each), shaped (S, B, ...) and (S, repeats * B, ...), ready for the model."""
+        each), shaped (S, B, ...) and (S, repeats * B, ...), ready for the model. ``twin_images``
+        (S, repeats * B, C, H, W) are the twins' sources (see ``twin_sources``); by default the
+        batches themselves, repeated."""
         count, size = batches.shape[:2]
         repeats, channels = self.config.repeats, self.data.channels
         base_draws, twin_draws = [], []
@@ -297,7 +335,9 @@ class Trainer:
                 base_draws.append(self.augment.sample(size, channels, generator, self.device))
             twin_draws.append(self.augment.sample(size * repeats, channels, generator, self.device))
         base = self._prepare(batches.flatten(0, 1), base_draws or None)
-        twins = self._prepare(batches.repeat(1, repeats, 1, 1, 1).flatten(0, 1), twin_draws)
+        if twin_images is None:
+            twin_images = batches.repeat(1, repeats, 1, 1, 1)
+        twins = self._prepare(twin_images.flatten(0, 1), twin_draws)
         return base.unflatten(0, (count, size)), twins.unflatten(0, (count, size * repeats))
 
     def step(self, base: torch.Tensor, twins: torch.Tensor, head: str, self_label: bool = False) -> torch.Tensor | None:
@@ -336,11 +376,11 @@ class Trainer:
         loss_sums = torch.zeros(config.num_subheads, len(self.seeds), device=self.device)
         for start, stop in bounds:
             batches = orders[:, start:stop]
-            if self.cached_features is not None:  # no augmentation: twins are the images again
-                features = self.cached_features[batches]
-                losses = self.step(features, features.repeat(1, config.repeats, 1), head, self_label)
+            sources = self.twin_sources(batches)
+            if self.cached_features is not None:  # no augmentation: twins are their sources' features
+                losses = self.step(self.cached_features[batches], self.cached_features[sources], head, self_label)
             else:
-                losses = self.step(*self.make_views(self.images[batches]), head, self_label)
+                losses = self.step(*self.make_views(self.images[batches], self.images[sources]), head, self_label)
             if losses is None:
                 return None
             loss_sums += losses

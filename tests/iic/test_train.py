@@ -10,6 +10,7 @@ from iic.config import ConfigError, IICConfig
 from iic.consensus import consensus_metrics
 from iic.data import load_dataset
 from iic.metrics import clustering_metrics
+from iic.neighbours import nearest_neighbours, pair_candidates
 from iic.self_label import SELF_LABEL_SHARE
 from iic.status import RunStatus
 from iic.train import Trainer, main, train
@@ -41,8 +42,9 @@ def test_same_config_and_seed_give_the_same_run(tiny_config):
     assert other_seed.history[-1]["loss"] != first.history[-1]["loss"]
 
 
-def test_resume_continues_exactly(tiny_config, tmp_path):
-    config = tiny_config.replace(epochs=3, overcluster_k=20)
+@pytest.mark.parametrize("twin_neighbours", [0, 3])
+def test_resume_continues_exactly(tiny_config, tmp_path, twin_neighbours):
+    config = tiny_config.replace(epochs=3, overcluster_k=20, twin_neighbours=twin_neighbours)
     straight = Trainer(config)
     for _ in range(3):
         straight.run_epoch()
@@ -181,8 +183,9 @@ def test_cli_bad_input_exits_nonzero_with_the_message(tmp_path, capsys, args, me
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
 
 
-def test_seeds_trained_at_once_equal_each_seed_trained_alone(tiny_config):
-    config = tiny_config.replace(overcluster_k=20, augment_both_views=True, epochs=2)
+@pytest.mark.parametrize("twin_neighbours", [0, 3])
+def test_seeds_trained_at_once_equal_each_seed_trained_alone(tiny_config, twin_neighbours):
+    config = tiny_config.replace(overcluster_k=20, augment_both_views=True, epochs=2, twin_neighbours=twin_neighbours)
     data = load_dataset("digits", None, max_samples=240, input_size=config.input_size, seed=config.seed)
     seeds = [3, 5, 7]
     together = Trainer(config, data, seeds=seeds)
@@ -191,10 +194,13 @@ def test_seeds_trained_at_once_equal_each_seed_trained_alone(tiny_config):
     for index, trainer in enumerate(alone):
         first = trainer.model.backbone.features[0].weight
         assert torch.equal(together.model.backbone.features[0].weight.view(3, *first.shape)[index], first)
-    batches = torch.stack([together.images[torch.randperm(240, generator=torch.Generator().manual_seed(s))[:32]] for s in seeds])
-    base, twins = together.make_views(batches)
+    batches = torch.stack([torch.randperm(240, generator=torch.Generator().manual_seed(s))[:32] for s in seeds])
+    sources = together.twin_sources(batches)
+    base, twins = together.make_views(together.images[batches], together.images[sources])
     for index, trainer in enumerate(alone):
-        its_base, its_twins = trainer.make_views(batches[index : index + 1])
+        its_sources = trainer.twin_sources(batches[index : index + 1])
+        its_base, its_twins = trainer.make_views(trainer.images[batches[index : index + 1]], trainer.images[its_sources])
+        assert torch.equal(sources[index], its_sources[0])
         assert torch.equal(base[index], its_base[0]) and torch.equal(twins[index], its_twins[0])
     # whole epochs: equal up to floating-point noise (grouped convolutions sum in another order)
     for _ in range(2):
@@ -208,6 +214,32 @@ def test_seeds_trained_at_once_equal_each_seed_trained_alone(tiny_config):
         assert mine["loss_overcluster"] == pytest.approx(its["loss_overcluster"], abs=1e-4)
         assert mine["mutual_information"] == pytest.approx(its["mutual_information"], abs=1e-3)
     assert together.history[-1]["loss"] == pytest.approx(np.mean([h[-1]["loss"] for h in together.seed_histories]))
+
+
+def test_twins_are_views_of_the_image_or_of_its_pixel_neighbours(tiny_config):
+    batches = torch.arange(32).view(1, 32)
+    itself = Trainer(tiny_config)
+    assert itself.twin_candidates is None
+    assert torch.equal(itself.twin_sources(batches), batches.repeat(1, tiny_config.repeats))
+    trainer = Trainer(tiny_config.replace(twin_neighbours=3))
+    assert torch.equal(trainer.twin_candidates, pair_candidates(nearest_neighbours(trainer.images, 3)))
+    drawn = torch.cat([trainer.twin_sources(batches)[0].view(tiny_config.repeats, 32) for _ in range(50)])  # (draws, image)
+    for image in range(32):
+        # every candidate is drawn (uniformly: 100 draws of 4, each expected 25 times), and nothing else
+        assert set(drawn[:, image].tolist()) == set(trainer.twin_candidates[image].tolist())
+    assert (trainer.labels[trainer.twin_candidates[:, 1:]] == trainer.labels[:, None]).mean() > 0.9
+
+
+def test_twin_neighbours_are_checked_before_training(tiny_config, tmp_path):
+    with pytest.raises(ConfigError, match="twin_neighbours: must be 0"):
+        Trainer(tiny_config.replace(twin_neighbours=-1))
+    with pytest.raises(ConfigError, match=r"twin_neighbours: 240 is not below the 240 images .* at most 239"):
+        Trainer(tiny_config.replace(twin_neighbours=240))
+    trained = Trainer(tiny_config.replace(epochs=1))
+    trained.run_epoch()
+    trained.save_checkpoint(tmp_path / "checkpoint.pt")
+    with pytest.raises(ConfigError, match="twin_neighbours"):  # the pairs shape what was learnt
+        Trainer(tiny_config.replace(twin_neighbours=3)).load_checkpoint(tmp_path / "checkpoint.pt")
 
 
 def test_several_seeds_report_their_consensus_every_epoch_and_keep_it_across_a_resume(tiny_config, tmp_path):
@@ -407,6 +439,19 @@ def test_a_frozen_run_resumes_exactly_from_a_checkpoint_of_its_heads(frozen_conf
     resumed.load_checkpoint(tmp_path / "checkpoint.pt")
     resumed.run_epoch()
     assert torch.equal(_weights(resumed), _weights(straight))
+
+
+def test_with_pretrained_weights_twin_neighbours_are_found_in_the_backbone_s_features(frozen_config, tmp_path):
+    frozen = Trainer(frozen_config.replace(**NO_AUGMENTATION, twin_neighbours=3))
+    assert torch.equal(frozen.twin_candidates[:, 1:], nearest_neighbours(frozen.cached_features, 3))
+    frozen.run_epoch()
+    fine_tuned = Trainer(frozen_config.replace(freeze_backbone=False, twin_neighbours=3))
+    saved = torch.load(tmp_path / "resnet18.pt")
+    # batch norm ran in evaluation mode: its running statistics are still the file's
+    running_mean = fine_tuned.model.state_dict()["backbone.net.bn1.running_mean"]
+    assert running_mean.shape == saved["bn1.running_mean"].shape and torch.equal(running_mean, saved["bn1.running_mean"])
+    assert not torch.equal(fine_tuned.twin_candidates[:, 1:], nearest_neighbours(fine_tuned.images, 3))
+    fine_tuned.run_epoch()
 
 
 def _two_epochs_then_resumed_in_eager(config, tmp_path):
