@@ -13,8 +13,8 @@ beside that pick and the best of the three by labels, the k-means baseline on ra
 
 Seeds used to choose the defaults, and so never to report them: 0, 1, 2 (the sweeps README
 describes) and 100-109 (benchmarks/default_sweep.py on a GPU, 2026-11-27; 100-104 also chose the
-90-epoch candidate; the consensus of seeds, iic.consensus, and self-labelling, benchmarks/self_label.py,
-were chosen on them). Seeds 1000-1019, 1020-1029, 1030-1039, 1040-1049 and 1060-1069 reported
+90-epoch candidate; the consensus of seeds, iic.consensus, self-labelling, benchmarks/self_label.py,
+twin neighbours and Sobel were chosen or dropped on them). Seeds 1000-1019, 1020-1029, 1030-1039, 1040-1049 and 1060-1069 reported
 candidates whose adoption a rule written beforehand then decided on them (README, Results): a later
 choice reports on 1100 and up, the default (1050-1059 are mnist5k's: 1050-1054 decided its 40
 epochs, 1055-1059 and 1090-1094 reported it; its next report uses 1095-1099; benchmarks/defaults_device.sh
