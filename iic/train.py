@@ -299,7 +299,7 @@ class Trainer:
         if not self.config.backbone_weights:
             return self.images
         if self.config.freeze_backbone:
-            return self._all_features()
+            return self.cached_features if self.cached_features is not None else self._all_features()
         self.model.eval()  # batch norm's running statistics must not move
         chunks = []
         for start in range(0, len(self.images), self.config.eval_batch_size):

@@ -78,6 +78,9 @@ def test_pretrained_frozen_and_sobel_are_proposed_only_where_they_fit(preset):
         pretrained = trial.params["gate/pretrained"]
         assert (config.backbone_weights == "imagenet") == pretrained
         assert ("freeze_backbone" in trial.params) == pretrained and ("sobel" in trial.params) != pretrained
+        if preset:  # the bundled presets also try neighbours in the pretrained features as twins
+            assert ("twin_neighbours" in trial.params) == pretrained
+            assert config.twin_neighbours == trial.params.get("twin_neighbours", 0)
         arms.add((pretrained, config.freeze_backbone, config.sobel))
         assert space.point(config.to_dict()) == trial.params
     assert arms == {(True, True, False), (True, False, False), (False, False, False), (False, False, True)}
