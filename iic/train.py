@@ -284,23 +284,9 @@ class Trainer:
 
     @torch.no_grad()
     def _all_features(self) -> torch.Tensor:
-        """The frozen backbone's features of every image, (N, F), in evaluation batches."""
-        chunks = []
-        for start in range(0, len(self.images), self.config.eval_batch_size):
-            images = self._prepare(self.images[start : start + self.config.eval_batch_size], None)
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-                chunks.append(self.model.features(images.unsqueeze(0))[0])
-        return torch.cat(chunks)
-
-    @torch.no_grad()
-    def _neighbour_space(self) -> torch.Tensor:
-        """Where twin neighbours are found: the pretrained backbone's features of every image as
-        it starts (the first seed's; the seeds' pretrained weights are the same), else the pixels."""
-        if not self.config.backbone_weights:
-            return self.images
-        if self.config.freeze_backbone:
-            return self.cached_features if self.cached_features is not None else self._all_features()
-        self.model.eval()  # batch norm's running statistics must not move
+        """The backbone's features of every image as it is now, (N, F) (the first seed's; a frozen
+        backbone is shared), in evaluation batches and mode (batch norm's statistics do not move)."""
+        self.model.eval()
         chunks = []
         for start in range(0, len(self.images), self.config.eval_batch_size):
             images = self._prepare(self.images[start : start + self.config.eval_batch_size], None)
@@ -308,6 +294,13 @@ class Trainer:
                 chunks.append(self.model.features_of_same_images(images)[0])
         self.model.train()
         return torch.cat(chunks)
+
+    def _neighbour_space(self) -> torch.Tensor:
+        """Where twin neighbours are found: the pretrained backbone's features of every image as
+        it starts (the seeds' pretrained weights are the same), else the pixels."""
+        if not self.config.backbone_weights:
+            return self.images
+        return self.cached_features if self.cached_features is not None else self._all_features()
 
     def twin_sources(self, batches: torch.Tensor) -> torch.Tensor:
         """The images whose views are the twins of ``batches`` (S, B) of indices: (S, repeats * B),
