@@ -41,7 +41,7 @@ def test_har_search_with_the_ceiling_on_a_small_kaggle_layout_folder(ray_session
     weights = tmp_path / "resnet18.pt"  # stands in for ImageNet's (nothing downloads in tests)
     torch.save(torchvision.models.resnet18().state_dict(), weights)
     args = ["--preset", "har", "--set", f"data_root={tmp_path / 'har'}", "--set", f"backbone_weights={weights}",
-            "--set", "batch_size=16", "--set", "eval_batch_size=64", "--epochs", "2", "--num-samples", "2", "--max-concurrent", "1",
+            "--set", "batch_size=16", "--set", "eval_batch_size=64", "--epochs", "2", "--num-samples", "1", "--max-concurrent", "1",
             "--cpus-per-trial", "1", "--gpus-per-trial", "0", "--seeds-per-trial", "1", "--confirm-top", "0", "--ceiling",
             "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", "--storage-path", str(tmp_path / "ray")]
     assert main(args) == 0
@@ -50,7 +50,7 @@ def test_har_search_with_the_ceiling_on_a_small_kaggle_layout_folder(ray_session
     experiment = client.get_experiment_by_name("iic-har")
     runs = client.search_runs([experiment.experiment_id])
     roles = sorted(run.data.tags[ROLE_TAG] for run in runs)
-    assert roles == ["ceiling", "search", "trial", "trial"]
+    assert roles == ["ceiling", "search", "trial"]  # one trial: this test checks the preset and the ceiling, not the search (CI time)
     assert all(run.info.status == "FINISHED" for run in runs)
     trials = [run for run in runs if run.data.tags[ROLE_TAG] == "trial"]
     assert all(run.data.params["dataset"] == "har" and run.data.params["num_clusters"] == "15" for run in trials)
