@@ -113,7 +113,8 @@ def main() -> None:
 
     print(f"{config.dataset}: {config.backbone} (width {config.backbone_width}), sobel {config.sobel}, {config.epochs} epochs, "
           f"lr {config.lr}, batch {config.batch_size}x{config.repeats} repeats, lamb {config.lamb}, "
-          f"overcluster_k {config.overcluster_k}, self_label_epochs {config.self_label_epochs}; torch threads {torch.get_num_threads()}, {platform.processor() or platform.machine()}")
+          f"overcluster_k {config.overcluster_k}, self_label_epochs {config.self_label_epochs}, "
+          f"screen_inits {config.screen_inits} (at epoch {config.screen_epochs}); torch threads {torch.get_num_threads()}, {platform.processor() or platform.machine()}")
     tuned_on = sorted(TUNING_SEEDS.intersection(args.seeds))
     if tuned_on:
         print(f"warning: seeds {tuned_on} were used to choose the defaults; figures on them are optimistic")
@@ -125,6 +126,8 @@ def main() -> None:
     for epoch in sorted(e for e in args.report_epochs if e < len(result.history)):
         print(f"\nat epoch {epoch} of the same run:")
         print_figures([run.history[epoch - 1] for run in result.seeds])
+    if config.screen_inits > 1:
+        print("initialisations kept: " + ", ".join(f"{run.seed}: {run.init_seed}" for run in result.seeds))
     print(f"\nat epoch {len(result.history)} (status {result.status}):")
     print_figures([run.metrics for run in result.seeds])
     if len(result.seeds) >= 3:

@@ -91,6 +91,11 @@ class IICConfig:
     self_label_epochs: int = 0
     self_label_threshold: float = 0.99
     seed: int = 0
+    # Each seed starts from screen_inits initialisations (the seed and seeds drawn from it, trained
+    # side by side); after screen_epochs epochs the one with the highest held-out mutual information
+    # trains on alone. A failing seed shows by then (README, Results). 1 = off.
+    screen_inits: int = 1
+    screen_epochs: int = 10
 
     # Augmentation strengths (see iic.augment.BatchAugment); 0 = off, crop_min_scale 1.0 = off.
     crop_min_scale: float = 0.5
@@ -290,6 +295,10 @@ class IICConfig:
         require(self.repeats >= 1, f"repeats: must be at least 1 (got {self.repeats})")
         require(self.twin_neighbours >= 0, f"twin_neighbours: must be 0 (twins of the image itself) or more (got {self.twin_neighbours}); SCAN uses 5-20")
         require(self.epochs >= 1, f"epochs: must be at least 1 (got {self.epochs})")
+        require(self.screen_inits >= 1, f"screen_inits: must be at least 1 (got {self.screen_inits}); 1 trains each seed's own initialisation alone")
+        require(self.screen_inits == 1 or 1 <= self.screen_epochs < self.epochs,
+                f"screen_epochs: must be from 1 to epochs - 1 = {self.epochs - 1} (got {self.screen_epochs}): the kept "
+                "initialisation trains on after it; or set screen_inits: 1")
         require(0 <= self.self_label_epochs < self.epochs,
                 f"self_label_epochs: must be from 0 to epochs - 1 = {self.epochs - 1} (got {self.self_label_epochs}): "
                 "self-labelling needs IIC's clusters to start from")

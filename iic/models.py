@@ -261,6 +261,15 @@ class StackedIICModel(nn.Module):
         self.backbone = shared_backbone(backbones) if freeze_backbone else stack_backbones(backbones)
         self.heads = nn.ModuleDict({name: StackedClusterHead([model.heads[name] for model in models]) for name in models[0].heads})
 
+    def select_models(self, name: str, tensor: torch.Tensor, indices: list[int]) -> torch.Tensor:
+        """The part of ``tensor`` (the stack's parameter or buffer ``name``, or optimiser state shaped
+        like it) that a stack of just the models ``indices`` holds: every stacked tensor keeps
+        model s's block at s along dim 0; a shared frozen backbone's tensors and scalars are
+        everyone's."""
+        if tensor.ndim == 0 or (self.freeze_backbone and name.startswith("backbone.")):
+            return tensor
+        return tensor.unflatten(0, (self.num_models, -1))[indices].flatten(0, 1)
+
     def train(self, mode: bool = True) -> "StackedIICModel":
         super().train(mode)
         if self.freeze_backbone:

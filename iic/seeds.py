@@ -18,6 +18,7 @@ PER_SEED_METRICS = ("cluster_accuracy", "mutual_information")
 LABEL_FREE_PICK = "label_free_pick_accuracy"
 # Seeds are drawn from [0, SEED_RANGE): any of them is a valid torch/numpy seed.
 SEED_RANGE = 2**31 - 1
+_SCREENING_STREAM = 1  # a seed's screening candidates come from its own stream, not draw_seeds(seed)'s
 
 
 def draw_seeds(search_seed: int, count: int, skip: int = 0) -> list[int]:
@@ -31,6 +32,23 @@ def draw_seeds(search_seed: int, count: int, skip: int = 0) -> list[int]:
         if seed not in seeds:
             seeds.append(seed)
     return seeds[skip:]
+
+
+def screening_candidates(seeds: list[int], inits: int) -> list[list[int]]:
+    """Each seed's ``inits`` initialisations: the seed itself, then seeds drawn from it (none
+    repeating another of the run's, so every model of a stack is its own run)."""
+    taken = set(seeds)
+    groups = []
+    for seed in seeds:
+        rng = np.random.default_rng([seed, _SCREENING_STREAM])
+        group = [seed]
+        while len(group) < inits:
+            candidate = int(rng.integers(SEED_RANGE))
+            if candidate not in taken:
+                taken.add(candidate)
+                group.append(candidate)
+        groups.append(group)
+    return groups
 
 
 def label_free_pick(per_seed: list[dict]) -> int:

@@ -37,7 +37,7 @@ from iic.metrics import clustering_metrics, confusion_matrix
 from iic.models import IICModel, StackedIICModel, build_backbone
 from iic.neighbours import nearest_neighbours, pair_candidates
 from iic.pretrained import PRETRAINED_CHANNELS, ImageNetInput, WeightsError
-from iic.seeds import LABEL_FREE_PICK, combine_seeds, label_free_pick
+from iic.seeds import LABEL_FREE_PICK, combine_seeds, label_free_pick, screening_candidates
 from iic.self_label import SELF_LABEL_SHARE, SelfLabelLoss
 from iic.sobel import Sobel
 from iic.status import RunStatus
@@ -159,6 +159,7 @@ class SeedRun:
     clusters: np.ndarray  # final cluster of every image (the seed's chosen sub-head)
     confusion: np.ndarray | None  # clusters x classes, None without labels
     probabilities: np.ndarray  # (N, k): the chosen sub-head's soft assignment of every image
+    init_seed: int  # the initialisation kept (``seed`` itself unless screen_inits chose another)
 
 
 @dataclass
@@ -196,11 +197,20 @@ class Trainer:
     per seed, stacked into one (``StackedIICModel``), each with its own initialisation, shuffling,
     augmentation and held-out views drawn from its seed, so that seed s of a stacked run trains as a
     run of that seed alone would. The data (and its ``max_samples`` subset, drawn with
-    ``config.seed``) is shared."""
+    ``config.seed``) is shared.
+
+    With ``screen_inits`` > 1 each seed starts as that many models (its initialisations, see
+    ``iic.seeds.screening_candidates``) and reports the one with the highest held-out mutual
+    information; after ``screen_epochs`` epochs only those train on."""
 
     def __init__(self, config: IICConfig, data: ImageData | None = None, seeds: Sequence[int] | None = None):
         self.config = config.validate(check_data=data is None)
-        self.seeds = check_seeds(seeds if seeds is not None else [config.seed])
+        self.requested_seeds = check_seeds(seeds if seeds is not None else [config.seed])
+        groups = screening_candidates(self.requested_seeds, config.screen_inits)
+        # The stack's models: each an initialisation of the seed in origins, the run it reports as.
+        self.seeds = [init for group in groups for init in group]
+        self.origins = [seed for seed, group in zip(self.requested_seeds, groups) for _ in group]
+        self.screen_groups = [list(range(i * len(groups[0]), (i + 1) * len(groups[0]))) for i in range(len(groups))]
         self.device = resolve_device(config.device)
         seed_everything(config.seed)
         self.data = data if data is not None else load_dataset(
@@ -219,15 +229,7 @@ class Trainer:
         self.input_transform = input_transform(config)
         if self.input_transform is not None:
             self.input_transform.to(self.device)
-        try:
-            models = [self._new_model(seed) for seed in self.seeds]
-        except WeightsError as err:
-            raise ConfigError(f"backbone_weights: {err}") from None
-        self.model = StackedIICModel(models, config.freeze_backbone).to(self.device)
-        if config.channels_last:  # 4-d weights NHWC; convolutions then give NHWC outputs too
-            self.model.to(memory_format=torch.channels_last)
-        self.training_forward = compiled(self.model, config.compile_mode)
-        self.optimiser = torch.optim.Adam([p for p in self.model.parameters() if p.requires_grad], lr=config.lr)
+        self._build_model()
         self.criterion = IICLoss(config.lamb)
         self.self_label_criterion = SelfLabelLoss(config.self_label_threshold)
         self.apply_schedule(1)  # the augmentation, lr and lamb of epoch 1
@@ -249,6 +251,43 @@ class Trainer:
         self.last_clusters = [np.zeros(len(self.images), dtype=np.int64) for _ in self.seeds]
         self.last_probabilities = [np.zeros((len(self.images), config.num_clusters), dtype=np.float32) for _ in self.seeds]
         self.last_consensus: np.ndarray | None = None
+
+    def _build_model(self) -> None:
+        """The stacked model of ``seeds`` as they start, its training forward pass and optimiser."""
+        try:
+            models = [self._new_model(seed) for seed in self.seeds]
+        except WeightsError as err:
+            raise ConfigError(f"backbone_weights: {err}") from None
+        self.model = StackedIICModel(models, self.config.freeze_backbone).to(self.device)
+        if self.config.channels_last:  # 4-d weights NHWC; convolutions then give NHWC outputs too
+            self.model.to(memory_format=torch.channels_last)
+        self.training_forward = compiled(self.model, self.config.compile_mode)
+        self.optimiser = torch.optim.Adam([p for p in self.model.parameters() if p.requires_grad], lr=self.config.lr)
+
+    def _keep_models(self, indices: list[int]) -> None:
+        """Go on with the stack's models ``indices`` alone, as they are: weights, optimiser state,
+        random streams, held-out views and histories."""
+        select = self.model.select_models
+        model_state = {name: select(name, tensor, indices) for name, tensor in self.model.state_dict().items()}
+        names = [name for name, parameter in self.model.named_parameters() if parameter.requires_grad]
+        optimiser_state = self.optimiser.state_dict()
+        optimiser_state["state"] = {i: {key: select(names[i], value, indices) for key, value in state.items()}
+                                    for i, state in optimiser_state["state"].items()}
+        for name in ("seeds", "origins", "shuffle_generators", "augment_generators", "held_out_draws",
+                     "seed_histories", "last_clusters", "last_probabilities"):
+            setattr(self, name, [getattr(self, name)[i] for i in indices])
+        self.screen_groups = [[i] for i in range(len(indices))]
+        self._build_model()
+        self.model.load_state_dict(model_state)
+        self.optimiser.load_state_dict(optimiser_state)
+
+    def _picks(self, per_seed: list[dict]) -> list[int]:
+        """Which model each seed reports: of its initialisations, the one whose metrics in
+        ``per_seed`` (one dict per model) have the highest held-out mutual information."""
+        return [group[label_free_pick([per_seed[i] for i in group])] for group in self.screen_groups]
+
+    def _current_picks(self) -> list[int]:
+        return self._picks([history[-1] if history else {} for history in self.seed_histories])
 
     def _draw_held_out_views(self) -> list[AugmentDraw]:
         """Each seed's held-out view of every image, drawn once with the augmentation of epoch 1: the
@@ -423,8 +462,11 @@ class Trainer:
                 metrics["loss_overcluster"] = float(seed_losses.min())
         for history, metrics in zip(self.seed_histories, per_seed):
             history.append(metrics)
-        metrics = {"epoch": self.epoch, "status": self.status, **combine_seeds(per_seed), **self._consensus(),
-                   "epoch_seconds": time.perf_counter() - started}
+        picks = self._picks(per_seed)
+        if len(picks) < len(self.seeds) and self.epoch >= config.screen_epochs:  # screening over: the picks train on
+            self._keep_models(picks)
+        metrics = {"epoch": self.epoch, "status": self.status, **combine_seeds([per_seed[i] for i in picks]),
+                   **self._consensus(self._current_picks()), "epoch_seconds": time.perf_counter() - started}
         self.history.append(metrics)
         return metrics
 
@@ -440,7 +482,7 @@ class Trainer:
             chosen = int(subhead_losses[:, index].argmin())
             clusters = probabilities[chosen][index].argmax(dim=1).cpu().numpy()
             metrics = {
-                "seed": seed,
+                "seed": self.origins[index],
                 "loss": float(subhead_losses[chosen, index]),
                 "mutual_information": mutual_information(probabilities[chosen][index], twin_probabilities[chosen][index]),
                 "chosen_subhead": chosen,
@@ -459,22 +501,25 @@ class Trainer:
             per_seed.append(metrics)
         return per_seed
 
-    def _consensus(self) -> dict:
-        """The seeds' label-free consensus clustering of the latest evaluation and its metrics
-        (``consensus_accuracy``, ...); nothing for a run of one seed."""
-        if len(self.seeds) < 2:
+    def _consensus(self, picks: list[int]) -> dict:
+        """The label-free consensus clustering of the latest evaluation of the models ``picks`` (one
+        per seed) and its metrics (``consensus_accuracy``, ...); nothing for a run of one seed."""
+        if len(picks) < 2:
             return {}
-        self.last_consensus, metrics = consensus_metrics(self.last_probabilities, self.labels, self.config.num_clusters, self.data.num_classes)
+        probabilities = [self.last_probabilities[i] for i in picks]
+        self.last_consensus, metrics = consensus_metrics(probabilities, self.labels, self.config.num_clusters, self.data.num_classes)
         return metrics
 
     def result(self) -> TrainResult:
         labelled = self.labels >= 0
         runs = []
-        for seed, history, clusters, probabilities in zip(self.seeds, self.seed_histories, self.last_clusters, self.last_probabilities):
+        for i in self._current_picks():
+            clusters, history = self.last_clusters[i], self.seed_histories[i]
             confusion = None
             if labelled.any():
                 confusion = confusion_matrix(clusters[labelled], self.labels[labelled], self.config.num_clusters, self.data.num_classes)
-            runs.append(SeedRun(seed, history[-1] if history else {}, list(history), clusters, confusion, probabilities))
+            runs.append(SeedRun(self.origins[i], history[-1] if history else {}, list(history), clusters, confusion,
+                                self.last_probabilities[i], self.seeds[i]))
         return TrainResult(self.status, self.history[-1] if self.history else {}, list(self.history), runs, self.data.class_names,
                            self.config, self.last_consensus)
 
@@ -485,7 +530,8 @@ class Trainer:
         state = {
             "kind": "iic",
             "config": self.config.to_dict(),
-            "seeds": self.seeds,
+            "seeds": self.requested_seeds,
+            "trained_seeds": self.seeds,  # after screening, the initialisations kept
             "epoch": self.epoch,
             "status": str(self.status),
             "history": self.history,
@@ -507,11 +553,14 @@ class Trainer:
 
     def load_checkpoint(self, path: str | Path) -> None:
         state = load_state(path, "iic")
-        other = [f"seeds ({state['seeds']} there, {self.seeds} here)"] if state["seeds"] != self.seeds else []
+        other = [f"seeds ({state['seeds']} there, {self.requested_seeds} here)"] if state["seeds"] != self.requested_seeds else []
         other += self.config.self_labelling_changes(IICConfig.from_dict(state["config"]), state["epoch"])
         check_resumable(path, state["config"], self.config, other, scheduled=True)
         # The epochs trained keep the values they had; new ones apply from the next epoch on.
         self.config = self.config.continuing(IICConfig.from_dict(state["config"]), state["epoch"])
+        trained = state.get("trained_seeds", state["seeds"])
+        if trained != self.seeds:  # saved after screening: only the initialisations kept go on
+            self._keep_models([self.seeds.index(seed) for seed in trained])
         self.held_out_draws = self._draw_held_out_views()
         # A frozen backbone is not saved (it is the pretrained weights): keep the one built here.
         self.model.load_state_dict({**self.model.state_dict(), **state["model"]})
@@ -527,7 +576,7 @@ class Trainer:
         if "last_probabilities" in state:
             self.last_probabilities = state["last_probabilities"]
             if self.epoch:
-                self._consensus()  # derived from the probabilities (deterministic): not saved
+                self._consensus(self._current_picks())  # derived from the probabilities (deterministic): not saved
 
 
 def mark_diverged(trainer, seconds: float) -> dict:

@@ -300,6 +300,13 @@ class SearchPlan:
                 "tracking_uri": self.tracking_uri, "experiment": self.experiment, "trial_seeds": self.trial_seeds}
 
 
+def first_points(preset: Preset, warm_start: str | None) -> list[dict]:
+    """The trials TPE evaluates before it proposes: the exported configs of ``--warm-start`` (the
+    user's own choice), then the preset's config (``start_from_config``)."""
+    start = [preset.start_point()] if preset.search.start_from_config and preset.search.scheduler != "pbt" else []
+    return (load_warm_start(warm_start, preset) if warm_start else []) + start
+
+
 def new_plan(args: argparse.Namespace) -> SearchPlan:
     """A new search's plan from the command line, checked; refuses a name already taken."""
     preset = load_preset(args)
@@ -311,7 +318,7 @@ def new_plan(args: argparse.Namespace) -> SearchPlan:
     tracking_uri = check_tracking_uri(args.tracking_uri)
     experiment = args.experiment or f"iic-{preset.name}"
     plan = SearchPlan(vars(args), preset, tracking_uri, experiment, args.name or experiment, resolve_storage_path(args.storage_path),
-                      search_seeds(preset, args.seed), load_warm_start(args.warm_start, preset) if args.warm_start else [])
+                      search_seeds(preset, args.seed), first_points(preset, args.warm_start))
     if tune.Tuner.can_restore(plan.experiment_dir):
         raise SearchError(f"a search named {plan.name!r} already exists at {plan.experiment_dir}; continue it with --resume, or choose another --name")
     return plan

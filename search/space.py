@@ -99,6 +99,10 @@ class SearchDefaults:
     collapse_information: float = TrialSettings.collapse_information
     collapse_warmup: int = TrialSettings.collapse_warmup
     max_failures: int = 2  # retries of a crashed trial, from its last checkpoint
+    # TPE's first trial is the preset's config itself (each searched field at its config value): a
+    # search too short to explore then still ends no lower than the config it starts from. PBT's
+    # population is drawn at random and ignores it.
+    start_from_config: bool = False
 
 
 @dataclass
@@ -198,8 +202,30 @@ class Preset:
         if self.search.scheduler not in SCHEDULERS:
             problems.append(f"search.scheduler: {self.search.scheduler!r} is not one of {', '.join(SCHEDULERS)}")
         problems += self._pbt_problems()
+        problems += self._start_problems()
         if problems:
             raise PresetError("invalid search space:\n  " + "\n  ".join(problems))
+
+    def start_point(self) -> dict:
+        """The Optuna parameters of the preset's own config (``search.start_from_config``)."""
+        space = self.space()
+        return space.point(space.config)
+
+    def _start_problems(self) -> list[str]:
+        if not self.search.start_from_config:
+            return []
+        space = self.space()
+        values = space.point_values(space.config)  # gated fields whose gate the config leaves off are not proposed
+        problems = []
+        for param in self.params:
+            value = values.get(param.name)
+            inside = param.kind == "gate" or value is None or (
+                value in param.choices if param.kind == "categorical" else param.low <= value <= param.high)
+            if not inside:
+                span = list(param.choices) if param.kind == "categorical" else f"[{param.low}, {param.high}]"
+                problems.append(f"search.start_from_config: {param.name} is {value!r} in the config, outside the space's {span}; "
+                                f"set it inside in the config section, widen the range, or set start_from_config: false")
+        return problems
 
     def _pbt_problems(self) -> list[str]:
         pbt, problems = self.pbt, []
@@ -297,12 +323,15 @@ class SearchSpace:
     def point(self, config: dict) -> dict:
         """The Optuna parameters that would reproduce ``config`` (an IICConfig dict): searched fields
         at the config's values, a gate on unless the config matches its ``otherwise`` values."""
+        by_name = {p.name: p for p in self.params}
+        return {optuna_name(by_name[name]): v for name, v in self.point_values(config).items()}
+
+    def point_values(self, config: dict) -> dict:
+        """``point``'s values by field (and gate) name."""
 
         def value(param: Param):
             if param.kind == "gate":
                 return not param.off or any(config.get(k) != v for k, v in param.off)
             return config[param.name]
 
-        chosen, _ = assign(self.params, value)
-        by_name = {p.name: p for p in self.params}
-        return {optuna_name(by_name[name]): v for name, v in chosen.items()}
+        return assign(self.params, value)[0]

@@ -529,3 +529,67 @@ def test_cuda_resume_continues_exactly(tiny_config, tmp_path):
     assert resumed.status == "completed" and [m["epoch"] for m in resumed.history] == [1, 2, 3]
     # cuDNN may pick other kernels in a new process, so equal up to floating-point noise
     assert resumed.history[-1]["loss"] == pytest.approx(straight.history[-1]["loss"], abs=1e-3)
+
+
+def test_screening_keeps_each_seeds_initialisation_with_the_highest_held_out_mi_which_trains_as_alone(tiny_config):
+    config = tiny_config.replace(epochs=4, screen_inits=2, screen_epochs=2, overcluster_k=20)
+    data = load_dataset("digits", None, max_samples=240, input_size=config.input_size, seed=config.seed)
+    trainer = Trainer(config, data, seeds=[3, 5])
+    inits = list(trainer.seeds)
+    assert len(inits) == 4 and inits[0] == 3 and inits[2] == 5 and len(set(inits)) == 4
+    for epoch in (1, 2):
+        metrics = trainer.run_epoch()
+        if epoch == 1:  # screening: all four train, each seed reports its initialisation with the higher MI
+            per_model = [history[-1] for history in trainer.seed_histories]
+            reported = [max(per_model[i : i + 2], key=lambda m: m["mutual_information"]) for i in (0, 2)]
+            assert len(trainer.seeds) == 4 and metrics["num_seeds"] == 2
+            assert metrics["cluster_accuracy"] == pytest.approx(np.mean([m["cluster_accuracy"] for m in reported]))
+            assert [m["seed"] for m in per_model] == [3, 3, 5, 5]
+    later = Trainer(config.replace(screen_epochs=3), data, seeds=[3, 5])  # trains the same two epochs, keeping all four
+    for _ in range(2):
+        later.run_epoch()
+    at_screening = {init: history[-1]["mutual_information"] for init, history in zip(later.seeds, later.seed_histories)}
+    kept = list(trainer.seeds)  # after epoch 2, one initialisation per seed: the higher MI
+    assert kept == [max(inits[i : i + 2], key=at_screening.get) for i in (0, 2)]
+    for _ in range(2):
+        trainer.run_epoch()
+    result = trainer.result()
+    assert [run.seed for run in result.seeds] == [3, 5] and [run.init_seed for run in result.seeds] == kept
+    # The kept models go on exactly as in a stack of all four that never dropped any (weights,
+    # optimiser state and random streams carried over), and so as each would alone (up to the
+    # floating-point noise of stacking: test_seeds_trained_at_once_equal_each_seed_trained_alone).
+    all_four = train(config.replace(screen_inits=1), data=data, seeds=inits)
+    for run, init in zip(result.seeds, kept):
+        assert [{**m, "seed": init} for m in run.history] == all_four.seeds[inits.index(init)].history  # reported as its seed
+        assert np.array_equal(run.probabilities, all_four.seeds[inits.index(init)].probabilities)
+
+
+def test_a_screening_run_resumes_exactly_before_and_after_the_pick(tiny_config, tmp_path):
+    config = tiny_config.replace(epochs=4, screen_inits=2, screen_epochs=2)
+    straight = Trainer(config, seeds=[3, 5])
+    for epoch in range(1, 5):
+        straight.run_epoch()
+        if epoch in (1, 3):
+            straight.save_checkpoint(tmp_path / f"epoch{epoch}.pt")
+    for epoch in (1, 3):
+        resumed = Trainer(config, seeds=[3, 5])
+        resumed.load_checkpoint(tmp_path / f"epoch{epoch}.pt")
+        assert len(resumed.seeds) == (4 if epoch == 1 else 2)
+        while resumed.epoch < 4:
+            resumed.run_epoch()
+        assert resumed.seeds == straight.seeds
+        assert resumed.history[-1]["loss"] == straight.history[-1]["loss"]
+        assert torch.equal(_weights(resumed), _weights(straight))
+    assert Trainer.saved_seeds(tmp_path / "epoch3.pt") == [3, 5]
+    with pytest.raises(ConfigError, match="screen_inits"):  # which models train is the run's identity
+        Trainer(config.replace(screen_inits=3), seeds=[3, 5]).load_checkpoint(tmp_path / "epoch1.pt")
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"screen_inits": 0}, "screen_inits: must be at least 1"),
+    ({"screen_inits": 2, "screen_epochs": 2}, r"screen_epochs: must be from 1 to epochs - 1 = 1 \(got 2\)"),
+    ({"screen_inits": 2, "screen_epochs": 0}, "screen_epochs: must be from 1"),
+])
+def test_bad_screening_is_refused_before_training(tiny_config, changes, message):
+    with pytest.raises(ConfigError, match=message):
+        Trainer(tiny_config.replace(**changes))

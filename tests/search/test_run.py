@@ -124,13 +124,16 @@ def test_confirm_command_confirms_a_finished_search(ray_session, tmp_path, state
     assert confirm_main(args[:2] + ["--top", "0", "--seeds", "2"] + args[6:]) == 2
 
 
-def test_warm_start_evaluates_the_given_configs_first(ray_session, tmp_path, state_dir):
+def test_warm_start_evaluates_the_given_configs_first_then_the_presets_own(ray_session, tmp_path, state_dir):
     warm = tmp_path / "warm"
     IICConfig(lr=0.00567, batch_size=32, overcluster_k=0).to_yaml(warm / "rank01.yaml")
-    assert main(_args(tmp_path, "--num-samples", "1", "--warm-start", str(warm), "--experiment", "warm")) == 0
+    assert main(_args(tmp_path, "--num-samples", "2", "--warm-start", str(warm), "--experiment", "warm")) == 0
     _, _, trials, _ = _runs(tmp_path, "warm")
-    assert [float(t.data.params["lr"]) for t in trials] == [0.00567]
-    assert trials[0].data.params["gate.overclustering"] == "False"
+    trials.sort(key=lambda t: t.info.start_time)
+    # the digits preset starts from its config (search.start_from_config): IICConfig's lr and the rest
+    assert [float(t.data.params["lr"]) for t in trials] == [0.00567, IICConfig().lr]
+    assert float(trials[1].data.params["lamb"]) == IICConfig().lamb and trials[1].data.params["sobel"] == "True"
+    assert all(t.data.params["gate.overclustering"] == "False" for t in trials)
 
 
 @pytest.mark.parametrize(

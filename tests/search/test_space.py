@@ -219,3 +219,15 @@ def test_pbt_needs_something_to_mutate_outside_a_gate():
     with pytest.raises(PresetError, match="pbt: nothing to mutate; the space searches none of"):
         _pbt_preset({"repeats": {"low": 2, "high": 5}})
     _preset({"repeats": {"low": 2, "high": 5}})  # fine for ASHA, which mutates nothing
+
+
+def test_start_from_config_puts_the_configs_values_first_and_refuses_one_outside_the_space():
+    preset = Preset.load("digits")
+    assert preset.search.start_from_config
+    assert preset.start_point() == {"gate/overclustering": False, "lr": 3e-3, "lamb": 1.3, "repeats": 4, "crop_min_scale": 0.5,
+                                    "rotation_degrees": 15.0, "brightness": 0.3, "contrast": 0.3}
+    raw = {"config": {"lr": 1e-2, "overcluster_k": 0}, "space": {"lr": {"low": 1e-3, "high": 5e-3}},
+           "search": {"start_from_config": True}}
+    with pytest.raises(PresetError, match=r"search.start_from_config: lr is 0.01 in the config, outside the space's \[0.001, 0.005\]"):
+        Preset.from_dict("mine", raw)
+    Preset.from_dict("mine", {**raw, "search": {"start_from_config": False}})  # not asked for: any config will do
