@@ -132,7 +132,7 @@ def test_warm_start_evaluates_the_given_configs_first_then_the_presets_own(ray_s
     trials.sort(key=lambda t: t.info.start_time)
     # the digits preset starts from its config (search.start_from_config): IICConfig's lr and the rest
     assert [float(t.data.params["lr"]) for t in trials] == [0.00567, IICConfig().lr]
-    assert float(trials[1].data.params["lamb"]) == IICConfig().lamb and trials[1].data.params["sobel"] == "True"
+    assert float(trials[1].data.params["lamb"]) == IICConfig().lamb and trials[1].data.params["repeats"] == str(IICConfig().repeats)
     assert all(t.data.params["gate.overclustering"] == "False" for t in trials)
 
 
