@@ -16,6 +16,9 @@ SPREAD_METRICS = ("cluster_accuracy", "nmi", "mutual_information", "largest_clus
 # Per-seed values kept under their own names (``<metric>/seed_<i>``), for curves per seed.
 PER_SEED_METRICS = ("cluster_accuracy", "mutual_information")
 LABEL_FREE_PICK = "label_free_pick_accuracy"
+# In a screening run (screen_inits > 1), the initialisation each seed's metrics come from: the one
+# with the highest held-out MI so far, then the kept one.
+INIT_SEED = "init_seed"
 # Seeds are drawn from [0, SEED_RANGE): any of them is a valid torch/numpy seed.
 SEED_RANGE = 2**31 - 1
 _SCREENING_STREAM = 1  # a seed's screening candidates come from its own stream, not draw_seeds(seed)'s
@@ -61,9 +64,12 @@ def combine_seeds(per_seed: list[dict]) -> dict:
     """One record from the same epoch's metrics on several seeds: each numeric metric's mean under
     its own name; ``<m>_min``, ``<m>_max``, ``<m>_sd`` (sample sd, 0 for one seed) for
     SPREAD_METRICS; ``<m>/seed_<i>`` for PER_SEED_METRICS; the label-free pick's accuracy and seed;
-    ``chosen_subhead`` as the list of each seed's choice."""
+    ``chosen_subhead`` (and, when screening, ``init_seed``) as the list of each seed's."""
     combined: dict = {"num_seeds": len(per_seed), "chosen_subhead": [m.get("chosen_subhead") for m in per_seed]}
-    numeric = [k for k, v in per_seed[0].items() if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("seed", "chosen_subhead")]
+    if INIT_SEED in per_seed[0]:
+        combined[INIT_SEED] = [m[INIT_SEED] for m in per_seed]
+    listed = ("seed", "chosen_subhead", INIT_SEED)
+    numeric = [k for k, v in per_seed[0].items() if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in listed]
     for key in numeric:
         values = np.array([m[key] for m in per_seed], dtype=np.float64)
         combined[key] = float(values.mean())

@@ -37,7 +37,7 @@ from iic.metrics import clustering_metrics, confusion_matrix
 from iic.models import IICModel, StackedIICModel, build_backbone
 from iic.neighbours import nearest_neighbours, pair_candidates
 from iic.pretrained import PRETRAINED_CHANNELS, ImageNetInput, WeightsError
-from iic.seeds import LABEL_FREE_PICK, combine_seeds, label_free_pick, screening_candidates
+from iic.seeds import INIT_SEED, LABEL_FREE_PICK, combine_seeds, label_free_pick, screening_candidates
 from iic.self_label import SELF_LABEL_SHARE, SelfLabelLoss
 from iic.sobel import Sobel
 from iic.status import RunStatus
@@ -210,7 +210,6 @@ class Trainer:
         # The stack's models: each an initialisation of the seed in origins, the run it reports as.
         self.seeds = [init for group in groups for init in group]
         self.origins = [seed for seed, group in zip(self.requested_seeds, groups) for _ in group]
-        self.screen_groups = [list(range(i * len(groups[0]), (i + 1) * len(groups[0]))) for i in range(len(groups))]
         self.device = resolve_device(config.device)
         seed_everything(config.seed)
         self.data = data if data is not None else load_dataset(
@@ -276,10 +275,14 @@ class Trainer:
         for name in ("seeds", "origins", "shuffle_generators", "augment_generators", "held_out_draws",
                      "seed_histories", "last_clusters", "last_probabilities"):
             setattr(self, name, [getattr(self, name)[i] for i in indices])
-        self.screen_groups = [[i] for i in range(len(indices))]
         self._build_model()
         self.model.load_state_dict(model_state)
         self.optimiser.load_state_dict(optimiser_state)
+
+    @property
+    def screen_groups(self) -> list[list[int]]:
+        """The stack's models by the seed they report as: its initialisations while screening, then one."""
+        return [[i for i, origin in enumerate(self.origins) if origin == seed] for seed in self.requested_seeds]
 
     def _picks(self, per_seed: list[dict]) -> list[int]:
         """Which model each seed reports: of its initialisations, the one whose metrics in
@@ -488,6 +491,8 @@ class Trainer:
                 "chosen_subhead": chosen,
                 **clustering_metrics(clusters, self.labels, num_clusters, num_classes),
             }
+            if self.config.screen_inits > 1:
+                metrics[INIT_SEED] = self.seeds[index]
             if self.config.self_label_epochs:  # how many images would be pseudo-labels
                 metrics[SELF_LABEL_SHARE] = float(self.self_label_criterion.confident_share(probabilities[chosen][index]))
             if "cluster_accuracy" in metrics and len(probabilities) > 1:

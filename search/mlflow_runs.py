@@ -20,7 +20,7 @@ from mlflow.tracking import MlflowClient
 
 from iic.consensus import CONSENSUS_ACCURACY
 from iic.plots import plot_cluster_gallery, plot_confusion_matrix
-from iic.seeds import LABEL_FREE_PICK, PER_SEED_METRICS, SPREAD_METRICS
+from iic.seeds import INIT_SEED, LABEL_FREE_PICK, PER_SEED_METRICS, SPREAD_METRICS
 from iic.self_label import SELF_LABEL_SHARE
 from iic.status import RunStatus
 from search.ranking import trial_status
@@ -35,7 +35,7 @@ TRIAL_METRICS = (
     LABEL_FREE_PICK, CONSENSUS_ACCURACY, SELF_LABEL_SHARE, "supervised_accuracy", "train_accuracy", "held_out_loss",
 )
 # Result keys recorded as tags of the trial's run, with their tag names.
-RESULT_TAGS = {"status": "iic.status", "chosen_subhead": "iic.chosen_subhead", "node_id": "iic.node_id", "gpu_ids": "iic.gpu_ids",
+RESULT_TAGS = {"status": "iic.status", "chosen_subhead": "iic.chosen_subhead", INIT_SEED: "iic.init_seed", "node_id": "iic.node_id", "gpu_ids": "iic.gpu_ids",
                EXPLOITED_FROM_KEY: "iic.exploited_from", EXPLOIT_EPOCH_KEY: "iic.exploit_epoch"}
 SEARCH_TAG = "iic.search"
 TRIAL_TAG = "iic.trial_id"

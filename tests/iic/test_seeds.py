@@ -29,7 +29,14 @@ def test_combined_metrics_are_means_with_their_spread_and_the_label_free_pick():
     # the seed with the highest held-out mutual information, whatever its accuracy
     assert label_free_pick(per_seed) == 1 and combined["label_free_pick_seed"] == 11 and combined[LABEL_FREE_PICK] == 0.7
     assert combined["chosen_subhead"] == [1, 0, 4] and combined["num_seeds"] == 3
-    assert "seed" not in combined
+    assert "seed" not in combined and "init_seed" not in combined
+
+
+def test_a_screening_runs_initialisations_are_listed_not_averaged():
+    per_seed = [{"seed": 10, "init_seed": 10, "cluster_accuracy": 0.9, "mutual_information": 2.0},
+                {"seed": 11, "init_seed": 7731, "cluster_accuracy": 0.7, "mutual_information": 2.2}]
+    combined = combine_seeds(per_seed)
+    assert combined["init_seed"] == [10, 7731] and combined["label_free_pick_seed"] == 11
 
 
 def test_one_seed_has_no_spread_and_a_lost_score_is_never_picked():

@@ -544,7 +544,8 @@ def test_screening_keeps_each_seeds_initialisation_with_the_highest_held_out_mi_
             reported = [max(per_model[i : i + 2], key=lambda m: m["mutual_information"]) for i in (0, 2)]
             assert len(trainer.seeds) == 4 and metrics["num_seeds"] == 2
             assert metrics["cluster_accuracy"] == pytest.approx(np.mean([m["cluster_accuracy"] for m in reported]))
-            assert [m["seed"] for m in per_model] == [3, 3, 5, 5]
+            assert [m["seed"] for m in per_model] == [3, 3, 5, 5] and [m["init_seed"] for m in per_model] == inits
+            assert metrics["init_seed"] == [m["init_seed"] for m in reported]  # which initialisation each seed's figures are
     later = Trainer(config.replace(screen_epochs=3), data, seeds=[3, 5])  # trains the same two epochs, keeping all four
     for _ in range(2):
         later.run_epoch()
@@ -555,11 +556,13 @@ def test_screening_keeps_each_seeds_initialisation_with_the_highest_held_out_mi_
         trainer.run_epoch()
     result = trainer.result()
     assert [run.seed for run in result.seeds] == [3, 5] and [run.init_seed for run in result.seeds] == kept
+    assert result.metrics["init_seed"] == kept
     # The kept models go on exactly as in a stack of all four that never dropped any (weights,
     # optimiser state and random streams carried over), and so as each would alone (up to the
     # floating-point noise of stacking: test_seeds_trained_at_once_equal_each_seed_trained_alone).
     all_four = train(config.replace(screen_inits=1), data=data, seeds=inits)
     for run, init in zip(result.seeds, kept):
+        assert all(m.pop("init_seed") == init for m in run.history)
         assert [{**m, "seed": init} for m in run.history] == all_four.seeds[inits.index(init)].history  # reported as its seed
         assert np.array_equal(run.probabilities, all_four.seeds[inits.index(init)].probabilities)
 

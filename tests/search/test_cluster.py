@@ -27,8 +27,8 @@ from search.mlflow_runs import ROLE_TAG, TRIAL_TAG
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
-# One seed per trial and no confirmation stage: these tests are about faults, not seeds.
-TINY = ["--set", "max_samples=200", "--set", "backbone_width=4", "--cpus-per-trial", "1", "--gpus-per-trial", "0.5",
+# One seed per trial, no screening and no confirmation stage: these tests are about faults, not seeds.
+TINY = ["--set", "max_samples=200", "--set", "backbone_width=4", "--set", "screen_inits=1", "--cpus-per-trial", "1", "--gpus-per-trial", "0.5",
         "--seeds-per-trial", "1", "--confirm-top", "0"]
 
 

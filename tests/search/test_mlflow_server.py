@@ -27,7 +27,7 @@ from search.mlflow_runs import ROLE_TAG, TRIAL_TAG
 pytestmark = pytest.mark.slow
 
 EPOCHS = 4
-TINY = ["--set", "max_samples=200", "--set", "backbone_width=4", "--epochs", str(EPOCHS), "--cpus-per-trial", "1",
+TINY = ["--set", "max_samples=200", "--set", "backbone_width=4", "--set", "screen_inits=1", "--epochs", str(EPOCHS), "--cpus-per-trial", "1",
         "--seeds-per-trial", "1", "--confirm-top", "0"]
 
 

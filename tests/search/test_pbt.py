@@ -21,7 +21,8 @@ from search.mlflow_runs import ROLE_TAG, STATUS_TAG, TRIAL_TAG
 
 ROOT = Path(__file__).resolve().parents[2]
 
-TINY = ["--set", "max_samples=200", "--set", "backbone_width=4", "--epochs", "3", "--seeds-per-trial", "1", "--confirm-top", "0"]
+TINY = ["--set", "max_samples=200", "--set", "backbone_width=4", "--set", "screen_inits=1", "--epochs", "3", "--seeds-per-trial", "1",
+        "--confirm-top", "0"]
 
 
 @pytest.fixture

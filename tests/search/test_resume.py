@@ -25,7 +25,7 @@ def _command(tmp_path, *extra):
     return [
         sys.executable, str(ROOT / "search" / "run.py"), "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db",
         "--storage-path", str(tmp_path / "ray"), "--num-samples", "3", "--max-concurrent", "1", "--epochs", "4", "--seeds-per-trial", "1", "--confirm-top", "0",
-        "--set", "max_samples=200", "--set", "backbone_width=4", *extra,
+        "--set", "max_samples=200", "--set", "backbone_width=4", "--set", "screen_inits=1", *extra,
     ]
 
 

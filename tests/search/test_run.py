@@ -5,15 +5,17 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from iic.config import IICConfig
-from iic.seeds import draw_seeds
+from iic.seeds import draw_seeds, screening_candidates
 from search.confirm import confirmation_seeds
 from search.confirm import main as confirm_main
 import search.run
 from search.run import main
 from search.mlflow_runs import CONFIRMS_TAG, PARENT_TAG, ROLE_TAG, STATUS_TAG, TRIAL_TAG
 
-# One seed per trial and no confirmation stage, unless a test is about them: tests stay fast.
-TINY = ["--set", "max_samples=200", "--set", "backbone_width=4", "--epochs", "2", "--seeds-per-trial", "1", "--confirm-top", "0"]
+# One seed per trial, no screening of initialisations (the preset's at epoch 10 needs longer trials)
+# and no confirmation stage, unless a test is about them: tests stay fast.
+TINY = ["--set", "max_samples=200", "--set", "backbone_width=4", "--set", "screen_inits=1", "--epochs", "2", "--seeds-per-trial", "1",
+        "--confirm-top", "0"]
 
 
 def _args(tmp_path, *extra):
@@ -36,13 +38,15 @@ def _runs(tmp_path, experiment="iic-digits"):
 
 @pytest.mark.slow
 def test_small_search_records_every_trial_in_mlflow(ray_session, tmp_path, state_dir, capsys):
-    extra = ["--num-samples", "3", "--max-concurrent", "2", "--seeds-per-trial", "2", "--confirm-top", "2", "--confirm-seeds", "2", "--seed", "5"]
+    extra = ["--num-samples", "3", "--max-concurrent", "2", "--seeds-per-trial", "2", "--confirm-top", "2", "--confirm-seeds", "2", "--seed", "5",
+             "--set", "screen_inits=2", "--set", "screen_epochs=1"]
     assert main(_args(tmp_path, *extra)) == 0
     client, experiment, trials, parents = _runs(tmp_path)
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     assert len(parents) == 1 and len(trials) == 3
     parent = parents[0]
     search_seeds = draw_seeds(5, 2)
+    candidates = screening_candidates(search_seeds, 2)
     for run in trials:
         assert run.info.status == "FINISHED"
         assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
@@ -51,6 +55,8 @@ def test_small_search_records_every_trial_in_mlflow(ray_session, tmp_path, state
         params = run.data.params
         assert params["dataset"] == "digits" and params["max_samples"] == "200" and float(params["lr"]) > 0
         assert params["seeds"] == str(search_seeds)  # every trial trains on the search's seeds, recorded
+        # each seed screened two initialisations after epoch 1 and kept one: which is a tag
+        assert [int(s) in group for s, group in zip(run.data.tags["iic.init_seed"].split(","), candidates)] == [True, True]
         assert "gate.overclustering" in params
         assert (params["gate.overclustering"] == "False") == (params["overcluster_k"] == "0")
         # per-epoch metrics with step = epoch; config values are params, never metrics
@@ -151,6 +157,8 @@ def test_warm_start_evaluates_the_given_configs_first_then_the_presets_own(ray_s
         (["--resume"], "no search to resume"),
         (["--warm-start", "/no/such/folder"], "no \\*.yaml configs there"),
         (["--set", "dataset=har", "--set", "data_root=/no/har"], "/no/har"),
+        # --epochs 2 leaves no epoch after a screening of 10: refused, naming both ways out
+        (["--set", "screen_inits=2"], "screen_epochs: must be from 1 to epochs - 1 = 1 \\(got 10\\).*screen_inits: 1"),
     ],
 )
 def test_bad_input_fails_fast_with_a_clear_message(ray_session, tmp_path, state_dir, capsys, extra, message):
