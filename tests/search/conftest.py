@@ -6,13 +6,32 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture
-def steady_preset(tmp_path) -> list[str]:
-    """Command-line flags for the digits preset with its trials never stopping early (no collapse
-    stop, no ASHA rung before the last epoch): a fault injected, or a budget running out, at an
-    early epoch then always meets a running trial."""
-    preset = yaml.safe_load((ROOT / "search" / "presets" / "digits.yaml").read_text())
-    preset["search"].update(collapse_patience=1000, grace_period=1000)
+def edited_digits_preset(tmp_path, edit) -> list[str]:
+    """Command-line flags for a copy of the digits preset that ``edit`` (a function of the preset's
+    dict) changed; the copy extends the same config file."""
+    source = ROOT / "search" / "presets" / "digits.yaml"
+    preset = yaml.safe_load(source.read_text())
+    preset["extends"] = str((source.parent / preset["extends"]).resolve())
+    edit(preset)
     path = tmp_path / "digits.yaml"  # same stem: the experiment stays iic-digits
     path.write_text(yaml.safe_dump(preset))
     return ["--config", str(path)]
+
+
+@pytest.fixture
+def steady_preset(tmp_path) -> list[str]:
+    """The digits preset with its trials never stopping early (no collapse stop, no ASHA rung
+    before the last epoch): a fault injected, or a budget running out, at an early epoch then
+    always meets a running trial."""
+    return edited_digits_preset(tmp_path, lambda preset: preset["search"].update(collapse_patience=1000, grace_period=1000))
+
+
+@pytest.fixture
+def eager_preset(tmp_path) -> list[str]:
+    """The digits preset with a perturbation point after every epoch and no time budget:
+    synchronous PBT then gives the weakest of the four trials the best one's checkpoint after
+    epochs 1 and 2."""
+    def edit(preset):
+        preset["pbt"]["perturbation_interval"] = 1
+        preset["search"]["time_budget_s"] = None
+    return edited_digits_preset(tmp_path, edit)

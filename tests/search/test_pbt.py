@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from mlflow.tracking import MlflowClient
 from ray import tune
 from ray.tune.schedulers import PopulationBasedTraining
@@ -19,22 +18,8 @@ from search.export import export_best
 from search.run import StalledPopulation, main
 from search.mlflow_runs import ROLE_TAG, STATUS_TAG, TRIAL_TAG
 
-ROOT = Path(__file__).resolve().parents[2]
-
 TINY = ["--set", "max_samples=200", "--set", "backbone_width=4", "--set", "screen_inits=1", "--epochs", "3", "--seeds-per-trial", "1",
         "--confirm-top", "0"]
-
-
-@pytest.fixture
-def eager_preset(tmp_path) -> list[str]:
-    """The digits preset with a perturbation point after every epoch: synchronous PBT then gives the
-    weakest of the four trials the best one's checkpoint after epochs 1 and 2."""
-    preset = yaml.safe_load((ROOT / "search" / "presets" / "digits.yaml").read_text())
-    preset["pbt"]["perturbation_interval"] = 1
-    preset["search"]["time_budget_s"] = None
-    path = tmp_path / "digits.yaml"  # same stem: the experiment stays iic-digits
-    path.write_text(yaml.safe_dump(preset))
-    return ["--config", str(path)]
 
 
 def _args(tmp_path, *extra):
