@@ -13,6 +13,7 @@ from ray import tune
 from ray.tune.schedulers import PopulationBasedTraining
 
 from iic.config import IICConfig
+from iic.seeds import screening_candidates
 from iic.train import main as train_main
 from search.export import export_best
 from search.run import StalledPopulation, main
@@ -33,7 +34,10 @@ def state_dir(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_pbt_search_records_schedules_that_export_replays(ray_session, tmp_path, state_dir, eager_preset, capsys):
-    assert main(_args(tmp_path, *eager_preset, "--scheduler", "pbt", "--population", "4", "--cpus-per-trial", "0.5", "--seed", "3")) == 0
+    # Each seed screens two initialisations until epoch 2: a trial may take over a checkpoint saved
+    # while screening (epoch 1) or after the pick (epoch 2), and its export still replays.
+    screening = ["--set", "screen_inits=2", "--set", "screen_epochs=2"]
+    assert main(_args(tmp_path, *eager_preset, *screening, "--scheduler", "pbt", "--population", "4", "--cpus-per-trial", "0.5", "--seed", "3")) == 0
     assert "population-based training of 4 trials" in capsys.readouterr().out
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     experiment = client.get_experiment_by_name("iic-digits")
@@ -43,6 +47,8 @@ def test_pbt_search_records_schedules_that_export_replays(ray_session, tmp_path,
     for run in trials:
         assert run.info.status == "FINISHED" and run.data.tags[STATUS_TAG] == "completed"
         assert run.data.params["pbt"] == "True"
+        [candidates] = screening_candidates(json.loads(run.data.params["seeds"]), 2)
+        assert int(run.data.tags["iic.init_seed"]) in candidates  # the initialisation kept, its own or an exploited one's
         for name in IICConfig.SCHEDULABLE_FIELDS:  # the values in force, every epoch once, step = epoch
             assert sorted(m.step for m in client.get_metric_history(run.info.run_id, f"schedule.{name}")) == [1, 2, 3], name
     # PBT gave the weakest trial the best one's checkpoint: its tags say whose and after which epoch
@@ -57,6 +63,7 @@ def test_pbt_search_records_schedules_that_export_replays(ray_session, tmp_path,
     [path] = [p for p in paths if p.stem.endswith(run.data.tags[TRIAL_TAG])]
     config = IICConfig.from_yaml(path)
     assert config.epochs == 3 and config.schedule, "an exploited trial's schedule changes after its first epoch"
+    assert (config.screen_inits, config.screen_epochs) == (2, 2)
     history = {name: {m.step: m.value for m in client.get_metric_history(run.info.run_id, f"schedule.{name}")} for name in ("lr", "lamb")}
     assert config.values_at(3)["lr"] == history["lr"][3] and config.values_at(3)["lamb"] == history["lamb"][3]
     seeds = json.loads(run.data.params["seeds"])
