@@ -5,7 +5,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from iic.config import IICConfig
-from iic.seeds import draw_seeds, screening_candidates
+from iic.seeds import draw_seeds
 from search.confirm import confirmation_seeds
 from search.confirm import main as confirm_main
 import search.run
@@ -38,25 +38,22 @@ def _runs(tmp_path, experiment="iic-digits"):
 
 @pytest.mark.slow
 def test_small_search_records_every_trial_in_mlflow(ray_session, tmp_path, state_dir, capsys):
-    extra = ["--num-samples", "3", "--max-concurrent", "2", "--seeds-per-trial", "2", "--confirm-top", "2", "--confirm-seeds", "2", "--seed", "5",
-             "--set", "screen_inits=2", "--set", "screen_epochs=1"]
+    extra = ["--num-samples", "3", "--max-concurrent", "2", "--seeds-per-trial", "2", "--confirm-top", "2", "--confirm-seeds", "2", "--seed", "5"]
     assert main(_args(tmp_path, *extra)) == 0
     client, experiment, trials, parents = _runs(tmp_path)
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     assert len(parents) == 1 and len(trials) == 3
     parent = parents[0]
     search_seeds = draw_seeds(5, 2)
-    candidates = screening_candidates(search_seeds, 2)
     for run in trials:
         assert run.info.status == "FINISHED"
         assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert run.data.tags[STATUS_TAG] in {"completed", "collapsed", "early_stopped"}
         assert run.data.tags[TRIAL_TAG] and "iic.chosen_subhead" in run.data.tags and run.data.tags["iic.code_version"]
+        assert "iic.init_seed" not in run.data.tags  # only a screening run has one (tests/search/test_pbt.py)
         params = run.data.params
         assert params["dataset"] == "digits" and params["max_samples"] == "200" and float(params["lr"]) > 0
         assert params["seeds"] == str(search_seeds)  # every trial trains on the search's seeds, recorded
-        # each seed screened two initialisations after epoch 1 and kept one: which is a tag
-        assert [int(s) in group for s, group in zip(run.data.tags["iic.init_seed"].split(","), candidates)] == [True, True]
         assert "gate.overclustering" in params
         assert (params["gate.overclustering"] == "False") == (params["overcluster_k"] == "0")
         # per-epoch metrics with step = epoch; config values are params, never metrics
