@@ -89,6 +89,17 @@ def test_a_trial_trains_its_seeds_at_once_and_reports_their_spread(ray_session, 
         assert torch.load(f"{folder}/{CHECKPOINT_FILE}", weights_only=False)["seeds"] == [4, 9, 13]
 
 
+class ReportsByTrial(tune.Callback, dict):
+    """Every trial's reports as the driver received them, in order.
+
+    (Not `Result.metrics_dataframe`: Ray rebuilds a restored trial's result file from the last synced copy,
+    so under PBT it can lose the reports made just before and after an exploit.)
+    """
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self.setdefault(trial.trial_id, []).append(result)
+
+
 @pytest.mark.slow  # a real two-trial PBT run
 def test_a_trial_takes_over_another_trials_checkpoint_with_new_values_and_refuses_other_changes(ray_session, tmp_path, tiny_config):
     # Two trials, a real PBT exploit after every epoch (synchronous: both trials at the same epoch):
@@ -102,24 +113,22 @@ def test_a_trial_takes_over_another_trials_checkpoint_with_new_values_and_refuse
 
     pbt = PopulationBasedTraining(time_attr="training_iteration", perturbation_interval=1, quantile_fraction=0.5,
                                   custom_explore_fn=explore, synch=True)
+    reports = ReportsByTrial()
     tuner = tune.Tuner(
         tune.with_resources(tune.with_parameters(train_iic, settings=TrialSettings(collapse_share=1.1)), {"cpu": 1}),
         param_space={**tiny_config.replace(epochs=3).to_dict(), "lr": tune.grid_search([3e-3, 5e-3]), PBT_KEY: True},
         tune_config=tune.TuneConfig(scheduler=pbt, metric="mutual_information", mode="max"),
-        run_config=tune.RunConfig(name="pbt", storage_path=str(tmp_path), stop=trial_finished, verbose=0),
+        run_config=tune.RunConfig(name="pbt", storage_path=str(tmp_path), stop=trial_finished, verbose=0, callbacks=[reports]),
     )
     results = list(tuner.fit())
     assert len(explored) == 2
-    # (keyed by the trials' own reports: a trial that fails right after an exploit keeps the donor's last result)
-    histories = {result.metrics_dataframe["trial_id"].iloc[0]: result.metrics_dataframe for result in results}
-    taken = {trial_id: history.dropna(subset=[EXPLOITED_FROM_KEY]) if EXPLOITED_FROM_KEY in history else history.iloc[:0]
-             for trial_id, history in histories.items()}
-    [(recipient, row)] = [(trial_id, rows.iloc[0]) for trial_id, rows in taken.items() if len(rows) and rows.iloc[0][EXPLOIT_EPOCH_KEY] == 1]
-    [donor] = set(histories) - {recipient}
+    [(recipient, row)] = [(trial_id, report) for trial_id, history in reports.items() for report in history
+                          if report.get(EXPLOIT_EPOCH_KEY) == 1]
+    [donor] = set(reports) - {recipient}
     # the recipient went on from the donor's epoch 1 with the new values, and said so
     assert row[EXPLOITED_FROM_KEY] == donor and row["epoch"] == 2 and row["status"] in ("running", "completed")
     assert row["schedule.lr"] == 1e-3 and row["schedule.brightness"] == 0.1
-    donor_lr = histories[donor].iloc[0]["schedule.lr"]
+    donor_lr = reports[donor][0]["schedule.lr"]
     schedule = json.loads(row[SCHEDULE_KEY])
     assert schedule[0]["epoch"] == 1 and schedule[0]["values"]["lr"] == donor_lr  # epoch 1 was the donor's
     assert schedule[1] == {"epoch": 2, "values": {"lr": 1e-3, "brightness": 0.1}}
