@@ -36,17 +36,6 @@ DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "digits.yaml"
 READOUTS = ("picked", "MI", "oracle", "k-means")
 
 
-def features(trainer: Trainer) -> np.ndarray:
-    """Every seed's backbone features of the unaugmented images, (S, N, F)."""
-    trainer.model.eval()
-    size = trainer.config.eval_batch_size
-    with torch.no_grad():
-        chunks = [trainer.model.features_of_same_images(trainer._prepare(trainer.images[start:start + size], None))
-                  for start in range(0, len(trainer.images), size)]
-    trainer.model.train()
-    return torch.cat(chunks, dim=1).float().cpu().numpy()
-
-
 def readouts(trainer: Trainer) -> list[dict]:
     """Each seed's accuracy under each read-out (READOUTS), at the trainer's current epoch."""
     num_clusters, num_classes = trainer.config.num_clusters, trainer.data.num_classes
@@ -55,7 +44,7 @@ def readouts(trainer: Trainer) -> list[dict]:
         return clustering_metrics(clusters, trainer.labels, num_clusters, num_classes)["cluster_accuracy"]
 
     images, held_out = trainer._predict(held_out_views=False), trainer._predict(held_out_views=True)
-    all_features = features(trainer)
+    all_features = trainer.features_of_all_images().float().cpu().numpy()
     rows = []
     for index, seed in enumerate(trainer.seeds):
         per_subhead = [accuracy(p[index].argmax(dim=1).cpu().numpy()) for p in images]

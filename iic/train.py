@@ -325,17 +325,21 @@ class Trainer:
         return prepare_images(images_uint8, self.augment, AugmentDraw.cat(draws) if draws is not None else None, self.input_transform)
 
     @torch.no_grad()
-    def _all_features(self) -> torch.Tensor:
-        """The backbone's features of every image as it is now, (N, F) (the first seed's; a frozen
-        backbone is shared), in evaluation batches and mode (batch norm's statistics do not move)."""
+    def features_of_all_images(self, models: slice = slice(None)) -> torch.Tensor:
+        """The backbone features of every image (unaugmented) as the ``models`` are now, (S, N, F),
+        in evaluation batches and mode (batch norm's statistics do not move)."""
         self.model.eval()
         chunks = []
         for start in range(0, len(self.images), self.config.eval_batch_size):
             images = self._prepare(self.images[start : start + self.config.eval_batch_size], None)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-                chunks.append(self.model.features_of_same_images(images)[0])
+                chunks.append(self.model.features_of_same_images(images)[models])
         self.model.train()
-        return torch.cat(chunks)
+        return torch.cat(chunks, dim=1)
+
+    def _all_features(self) -> torch.Tensor:
+        """The first model's features of every image, (N, F) (a frozen backbone is shared)."""
+        return self.features_of_all_images(slice(0, 1))[0]
 
     def _neighbour_space(self) -> torch.Tensor:
         """Where twin neighbours are found: the pretrained backbone's features of every image as
