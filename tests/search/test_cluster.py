@@ -243,15 +243,19 @@ def test_lost_node_trials_are_rescheduled(cluster, tmp_path, steady_preset):
     _ensure_workers(cluster, 2)
     driver = _start(cluster, tmp_path, *steady_preset, "--num-samples", "4", "--max-concurrent", "4", "--epochs", "20")
     db = tmp_path / "mlflow.db"
-    # Each trial runs all 20 epochs (an epoch takes ~0.4-1 s here): lose the node of the trial
-    # furthest from its end while it is early on. Tune logs a result before it registers the
-    # checkpoint sent with it: a trial lost after logging only epoch 1 may have no checkpoint yet
-    # and start again from zero. Once epoch 2 is logged, epoch 1's checkpoint is registered.
+    # Each trial runs all 20 epochs (an epoch takes ~0.4-1 s here): lose the node whose trials are
+    # furthest from their end, while each has several epochs left (trials start seconds apart on a
+    # loaded machine, so one may be at epoch 13 when the last reaches 2). Tune logs a result before it
+    # registers the checkpoint sent with it: a trial lost after logging only epoch 1 may have no
+    # checkpoint yet and start again from zero. Once epoch 2 is logged, epoch 1's checkpoint is registered.
     _wait_for(lambda: _fewest_logged_epochs(db) >= 2, driver, "all four trials to report two epochs")
     running = _running_trials(db)
-    lost_id = min(running.values(), key=lambda placed: placed[1])[0]
+    furthest = {}  # node id -> the most epochs any of its trials has logged
+    for node, epoch in running.values():
+        furthest[node] = max(furthest.get(node, 0), epoch)
+    lost_id = min(furthest, key=furthest.get)
     on_lost = {trial_id for trial_id, (node, epoch) in running.items() if node == lost_id}
-    assert all(epoch <= 10 for node, epoch in running.values() if node == lost_id), running
+    assert furthest[lost_id] <= 15, running
     cluster.remove_node(next(node for node in cluster.worker_nodes if node.node_id == lost_id))
     output = _finish(driver)
 
