@@ -50,6 +50,13 @@ REPORTING_SEEDS = list(range(1170, 1180))
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "digits.yaml"  # the digits default: IICConfig's, with Sobel and screening
 
 
+def _screening(config: IICConfig) -> str:
+    if config.screen_inits == 1:
+        return "no screening"
+    cut = f", {config.screen_cut_keep} kept at epoch {config.screen_cut_epochs}" if config.screen_cut_epochs else ""
+    return f"screening {config.screen_inits} initialisations{cut}, one at epoch {config.screen_epochs}"
+
+
 def kmeans_accuracy(config: IICConfig, seed: int = 0) -> float:
     size = NATIVE_SIZE.get(config.dataset, config.input_size)
     data = load_dataset(config.dataset, config.data_root, split=config.split, input_size=size,
@@ -116,7 +123,7 @@ def main() -> None:
     print(f"{config.dataset}: {config.backbone} (width {config.backbone_width}), sobel {config.sobel}, {config.epochs} epochs, "
           f"lr {config.lr}, batch {config.batch_size}x{config.repeats} repeats, lamb {config.lamb}, "
           f"overcluster_k {config.overcluster_k}, self_label_epochs {config.self_label_epochs}, "
-          f"screen_inits {config.screen_inits} (at epoch {config.screen_epochs}); torch threads {torch.get_num_threads()}, {platform.processor() or platform.machine()}")
+          f"{_screening(config)}; {config.model_epochs()} model-epochs a seed; torch threads {torch.get_num_threads()}, {platform.processor() or platform.machine()}")
     tuned_on = sorted(TUNING_SEEDS.intersection(args.seeds))
     if tuned_on:
         print(f"warning: seeds {tuned_on} were used to choose the defaults; figures on them are optimistic")

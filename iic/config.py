@@ -96,6 +96,11 @@ class IICConfig:
     # trains on alone. A failing seed shows by then (README, Results). 1 = off.
     screen_inits: int = 1
     screen_epochs: int = 10
+    # An earlier cut, as successive halving does (Ray Tune's ASHA, here within one run): after
+    # screen_cut_epochs epochs each seed keeps its screen_cut_keep initialisations with the highest
+    # held-out MI, which train on to the pick at screen_epochs. 0 = no earlier cut.
+    screen_cut_epochs: int = 0
+    screen_cut_keep: int = 2
 
     # Augmentation strengths (see iic.augment.BatchAugment); 0 = off, crop_min_scale 1.0 = off.
     crop_min_scale: float = 0.5
@@ -204,6 +209,15 @@ class IICConfig:
                    if getattr(self, name) not in (None, IMAGENET) and not Path(getattr(self, name)).is_absolute()}
         return self.replace(**changes) if changes else self
 
+    def model_epochs(self) -> int:
+        """What a seed costs, in epochs of one model: screening's initialisations each count."""
+        if self.screen_inits == 1:
+            return self.epochs
+        cut = self.screen_cut_epochs
+        screening = (self.screen_inits * cut + self.screen_cut_keep * (self.screen_epochs - cut) if cut
+                     else self.screen_inits * self.screen_epochs)
+        return screening + self.epochs - self.screen_epochs
+
     def augment_kwargs(self, epoch: int = 1) -> dict:
         """BatchAugment's arguments for ``epoch``."""
         return {name: value for name, value in self.values_at(epoch).items() if name in self.AUGMENT_FIELDS}
@@ -299,6 +313,14 @@ class IICConfig:
         require(self.screen_inits == 1 or 1 <= self.screen_epochs < self.epochs,
                 f"screen_epochs: must be from 1 to epochs - 1 = {self.epochs - 1} (got {self.screen_epochs}): the kept "
                 "initialisation trains on after it; or set screen_inits: 1")
+        require(self.screen_cut_epochs >= 0, f"screen_cut_epochs: must be 0 (no earlier cut) or more (got {self.screen_cut_epochs})")
+        if self.screen_inits > 1 and self.screen_cut_epochs:
+            require(self.screen_cut_epochs < self.screen_epochs,
+                    f"screen_cut_epochs: must be below screen_epochs = {self.screen_epochs} (got {self.screen_cut_epochs}): "
+                    "the cut comes before the pick; or set screen_cut_epochs: 0")
+            require(2 <= self.screen_cut_keep < self.screen_inits,
+                    f"screen_cut_keep: must be from 2 to screen_inits - 1 = {self.screen_inits - 1} (got {self.screen_cut_keep}): "
+                    "the cut keeps fewer than it screens and more than the pick; or set screen_cut_epochs: 0")
         require(0 <= self.self_label_epochs < self.epochs,
                 f"self_label_epochs: must be from 0 to epochs - 1 = {self.epochs - 1} (got {self.self_label_epochs}): "
                 "self-labelling needs IIC's clusters to start from")

@@ -54,10 +54,17 @@ def screening_candidates(seeds: list[int], inits: int) -> list[list[int]]:
     return groups
 
 
+def label_free_ranking(per_seed: list[dict]) -> list[int]:
+    """Indices of the seeds from the highest held-out mutual information down (ties and missing or
+    non-finite values: in their order, last)."""
+    scores = [m.get("mutual_information", -math.inf) for m in per_seed]
+    scores = [s if math.isfinite(s) else -math.inf for s in scores]
+    return sorted(range(len(scores)), key=lambda i: -scores[i])
+
+
 def label_free_pick(per_seed: list[dict]) -> int:
     """Index of the seed a user without labels keeps: the highest held-out mutual information."""
-    scores = [m.get("mutual_information", -math.inf) for m in per_seed]
-    return int(np.argmax([s if math.isfinite(s) else -math.inf for s in scores]))
+    return label_free_ranking(per_seed)[0]
 
 
 def combine_seeds(per_seed: list[dict]) -> dict:

@@ -37,7 +37,7 @@ from iic.metrics import clustering_metrics, confusion_matrix
 from iic.models import IICModel, StackedIICModel, build_backbone
 from iic.neighbours import nearest_neighbours, pair_candidates
 from iic.pretrained import PRETRAINED_CHANNELS, ImageNetInput, WeightsError
-from iic.seeds import INIT_SEED, LABEL_FREE_PICK, combine_seeds, label_free_pick, screening_candidates
+from iic.seeds import INIT_SEED, LABEL_FREE_PICK, combine_seeds, label_free_pick, label_free_ranking, screening_candidates
 from iic.self_label import SELF_LABEL_SHARE, SelfLabelLoss
 from iic.sobel import Sobel
 from iic.status import RunStatus
@@ -201,7 +201,8 @@ class Trainer:
 
     With ``screen_inits`` > 1 each seed starts as that many models (its initialisations, see
     ``iic.seeds.screening_candidates``) and reports the one with the highest held-out mutual
-    information; after ``screen_epochs`` epochs only those train on."""
+    information; after ``screen_epochs`` epochs only those train on (and with ``screen_cut_epochs``,
+    after that many only each seed's ``screen_cut_keep`` highest)."""
 
     def __init__(self, config: IICConfig, data: ImageData | None = None, seeds: Sequence[int] | None = None):
         self.config = config.validate(check_data=data is None)
@@ -288,6 +289,21 @@ class Trainer:
         """Which model each seed reports: of its initialisations, the one whose metrics in
         ``per_seed`` (one dict per model) have the highest held-out mutual information."""
         return [group[label_free_pick([per_seed[i] for i in group])] for group in self.screen_groups]
+
+    def _screen(self, per_seed: list[dict]) -> None:
+        """Drop the initialisations this epoch's screening cuts: at ``screen_epochs`` all but each
+        seed's pick, at ``screen_cut_epochs`` all but its ``screen_cut_keep`` highest in MI."""
+        config = self.config
+        if self.epoch >= config.screen_epochs:
+            keep = 1
+        elif config.screen_cut_epochs and self.epoch >= config.screen_cut_epochs:
+            keep = config.screen_cut_keep
+        else:
+            return
+        kept = sorted(group[i] for group in self.screen_groups
+                      for i in label_free_ranking([per_seed[member] for member in group])[:keep])
+        if len(kept) < len(self.seeds):
+            self._keep_models(kept)
 
     def _current_picks(self) -> list[int]:
         return self._picks([history[-1] if history else {} for history in self.seed_histories])
@@ -470,8 +486,7 @@ class Trainer:
         for history, metrics in zip(self.seed_histories, per_seed):
             history.append(metrics)
         picks = self._picks(per_seed)
-        if len(picks) < len(self.seeds) and self.epoch >= config.screen_epochs:  # screening over: the picks train on
-            self._keep_models(picks)
+        self._screen(per_seed)
         metrics = {"epoch": self.epoch, "status": self.status, **combine_seeds([per_seed[i] for i in picks]),
                    **self._consensus(self._current_picks()), "epoch_seconds": time.perf_counter() - started}
         self.history.append(metrics)

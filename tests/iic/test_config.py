@@ -210,3 +210,11 @@ def test_self_labelling_takes_the_last_epochs_and_a_truncated_run_keeps_those_it
     assert config.truncated(9).self_label_epochs == 2  # stopped after epoch 9: self-labelled 8 and 9
     assert config.truncated(7).self_label_epochs == 0  # stopped before self-labelling began
     assert not any(IICConfig(epochs=10).self_labels_at(epoch) for epoch in range(1, 11))
+
+
+def test_model_epochs_count_every_initialisation_while_it_trains():
+    config = IICConfig(epochs=45)
+    assert config.model_epochs() == 45
+    assert config.replace(screen_inits=3, screen_epochs=20).model_epochs() == 3 * 20 + 25
+    # six to epoch 10, the two highest in MI to epoch 20, one to the end
+    assert config.replace(screen_inits=6, screen_cut_epochs=10, screen_cut_keep=2, screen_epochs=20).model_epochs() == 60 + 20 + 25

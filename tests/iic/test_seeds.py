@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from iic.seeds import LABEL_FREE_PICK, combine_seeds, draw_seeds, label_free_best_of, label_free_best_of_every, label_free_pick, screening_candidates
+from iic.seeds import LABEL_FREE_PICK, combine_seeds, draw_seeds, label_free_best_of, label_free_best_of_every, label_free_pick, label_free_ranking, screening_candidates
 
 
 def test_seeds_are_reproducible_distinct_and_search_and_confirmation_never_share_one():
@@ -42,6 +42,12 @@ def test_a_screening_runs_initialisations_are_listed_not_averaged():
 def test_one_seed_has_no_spread_and_a_lost_score_is_never_picked():
     assert combine_seeds([{"seed": 1, "cluster_accuracy": 0.5, "mutual_information": 1.0}])["cluster_accuracy_sd"] == 0.0
     assert label_free_pick([{"mutual_information": math.nan}, {"mutual_information": 0.1}]) == 1
+
+
+def test_the_label_free_ranking_orders_by_held_out_mi_with_ties_in_order_and_lost_scores_last():
+    per_seed = [{"mutual_information": 2.0}, {"mutual_information": math.nan}, {"mutual_information": 2.1}, {}, {"mutual_information": 2.0}]
+    assert label_free_ranking(per_seed) == [2, 0, 4, 1, 3]
+    assert label_free_pick(per_seed) == 2
 
 
 def test_label_free_best_of_three_keeps_the_highest_information_seed_of_each_three():

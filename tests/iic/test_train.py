@@ -567,8 +567,34 @@ def test_screening_keeps_each_seeds_initialisation_with_the_highest_held_out_mi_
         assert np.array_equal(run.probabilities, all_four.seeds[inits.index(init)].probabilities)
 
 
-def test_a_screening_run_resumes_exactly_before_and_after_the_pick(tiny_config, tmp_path):
-    config = tiny_config.replace(epochs=4, screen_inits=2, screen_epochs=2)
+def test_an_earlier_cut_keeps_each_seeds_highest_in_mi_and_the_pick_is_made_among_them(tiny_config):
+    config = tiny_config.replace(epochs=3, screen_inits=3, screen_cut_epochs=1, screen_cut_keep=2, screen_epochs=2)
+    data = load_dataset("digits", None, max_samples=240, input_size=config.input_size, seed=config.seed)
+    trainer = Trainer(config, data, seeds=[3, 5])
+    inits = list(trainer.seeds)
+    all_six = train(config.replace(screen_inits=1, screen_cut_epochs=0), data=data, seeds=inits)
+    mi = {init: [m["mutual_information"] for m in run.history] for init, run in zip(inits, all_six.seeds)}
+    groups = [inits[:3], inits[3:]]
+    survivors = [sorted(group, key=lambda init: -mi[init][0])[:2] for group in groups]
+    trainer.run_epoch()
+    assert trainer.seeds == [init for group, kept in zip(groups, survivors) for init in group if init in kept]
+    assert trainer.origins == [3, 3, 5, 5]
+    trainer.run_epoch()
+    picks = [max(kept, key=lambda init: mi[init][1]) for kept in survivors]
+    assert trainer.seeds == picks
+    trainer.run_epoch()
+    result = trainer.result()
+    assert [run.init_seed for run in result.seeds] == picks
+    for run, init in zip(result.seeds, picks):  # each as it would train alone (weights, Adam, streams kept)
+        assert [{**m, "seed": init} for m in run.history] == [{**m, "init_seed": init} for m in all_six.seeds[inits.index(init)].history]
+
+
+@pytest.mark.parametrize("screening, sizes", [
+    ({"screen_inits": 2, "screen_epochs": 2}, (4, 2)),  # checkpoints before and after the pick
+    ({"screen_inits": 3, "screen_cut_epochs": 1, "screen_epochs": 3}, (4, 2)),  # after the cut, after the pick
+])
+def test_a_screening_run_resumes_exactly_before_and_after_the_pick(tiny_config, tmp_path, screening, sizes):
+    config = tiny_config.replace(epochs=4, **screening)
     straight = Trainer(config, seeds=[3, 5])
     for epoch in range(1, 5):
         straight.run_epoch()
@@ -577,7 +603,7 @@ def test_a_screening_run_resumes_exactly_before_and_after_the_pick(tiny_config, 
     for epoch in (1, 3):
         resumed = Trainer(config, seeds=[3, 5])
         resumed.load_checkpoint(tmp_path / f"epoch{epoch}.pt")
-        assert len(resumed.seeds) == (4 if epoch == 1 else 2)
+        assert len(resumed.seeds) == sizes[epoch == 3]
         while resumed.epoch < 4:
             resumed.run_epoch()
         assert resumed.seeds == straight.seeds
@@ -585,13 +611,17 @@ def test_a_screening_run_resumes_exactly_before_and_after_the_pick(tiny_config, 
         assert torch.equal(_weights(resumed), _weights(straight))
     assert Trainer.saved_seeds(tmp_path / "epoch3.pt") == [3, 5]
     with pytest.raises(ConfigError, match="screen_inits"):  # which models train is the run's identity
-        Trainer(config.replace(screen_inits=3), seeds=[3, 5]).load_checkpoint(tmp_path / "epoch1.pt")
+        Trainer(config.replace(screen_inits=config.screen_inits + 1), seeds=[3, 5]).load_checkpoint(tmp_path / "epoch1.pt")
 
 
 @pytest.mark.parametrize("changes, message", [
     ({"screen_inits": 0}, "screen_inits: must be at least 1"),
     ({"screen_inits": 2, "screen_epochs": 2}, r"screen_epochs: must be from 1 to epochs - 1 = 1 \(got 2\)"),
     ({"screen_inits": 2, "screen_epochs": 0}, "screen_epochs: must be from 1"),
+    ({"screen_inits": 3, "screen_cut_epochs": -1}, "screen_cut_epochs: must be 0"),
+    ({"screen_inits": 3, "screen_cut_epochs": 1, "screen_epochs": 1}, r"screen_cut_epochs: must be below screen_epochs = 1 \(got 1\)"),
+    ({"screen_inits": 3, "screen_cut_epochs": 1, "screen_cut_keep": 3}, r"screen_cut_keep: must be from 2 to screen_inits - 1 = 2 \(got 3\)"),
+    ({"screen_inits": 3, "screen_cut_epochs": 1, "screen_cut_keep": 1}, "screen_cut_keep: must be from 2"),
 ])
 def test_bad_screening_is_refused_before_training(tiny_config, changes, message):
     with pytest.raises(ConfigError, match=message):
