@@ -1,0 +1,37 @@
+import pytest
+
+from benchmarks.screening import Policy, simulate
+from iic.seeds import screening_candidates
+from iic.train import train
+
+
+def test_a_simulated_policy_keeps_what_the_screening_run_keeps(tiny_config):
+    policy = Policy.parse("3:2@1:1@2")
+    config = policy.config(tiny_config.replace(epochs=3))
+    assert (config.screen_inits, config.screen_cut_keep, config.screen_cut_epochs, config.screen_epochs) == (3, 2, 1, 2)
+    screened = train(config, seeds=[7])
+    [inits] = screening_candidates([7], 3)
+    alone = train(config.replace(screen_inits=1, screen_cut_epochs=0), seeds=inits)
+    histories = [run.history for run in alone.seeds]
+    assert inits[policy.keep(histories)] == screened.seeds[0].init_seed
+    figures = simulate(policy, histories)  # one subset: the three initialisations
+    assert figures["subsets"] == 1
+    assert figures["mean"] == screened.seeds[0].metrics["cluster_accuracy"] <= figures["oracle"]
+
+
+def test_simulation_averages_every_subset_and_the_oracle_bounds_it():
+    def history(mi_at_1, mi_at_2, accuracy):
+        return [{"mutual_information": mi_at_1}, {"mutual_information": mi_at_2, "cluster_accuracy": accuracy}]
+
+    histories = [history(1.0, 2.0, 0.9), history(2.0, 1.0, 0.5), history(1.5, 1.5, 0.7)]
+    assert Policy.parse("2:1@2").keep(histories[:2]) == 0
+    assert Policy.parse("3:2@1:1@2").keep(histories) == 2  # the first falls at the cut, then the third beats the second
+    figures = simulate(Policy.parse("2:1@1"), histories)  # pairs (0,1) -> 1, (0,2) -> 2, (1,2) -> 1
+    assert figures["subsets"] == 3 and figures["mean"] == pytest.approx((0.5 + 0.7 + 0.5) / 3) and figures["min"] == 0.5
+    assert figures["oracle"] == pytest.approx((0.9 + 0.9 + 0.7) / 3)
+
+
+@pytest.mark.parametrize("text", ["6", "6:2@10", "6:2@10:1", "6:x@10:1@20", "3:3@10:1@20", "6:2@20:1@10", "6:1@10:2@20"])
+def test_a_malformed_policy_is_refused_with_its_form(text):
+    with pytest.raises(ValueError, match="n:k@e"):
+        Policy.parse(text)
