@@ -21,7 +21,7 @@ candidates whose adoption a rule written beforehand then decided on them (README
 six cut to two at epoch 10 (benchmarks/screening.py chose it on the tuning seeds); 1110-1119
 reported Sobel, 1140-1149 the default with two and 1160-1169 the default with three, without
 deciding anything: a later choice reports on 1180 and up, the default (1100-1109 decided Sobel for digits; 1050-1059 are mnist5k's: 1050-1054 decided its 40
-epochs, 1055-1059 and 1090-1094 reported it; its next report uses 1095-1099, then 1120 and up; benchmarks/defaults_device.sh
+epochs, 1055-1059 and 1090-1099 reported it; its next report uses 1120-1129; benchmarks/defaults_device.sh
 reports on 1070-1089).
 """
 
