@@ -1,3 +1,5 @@
+import time
+
 import pytest
 
 from iic.cache import CACHE_DIR_VARIABLE
@@ -30,3 +32,30 @@ def ray_session():
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+# How long a test waits for the shared Ray to be idle (every CPU free) before it starts.
+IDLE_WAIT_S = 60
+
+
+@pytest.fixture(autouse=True)
+def shared_ray_is_idle(request):
+    """A test on the shared Ray starts only once the tests before it have released every CPU: the
+    search presets ask for all of them per trial, so a leftover actor or placement group would
+    otherwise stall every later search until its time budget runs out. It fails fast instead,
+    naming what still holds them."""
+    if "ray_session" in request.fixturenames:
+        _wait_until_idle(request.getfixturevalue("ray_session"))
+
+
+def _wait_until_idle(ray) -> None:
+    from ray.util import placement_group_table
+
+    deadline = time.monotonic() + IDLE_WAIT_S
+    while ray.available_resources().get("CPU", 0) < ray.cluster_resources().get("CPU", 0):
+        if time.monotonic() > deadline:
+            held = {key: group["bundles"] for key, group in placement_group_table().items() if group["state"] != "REMOVED"}
+            pytest.fail(f"the shared Ray has {ray.available_resources().get('CPU', 0):g} of "
+                        f"{ray.cluster_resources().get('CPU', 0):g} CPUs free {IDLE_WAIT_S} s after the last test "
+                        f"ended: an earlier test left actors or placement groups behind (placement groups: {held})")
+        time.sleep(0.2)
