@@ -52,10 +52,9 @@ def _wait_until_idle(ray) -> None:
     from ray.util import placement_group_table
 
     deadline = time.monotonic() + IDLE_WAIT_S
-    while ray.available_resources().get("CPU", 0) < ray.cluster_resources().get("CPU", 0):
+    while (free := ray.available_resources().get("CPU", 0)) < (total := ray.cluster_resources().get("CPU", 0)):
         if time.monotonic() > deadline:
             held = {key: group["bundles"] for key, group in placement_group_table().items() if group["state"] != "REMOVED"}
-            pytest.fail(f"the shared Ray has {ray.available_resources().get('CPU', 0):g} of "
-                        f"{ray.cluster_resources().get('CPU', 0):g} CPUs free {IDLE_WAIT_S} s after the last test "
-                        f"ended: an earlier test left actors or placement groups behind (placement groups: {held})")
+            pytest.fail(f"the shared Ray has {free:g} of {total:g} CPUs free {IDLE_WAIT_S} s after the last test ended: "
+                        f"an earlier test left actors or placement groups behind (placement groups: {held})")
         time.sleep(0.2)
