@@ -18,6 +18,7 @@ tuning seeds; a choice is then reported on fresh ones (benchmarks/digits_quality
 
 import argparse
 import itertools
+import json
 import shlex
 import sys
 import time
@@ -89,14 +90,37 @@ def simulate(policy: Policy, histories: list[list[dict]]) -> dict:
             "p10": float(np.percentile(kept, 10)), "oracle": float(np.mean(oracle))}
 
 
+def print_policies(policies: list[Policy], histories: list[list[dict]], base: IICConfig) -> None:
+    """One table: each policy's kept accuracy at the histories' last epoch, and its cost at ``base``'s."""
+    epochs = len(histories[0])
+    print(f"\naccuracy at epoch {epochs}, one initialisation: mean {np.mean([h[-1]['cluster_accuracy'] for h in histories]):.3f}")
+    print(f"{'policy':>14}  {'subsets':>7}  {'mean':>6}  {'min':>6}  {'p10':>6}  {'oracle':>6}  model-epochs at {epochs}")
+    for policy in policies:
+        figures = simulate(policy, histories)
+        cost = policy.config(base).model_epochs() if len(policy.cuts) <= 2 else "-"
+        print(f"{str(policy):>14}  {figures['subsets']:>7}  {figures['mean']:>6.3f}  {figures['min']:>6.3f}  "
+              f"{figures['p10']:>6.3f}  {figures['oracle']:>6.3f}  {cost}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML config (default: configs/digits.yaml)")
     parser.add_argument("--epochs", type=int, help="train this long (default: the config's); costs are at the config's")
-    parser.add_argument("--seeds", type=int, nargs="+", required=True)
+    parser.add_argument("--seeds", type=int, nargs="+")
     parser.add_argument("--policies", nargs="+", default=DEFAULT_POLICIES, metavar="n:k@e:...:1@E")
+    parser.add_argument("--report-epochs", type=int, nargs="+", default=[], metavar="E",
+                        help="also simulate runs that end at these epochs (the same run's first E epochs: "
+                             "nothing in training depends on the epoch count)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--save", metavar="PATH", help="write the seeds' per-epoch histories here (JSON), for --load")
+    parser.add_argument("--load", metavar="PATH", help="simulate the histories --save wrote instead of training "
+                                                       "(--seeds, --epochs and --set are then read from it)")
     args = parser.parse_args()
+    if args.load:
+        saved = json.loads(Path(args.load).read_text())
+        args.seeds, args.epochs, args.overrides = saved["seeds"], saved["epochs"], saved["overrides"]
+    elif not args.seeds:
+        parser.error("--seeds is required (or --load a saved run)")
     base = IICConfig.from_yaml(args.config).with_overrides(args.overrides)
     try:
         policies = [Policy.parse(text) for text in args.policies]
@@ -110,17 +134,15 @@ def main() -> None:
     print(f"{config.dataset}: {config.backbone} (width {config.backbone_width}), sobel {config.sobel}, {config.epochs} epochs, "
           f"no screening while training; seeds {args.seeds}; torch threads {torch.get_num_threads()}")
     started = time.perf_counter()
-    result = train(config, seeds=args.seeds)
+    histories = saved["histories"] if args.load else [run.history for run in train(config, seeds=args.seeds).seeds]
     seconds = time.perf_counter() - started
-    histories = [run.history for run in result.seeds]
-    print(f"accuracy at epoch {config.epochs}, one initialisation: mean {np.mean([h[-1]['cluster_accuracy'] for h in histories]):.3f}")
-    print(f"\n{'policy':>14}  {'subsets':>7}  {'mean':>6}  {'min':>6}  {'p10':>6}  {'oracle':>6}  model-epochs at {base.epochs}")
-    for policy in policies:
-        figures = simulate(policy, histories)
-        cost = policy.config(base).model_epochs() if len(policy.cuts) <= 2 else "-"
-        print(f"{str(policy):>14}  {figures['subsets']:>7}  {figures['mean']:>6.3f}  {figures['min']:>6.3f}  "
-              f"{figures['p10']:>6.3f}  {figures['oracle']:>6.3f}  {cost}")
-    print(f"\n{seconds:.0f} s for all {len(args.seeds)} seeds at once")
+    if args.save:
+        Path(args.save).write_text(json.dumps({"seeds": args.seeds, "epochs": config.epochs, "overrides": args.overrides,
+                                               "histories": histories}, default=float))
+    for epochs in sorted({config.epochs, *(e for e in args.report_epochs if e < config.epochs)}):
+        print_policies([p for p in policies if p.cuts[-1][1] < epochs], [h[:epochs] for h in histories],
+                       base.replace(epochs=epochs))
+    print(f"\n{seconds:.0f} s for all {len(args.seeds)} seeds at once" + (f" (read from {args.load})" if args.load else ""))
     print("command: python " + " ".join(shlex.quote(a) for a in sys.argv))
 
 
