@@ -102,7 +102,7 @@ def print_policies(policies: list[Policy], histories: list[list[dict]], base: II
               f"{figures['p10']:>6.3f}  {figures['oracle']:>6.3f}  {cost}")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML config (default: configs/digits.yaml)")
     parser.add_argument("--epochs", type=int, help="train this long (default: the config's); costs are at the config's")
@@ -114,11 +114,12 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--save", metavar="PATH", help="write the seeds' per-epoch histories here (JSON), for --load")
     parser.add_argument("--load", metavar="PATH", help="simulate the histories --save wrote instead of training "
-                                                       "(--seeds, --epochs and --set are then read from it)")
-    args = parser.parse_args()
+                                                       "(--config, --seeds, --epochs and --set are then read from it)")
+    args = parser.parse_args(argv)
     if args.load:
         saved = json.loads(Path(args.load).read_text())
-        args.seeds, args.epochs, args.overrides = saved["seeds"], saved["epochs"], saved["overrides"]
+        args.config, args.seeds, args.epochs, args.overrides = (saved.get("config", args.config), saved["seeds"],
+                                                                 saved["epochs"], saved["overrides"])
     elif not args.seeds:
         parser.error("--seeds is required (or --load a saved run)")
     base = IICConfig.from_yaml(args.config).with_overrides(args.overrides)
@@ -137,13 +138,13 @@ def main() -> None:
     histories = saved["histories"] if args.load else [run.history for run in train(config, seeds=args.seeds).seeds]
     seconds = time.perf_counter() - started
     if args.save:
-        Path(args.save).write_text(json.dumps({"seeds": args.seeds, "epochs": config.epochs, "overrides": args.overrides,
+        Path(args.save).write_text(json.dumps({"config": args.config, "seeds": args.seeds, "epochs": config.epochs, "overrides": args.overrides,
                                                "histories": histories}, default=float))
     for epochs in sorted({config.epochs, *(e for e in args.report_epochs if e < config.epochs)}):
         print_policies([p for p in policies if p.cuts[-1][1] < epochs], [h[:epochs] for h in histories],
                        base.replace(epochs=epochs))
     print(f"\n{seconds:.0f} s for all {len(args.seeds)} seeds at once" + (f" (read from {args.load})" if args.load else ""))
-    print("command: python " + " ".join(shlex.quote(a) for a in sys.argv))
+    print("command: python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(sys.argv[1:] if argv is None else argv)]))
 
 
 if __name__ == "__main__":

@@ -209,14 +209,16 @@ class IICConfig:
                    if getattr(self, name) not in (None, IMAGENET) and not Path(getattr(self, name)).is_absolute()}
         return self.replace(**changes) if changes else self
 
-    def model_epochs(self) -> int:
-        """What a seed costs, in epochs of one model: screening's initialisations each count."""
-        if self.screen_inits == 1:
-            return self.epochs
-        cut = self.screen_cut_epochs
-        screening = (self.screen_inits * cut + self.screen_cut_keep * (self.screen_epochs - cut) if cut
-                     else self.screen_inits * self.screen_epochs)
-        return screening + self.epochs - self.screen_epochs
+    def model_epochs(self, through: int | None = None) -> int:
+        """What a seed costs, in epochs of one model, through epoch ``through`` (default: all its
+        epochs): screening's initialisations each count while they train."""
+        return sum(self.models_training(epoch) for epoch in range(1, (self.epochs if through is None else through) + 1))
+
+    def models_training(self, epoch: int) -> int:
+        """How many models of a seed train in ``epoch``: its initialisations until screening's cuts."""
+        if self.screen_inits == 1 or epoch > self.screen_epochs:
+            return 1
+        return self.screen_cut_keep if self.screen_cut_epochs and epoch > self.screen_cut_epochs else self.screen_inits
 
     def augment_kwargs(self, epoch: int = 1) -> dict:
         """BatchAugment's arguments for ``epoch``."""

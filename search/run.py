@@ -39,6 +39,7 @@ from iic.config import ConfigError, IICConfig
 from iic.data import DatasetError
 from iic.supervised import check_held_out_source
 from iic.seeds import draw_seeds
+from search.deadline import ConfirmationDeadline
 from search.confirm import logged_statuses, candidates_from_results, confirmation_seeds, confirmations, ranked_confirmations, run_confirmation, space_of
 from search.driver import (
     SearchError, check_tracking_uri, code_version, trial_dirname, default_storage_path, default_tracking_uri, make_trainable, progress_reporter, resolve_storage_path, set_driver_environment, start_ray, state_dir,
@@ -69,6 +70,8 @@ def build_parser(given_only: bool = False) -> argparse.ArgumentParser:
     parser.add_argument("--epochs", type=int, help="epochs per trial (ASHA's max_t)")
     parser.add_argument("--max-concurrent", type=int, help="trials running at once")
     parser.add_argument("--time-budget", type=float, help="seconds after which no new trial starts and running ones stop")
+    parser.add_argument("--deadline", type=float, help="seconds for the whole search, confirmation included: the search stage "
+                        "ends early enough for the confirmation to end by then, at the speed its trials measured")
     parser.add_argument("--objective", choices=sorted(OBJECTIVES), help="metric to maximise (default: the preset's, cluster_accuracy)")
     parser.add_argument("--cpus-per-trial", type=float)
     parser.add_argument("--gpus-per-trial", type=float, help="fractions such as 0.25 put several trials on one GPU")
@@ -117,7 +120,7 @@ def load_preset(args: argparse.Namespace) -> Preset:
     overridden |= {name for name in ("data_root", "backbone_weights") if getattr(base, name) is not None}
     changes = {"config": {k: v for k, v in base.to_dict().items() if k in config or k in overridden}}
     search = preset.search
-    flags = {"num_samples": "num_samples", "max_concurrent": "max_concurrent", "time_budget": "time_budget_s",
+    flags = {"num_samples": "num_samples", "max_concurrent": "max_concurrent", "time_budget": "time_budget_s", "deadline": "deadline_s",
              "objective": "objective", "cpus_per_trial": "cpus_per_trial", "gpus_per_trial": "gpus_per_trial",
              "seeds_per_trial": "seeds_per_trial", "confirm_top": "confirm_top", "confirm_seeds": "confirm_seeds", "scheduler": "scheduler"}
     search = dataclasses.replace(search, **{field: getattr(args, flag) for flag, field in flags.items() if getattr(args, flag) is not None})
@@ -142,6 +145,8 @@ def load_preset(args: argparse.Namespace) -> Preset:
         problems.append(f"--gpus-per-trial must be a fraction of one GPU or a whole number (got {search.gpus_per_trial})")
     if search.time_budget_s is not None and search.time_budget_s <= 0:
         problems.append(f"--time-budget must be positive seconds (got {search.time_budget_s})")
+    if search.deadline_s is not None and search.deadline_s <= 0:
+        problems.append(f"--deadline must be positive seconds (got {search.deadline_s})")
     if search.seeds_per_trial < 1:
         problems.append(f"--seeds-per-trial must be at least 1 (got {search.seeds_per_trial})")
     if search.seeds_per_trial > 1 and "seed" in set(preset.config) | {o.partition("=")[0].strip() for o in args.overrides}:
@@ -173,6 +178,8 @@ def build_tuner(preset: Preset, args, name: str, storage_path: str, logger: MLfl
     else:
         tune_config, param_space, run_options = tpe_with_asha(preset, args.seed, warm_points, trial_seeds)
     callbacks = [logger, *run_options.pop("callbacks", [])]
+    if logger.deadline is not None:
+        run_options["stop"] = tune.stopper.CombinedStopper(*filter(None, [run_options.get("stop"), logger.deadline]))
     return tune.Tuner(
         make_trainable(preset),
         param_space=param_space,
@@ -383,7 +390,9 @@ def run_search(plan: SearchPlan, search: SearchRecord) -> None:
         # Finished trials stay finished; unfinished and errored ones continue from their checkpoints.
         tuner = tune.Tuner.restore(plan.experiment_dir, trainable=make_trainable(preset), resume_unfinished=True, resume_errored=True)
     else:
-        logger = MLflowTrialLogger(search, report_path, time_budget_s=settings.time_budget_s)
+        deadline = (ConfirmationDeadline(settings.deadline_s, IICConfig.from_dict(preset.config), settings, OBJECTIVES[settings.objective])
+                    if settings.deadline_s else None)
+        logger = MLflowTrialLogger(search, report_path, time_budget_s=settings.time_budget_s, deadline=deadline)
         tuner = build_tuner(preset, args, plan.name, plan.storage_path, logger, plan.warm_points, plan.trial_seeds)
     results = tuner.fit()
     statuses = logged_statuses(report_path)

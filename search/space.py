@@ -92,6 +92,9 @@ class SearchDefaults:
     grace_period: int = 10  # epochs before ASHA may stop a trial
     reduction_factor: int = 3
     time_budget_s: float | None = None  # for the search; the confirmation stage runs after it
+    # For the whole search, confirmation included: the search stage ends when the confirmation, at
+    # the speed the trials measured, would not end by then (search/deadline.py).
+    deadline_s: float | None = None
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
     collapse_share: float = TrialSettings.collapse_share

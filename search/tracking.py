@@ -18,6 +18,7 @@ from mlflow.tracking import MlflowClient
 from ray import tune
 
 from iic.status import RunStatus
+from search.deadline import ConfirmationDeadline
 from search.mlflow_runs import (
     SearchRecord, create_trial_run, end_trial_run, ended_status, find_trial_run, logged_epochs, result_epoch, send_epochs, server_unreachable,
 )
@@ -33,11 +34,12 @@ class MLflowTrialLogger(tune.Callback):
     ``quiet`` off it also prints one line when a trial starts and one when it ends."""
 
     def __init__(self, search: SearchRecord, report_path: str | Path, retry_seconds: float = 30.0,
-                 time_budget_s: float | None = None, quiet: bool = False):
+                 time_budget_s: float | None = None, quiet: bool = False, deadline: ConfirmationDeadline | None = None):
         self.search = search
         self.report_path = str(report_path)
         self.retry_seconds = retry_seconds
         self.time_budget_s = time_budget_s
+        self.deadline = deadline  # the stopper that may end the search stage early (a budget stop too)
         self.quiet = quiet
         self._reset()
 
@@ -54,10 +56,10 @@ class MLflowTrialLogger(tune.Callback):
 
     def __getstate__(self):
         # Pickled with the experiment for Tuner.restore: settings only.
-        return {key: getattr(self, key) for key in ("search", "report_path", "retry_seconds", "time_budget_s", "quiet")}
+        return {key: getattr(self, key) for key in ("search", "report_path", "retry_seconds", "time_budget_s", "quiet", "deadline")}
 
     def __setstate__(self, state):
-        self.__dict__.update(state)
+        self.__dict__.update({"deadline": None, **state})  # searches recorded before deadlines existed have none
         self._reset()
 
     def setup(self, **info):
@@ -123,7 +125,10 @@ class MLflowTrialLogger(tune.Callback):
             sent.add(epoch)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self._end(trial, *ended_status(trial) or (trial_status(trial.last_result, False), "FINISHED"))
+        status, run_status = ended_status(trial) or (trial_status(trial.last_result, False), "FINISHED")
+        if status == RunStatus.EARLY_STOPPED and self._budget_spent():
+            status = RunStatus.STOPPED_BY_BUDGET  # stopped as the search stage ended, not by the scheduler
+        self._end(trial, status, run_status)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._end(trial, RunStatus.ERROR, "FAILED")
@@ -142,9 +147,14 @@ class MLflowTrialLogger(tune.Callback):
             shown = f", cluster_accuracy {objective:.3f}" if isinstance(objective, float) else ""
             print(f"trial {trial.trial_id} {status} after {result_epoch(trial.last_result or {})} epochs{shown}", flush=True)
 
+    def _budget_spent(self) -> bool:
+        """Whether the time budget has run out, or the deadline ended the search stage."""
+        return ((self.time_budget_s is not None and time.monotonic() - self._started >= self.time_budget_s - 1)
+                or (self.deadline is not None and self.deadline.fired))
+
     def on_experiment_end(self, trials, **info):
         self._endings.shutdown(wait=True)
-        budget_spent = self.time_budget_s is not None and time.monotonic() - self._started >= self.time_budget_s - 1
+        budget_spent = self._budget_spent()
         for trial in trials:
             if trial.trial_id in self._runs and trial.trial_id not in self._ended and trial.status != trial.ERROR:
                 # Tune stopped it as the experiment ended (it marks such trials TERMINATED without

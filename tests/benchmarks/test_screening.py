@@ -1,6 +1,6 @@
 import pytest
 
-from benchmarks.screening import Policy, simulate
+from benchmarks.screening import Policy, main, simulate
 from iic.seeds import screening_candidates
 from iic.train import train
 
@@ -35,3 +35,19 @@ def test_simulation_averages_every_subset_and_the_oracle_bounds_it():
 def test_a_malformed_policy_is_refused_with_its_form(text):
     with pytest.raises(ValueError, match="n:k@e"):
         Policy.parse(text)
+
+
+def test_a_saved_run_simulates_again_to_the_same_tables_without_training(tiny_config, tmp_path, capsys):
+    config, saved = tiny_config.to_yaml(tmp_path / "tiny.yaml"), tmp_path / "histories.json"
+    policies = ["--policies", "2:1@1", "3:2@1:1@2"]
+    main(["--config", str(config), "--seeds", "3", "4", "5", "--epochs", "3", "--report-epochs", "2", *policies, "--save", str(saved)])
+    trained = capsys.readouterr().out
+    main(["--load", str(saved), "--report-epochs", "2", *policies])
+    loaded = capsys.readouterr().out
+
+    def tables(out):
+        return out[out.index("accuracy at epoch 2"):out.index(" s for all")].rsplit("\n", 1)[0]
+
+    assert tables(loaded) == tables(trained)
+    assert "model-epochs at 2" in tables(trained) and "3:2@1:1@2" in tables(trained).split("model-epochs at 3")[1]
+    assert "read from" in loaded

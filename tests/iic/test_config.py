@@ -218,3 +218,7 @@ def test_model_epochs_count_every_initialisation_while_it_trains():
     assert config.replace(screen_inits=3, screen_epochs=20).model_epochs() == 3 * 20 + 25
     # six to epoch 10, the two highest in MI to epoch 20, one to the end
     assert config.replace(screen_inits=6, screen_cut_epochs=10, screen_cut_keep=2, screen_epochs=20).model_epochs() == 60 + 20 + 25
+    # and through an epoch: what a run has cost so far
+    cut = config.replace(screen_inits=6, screen_cut_epochs=10, screen_cut_keep=2, screen_epochs=20)
+    assert [cut.model_epochs(through=e) for e in (0, 10, 11, 20, 21, 45)] == [0, 60, 62, 80, 81, 105]
+    assert [cut.models_training(e) for e in (1, 10, 11, 20, 21)] == [6, 6, 2, 2, 1]

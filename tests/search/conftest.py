@@ -28,10 +28,10 @@ def steady_preset(tmp_path) -> list[str]:
 
 @pytest.fixture
 def eager_preset(tmp_path) -> list[str]:
-    """The digits preset with a perturbation point after every epoch and no time budget:
+    """The digits preset with a perturbation point after every epoch and no time budget or deadline:
     synchronous PBT then gives the weakest of the four trials the best one's checkpoint after
     epochs 1 and 2."""
     def edit(preset):
         preset["pbt"]["perturbation_interval"] = 1
-        preset["search"]["time_budget_s"] = None
+        preset["search"]["time_budget_s"] = preset["search"]["deadline_s"] = None
     return edited_digits_preset(tmp_path, edit)

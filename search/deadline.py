@@ -1,0 +1,79 @@
+"""A deadline for a whole search, confirmation included (``deadline_s``, ``--deadline``).
+
+Tune's ``time_budget_s`` bounds the search stage alone; the confirmation stage then trains the best
+``confirm_top`` configs on ``confirm_seeds`` fresh seeds, which on a slow machine may take as long
+again. ``ConfirmationDeadline`` ends the search stage as soon as the confirmation, at the speed the
+search's own trials measured, would no longer end by the deadline: a search sized for 10 minutes
+takes 10 minutes on a laptop that is slower today, searching less rather than finishing late.
+
+The estimate: each trial's seconds so far, scaled from the model-epochs it has trained
+(``IICConfig.model_epochs``: screening trains several initialisations at first) to those of its
+whole run, is what one of the best configs costs for ``seeds_per_trial`` seeds; the confirmation
+trains ``confirm_seeds`` seeds of each of the best ``confirm_top``, ``max_concurrent`` at a time.
+It counts from the stopper's creation (the tuner's start), so the deadline leaves room for Ray's
+start and the summary; a resumed search counts afresh.
+"""
+
+import math
+import time
+
+from ray import tune
+
+from iic.config import IICConfig
+from search.mlflow_runs import result_epoch
+from search.space import SearchDefaults
+
+
+class ConfirmationDeadline(tune.Stopper):
+    """Stops the whole search stage (``stop_all``) once elapsed time plus the estimated
+    confirmation reaches ``deadline_s``; ``fired`` says whether it did."""
+
+    def __init__(self, deadline_s: float, config: IICConfig, search: SearchDefaults, mode: str):
+        self.deadline_s = deadline_s
+        self.config = config
+        self.search = search
+        self.mode = mode
+        self._reset()
+
+    def _reset(self) -> None:
+        self._started = time.monotonic()
+        self._projected_s: dict[str, float] = {}  # trial id -> its whole run's seconds, at its speed so far
+        self._objective: dict[str, float] = {}
+        self.fired = False
+
+    def __getstate__(self):
+        # Pickled with the experiment: settings only, so that a resumed search counts afresh.
+        return {key: getattr(self, key) for key in ("deadline_s", "config", "search", "mode")}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._reset()
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        done = self.config.model_epochs(through=min(result_epoch(result), self.config.epochs))
+        if done and result.get("time_total_s"):
+            self._projected_s[trial_id] = result["time_total_s"] * self.config.model_epochs() / done
+        value = result.get(self.search.objective)
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            self._objective[trial_id] = value if self.mode == "max" else -value
+        return False  # the deadline ends the search stage as a whole, never one trial
+
+    def confirmation_s(self) -> float:
+        """Seconds the confirmation stage would take now: the slowest of the best ``confirm_top``
+        trials so far, for ``confirm_seeds`` seeds, in rounds of ``max_concurrent``."""
+        top = self.search.confirm_top
+        if not top or not self._projected_s:
+            return 0.0
+        best = sorted(self._projected_s, key=lambda trial_id: -self._objective.get(trial_id, -math.inf))[:top]
+        per_config = max(self._projected_s[trial_id] for trial_id in best) * self.search.confirm_seeds / self.search.seeds_per_trial
+        return per_config * math.ceil(top / self.search.max_concurrent)
+
+    def elapsed_s(self) -> float:
+        return time.monotonic() - self._started
+
+    def stop_all(self) -> bool:
+        if not self.fired and self.elapsed_s() + self.confirmation_s() >= self.deadline_s:
+            self.fired = True
+            print(f"the search stage ends at {self.elapsed_s():.0f} s: the confirmation, about {self.confirmation_s():.0f} s "
+                  f"at the speed this search's trials measured, must end by its {self.deadline_s:.0f} s deadline", flush=True)
+        return self.fired

@@ -1,0 +1,85 @@
+"""The whole-search deadline: its estimate of the confirmation, and a real search it cuts short."""
+
+import dataclasses
+import pickle
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from iic.config import IICConfig
+from search.deadline import ConfirmationDeadline
+from search.mlflow_runs import ROLE_TAG, STATUS_TAG
+from search.run import main
+from search.space import SearchDefaults
+
+# Five initialisations to epoch 10, then one: 70 model-epochs a seed (as the digits preset).
+SCREENED = IICConfig(epochs=30, screen_inits=5, screen_epochs=10)
+TWO_SEEDS_CONFIRMED_ON_THREE = SearchDefaults(seeds_per_trial=2, confirm_top=1, confirm_seeds=3, max_concurrent=1)
+
+
+def test_the_estimate_scales_the_best_trials_speed_to_its_whole_run_and_the_confirmation_seeds():
+    deadline = ConfirmationDeadline(10_000, SCREENED, TWO_SEEDS_CONFIRMED_ON_THREE, "max")
+    assert deadline.confirmation_s() == 0 and not deadline.stop_all()
+    # 50 of its 70 model-epochs took 100 s: 140 s for its two seeds, 210 s for three
+    deadline("a", {"epoch": 10, "time_total_s": 100.0, "cluster_accuracy": 0.9})
+    assert deadline.confirmation_s() == pytest.approx(210)
+    # a slower trial that would not be confirmed does not count ...
+    deadline("b", {"epoch": 5, "time_total_s": 100.0, "cluster_accuracy": 0.5})  # 25 model-epochs: 280 s in all
+    assert deadline.confirmation_s() == pytest.approx(210)
+    # ... until it is among the best confirm_top; two configs, one at a time, take twice the slower's
+    both = ConfirmationDeadline(10_000, SCREENED, dataclasses.replace(TWO_SEEDS_CONFIRMED_ON_THREE, confirm_top=2), "max")
+    for trial_id, result in (("a", {"epoch": 10, "time_total_s": 100.0, "cluster_accuracy": 0.9}),
+                             ("b", {"epoch": 5, "time_total_s": 100.0, "cluster_accuracy": 0.5})):
+        both(trial_id, result)
+    assert both.confirmation_s() == pytest.approx(2 * 280 * 3 / 2)
+    # a trial's latest result replaces its earlier one: after screening, one model an epoch
+    deadline("a", {"epoch": 20, "time_total_s": 120.0, "cluster_accuracy": 0.95})  # 60 model-epochs
+    assert deadline.confirmation_s() == pytest.approx(120 * 70 / 60 * 3 / 2)
+
+
+def test_a_minimising_objective_confirms_the_lowest():
+    search = dataclasses.replace(TWO_SEEDS_CONFIRMED_ON_THREE, objective="loss")
+    deadline = ConfirmationDeadline(10_000, SCREENED, search, "min")
+    deadline("low", {"epoch": 10, "time_total_s": 50.0, "loss": -2.0})
+    deadline("high", {"epoch": 10, "time_total_s": 100.0, "loss": 1.0})
+    assert deadline.confirmation_s() == pytest.approx(50 * 70 / 50 * 3 / 2)
+
+
+def test_the_deadline_fires_once_the_confirmation_would_end_late_and_a_resumed_search_counts_afresh(capsys):
+    generous = ConfirmationDeadline(10_000, SCREENED, TWO_SEEDS_CONFIRMED_ON_THREE, "max")
+    generous("a", {"epoch": 10, "time_total_s": 100.0, "cluster_accuracy": 0.9})
+    assert not generous.stop_all() and not generous.fired
+    tight = ConfirmationDeadline(200, SCREENED, TWO_SEEDS_CONFIRMED_ON_THREE, "max")
+    tight("a", {"epoch": 10, "time_total_s": 100.0, "cluster_accuracy": 0.9})  # 210 s of confirmation > 200
+    assert tight.stop_all() and tight.fired and tight.stop_all()
+    assert "the confirmation, about 210 s" in capsys.readouterr().out
+    restored = pickle.loads(pickle.dumps(tight))
+    assert not restored.fired and restored.confirmation_s() == 0 and restored.deadline_s == 200
+
+
+@pytest.mark.slow
+def test_a_deadline_ends_the_search_stage_in_time_for_the_confirmation(ray_session, tmp_path, monkeypatch, steady_preset, capsys):
+    monkeypatch.setenv("IIC_STATE_DIR", str(tmp_path / "state"))
+    # Three trials of 30 epochs (no early stop), one at a time, each confirmed on one seed: a whole
+    # trial takes 15-50 s here, so a 45 s deadline ends the search stage before the third completes
+    # (on a slow machine, from the first trial's first epochs on), and the confirmation still runs.
+    args = ["--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", "--storage-path", str(tmp_path / "ray"), *steady_preset,
+            "--set", "max_samples=200", "--set", "backbone_width=4", "--set", "screen_inits=1", "--epochs", "30",
+            "--seeds-per-trial", "1", "--num-samples", "3", "--confirm-top", "1", "--confirm-seeds", "1", "--deadline", "45"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "the search stage ends at" in out and "must end by its 45 s deadline" in out
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("iic-digits").experiment_id])
+    trials = [r for r in runs if r.data.tags.get(ROLE_TAG) == "trial"]
+    statuses = sorted(t.data.tags[STATUS_TAG] for t in trials)
+    assert statuses.count("completed") < 3 and set(statuses) <= {"completed", "stopped_by_budget"}
+    assert all(t.info.status == "FINISHED" for t in trials)
+    [confirm] = [r for r in runs if r.data.tags.get(ROLE_TAG) == "confirm"]
+    assert confirm.data.tags[STATUS_TAG] == "completed"
+    assert len(client.get_metric_history(confirm.info.run_id, "cluster_accuracy")) == 30
+
+
+def test_a_deadline_that_is_not_positive_is_refused_before_anything_starts(tmp_path, capsys):
+    assert main(["--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", "--deadline", "0"]) == 2
+    assert "--deadline must be positive seconds (got 0.0)" in capsys.readouterr().err
