@@ -16,6 +16,8 @@ start and the summary; a resumed search counts afresh.
 
 import math
 import time
+import uuid
+from typing import ClassVar
 
 from ray import tune
 
@@ -28,22 +30,30 @@ class ConfirmationDeadline(tune.Stopper):
     """Stops the whole search stage (``stop_all``) once elapsed time plus the estimated
     confirmation reaches ``deadline_s``; ``fired`` says whether it did."""
 
+    # Tokens of the deadlines that have fired in this process: Tune stops the search with its own
+    # copy of the stopper, and the MLflow logger asks the one it was given.
+    _fired_tokens: ClassVar[set[str]] = set()
+
     def __init__(self, deadline_s: float, config: IICConfig, search: SearchDefaults, mode: str):
         self.deadline_s = deadline_s
         self.config = config
         self.search = search
         self.mode = mode
+        self.token = uuid.uuid4().hex
         self._reset()
 
     def _reset(self) -> None:
         self._started = time.monotonic()
         self._projected_s: dict[str, float] = {}  # trial id -> its whole run's seconds, at its speed so far
         self._objective: dict[str, float] = {}
-        self.fired = False
+
+    @property
+    def fired(self) -> bool:
+        return self.token in self._fired_tokens
 
     def __getstate__(self):
-        # Pickled with the experiment: settings only, so that a resumed search counts afresh.
-        return {key: getattr(self, key) for key in ("deadline_s", "config", "search", "mode")}
+        # Copied, and pickled with the experiment: settings only, so that a resumed search counts afresh.
+        return {key: getattr(self, key) for key in ("deadline_s", "config", "search", "mode", "token")}
 
     def __setstate__(self, state):
         self.__dict__.update(state)
@@ -73,7 +83,7 @@ class ConfirmationDeadline(tune.Stopper):
 
     def stop_all(self) -> bool:
         if not self.fired and self.elapsed_s() + self.confirmation_s() >= self.deadline_s:
-            self.fired = True
+            self._fired_tokens.add(self.token)
             print(f"the search stage ends at {self.elapsed_s():.0f} s: the confirmation, about {self.confirmation_s():.0f} s "
                   f"at the speed this search's trials measured, must end by its {self.deadline_s:.0f} s deadline", flush=True)
         return self.fired
