@@ -10,8 +10,8 @@ The estimate: each trial's seconds so far, scaled from the model-epochs it has t
 (``IICConfig.model_epochs``: screening trains several initialisations at first) to those of its
 whole run, is what one of the best configs costs for ``seeds_per_trial`` seeds; the confirmation
 trains ``confirm_seeds`` seeds of each of the best ``confirm_top``, ``max_concurrent`` at a time.
-It counts from the stopper's creation (the tuner's start), so the deadline leaves room for Ray's
-start and the summary; a resumed search counts afresh.
+It counts from the driver's start (``search/run.py``), so only the summary printed at the end falls
+outside it; a search resumed by a new driver counts afresh.
 """
 
 import math
@@ -30,20 +30,25 @@ class ConfirmationDeadline(tune.Stopper):
     """Stops the whole search stage (``stop_all``) once elapsed time plus the estimated
     confirmation reaches ``deadline_s``; ``fired`` says whether it did."""
 
-    # Tokens of the deadlines that have fired in this process: Tune stops the search with its own
-    # copy of the stopper, and the MLflow logger asks the one it was given.
+    # When each deadline of this process started counting, and which have fired, by token: Tune
+    # stops the search with its own copy of the stopper, the MLflow logger asks the one it was given,
+    # and a search resumed in a new process counts afresh.
+    _started_at: ClassVar[dict[str, float]] = {}
     _fired_tokens: ClassVar[set[str]] = set()
 
-    def __init__(self, deadline_s: float, config: IICConfig, search: SearchDefaults, mode: str):
+    def __init__(self, deadline_s: float, config: IICConfig, search: SearchDefaults, mode: str, started: float | None = None):
+        """``started``: the ``time.monotonic()`` the deadline counts from (default: now); the
+        search driver passes its own start, so that Ray's start counts too."""
         self.deadline_s = deadline_s
         self.config = config
         self.search = search
         self.mode = mode
         self.token = uuid.uuid4().hex
+        self._started_at[self.token] = time.monotonic() if started is None else started
         self._reset()
 
     def _reset(self) -> None:
-        self._started = time.monotonic()
+        self._started_at.setdefault(self.token, time.monotonic())
         self._projected_s: dict[str, float] = {}  # trial id -> its whole run's seconds, at its speed so far
         self._objective: dict[str, float] = {}
 
@@ -52,7 +57,7 @@ class ConfirmationDeadline(tune.Stopper):
         return self.token in self._fired_tokens
 
     def __getstate__(self):
-        # Copied, and pickled with the experiment: settings only, so that a resumed search counts afresh.
+        # Copied, and pickled with the experiment: settings only (the clock is the process's, above).
         return {key: getattr(self, key) for key in ("deadline_s", "config", "search", "mode", "token")}
 
     def __setstate__(self, state):
@@ -79,7 +84,7 @@ class ConfirmationDeadline(tune.Stopper):
         return per_config * math.ceil(top / self.search.max_concurrent)
 
     def elapsed_s(self) -> float:
-        return time.monotonic() - self._started
+        return time.monotonic() - self._started_at[self.token]
 
     def stop_all(self) -> bool:
         if not self.fired and self.elapsed_s() + self.confirmation_s() >= self.deadline_s:

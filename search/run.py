@@ -374,8 +374,9 @@ def write_record(plan: SearchPlan) -> None:
         stream.write(json.dumps(plan.record(), indent=2).encode())
 
 
-def run_search(plan: SearchPlan, search: SearchRecord) -> None:
-    """Tune's trials, the confirmation stage and the summary of a search whose parent run is open."""
+def run_search(plan: SearchPlan, search: SearchRecord, started: float) -> None:
+    """Tune's trials, the confirmation stage and the summary of a search whose parent run is open;
+    ``started``: the driver's start (``time.monotonic()``), which a deadline counts from."""
     args, preset = argparse.Namespace(**plan.arguments), plan.preset
     report_path = state_dir(plan.name) / "mlflow_report.json"
     settings = preset.search
@@ -390,8 +391,8 @@ def run_search(plan: SearchPlan, search: SearchRecord) -> None:
         # Finished trials stay finished; unfinished and errored ones continue from their checkpoints.
         tuner = tune.Tuner.restore(plan.experiment_dir, trainable=make_trainable(preset), resume_unfinished=True, resume_errored=True)
     else:
-        deadline = (ConfirmationDeadline(settings.deadline_s, IICConfig.from_dict(preset.config), settings, OBJECTIVES[settings.objective])
-                    if settings.deadline_s else None)
+        deadline = (ConfirmationDeadline(settings.deadline_s, IICConfig.from_dict(preset.config), settings, OBJECTIVES[settings.objective],
+                                         started) if settings.deadline_s else None)
         logger = MLflowTrialLogger(search, report_path, time_budget_s=settings.time_budget_s, deadline=deadline)
         tuner = build_tuner(preset, args, plan.name, plan.storage_path, logger, plan.warm_points, plan.trial_seeds)
     results = tuner.fit()
@@ -418,6 +419,7 @@ def run_search(plan: SearchPlan, search: SearchRecord) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    started = time.monotonic()
     args = parse_args(argv)
     set_driver_environment()
     try:
@@ -432,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not args.resume:
             write_record(plan)
-        run_search(plan, search)
+        run_search(plan, search, started)
     except BaseException as err:
         fail_search_run(plan.tracking_uri, parent_run_id, err)
         raise

@@ -2,6 +2,7 @@
 
 import dataclasses
 import pickle
+import time
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -53,11 +54,19 @@ def test_the_deadline_fires_once_the_confirmation_would_end_late_and_a_resumed_s
     tight("a", {"epoch": 10, "time_total_s": 100.0, "cluster_accuracy": 0.9})  # 210 s of confirmation > 200
     assert tight.stop_all() and tight.fired and tight.stop_all()
     assert "the confirmation, about 210 s" in capsys.readouterr().out
-    # a copy (Tune stops the search with one) counts afresh, and its firing is the original's
+    # a copy (Tune stops the search with one) has no estimate yet, keeps the clock, and its firing is the original's
     copy = pickle.loads(pickle.dumps(generous))
     assert copy.confirmation_s() == 0 and copy.deadline_s == 10_000 and not copy.fired
+    assert copy.elapsed_s() >= generous.elapsed_s() - 1
     copy.deadline_s = 0
     assert copy.stop_all() and generous.fired
+
+
+def test_the_deadline_counts_from_the_drivers_start():
+    started = time.monotonic() - 100  # the driver started Ray and MLflow 100 s ago
+    late = ConfirmationDeadline(90, SCREENED, TWO_SEEDS_CONFIRMED_ON_THREE, "max", started=started)
+    assert late.elapsed_s() >= 100 and late.stop_all()  # past its deadline before any trial reported
+    assert not ConfirmationDeadline(90, SCREENED, TWO_SEEDS_CONFIRMED_ON_THREE, "max").stop_all()
 
 
 @pytest.mark.slow
