@@ -22,18 +22,20 @@ _RGB_TO_YIQ = (LUMA, (0.596, -0.274, -0.322), (0.211, -0.523, 0.312))
 
 
 class BatchAugment:
-    """Random resized crop, rotation, flips and colour jitter, drawn independently per image.
+    """Random resized crop, rotation, shear, flips and colour jitter, drawn independently per image.
 
     Each strength of 0 switches that transform off (``crop_min_scale`` is the one exception: it is
     the smallest crop area as a fraction of the image, as in torchvision's ``RandomResizedCrop``, so
     1.0 is off). Crops are square, placed uniformly inside the image and resized back to the input
-    size; rotation is uniform in ``±rotation_degrees``; corners uncovered by rotation become 0.
+    size; rotation is uniform in ``±rotation_degrees``, and so is the horizontal shear in
+    ``±shear_degrees`` (the slant of handwriting); corners the warp uncovers become 0.
 
     Args:
         crop_min_scale: smallest crop area / image area, in (0, 1]; 1.0 = no cropping.
         hflip_prob: probability of a horizontal flip.
         vflip_prob: probability of a vertical flip.
         rotation_degrees: maximum absolute rotation angle in degrees.
+        shear_degrees: maximum absolute horizontal shear angle in degrees, below 90.
         brightness: brightness factor drawn from [1 - brightness, 1 + brightness].
         contrast: contrast factor drawn from [1 - contrast, 1 + contrast].
         saturation: saturation factor drawn from [1 - saturation, 1 + saturation] (RGB only).
@@ -51,6 +53,7 @@ class BatchAugment:
         hflip_prob: float = 0.0,
         vflip_prob: float = 0.0,
         rotation_degrees: float = 0.0,
+        shear_degrees: float = 0.0,
         brightness: float = 0.0,
         contrast: float = 0.0,
         saturation: float = 0.0,
@@ -60,6 +63,7 @@ class BatchAugment:
         self.hflip_prob = hflip_prob
         self.vflip_prob = vflip_prob
         self.rotation_degrees = rotation_degrees
+        self.shear_degrees = shear_degrees
         self.brightness = brightness
         self.contrast = contrast
         self.saturation = saturation
@@ -67,7 +71,7 @@ class BatchAugment:
 
     @property
     def warps(self) -> bool:
-        return self.crop_min_scale < 1.0 or self.hflip_prob > 0 or self.vflip_prob > 0 or self.rotation_degrees > 0
+        return self.crop_min_scale < 1.0 or self.hflip_prob > 0 or self.vflip_prob > 0 or self.rotation_degrees > 0 or self.shear_degrees > 0
 
     @property
     def jitters(self) -> bool:
@@ -98,6 +102,8 @@ class BatchAugment:
             draw.angle = uniform(-1.0, 1.0) * math.radians(self.rotation_degrees)
             draw.flip_x = 1 - 2 * (uniform(0.0, 1.0) < self.hflip_prob).float()
             draw.flip_y = 1 - 2 * (uniform(0.0, 1.0) < self.vflip_prob).float()
+            if self.shear_degrees > 0:  # drawn last, so that without shear every other draw is as before
+                draw.shear = uniform(-1.0, 1.0) * math.radians(self.shear_degrees)
         if self.brightness > 0:
             draw.brightness = uniform(max(0.0, 1 - self.brightness), 1 + self.brightness)
         if self.contrast > 0:
@@ -125,6 +131,7 @@ class AugmentDraw:
     angle: torch.Tensor | None = None  # radians
     flip_x: torch.Tensor | None = None  # -1 flips, 1 keeps
     flip_y: torch.Tensor | None = None
+    shear: torch.Tensor | None = None  # radians; None without shear
     brightness: torch.Tensor | None = None  # factors
     contrast: torch.Tensor | None = None
     saturation: torch.Tensor | None = None
@@ -143,14 +150,16 @@ class AugmentDraw:
 
 
 def _warp(images: torch.Tensor, draw: AugmentDraw) -> torch.Tensor:
-    """Crop, rotation and flips as one affine warp: output pixel u samples the input at A u + t
-    (normalised coordinates in [-1, 1])."""
+    """Crop, rotation, shear and flips as one affine warp: output pixel u samples the input at
+    A u + t (normalised coordinates in [-1, 1]), with A = rotation @ shear @ diag(side * flips)."""
     side, flip_x, flip_y = draw.side, draw.flip_x, draw.flip_y
     cos, sin = draw.angle.cos(), draw.angle.sin()
+    # The second column of rotation @ [[1, tan], [0, 1]]; without shear, tan = 0 leaves it -sin, cos.
+    slant = draw.shear.tan() if draw.shear is not None else torch.zeros_like(cos)
     theta = torch.stack(
         [
-            torch.stack([cos * side * flip_x, -sin * side * flip_y, draw.shift_x], dim=1),
-            torch.stack([sin * side * flip_x, cos * side * flip_y, draw.shift_y], dim=1),
+            torch.stack([cos * side * flip_x, (cos * slant - sin) * side * flip_y, draw.shift_x], dim=1),
+            torch.stack([sin * side * flip_x, (sin * slant + cos) * side * flip_y, draw.shift_y], dim=1),
         ],
         dim=1,
     ).to(images.dtype)

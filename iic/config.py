@@ -107,6 +107,7 @@ class IICConfig:
     hflip_prob: float = 0.0
     vflip_prob: float = 0.0
     rotation_degrees: float = 15.0
+    shear_degrees: float = 0.0
     brightness: float = 0.3
     contrast: float = 0.3
     saturation: float = 0.0
@@ -127,7 +128,8 @@ class IICConfig:
     schedule: list[dict] | None = None
 
     AUGMENT_FIELDS: typing.ClassVar[tuple[str, ...]] = (
-        "crop_min_scale", "hflip_prob", "vflip_prob", "rotation_degrees", "brightness", "contrast", "saturation", "hue",
+        "crop_min_scale", "hflip_prob", "vflip_prob", "rotation_degrees", "shear_degrees", "brightness", "contrast", "saturation",
+        "hue",
     )
     # Fields that may change while a run trains (they shape neither the model nor the data): the
     # values in force are set at the start of every epoch.
@@ -405,6 +407,7 @@ def schedulable_problems(values: dict) -> list[str]:
         "hflip_prob": (lambda v: 0 <= v <= 1, "a probability must lie in [0, 1] (got {})"),
         "vflip_prob": (lambda v: 0 <= v <= 1, "a probability must lie in [0, 1] (got {})"),
         "rotation_degrees": (lambda v: 0 <= v <= 180, "must lie in [0, 180] (got {})"),
+        "shear_degrees": (lambda v: 0 <= v <= 60, "must lie in [0, 60] (got {}); 0 switches shear off"),
         "brightness": (lambda v: 0 <= v <= 1, "jitter strength must lie in [0, 1] (got {}); 0 switches it off"),
         "contrast": (lambda v: 0 <= v <= 1, "jitter strength must lie in [0, 1] (got {}); 0 switches it off"),
         "saturation": (lambda v: 0 <= v <= 1, "jitter strength must lie in [0, 1] (got {}); 0 switches it off"),

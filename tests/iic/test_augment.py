@@ -88,3 +88,38 @@ def test_runs_on_the_generators_device(device):
     images = _images().to(device)
     out = BatchAugment(crop_min_scale=0.5, rotation_degrees=10, hue=0.1)(images, torch.Generator(device).manual_seed(0))
     assert out.device.type == device and out.shape == images.shape and not math.isnan(out.sum().item())
+
+
+def _bright_column(rows: torch.Tensor) -> torch.Tensor:
+    """The column of each image's brightest pixel over ``rows`` (N, 1, R, W) -> (N,)."""
+    return rows.sum(dim=(1, 2)).argmax(dim=1)
+
+
+def test_shear_slants_a_vertical_bar():
+    bar = torch.zeros(1, 1, 32, 32)
+    bar[..., 15:17] = 1.0
+    bars = bar.repeat(256, 1, 1, 1)
+    slanted = BatchAugment(shear_degrees=40)(bars, _generator())
+    offsets = (_bright_column(slanted[..., :6, :]) - _bright_column(slanted[..., -6:, :])).abs()
+    # tan(40°) ≈ 0.84: a bar 26 rows long slants by up to ~20 columns; near-zero shears barely move it
+    assert offsets.max() >= 10 and offsets.min() <= 2
+    upright = BatchAugment(shear_degrees=0.0, crop_min_scale=0.99)(bars, _generator())
+    assert (_bright_column(upright[..., :6, :]) - _bright_column(upright[..., -6:, :])).abs().max() <= 1
+
+
+def test_shear_is_drawn_after_the_other_warps_so_runs_without_it_are_unchanged():
+    kwargs = dict(crop_min_scale=0.5, hflip_prob=0.5, rotation_degrees=20)
+    with_shear = BatchAugment(shear_degrees=10, **kwargs).sample(16, 1, _generator(3))
+    without = BatchAugment(**kwargs).sample(16, 1, _generator(3))
+    assert without.shear is None and with_shear.shear.abs().max() <= math.radians(10)
+    for name in ("side", "shift_x", "shift_y", "angle", "flip_x", "flip_y"):
+        assert torch.equal(getattr(with_shear, name), getattr(without, name)), name
+
+
+def test_zero_shear_leaves_the_warp_as_rotation_crop_and_flips():
+    images = _images(8, channels=1)
+    draw = BatchAugment(crop_min_scale=0.5, rotation_degrees=30, shear_degrees=10).sample(8, 1, _generator())
+    draw.shear = torch.zeros(8)
+    sheared_by_zero = BatchAugment().apply(images, draw)
+    draw.shear = None
+    assert torch.equal(sheared_by_zero, BatchAugment().apply(images, draw))

@@ -46,6 +46,7 @@ def test_wrong_types_are_rejected_and_ints_become_floats():
         ({"vflip_prob": -0.1}, "vflip_prob: a probability"),
         ({"crop_min_scale": 0.0}, "crop_min_scale: must lie in"),
         ({"hue": 0.7}, "hue: must lie in"),
+        ({"shear_degrees": 75.0}, r"shear_degrees: must lie in \[0, 60\]"),
         ({"brightness": 2.0}, "brightness: jitter strength"),
         ({"backbone": "resnet18", "input_size": 16}, "input_size: 16 px is too small for resnet18; use at least 32"),
         ({"input_size": 4}, "input_size: 4 px is too small for clusternet"),
