@@ -266,7 +266,16 @@ class IICConfig:
     def truncated(self, epochs: int) -> "IICConfig":
         """The config of this run stopped after ``epochs`` epochs: changes due later are dropped."""
         kept = [entry for entry in self.schedule or [] if entry["epoch"] <= epochs]
-        return self.replace(epochs=epochs, schedule=kept or None, self_label_epochs=self.self_label_epochs_within(epochs))
+        return self.replace(epochs=epochs, schedule=kept or None, self_label_epochs=self.self_label_epochs_within(epochs),
+                            **self._screening_within(epochs))
+
+    def _screening_within(self, epochs: int) -> dict:
+        """Screening of a run stopped after ``epochs`` epochs: one stopped while screening reported
+        each seed's initialisation with the highest held-out MI then, as a pick at its last epoch
+        does, and had cut only if the cut came before that epoch."""
+        if self.screen_inits == 1 or epochs > self.screen_epochs:
+            return {}
+        return {"screen_epochs": epochs, "screen_cut_epochs": self.screen_cut_epochs if self.screen_cut_epochs < epochs else 0}
 
     def self_label_epochs_within(self, epochs: int) -> int:
         """How many of the first ``epochs`` epochs self-label (the last ``self_label_epochs`` of ``self.epochs`` do)."""
@@ -314,9 +323,9 @@ class IICConfig:
         require(self.twin_neighbours >= 0, f"twin_neighbours: must be 0 (twins of the image itself) or more (got {self.twin_neighbours}); SCAN uses 5-20")
         require(self.epochs >= 1, f"epochs: must be at least 1 (got {self.epochs})")
         require(self.screen_inits >= 1, f"screen_inits: must be at least 1 (got {self.screen_inits}); 1 trains each seed's own initialisation alone")
-        require(self.screen_inits == 1 or 1 <= self.screen_epochs < self.epochs,
-                f"screen_epochs: must be from 1 to epochs - 1 = {self.epochs - 1} (got {self.screen_epochs}): the kept "
-                "initialisation trains on after it; or set screen_inits: 1")
+        require(self.screen_inits == 1 or 1 <= self.screen_epochs <= self.epochs,
+                f"screen_epochs: must be from 1 to epochs = {self.epochs} (got {self.screen_epochs}): after it only the kept "
+                "initialisation trains (at the last epoch: the best of them at the end); or set screen_inits: 1")
         require(self.screen_cut_epochs >= 0, f"screen_cut_epochs: must be 0 (no earlier cut) or more (got {self.screen_cut_epochs})")
         if self.screen_inits > 1 and self.screen_cut_epochs:
             require(self.screen_cut_epochs < self.screen_epochs,

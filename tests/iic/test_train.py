@@ -616,7 +616,7 @@ def test_a_screening_run_resumes_exactly_before_and_after_the_pick(tiny_config, 
 
 @pytest.mark.parametrize("changes, message", [
     ({"screen_inits": 0}, "screen_inits: must be at least 1"),
-    ({"screen_inits": 2, "screen_epochs": 2}, r"screen_epochs: must be from 1 to epochs - 1 = 1 \(got 2\)"),
+    ({"screen_inits": 2, "screen_epochs": 3}, r"screen_epochs: must be from 1 to epochs = 2 \(got 3\)"),
     ({"screen_inits": 2, "screen_epochs": 0}, "screen_epochs: must be from 1"),
     ({"screen_inits": 3, "screen_cut_epochs": -1}, "screen_cut_epochs: must be 0"),
     ({"screen_inits": 3, "screen_cut_epochs": 1, "screen_epochs": 1}, r"screen_cut_epochs: must be below screen_epochs = 1 \(got 1\)"),
@@ -626,3 +626,20 @@ def test_a_screening_run_resumes_exactly_before_and_after_the_pick(tiny_config, 
 def test_bad_screening_is_refused_before_training(tiny_config, changes, message):
     with pytest.raises(ConfigError, match=message):
         Trainer(tiny_config.replace(**changes))
+
+
+@pytest.mark.parametrize("stopped_after", [1, 2])  # at the cut, and between the cut and the pick
+def test_a_screening_run_stopped_early_is_its_truncated_configs_run(tiny_config, stopped_after):
+    # A search stops trials mid-run (ASHA, the budget, the deadline); confirming or exporting one
+    # retrains its config truncated to the epochs it ran, which must be valid and train the same.
+    config = tiny_config.replace(epochs=5, screen_inits=3, screen_cut_epochs=1, screen_cut_keep=2, screen_epochs=3)
+    data = load_dataset("digits", None, max_samples=240, input_size=config.input_size, seed=config.seed)
+    stopped = Trainer(config, data, seeds=[3])
+    for _ in range(stopped_after):
+        stopped.run_epoch()
+    truncated = config.truncated(stopped_after).validate(check_data=False)
+    assert truncated.screen_epochs == stopped_after and truncated.screen_cut_epochs == (1 if stopped_after > 1 else 0)
+    def trajectory(history):  # what was trained and measured, not how long it took or whether it ended
+        return [{key: value for key, value in m.items() if key not in ("epoch_seconds", "status")} for m in history]
+
+    assert trajectory(train(truncated, data=data, seeds=[3]).history) == trajectory(stopped.history)
