@@ -6,12 +6,13 @@ again. ``ConfirmationDeadline`` ends the search stage as soon as the confirmatio
 search's own trials measured, would no longer end by the deadline: a search sized for 10 minutes
 takes 10 minutes on a laptop that is slower today, searching less rather than finishing late.
 
-The estimate: each trial's seconds so far, scaled from the model-epochs it has trained
-(``IICConfig.model_epochs``: screening trains several initialisations at first) to those of its
-whole run, is what one of the best configs costs for ``seeds_per_trial`` seeds; the confirmation
-trains ``confirm_seeds`` seeds of each of the best ``confirm_top``, ``max_concurrent`` at a time.
-It counts from the driver's start (``search/run.py``), so only the summary printed at the end falls
-outside it; a search resumed by a new driver counts afresh.
+The estimate: the confirmation retrains each of the best ``confirm_top`` trials as it stands (to the
+epoch it reached: ``search/confirm.py``), so it costs the seconds that trial's epochs took so far
+(its ``epoch_seconds``: no start-up, which would weigh most at the first epochs), times
+``confirm_seeds / seeds_per_trial``, times ``CONFIRMATION_SLOWDOWN``, ``max_concurrent`` at a time.
+Trials go on while confirming them as they stand would still end by the deadline. It counts from
+the driver's start (``search/run.py``), so only the summary printed at the end falls outside it; a
+search resumed by a new driver counts afresh.
 """
 
 import math
@@ -21,9 +22,12 @@ from typing import ClassVar
 
 from ray import tune
 
-from iic.config import IICConfig
 from search.mlflow_runs import result_epoch
 from search.space import SearchDefaults
+
+# A confirmation epoch took this much longer, per model, than the search's own epochs of the same
+# config on 2 cores (measured 1.05 on 2026-11-28 and 1.32 on 2026-12-03: README, The default search).
+CONFIRMATION_SLOWDOWN = 1.3
 
 
 class ConfirmationDeadline(tune.Stopper):
@@ -36,11 +40,10 @@ class ConfirmationDeadline(tune.Stopper):
     _started_at: ClassVar[dict[str, float]] = {}
     _fired_tokens: ClassVar[set[str]] = set()
 
-    def __init__(self, deadline_s: float, config: IICConfig, search: SearchDefaults, mode: str, started: float | None = None):
+    def __init__(self, deadline_s: float, search: SearchDefaults, mode: str, started: float | None = None):
         """``started``: the ``time.monotonic()`` the deadline counts from (default: now); the
         search driver passes its own start, so that Ray's start counts too."""
         self.deadline_s = deadline_s
-        self.config = config
         self.search = search
         self.mode = mode
         self.token = uuid.uuid4().hex
@@ -49,7 +52,7 @@ class ConfirmationDeadline(tune.Stopper):
 
     def _reset(self) -> None:
         self._started_at.setdefault(self.token, time.monotonic())
-        self._projected_s: dict[str, float] = {}  # trial id -> its whole run's seconds, at its speed so far
+        self._epoch_s: dict[str, dict[int, float]] = {}  # trial id -> epoch -> the seconds it took
         self._objective: dict[str, float] = {}
 
     @property
@@ -58,29 +61,37 @@ class ConfirmationDeadline(tune.Stopper):
 
     def __getstate__(self):
         # Copied, and pickled with the experiment: settings only (the clock is the process's, above).
-        return {key: getattr(self, key) for key in ("deadline_s", "config", "search", "mode", "token")}
+        return {key: getattr(self, key) for key in ("deadline_s", "search", "mode", "token")}
 
     def __setstate__(self, state):
         self.__dict__.update(state)
         self._reset()
 
     def __call__(self, trial_id: str, result: dict) -> bool:
-        done = self.config.model_epochs(through=min(result_epoch(result), self.config.epochs))
-        if done and result.get("time_total_s"):
-            self._projected_s[trial_id] = result["time_total_s"] * self.config.model_epochs() / done
+        epoch, seconds = result_epoch(result), result.get("epoch_seconds")
+        if isinstance(seconds, (int, float)) and math.isfinite(seconds):
+            # by epoch, so that a result seen twice counts once and a trial restored from an earlier
+            # checkpoint drops the epochs it trains again
+            earlier = {e: took for e, took in self._epoch_s.get(trial_id, {}).items() if e < epoch}
+            self._epoch_s[trial_id] = {**earlier, epoch: seconds}
         value = result.get(self.search.objective)
         if isinstance(value, (int, float)) and math.isfinite(value):
             self._objective[trial_id] = value if self.mode == "max" else -value
         return False  # the deadline ends the search stage as a whole, never one trial
 
+    def trained_s(self, trial_id: str) -> float:
+        """The seconds the trial's epochs so far took."""
+        return sum(self._epoch_s.get(trial_id, {}).values())
+
     def confirmation_s(self) -> float:
-        """Seconds the confirmation stage would take now: the slowest of the best ``confirm_top``
-        trials so far, for ``confirm_seeds`` seeds, in rounds of ``max_concurrent``."""
+        """Seconds the confirmation stage would take if the search stage ended now: the slowest of
+        the best ``confirm_top`` trials as they stand, for ``confirm_seeds`` seeds, in rounds of
+        ``max_concurrent``."""
         top = self.search.confirm_top
-        if not top or not self._projected_s:
+        if not top or not self._epoch_s:
             return 0.0
-        best = sorted(self._projected_s, key=lambda trial_id: -self._objective.get(trial_id, -math.inf))[:top]
-        per_config = max(self._projected_s[trial_id] for trial_id in best) * self.search.confirm_seeds / self.search.seeds_per_trial
+        best = sorted(self._epoch_s, key=lambda trial_id: -self._objective.get(trial_id, -math.inf))[:top]
+        per_config = max(map(self.trained_s, best)) * self.search.confirm_seeds / self.search.seeds_per_trial * CONFIRMATION_SLOWDOWN
         return per_config * math.ceil(top / self.search.max_concurrent)
 
     def elapsed_s(self) -> float:

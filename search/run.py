@@ -391,7 +391,7 @@ def run_search(plan: SearchPlan, search: SearchRecord, started: float) -> None:
         # Finished trials stay finished; unfinished and errored ones continue from their checkpoints.
         tuner = tune.Tuner.restore(plan.experiment_dir, trainable=make_trainable(preset), resume_unfinished=True, resume_errored=True)
     else:
-        deadline = (ConfirmationDeadline(settings.deadline_s, IICConfig.from_dict(preset.config), settings, OBJECTIVES[settings.objective],
+        deadline = (ConfirmationDeadline(settings.deadline_s, settings, OBJECTIVES[settings.objective],
                                          started) if settings.deadline_s else None)
         logger = MLflowTrialLogger(search, report_path, time_budget_s=settings.time_budget_s, deadline=deadline)
         tuner = build_tuner(preset, args, plan.name, plan.storage_path, logger, plan.warm_points, plan.trial_seeds)
