@@ -639,6 +639,7 @@ def test_a_screening_run_stopped_early_is_its_truncated_configs_run(tiny_config,
         stopped.run_epoch()
     truncated = config.truncated(stopped_after).validate(check_data=False)
     assert truncated.screen_epochs == stopped_after and truncated.screen_cut_epochs == (1 if stopped_after > 1 else 0)
+
     def trajectory(history):  # what was trained and measured, not how long it took or whether it ended
         return [{key: value for key, value in m.items() if key not in ("epoch_seconds", "status")} for m in history]
 
