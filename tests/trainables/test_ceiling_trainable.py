@@ -46,7 +46,11 @@ def test_a_retried_trial_resumes_from_its_checkpoint(ray_session, tmp_path, tiny
 
     result = _fit(tmp_path, crash_after_one_epoch, _trial_config(tiny_config), "retried", retries=1)
     assert result.error is None
-    assert list(result.metrics_dataframe["epoch"]) == [1, 2]  # epoch 1 not trained again
+    history = result.metrics_dataframe
+    # Epoch 1 not trained again: the retry's first report is epoch 2, Tune's iteration 2 (a retry from
+    # scratch would report epoch 1 there). The first attempt's row may be missing: Ray rebuilds a
+    # retried trial's result file from its last synced copy (seen once in three runs).
+    assert list(history["epoch"])[-1] == 2 and list(history["epoch"]) == list(history["training_iteration"])
     with result.checkpoint.as_directory() as folder:
         state = torch.load(f"{folder}/{CHECKPOINT_FILE}", weights_only=False)
     assert [m["epoch"] for m in state["history"]] == [1, 2] and result.metrics["status"] == "completed"
