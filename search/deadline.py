@@ -26,7 +26,7 @@ from search.mlflow_runs import result_epoch
 from search.space import SearchDefaults
 
 # A confirmation epoch took this much longer, per model, than the search's own epochs of the same
-# config on 2 cores (measured 1.05 on 2026-11-28 and 1.32 on 2026-12-03: README, The default search).
+# config on 2 cores (measured 1.05 on 2026-11-28, 1.32 and about 1.05 on 2026-12-03: README, The default search).
 CONFIRMATION_SLOWDOWN = 1.3
 
 
