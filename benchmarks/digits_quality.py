@@ -24,7 +24,8 @@ default with batch 32, without deciding anything; 1200-1219 chose where screenin
 (benchmarks/screening.py, README) and 1220-1229 reported the digits default they kept and the search
 preset's five initialisations to epoch 10; 1230-1239 reported the digits default again; 1240-1249 decided
 the search preset's six initialisations picked at epoch 3 against five at epoch 10 (README, The default
-search), and 1260-1269 decide the preset's 40 epochs against 30 (the rule is in README, The default search); the default reports on 1250-1259 (1100-1109 decided Sobel for digits; 1050-1059 are mnist5k's: 1050-1054 decided its 40
+search), 1260-1269 its 40 epochs against 30 (not adopted; README, The default search), and 1270-1279 are
+the next choice's report; the default reports on 1250-1259 (1100-1109 decided Sobel for digits; 1050-1059 are mnist5k's: 1050-1054 decided its 40
 epochs, 1055-1059 and 1090-1099 reported it; its next report uses 1120-1129; benchmarks/defaults_device.sh
 reports on 1070-1089).
 """
