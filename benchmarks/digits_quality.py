@@ -14,7 +14,7 @@ beside that pick and the best of the three by labels, the k-means baseline on ra
 Seeds used to choose the defaults, and so never to report them: 0, 1, 2 (the sweeps README
 describes) and 100-109 (benchmarks/default_sweep.py on a GPU, 2026-11-27; 100-104 also chose the
 90-epoch candidate; the consensus of seeds, iic.consensus, self-labelling, benchmarks/self_label.py,
-twin neighbours and Sobel were chosen or dropped on them, as were shear, crop strength and lamb for the search
+twin neighbours and Sobel were chosen or dropped on them, as were shear, crop strength, lamb and repeats for the search
 preset (benchmarks/screening.py), and benchmarks/readouts.py diagnosed
 read-outs on them). Seeds 1000-1019, 1020-1029, 1030-1039, 1040-1049, 1060-1069 and 1100-1109 reported
 candidates whose adoption a rule written beforehand then decided on them (README, Results), as
