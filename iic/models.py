@@ -20,7 +20,6 @@ import pickle
 from pathlib import Path
 
 import torch
-import torchvision
 from torch import nn
 
 from iic.pretrained import PRETRAINED_CHANNELS, WeightsError, weights_file
@@ -65,6 +64,8 @@ class ResNet(nn.Module):
 
     def __init__(self, in_channels: int, input_size: int, weights_path: str | Path | None = None):
         super().__init__()
+        import torchvision  # imported here, as in iic.pretrained: ~1.5 s that only the ResNets need
+
         net = torchvision.models.get_model(self.architecture, weights=None)
         if input_size < RESNET_SMALL_STEM_BELOW:
             net.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)

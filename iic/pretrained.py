@@ -18,11 +18,11 @@ from urllib.parse import urlparse
 
 import torch
 from torch import nn
-from torchvision.models import ResNet18_Weights, ResNet50_Weights
 
 IMAGENET = "imagenet"  # the backbone_weights value that asks for these weights
-# ResNet18 has one set; for ResNet50 torchvision's newer recipe (80.9% top-1 against V1's 76.1%).
-IMAGENET_WEIGHTS = {"resnet18": ResNet18_Weights.IMAGENET1K_V1, "resnet50": ResNet50_Weights.IMAGENET1K_V2}
+# torchvision's names of the weights. ResNet18 has one set; for ResNet50 torchvision's newer recipe
+# (80.9% top-1 against V1's 76.1%).
+IMAGENET_WEIGHTS = {"resnet18": "ResNet18_Weights.IMAGENET1K_V1", "resnet50": "ResNet50_Weights.IMAGENET1K_V2"}
 PRETRAINED_CHANNELS = 3  # what the weights' first layer reads: RGB
 
 
@@ -30,10 +30,19 @@ class WeightsError(ValueError):
     """Pretrained weights that cannot be had or do not fit; the message says how to fix it."""
 
 
+def imagenet_weights(backbone: str):
+    """torchvision's ``WeightsEnum`` member for the backbone's ImageNet weights (URL, transforms)."""
+    # Imported here: torchvision takes ~1.5 s to import (it loads torch's compiler), which every
+    # trial process would pay, and only the ResNet backbones need it.
+    from torchvision.models import get_weight
+
+    return get_weight(IMAGENET_WEIGHTS[backbone])
+
+
 def cache_file(backbone: str) -> Path:
     """Where torch keeps (and first looks for) the backbone's ImageNet weights: the cache folder
     and file name that ``torch.hub.load_state_dict_from_url`` give the weights' URL."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(IMAGENET_WEIGHTS[backbone].url).path).name
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(imagenet_weights(backbone).url).path).name
 
 
 def fetch_imagenet_weights(backbone: str) -> Path:
@@ -42,7 +51,7 @@ def fetch_imagenet_weights(backbone: str) -> Path:
     missing and cannot be downloaded."""
     path = cache_file(backbone)
     if not path.is_file():
-        weights = IMAGENET_WEIGHTS[backbone]
+        weights = imagenet_weights(backbone)
         try:
             weights.get_state_dict(progress=False, check_hash=True)
         except OSError as err:  # urllib's URLError: no network, no DNS, refused
@@ -73,7 +82,7 @@ class ImageNetInput(nn.Module):
 
     def __init__(self, backbone: str):
         super().__init__()
-        transforms = IMAGENET_WEIGHTS[backbone].transforms()
+        transforms = imagenet_weights(backbone).transforms()
         self.register_buffer("mean", torch.tensor(transforms.mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(transforms.std).view(1, -1, 1, 1), persistent=False)
 

@@ -128,6 +128,7 @@ def run_confirmation(candidates: list[Candidate], seeds: list[int], preset: Pres
         tune_config=tune.TuneConfig(
             search_alg=BasicVariantGenerator(points_to_evaluate=points, max_concurrent=search.max_concurrent),
             num_samples=len(points), trial_dirname_creator=trial_dirname,
+            reuse_actors=True,  # as in the search: a candidate waiting for a slot skips the start-up of a new process
         ),
         run_config=tune.RunConfig(
             name=name, storage_path=storage_path, callbacks=[logger], progress_reporter=progress_reporter(preset),

@@ -208,6 +208,8 @@ def tpe_with_asha(preset: Preset, seed: int, warm_points: list[dict], trial_seed
         search_alg=ConcurrencyLimiter(searcher, max_concurrent=search.max_concurrent),
         scheduler=scheduler, num_samples=search.num_samples, time_budget_s=search.time_budget_s,
         trial_dirname_creator=trial_dirname,
+        # The next trial starts in the process the last one ended in, not a new one that imports torch again.
+        reuse_actors=True,
     )
     return tune_config, None, {"checkpoint_config": tune.CheckpointConfig(num_to_keep=2)}
 

@@ -8,7 +8,7 @@ from torchvision.transforms import functional as TF
 
 from iic.config import ConfigError, IICConfig
 from iic.models import build_backbone
-from iic.pretrained import IMAGENET_WEIGHTS, ImageNetInput, cache_file, main
+from iic.pretrained import ImageNetInput, imagenet_weights, cache_file, main
 
 
 @pytest.fixture
@@ -32,7 +32,7 @@ def test_imagenet_weights_offline_are_refused_before_any_compute_naming_both_way
     message = str(caught.value)
     assert cache_file("resnet18") == offline / "resnet18-f37072fd.pth"
     assert f"to {offline / 'resnet18-f37072fd.pth'}" in message  # the file to pre-fill
-    assert IMAGENET_WEIGHTS["resnet18"].url in message  # and where to get it
+    assert imagenet_weights("resnet18").url in message  # and where to get it
     assert "backbone_weights: /path/to/state_dict.pt" in message  # or a local file
     assert "Network is unreachable" in message
     assert not (offline / "resnet18-f37072fd.pth").exists()
@@ -61,7 +61,7 @@ def test_prefetch_command_lists_cached_files_and_names_the_missing_ones(offline,
 
 
 def test_inputs_become_three_channels_normalised_as_the_weights_were_trained():
-    transforms = IMAGENET_WEIGHTS["resnet18"].transforms()
+    transforms = imagenet_weights("resnet18").transforms()
     rgb = torch.rand(4, 3, 8, 8)
     assert torch.allclose(ImageNetInput("resnet18")(rgb), TF.normalize(rgb, transforms.mean, transforms.std))
     grey = torch.rand(4, 1, 8, 8)

@@ -1,6 +1,9 @@
 """The search CLI end to end, on a real local Ray and a real MLflow SQLite store."""
 
+import json
+
 import pytest
+import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
@@ -8,9 +11,11 @@ from iic.config import IICConfig
 from iic.seeds import draw_seeds
 from search.confirm import confirmation_seeds
 from search.confirm import main as confirm_main
+from search.export import export_best
 import search.run
 from search.run import main
 from search.mlflow_runs import CONFIRMS_TAG, PARENT_TAG, ROLE_TAG, STATUS_TAG, TRIAL_TAG
+from iic.train import main as train_main
 
 # One seed per trial, no screening of initialisations (the preset's at epoch 10 needs longer trials)
 # and no confirmation stage, unless a test is about them: tests stay fast.
@@ -34,6 +39,13 @@ def _runs(tmp_path, experiment="iic-digits"):
     trials = [r for r in runs if r.data.tags.get(ROLE_TAG) == "trial"]
     parents = [r for r in runs if r.data.tags.get(ROLE_TAG) == "search"]
     return client, experiment, trials, parents
+
+
+def _worker_pid(tmp_path, trial_id: str, experiment="iic-digits") -> int:
+    """The process a trial trained in, from Tune's results."""
+    [path] = (tmp_path / "ray" / experiment).glob(f"*{trial_id}*/result.json")
+    [pid] = {json.loads(line)["pid"] for line in path.read_text().splitlines() if line.strip()}
+    return pid
 
 
 @pytest.mark.slow
@@ -67,6 +79,21 @@ def test_small_search_records_every_trial_in_mlflow(ray_session, tmp_path, state
         assert not any(key.startswith("config") or key in params for key in run.data.metrics)
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert {"config.yaml", "confusion_matrix.png", "cluster_gallery.png"} <= artifacts
+    # The trials (two CPUs each: one at a time) took turns in one worker process, and a trial there
+    # trains as in a new one: the last one's export retrains to its figures
+    last = max(trials, key=lambda r: r.info.start_time)
+    assert _worker_pid(tmp_path, last.data.tags[TRIAL_TAG]) in {_worker_pid(tmp_path, r.data.tags[TRIAL_TAG]) for r in trials if r is not last}
+    exported = export_best(f"sqlite:///{tmp_path}/mlflow.db", "iic-digits", top=3, out=tmp_path / "best")
+    [path] = [p for p in exported if p.stem.endswith(last.data.tags[TRIAL_TAG])]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # as the trial trained (two CPUs: two threads): the same sums in the same order
+    try:
+        assert train_main(["--config", str(path), "--seeds", *map(str, search_seeds), "--out", str(tmp_path / "replay")]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    replayed = json.loads((tmp_path / "replay" / "metrics.json").read_text())
+    assert replayed["cluster_accuracy"] == pytest.approx(last.data.metrics["cluster_accuracy"], abs=1e-6)
+    assert replayed["loss"] == pytest.approx(last.data.metrics["loss"], abs=1e-5)
     # the confirmation stage: the two best distinct configs again, on two seeds the search never used
     runs = client.search_runs([experiment.experiment_id])
     confirms = [r for r in runs if r.data.tags.get(ROLE_TAG) == "confirm"]
