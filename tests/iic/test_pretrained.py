@@ -8,7 +8,7 @@ from torchvision.transforms import functional as TF
 
 from iic.config import ConfigError, IICConfig
 from iic.models import build_backbone
-from iic.pretrained import ImageNetInput, imagenet_weights, cache_file, main
+from iic.pretrained import ImageNetInput, cache_file, imagenet_weights, main
 
 
 @pytest.fixture

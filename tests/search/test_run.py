@@ -9,13 +9,13 @@ from mlflow.tracking import MlflowClient
 
 from iic.config import IICConfig
 from iic.seeds import draw_seeds
+from iic.train import main as train_main
 from search.confirm import confirmation_seeds
 from search.confirm import main as confirm_main
 from search.export import export_best
 import search.run
 from search.run import main
 from search.mlflow_runs import CONFIRMS_TAG, PARENT_TAG, ROLE_TAG, STATUS_TAG, TRIAL_TAG
-from iic.train import main as train_main
 
 # One seed per trial, no screening of initialisations (the preset's at epoch 10 needs longer trials)
 # and no confirmation stage, unless a test is about them: tests stay fast.
