@@ -1,7 +1,11 @@
+import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
+
+from iic.train import main as train_main
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -35,3 +39,21 @@ def eager_preset(tmp_path) -> list[str]:
         preset["pbt"]["perturbation_interval"] = 1
         preset["search"]["time_budget_s"] = preset["search"]["deadline_s"] = None
     return edited_digits_preset(tmp_path, edit)
+
+
+@pytest.fixture
+def replay():
+    """``replay(config, seeds, threads, out)``: an exported config retrained, as a trial trained it."""
+    return replayed_metrics
+
+
+def replayed_metrics(config: Path, seeds: list[int], threads: int, out: Path) -> dict:
+    """The metrics of ``python -m iic.train --config config --seeds ...``, with torch at the
+    ``threads`` its trial trained with (Ray gives a trial one per CPU): the same sums in the same order."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        assert train_main(["--config", str(config), "--seeds", *map(str, seeds), "--out", str(out)]) == 0
+    finally:
+        torch.set_num_threads(before)
+    return json.loads((out / "metrics.json").read_text())

@@ -7,14 +7,12 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 from mlflow.tracking import MlflowClient
 from ray import tune
 from ray.tune.schedulers import PopulationBasedTraining
 
 from iic.config import IICConfig
 from iic.seeds import screening_candidates
-from iic.train import main as train_main
 from search.export import export_best
 from search.run import StalledPopulation, main
 from search.mlflow_runs import ROLE_TAG, STATUS_TAG, TRIAL_TAG
@@ -33,7 +31,7 @@ def state_dir(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_pbt_search_records_schedules_that_export_replays(ray_session, tmp_path, state_dir, eager_preset, capsys):
+def test_pbt_search_records_schedules_that_export_replays(ray_session, tmp_path, state_dir, eager_preset, capsys, replay):
     # Each seed screens two initialisations until epoch 2: a trial may take over a checkpoint saved
     # while screening (epoch 1) or after the pick (epoch 2), and its export still replays.
     screening = ["--set", "screen_inits=2", "--set", "screen_epochs=2"]
@@ -67,13 +65,7 @@ def test_pbt_search_records_schedules_that_export_replays(ray_session, tmp_path,
     history = {name: {m.step: m.value for m in client.get_metric_history(run.info.run_id, f"schedule.{name}")} for name in ("lr", "lamb")}
     assert config.values_at(3)["lr"] == history["lr"][3] and config.values_at(3)["lamb"] == history["lamb"][3]
     seeds = json.loads(run.data.params["seeds"])
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as the trial trained (half a CPU: one thread): the same sums in the same order
-    try:
-        assert train_main(["--config", str(path), "--seeds", *map(str, seeds), "--out", str(tmp_path / "replay")]) == 0
-    finally:
-        torch.set_num_threads(threads)
-    replayed = json.loads((tmp_path / "replay" / "metrics.json").read_text())
+    replayed = replay(path, seeds, threads=1, out=tmp_path / "replay")  # half a CPU: one thread
     assert replayed["epochs"] == 3
     assert replayed["cluster_accuracy"] == pytest.approx(run.data.metrics["cluster_accuracy"], abs=1e-6)
     assert replayed["loss"] == pytest.approx(run.data.metrics["loss"], abs=1e-5)

@@ -3,13 +3,11 @@
 import json
 
 import pytest
-import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
 from iic.config import IICConfig
 from iic.seeds import draw_seeds
-from iic.train import main as train_main
 from search.confirm import confirmation_seeds
 from search.confirm import main as confirm_main
 from search.export import export_best
@@ -49,7 +47,7 @@ def _worker_pid(tmp_path, trial_id: str, experiment="iic-digits") -> int:
 
 
 @pytest.mark.slow
-def test_small_search_records_every_trial_in_mlflow(ray_session, tmp_path, state_dir, capsys):
+def test_small_search_records_every_trial_in_mlflow(ray_session, tmp_path, state_dir, capsys, replay):
     extra = ["--num-samples", "3", "--max-concurrent", "2", "--seeds-per-trial", "2", "--confirm-top", "2", "--confirm-seeds", "2", "--seed", "5"]
     assert main(_args(tmp_path, *extra)) == 0
     client, experiment, trials, parents = _runs(tmp_path)
@@ -85,13 +83,7 @@ def test_small_search_records_every_trial_in_mlflow(ray_session, tmp_path, state
     assert _worker_pid(tmp_path, last.data.tags[TRIAL_TAG]) in {_worker_pid(tmp_path, r.data.tags[TRIAL_TAG]) for r in trials if r is not last}
     exported = export_best(f"sqlite:///{tmp_path}/mlflow.db", "iic-digits", top=3, out=tmp_path / "best")
     [path] = [p for p in exported if p.stem.endswith(last.data.tags[TRIAL_TAG])]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)  # as the trial trained (two CPUs: two threads): the same sums in the same order
-    try:
-        assert train_main(["--config", str(path), "--seeds", *map(str, search_seeds), "--out", str(tmp_path / "replay")]) == 0
-    finally:
-        torch.set_num_threads(threads)
-    replayed = json.loads((tmp_path / "replay" / "metrics.json").read_text())
+    replayed = replay(path, search_seeds, threads=2, out=tmp_path / "replay")  # two CPUs: two threads
     assert replayed["cluster_accuracy"] == pytest.approx(last.data.metrics["cluster_accuracy"], abs=1e-6)
     assert replayed["loss"] == pytest.approx(last.data.metrics["loss"], abs=1e-5)
     # the confirmation stage: the two best distinct configs again, on two seeds the search never used
