@@ -79,7 +79,7 @@ def main() -> None:
     if args.epochs:
         config = config.replace(epochs=args.epochs)
     config.validate()
-    print(f"{config.dataset}: {config.backbone} (width {config.backbone_width}), sobel {config.sobel}, {config.epochs} epochs, "
+    print(f"{config.dataset} at {config.input_size} px: {config.backbone} (width {config.backbone_width}), sobel {config.sobel}, {config.epochs} epochs, "
           f"{config.num_subheads} sub-heads, no screening; seeds {args.seeds}; torch threads {torch.get_num_threads()}")
     report_at = {*args.report_epochs, config.epochs}
 

@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"consensus policies need the soft assignments {probabilities_path(args.load)}, which {args.load} was saved "
                      f"without: train again with a consensus policy and --save, or drop the consensus policies")
     config.validate()
-    print(f"{config.dataset}: {config.backbone} (width {config.backbone_width}), sobel {config.sobel}, {config.epochs} epochs, "
+    print(f"{config.dataset} at {config.input_size} px: {config.backbone} (width {config.backbone_width}), sobel {config.sobel}, {config.epochs} epochs, "
           f"no screening while training; seeds {args.seeds}; torch threads {torch.get_num_threads()}")
     started = time.perf_counter()
     if args.load:

@@ -173,8 +173,8 @@ def test_warm_start_evaluates_the_given_configs_first_then_the_presets_own(ray_s
         (["--resume"], "no search to resume"),
         (["--warm-start", "/no/such/folder"], "no \\*.yaml configs there"),
         (["--set", "dataset=har", "--set", "data_root=/no/har"], "/no/har"),
-        # --epochs 2 leaves no epoch after a screening of 3: refused, naming both ways out
-        (["--set", "screen_inits=2"], "screen_epochs: must be from 1 to epochs = 2 \\(got 3\\).*screen_inits: 1"),
+        # --epochs 2 leaves no epoch after the config's screening: refused, naming both ways out
+        (["--set", "screen_inits=2"], "screen_epochs: must be from 1 to epochs = 2 \\(got 20\\).*screen_inits: 1"),
     ],
 )
 def test_bad_input_fails_fast_with_a_clear_message(ray_session, tmp_path, state_dir, capsys, extra, message):
