@@ -324,6 +324,36 @@ def test_setup_environment_reaches_later_commands(config, tmp_path, node):
     assert (home / ".bashrc").read_text().count(".iic-search.env") == 1
 
 
+def _worker_home_after_setup(config: dict, home: Path) -> None:
+    """``home`` as a GPU worker's is once `ray up` ran its setup commands (the env file, the venv's activate)."""
+    (home / "iic-venv" / "bin").mkdir(parents=True)
+    (home / "iic-venv" / "bin" / "activate").write_text('export VIRTUAL_ENV="$HOME/iic-venv"\n')
+    (home / ".bashrc").write_text(UBUNTU_BASHRC)
+    for command in prepare_and_validate(config)["worker_setup_commands"]:
+        if ".iic-search.env" in command:
+            assert run_like_ray(command, home).returncode == 0
+
+
+def test_gpu_workers_start_cuda_mps_by_default_and_still_join_without_it(config, tmp_path):
+    [mps_command] = [c for c in prepare_and_validate(config)["worker_start_ray_commands"] if "nvidia-cuda-mps-control" in c]
+    home = tmp_path / "home"
+    _worker_home_after_setup(config, home)
+    # NVIDIA's control program, as far as this command uses it: `-d` starts the daemon, stdin `quit` stops it.
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    (tools / "nvidia-cuda-mps-control").write_text(f'#!/bin/sh\necho "${{1:-$(cat)}}" >> {tmp_path}/mps_calls\n')
+    (tools / "nvidia-cuda-mps-control").chmod(0o755)
+
+    on_path = f"export PATH={tools}:$PATH; "  # after the login shell's profile has set PATH
+    started = run_like_ray(on_path + mps_command, home)
+    assert started.returncode == 0, started.stderr
+    assert (tmp_path / "mps_calls").read_text().split() == ["quit", "-d"]  # an earlier daemon told to quit, then one started
+
+    (tools / "nvidia-cuda-mps-control").write_text("#!/bin/sh\nexit 1\n")  # an image whose driver has no MPS
+    failed = run_like_ray(on_path + mps_command, home)
+    assert failed.returncode == 0 and "CUDA MPS did not start" in failed.stderr
+
+
 # ---- what is copied --------------------------------------------------------------------------------
 
 

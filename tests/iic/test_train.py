@@ -474,6 +474,22 @@ def test_channels_last_trains_as_the_default_layout_does_and_resumes_without_it(
     assert _two_epochs_then_resumed_in_eager(config.replace(channels_last=True), tmp_path) == pytest.approx(expected, abs=1e-4)
 
 
+@pytest.mark.parametrize("freeze_backbone", [True, False])
+def test_channels_last_gives_a_pretrained_resnet18_the_same_outputs_and_loss(frozen_config, freeze_backbone):
+    # The GPU presets set channels_last for their ResNet18 (pretrained, frozen or fine-tuned). Whole
+    # epochs are not compared: fine-tuned, one Adam step turns rounding into steps of ±lr on weights
+    # whose gradient is nearly zero.
+    config = frozen_config.replace(freeze_backbone=freeze_backbone, twin_neighbours=3)
+    plain, fast = Trainer(config), Trainer(config.replace(channels_last=True))
+    for expected, got in zip(plain._predict(held_out_views=False), fast._predict(held_out_views=False)):
+        assert torch.allclose(got, expected, atol=1e-5)
+    batches = torch.arange(config.batch_size).unsqueeze(0)
+    losses = [trainer.step(*trainer.make_views(trainer.images[batches], trainer.images[trainer.twin_sources(batches)]), "main")
+              for trainer in (plain, fast)]
+    assert torch.allclose(losses[1], losses[0], atol=1e-5)
+    assert fast.run_epoch()["status"] == "running"
+
+
 @pytest.mark.slow  # compiling takes 15-50 s on 2 cores
 def test_a_compiled_training_step_trains_as_eager_does_and_resumes_without_it(tiny_config, tmp_path):
     config = tiny_config.replace(epochs=3, overcluster_k=20)
