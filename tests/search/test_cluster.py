@@ -8,6 +8,7 @@ trial worker killed mid-training, and a worker node lost mid-search.
 """
 
 import collections
+import itertools
 import json
 import os
 import signal
@@ -134,6 +135,18 @@ def _tune_results(tmp_path, trial_id) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def _preset_without_early_stopping(tmp_path: Path, epochs: int) -> Path:
+    """The digits preset whose trials all train ``epochs`` epochs (ASHA's grace period): long enough
+    (a few seconds) to see two of them train on one GPU at once."""
+    preset = yaml.safe_load((ROOT / "search" / "presets" / "digits.yaml").read_text())
+    preset["extends"] = str((ROOT / "search" / "presets" / preset["extends"]).resolve())
+    preset["search"]["grace_period"] = epochs
+    path = tmp_path / "preset" / "digits.yaml"  # named as the bundled one: the same experiment, iic-digits
+    path.parent.mkdir()
+    path.write_text(yaml.safe_dump(preset))
+    return path
+
+
 def test_search_from_zero_workers_waits_for_nodes_then_packs_two_half_gpu_trials_per_gpu(cluster, tmp_path):
     assert not cluster.worker_nodes  # a head without CPUs or GPUs: no trial fits yet
     # The driver runs on the head, where `ray up` leaves the launcher's config: cluster.yaml, with
@@ -143,7 +156,8 @@ def test_search_from_zero_workers_waits_for_nodes_then_packs_two_half_gpu_trials
     launcher = yaml.safe_load((ROOT / "cluster.yaml").read_text())
     launcher["available_node_types"]["gpu_worker"].update(resources={"CPU": 2, "GPU": 1}, max_workers=2)
     (home / "ray_bootstrap_config.yaml").write_text(json.dumps(launcher))
-    driver = subprocess.Popen(_command(cluster, tmp_path, "--num-samples", "4", "--max-concurrent", "4", "--epochs", "6"),
+    driver = subprocess.Popen(_command(cluster, tmp_path, "--config", str(_preset_without_early_stopping(tmp_path, epochs=20)),
+                                       "--num-samples", "4", "--max-concurrent", "4", "--epochs", "20"),
                               env={**_env(tmp_path), "HOME": str(home), **_token_outside(home)}, cwd=tmp_path, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True)
     _wait_for(lambda: (tmp_path / "ray" / "iic-digits").is_dir(), driver, "the search to start")  # accepted
@@ -156,9 +170,15 @@ def test_search_from_zero_workers_waits_for_nodes_then_packs_two_half_gpu_trials
     assert len(runs) == 4 and all(r.info.status == "FINISHED" for r in runs)
     for run in runs:
         _assert_every_epoch_once(client, run)
-    nodes = collections.Counter(r.data.tags["iic.node_id"] for r in runs)
-    workers = {node.node_id for node in cluster.worker_nodes}
-    assert set(nodes) == workers and set(nodes.values()) == {2}, nodes  # two trials on each node's one GPU
+    seconds = collections.defaultdict(list)  # node -> the seconds (Tune's timestamps) each of its trials logged epochs in
+    for run in runs:
+        seconds[run.data.tags["iic.node_id"]].append({m.timestamp // 1000 for m in client.get_metric_history(run.info.run_id, "loss")})
+    assert set(seconds) == {node.node_id for node in cluster.worker_nodes}, seconds  # both nodes that joined trained trials
+    # Two half-GPU trials trained on one node's one GPU at once: trials one after another share at most
+    # the second in which one ends and the next starts. (Not necessarily two on each node: the node that
+    # joins first may run a third before the other is up.)
+    assert any(len(first & second) >= 2 for node_seconds in seconds.values()
+               for first, second in itertools.combinations(node_seconds, 2)), seconds
     assert {r.data.tags["iic.gpu_ids"] for r in runs} == {"0"}
 
 
