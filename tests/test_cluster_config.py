@@ -299,20 +299,26 @@ def run_like_ray(command: str, home: Path) -> subprocess.CompletedProcess:
     return subprocess.run(["bash", "-c", remote], env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60)
 
 
-@pytest.mark.parametrize("node", ["head", "worker"])
-def test_setup_environment_reaches_later_commands(config, tmp_path, node):
+def _home_after_setup(config: dict, home: Path, node: str, times: int = 1) -> None:
+    """``home`` as a ``node``'s ("head" or "worker") is once `ray up` ran its setup commands ``times``
+    times: the env file written and sourced from ~/.bashrc, beside the venv's activate."""
     prepared = prepare_and_validate(config)
     setup = prepared["head_setup_commands" if node == "head" else "worker_setup_commands"]
     env_commands = [command for command in setup if ".iic-search.env" in command]
     assert env_commands, "no setup command writes ~/.iic-search.env"
-    home = tmp_path / "home"
     (home / "iic-venv" / "bin").mkdir(parents=True)
     (home / "iic-venv" / "bin" / "activate").write_text('export VIRTUAL_ENV="$HOME/iic-venv"\n')  # what uv venv makes
     (home / ".bashrc").write_text(UBUNTU_BASHRC)
-    for _ in range(2):  # `ray up` reruns setup: the result must not pile up
+    for _ in range(times):
         for command in env_commands:
             result = run_like_ray(command, home)
             assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("node", ["head", "worker"])
+def test_setup_environment_reaches_later_commands(config, tmp_path, node):
+    home = tmp_path / "home"
+    _home_after_setup(config, home, node, times=2)  # `ray up` reruns setup: the result must not pile up
 
     probe = run_like_ray('echo "$IIC_S3|$IIC_STORAGE_PATH|$MLFLOW_TRACKING_URI|$VIRTUAL_ENV"', home)
     assert probe.returncode == 0, probe.stderr
@@ -324,20 +330,10 @@ def test_setup_environment_reaches_later_commands(config, tmp_path, node):
     assert (home / ".bashrc").read_text().count(".iic-search.env") == 1
 
 
-def _worker_home_after_setup(config: dict, home: Path) -> None:
-    """``home`` as a GPU worker's is once `ray up` ran its setup commands (the env file, the venv's activate)."""
-    (home / "iic-venv" / "bin").mkdir(parents=True)
-    (home / "iic-venv" / "bin" / "activate").write_text('export VIRTUAL_ENV="$HOME/iic-venv"\n')
-    (home / ".bashrc").write_text(UBUNTU_BASHRC)
-    for command in prepare_and_validate(config)["worker_setup_commands"]:
-        if ".iic-search.env" in command:
-            assert run_like_ray(command, home).returncode == 0
-
-
 def test_gpu_workers_start_cuda_mps_by_default_and_still_join_without_it(config, tmp_path):
     [mps_command] = [c for c in prepare_and_validate(config)["worker_start_ray_commands"] if "nvidia-cuda-mps-control" in c]
     home = tmp_path / "home"
-    _worker_home_after_setup(config, home)
+    _home_after_setup(config, home, "worker")
     # NVIDIA's control program, as far as this command uses it: `-d` starts the daemon, stdin `quit` stops it.
     tools = tmp_path / "bin"
     tools.mkdir()
