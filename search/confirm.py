@@ -21,6 +21,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import pandas as pd
 import ray
@@ -36,10 +37,11 @@ from iic.seeds import LABEL_FREE_PICK, draw_seeds
 from search.driver import (
     SearchError, code_version, trial_dirname, default_storage_path, default_tracking_uri, make_trainable, progress_reporter, resolve_storage_path, set_driver_environment, start_ray, state_dir,
 )
+from search.challenger import Margin, figures_from_metrics, start_ahead_of_noise
 from search.ranking import best_first, trial_status
 from search.records import RecordsError, connect, find_experiment_id, only_search, ranked_runs, retrainable_config, runs_of_search, search_run, seeds_param, trial_runs
 from search.space import COLLAPSE_SETTINGS, OBJECTIVES, Preset, SearchDefaults
-from search.mlflow_runs import CONFIRM_ROLE, TRIAL_TAG, SearchRecord
+from search.mlflow_runs import CONFIRM_ROLE, START_TRIAL_TAG, TRIAL_TAG, SearchRecord
 from search.tracking import MLflowTrialLogger
 from trainables.iic_trainable import SEEDS_KEY, SOURCE_KEY, trial_config_values, trial_iic_config, trial_seeds
 
@@ -70,22 +72,56 @@ class Confirmation:
         return self.metrics.get(objective)
 
 
-def candidates_from_results(results, objective: str, statuses: dict[str, str], top: int) -> list[Candidate]:
-    """The ``top`` best distinct configs among a search's trials (by the shared ranking rule)."""
+@dataclass
+class Choice:
+    """What a search's trials put forward for confirmation: the ``top`` distinct configs, best
+    first, with the start config ahead of trials that beat it by less than the seed noise; the
+    trial of the start config, and that margin (None: the plain ranking)."""
+
+    candidates: list[Candidate]
+    start_trial_id: str | None = None
+    margin: Margin | None = None
+    best_trial_id: str | None = None  # the best by the search's own figures, before the margin
+
+    def note(self) -> str | None:
+        """Why the start config is confirmed though a trial read higher on the search's seeds."""
+        if self.margin is None or not self.candidates or self.candidates[0].trial_id != self.start_trial_id or self.best_trial_id == self.start_trial_id:
+            return None
+        return (f"no trial beat the start config (trial {self.start_trial_id}) by more than the seed noise: "
+                f"the best, trial {self.best_trial_id}, fell within the margin of {self.margin.describe()}")
+
+
+def distinct_candidates(ranked: list, candidate: Callable[[object], Candidate], top: int) -> list[Candidate]:
+    """The first ``top`` distinct configs of ``ranked``."""
+    chosen: list[Candidate] = []
+    for item in ranked:
+        found = candidate(item)
+        if all(found.config != kept.config for kept in chosen):
+            chosen.append(found)
+        if len(chosen) == top:
+            break
+    return chosen
+
+
+def candidates_from_results(results, objective: str, statuses: dict[str, str], top: int, start_config: IICConfig | None = None,
+                            challenger_margin: float = 0.0) -> Choice:
+    """The ``top`` best distinct configs among a search's trials (by the shared ranking rule); a
+    trial of ``start_config`` goes ahead of those that beat it by less than ``challenger_margin``
+    standard errors (search/challenger.py)."""
 
     def status(result) -> str:
         trial_id = (result.metrics or {}).get("trial_id")
         return statuses.get(trial_id) or trial_status(result.metrics, result.error is not None)
 
+    def config(result) -> IICConfig:
+        return trial_iic_config(result.config, result.metrics).truncated(int(result.metrics["epoch"]))
+
     ranked = best_first(list(results), lambda r: (r.metrics or {}).get(objective), status, OBJECTIVES[objective])
-    chosen: list[Candidate] = []
-    for result in ranked:
-        config = trial_iic_config(result.config, result.metrics).truncated(int(result.metrics["epoch"]))
-        if all(config != kept.config for kept in chosen):
-            chosen.append(Candidate(result.metrics["trial_id"], config, result.metrics[objective], trial_seeds(result.config)))
-        if len(chosen) == top:
-            break
-    return chosen
+    start = next((r for r in ranked if start_config is not None and trial_iic_config(r.config) == start_config), None)
+    reordered, found = start_ahead_of_noise(ranked, start, lambda r: figures_from_metrics(r.metrics, objective, len(trial_seeds(r.config))),
+                                            challenger_margin, OBJECTIVES[objective])
+    candidates = distinct_candidates(reordered, lambda r: Candidate(r.metrics["trial_id"], config(r), r.metrics[objective], trial_seeds(r.config)), top)
+    return Choice(candidates, start.metrics["trial_id"] if start else None, found, ranked[0].metrics["trial_id"] if ranked else None)
 
 
 def confirmation_seeds(search_seed: int, search_seeds: list[int], count: int) -> list[int]:
@@ -206,21 +242,37 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--storage-path", default=default_storage_path(), help="Ray Tune storage for the confirmation trials")
     parser.add_argument("--address", default=os.environ.get("RAY_ADDRESS"), help="Ray cluster to join (default: a local Ray)")
     parser.add_argument("--max-concurrent", type=int, default=1, help="confirmation trials at once")
+    parser.add_argument("--challenger-margin", type=float, help="standard errors by which a trial must beat the search's start config "
+                        "on the search's seeds to go ahead of it (0: the plain ranking; default: the search's own setting)")
     parser.add_argument("--cpus-per-trial", type=float, default=1.0)
     parser.add_argument("--gpus-per-trial", type=float, default=0.0)
     return parser.parse_args(argv)
 
 
-def candidates_from_runs(client: MlflowClient, tracking_uri: str, runs: list[Run], objective: str, top: int) -> list[Candidate]:
-    """The ``top`` best distinct configs among a search's recorded trial runs."""
-    chosen: list[Candidate] = []
-    for run, value in ranked_runs(runs, objective):
-        config = retrainable_config(client, tracking_uri, run, objective)
-        if all(config != kept.config for kept in chosen):
-            chosen.append(Candidate(run.data.tags[TRIAL_TAG], config, value, [int(s) for s in seeds_param(run)]))
-        if len(chosen) == top:
-            break
-    return chosen
+def candidates_from_runs(client: MlflowClient, tracking_uri: str, runs: list[Run], objective: str, top: int, start_trial_id: str | None = None,
+                         challenger_margin: float = 0.0) -> Choice:
+    """The ``top`` best distinct configs among a search's recorded trial runs; the run of trial
+    ``start_trial_id`` goes ahead of those that beat it by less than ``challenger_margin`` standard
+    errors (search/challenger.py)."""
+    ranked = [run for run, _ in ranked_runs(runs, objective)]
+    start = next((run for run in ranked if start_trial_id is not None and run.data.tags.get(TRIAL_TAG) == start_trial_id), None)
+    reordered, found = start_ahead_of_noise(ranked, start, lambda run: figures_from_metrics(run.data.metrics, objective, len(seeds_param(run))),
+                                            challenger_margin, OBJECTIVES[objective])
+
+    def candidate(run: Run) -> Candidate:
+        return Candidate(run.data.tags[TRIAL_TAG], retrainable_config(client, tracking_uri, run, objective), run.data.metrics[objective],
+                         [int(s) for s in seeds_param(run)])
+
+    return Choice(distinct_candidates(reordered, candidate, top), start_trial_id if start else None, found,
+                  ranked[0].data.tags[TRIAL_TAG] if ranked else None)
+
+
+def searched_margin(parent: Run, args: argparse.Namespace) -> float:
+    """The challenger margin: the command line's, else the one the search ran with (searches from
+    before it had one: none)."""
+    if args.challenger_margin is not None:
+        return args.challenger_margin
+    return float(parent.data.params.get("search.challenger_margin", 0.0))
 
 
 def confirming_preset(parent: Run, args: argparse.Namespace) -> Preset:
@@ -239,12 +291,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.top < 1 or args.seeds < 1:
             raise SearchError(f"--top and --seeds must be at least 1 (got {args.top} and {args.seeds})")
+        if args.challenger_margin is not None and not args.challenger_margin >= 0:
+            raise SearchError(f"--challenger-margin must be 0 or more standard errors (got {args.challenger_margin}); 0 ranks trials by their figures alone")
         client, tracking_uri = connect(args.tracking_uri)
         experiment_id = find_experiment_id(client, args.experiment)
         runs = runs_of_search(trial_runs(client, experiment_id), args.experiment, args.search)
         search = args.search or only_search(runs, args.experiment)
         parent = search_run(client, experiment_id, search)
-        candidates = candidates_from_runs(client, tracking_uri, runs, args.objective, args.top)
+        choice = candidates_from_runs(client, tracking_uri, runs, args.objective, args.top, parent.data.tags.get(START_TRIAL_TAG),
+                                      searched_margin(parent, args))
+        candidates = choice.candidates
         if not candidates:
             raise SearchError(f"none of the {len(runs)} trial runs of {search!r} counts (finished, not collapsed, diverged or failed)")
         preset = confirming_preset(parent, args)
@@ -258,6 +314,8 @@ def main(argv: list[str] | None = None) -> int:
     name = f"{search}-confirm-{time.strftime('%Y%m%d-%H%M%S')}"
     report = state_dir(name) / "mlflow_report.json"
     logger = MLflowTrialLogger(SearchRecord(tracking_uri, experiment_id, search, parent.info.run_id, code_version(), CONFIRM_ROLE), report)
+    if choice.note():
+        print(choice.note(), flush=True)
     print(f"confirming the best {len(candidates)} config(s) of {search!r} on {len(seeds)} fresh seeds ({' '.join(map(str, seeds))})", flush=True)
     results = run_confirmation(candidates, seeds, preset, name, storage_path, logger)
     confirmed = ranked_confirmations(confirmations(candidates, results, seeds, logged_statuses(report)), args.objective)

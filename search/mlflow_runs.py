@@ -43,6 +43,7 @@ STATUS_TAG = RESULT_TAGS["status"]
 ROLE_TAG = "iic.role"
 CONFIRMS_TAG = "iic.confirms"  # on a confirmation run: the trial whose config it retrains on fresh seeds
 ERROR_TAG = "iic.error"  # on a search run that failed: what went wrong
+START_TRIAL_TAG = "iic.start_trial_id"  # on a search run: the trial of the preset's own config (start_from_config)
 PARENT_TAG = "mlflow.parentRunId"
 MAX_PARAM_LENGTH = 6000
 MAX_BATCH_METRICS, MAX_BATCH_PARAMS = 1000, 100  # MLflow's limits per log_batch

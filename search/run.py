@@ -47,7 +47,7 @@ from search.driver import (
 from search.space import OBJECTIVES, SCHEDULERS, Preset, PresetError, available_presets
 from search.summary import summarise
 from search.ceiling import run_ceiling
-from search.mlflow_runs import CEILING_ROLE, CONFIRM_ROLE, STAGE_SUFFIXES, SearchRecord, fail_search_run, open_search_run, prepare_experiment
+from search.mlflow_runs import CEILING_ROLE, CONFIRM_ROLE, STAGE_SUFFIXES, START_TRIAL_TAG, SearchRecord, fail_search_run, open_search_run, prepare_experiment
 from search.reconcile import reconcile, restored_trials
 from search.tracking import MLflowTrialLogger
 from search.warm_start import load_warm_start
@@ -86,6 +86,8 @@ def build_parser(given_only: bool = False) -> argparse.ArgumentParser:
     parser.add_argument("--seeds-per-trial", type=int, help="seeds each trial trains its config on (mean reported; default: the preset's)")
     parser.add_argument("--confirm-top", type=int, help="distinct configs confirmed on fresh seeds after the search (0: none)")
     parser.add_argument("--confirm-seeds", type=int, help="fresh seeds each confirmed config trains on")
+    parser.add_argument("--challenger-margin", type=float, help="standard errors by which a trial must beat the preset's own config "
+                        "(start_from_config) on the search's seeds to be confirmed instead of it (0: the plain ranking; default: the preset's)")
     parser.add_argument("--ceiling", action="store_true", default=default(False),
                         help="also train the supervised ceiling (the same backbone on the labels) once, to read the search's accuracy against")
     parser.add_argument("--top", type=int, default=default(5), help="best trials to print at the end")
@@ -122,7 +124,8 @@ def load_preset(args: argparse.Namespace) -> Preset:
     search = preset.search
     flags = {"num_samples": "num_samples", "max_concurrent": "max_concurrent", "time_budget": "time_budget_s", "deadline": "deadline_s",
              "objective": "objective", "cpus_per_trial": "cpus_per_trial", "gpus_per_trial": "gpus_per_trial",
-             "seeds_per_trial": "seeds_per_trial", "confirm_top": "confirm_top", "confirm_seeds": "confirm_seeds", "scheduler": "scheduler"}
+             "seeds_per_trial": "seeds_per_trial", "confirm_top": "confirm_top", "confirm_seeds": "confirm_seeds", "scheduler": "scheduler",
+             "challenger_margin": "challenger_margin"}
     search = dataclasses.replace(search, **{field: getattr(args, flag) for flag, field in flags.items() if getattr(args, flag) is not None})
     pbt = preset.pbt if args.population is None else dataclasses.replace(preset.pbt, population=args.population)
     problems = []
@@ -154,6 +157,8 @@ def load_preset(args: argparse.Namespace) -> Preset:
                         "fix the seed with --seeds-per-trial 1, or drop it to let the search draw seeds")
     if search.confirm_top < 0 or (search.confirm_top and search.confirm_seeds < 1):
         problems.append(f"--confirm-top must be 0 or more, with --confirm-seeds at least 1 (got {search.confirm_top} and {search.confirm_seeds})")
+    if not search.challenger_margin >= 0:
+        problems.append(f"--challenger-margin must be 0 or more standard errors (got {search.challenger_margin}); 0 ranks trials by their figures alone")
     if problems:
         raise SearchError("invalid search:\n  " + "\n  ".join(problems))
     try:
@@ -376,6 +381,20 @@ def write_record(plan: SearchPlan) -> None:
         stream.write(json.dumps(plan.record(), indent=2).encode())
 
 
+def start_config(preset: Preset) -> IICConfig | None:
+    """The config of the search's first trial when it starts from the preset's own (TPE only)."""
+    return IICConfig.from_dict(preset.config) if preset.search.start_from_config and preset.search.scheduler != "pbt" else None
+
+
+def record_start_trial(tracking_uri: str, parent_run_id: str, choice) -> None:
+    """Which trial was the start config, so that ``search/confirm.py`` applies the same margin; and
+    why it is confirmed when a trial read higher (printed too)."""
+    if choice.start_trial_id is not None:
+        MlflowClient(tracking_uri).set_tag(parent_run_id, START_TRIAL_TAG, choice.start_trial_id)
+    if choice.note():
+        print(f"\n{choice.note()}", flush=True)
+
+
 def run_search(plan: SearchPlan, search: SearchRecord, started: float) -> None:
     """Tune's trials, the confirmation stage and the summary of a search whose parent run is open;
     ``started``: the driver's start (``time.monotonic()``), which a deadline counts from."""
@@ -399,7 +418,9 @@ def run_search(plan: SearchPlan, search: SearchRecord, started: float) -> None:
         tuner = build_tuner(preset, args, plan.name, plan.storage_path, logger, plan.warm_points, plan.trial_seeds)
     results = tuner.fit()
     statuses = logged_statuses(report_path)
-    candidates = candidates_from_results(results, settings.objective, statuses, max(settings.confirm_top, 1))
+    choice = candidates_from_results(results, settings.objective, statuses, max(settings.confirm_top, 1), start_config(preset), settings.challenger_margin)
+    record_start_trial(plan.tracking_uri, search.parent_run_id, choice)
+    candidates = choice.candidates
     confirmed = []
     if settings.confirm_top and candidates:
         seeds = confirmation_seeds(args.seed, plan.trial_seeds, settings.confirm_seeds)

@@ -106,6 +106,10 @@ class SearchDefaults:
     # search too short to explore then still ends no lower than the config it starts from. PBT's
     # population is drawn at random and ignores it.
     start_from_config: bool = False
+    # A trial is confirmed instead of that start config only when it beats it on the search's seeds
+    # by this many standard errors of the difference (seed sd pooled over the trials): the best of a
+    # dozen trials beats it by luck alone otherwise (search/challenger.py). 0: the plain ranking.
+    challenger_margin: float = 2.0
 
 
 @dataclass
