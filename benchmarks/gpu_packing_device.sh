@@ -8,7 +8,11 @@
 #         # and resnet18-64px at N = 1 8, plain / channels_last / CUDA graphs (compile_mode=reduce-overhead) / MPS,
 #         # after the CUDA tests of those settings (tests/iic/test_train.py -k cuda_speed)
 #     SPEEDUP_WORKLOADS="resnet18-64px 1 8;digits 1 16" SPEEDUP_VARIANTS="plain cuda_graphs mps" TOTAL_S=560 \
-#         bash benchmarks/gpu_packing_device.sh speedups     # which workloads ("NAME N1 N2", ';'-separated) and variants
+#         bash benchmarks/gpu_packing_device.sh speedups     # which workloads ("NAME N...", ';'-separated) and variants
+#     SPEEDUP_TESTS=0 SPEEDUP_WORKLOADS="resnet18-64px 4" SPEEDUP_VARIANTS="plain channels_last mps mps_channels_last plain" \
+#         TOTAL_S=400 bash benchmarks/gpu_packing_device.sh speedups
+#         # the presets' packing (4 a GPU) without the CUDA tests; a variant named twice runs twice (its
+#         # second window says how far one window can be trusted)
 #
 # Needs .whl/ (made here by `bash benchmarks/gpu_packing_wheels.sh`; the device call carries it):
 # the machine has torch and Ray's small dependencies but not Ray, jsonschema or pydantic. Installs
@@ -59,22 +63,31 @@ case "$PHASE" in
         ;;
     speedups)
         # The settings train as the default does on CUDA (CUDA graphs and NHWC kernels exist only there).
-        PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} timeout 150 python3 -m pytest -q -p no:cacheprovider \
-            tests/iic/test_train.py -k cuda_speed -rA 2>&1 | tail -8 | tee "$OUT/cuda_speed_tests.log"
+        if [[ ${SPEEDUP_TESTS:-1} != 0 ]]; then
+            PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} timeout 150 python3 -m pytest -q -p no:cacheprovider \
+                tests/iic/test_train.py -k cuda_speed -rA 2>&1 | tail -8 | tee "$OUT/cuda_speed_tests.log"
+        fi
         # Plain first: a later variant that runs out of TOTAL_S still has its baseline in this call.
         # Compiling happens in each trial's warm-up epoch, hence the longer warm-up timeout.
         IFS=';' read -ra workloads <<< "${SPEEDUP_WORKLOADS:-digits 1 16;resnet18-64px 1 8}"
         for workload in "${workloads[@]}"; do
             set -- $workload
+            name=$1
+            shift
+            declare -A times=()
             for variant in ${SPEEDUP_VARIANTS:-plain channels_last cuda_graphs mps}; do
+                times[$variant]=$(( ${times[$variant]:-0} + 1 ))
+                label=${variant}_$name$( (( times[$variant] > 1 )) && echo "_${times[$variant]}" )
                 case $variant in
-                    plain) run "plain_$1" --workloads "$1" --trials-per-gpu "$2" "$3" ;;
-                    channels_last) run "channels_last_$1" --workloads "$1" --trials-per-gpu "$2" "$3" --set channels_last=true ;;
-                    cuda_graphs) run "cuda_graphs_$1" --workloads "$1" --trials-per-gpu "$2" "$3" --set compile_mode=reduce-overhead --warmup-timeout 240 ;;
-                    mps) run "mps_$1" --mps --workloads "$1" --trials-per-gpu "$2" "$3" ;;
-                    *) echo "unknown variant $variant (plain channels_last cuda_graphs mps)" >&2; exit 2 ;;
+                    plain) run "$label" --workloads "$name" --trials-per-gpu "$@" ;;
+                    channels_last) run "$label" --workloads "$name" --trials-per-gpu "$@" --set channels_last=true ;;
+                    cuda_graphs) run "$label" --workloads "$name" --trials-per-gpu "$@" --set compile_mode=reduce-overhead --warmup-timeout 240 ;;
+                    mps) run "$label" --mps --workloads "$name" --trials-per-gpu "$@" ;;
+                    mps_channels_last) run "$label" --mps --workloads "$name" --trials-per-gpu "$@" --set channels_last=true ;;
+                    *) echo "unknown variant $variant (plain channels_last cuda_graphs mps mps_channels_last)" >&2; exit 2 ;;
                 esac
             done
+            unset times
         done
         ;;
     *)

@@ -107,13 +107,13 @@ def test_small_search_records_every_trial_in_mlflow(ray_session, tmp_path, state
     # 3 trials are too few for parameter importances to mean anything
     assert "optuna_importance.png" not in {a.path for a in client.list_artifacts(parent.info.run_id)}
     # the preset's own config trained first; a trial that beats it by less than two standard errors
-    # (seed sd pooled over the three trials, all of two epochs) is not the search's pick
+    # (the seeds' sd from the median of the trials' sds over two seeds, 0.674 of it) is not the search's pick
     start = min(trials, key=lambda r: r.info.start_time)
     assert parent.data.tags["iic.start_trial_id"] == start.data.tags[TRIAL_TAG]
     best = max(r.data.metrics["cluster_accuracy"] for r in trials)
-    pooled_sd = (sum(r.data.metrics["cluster_accuracy_sd"] ** 2 for r in trials) / 3) ** 0.5
+    seed_sd = sorted(r.data.metrics["cluster_accuracy_sd"] for r in trials)[1] / 0.6745
     start_value = start.data.metrics["cluster_accuracy"]
-    picked = best if best > start_value + 2 * pooled_sd else start_value
+    picked = best if best > start_value + 2 * seed_sd else start_value
     assert parent.data.metrics["best_cluster_accuracy"] == pytest.approx(picked)
     assert -1 <= parent.data.metrics.get("mi_accuracy_spearman", 0) <= 1
     out = capsys.readouterr().out
