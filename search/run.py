@@ -387,10 +387,15 @@ def start_config(preset: Preset) -> IICConfig | None:
 
 
 def record_start_trial(tracking_uri: str, parent_run_id: str, choice) -> None:
-    """Which trial was the start config, so that ``search/confirm.py`` applies the same margin; and
-    why it is confirmed when a trial read higher (printed too)."""
+    """Which trial was the start config, so that ``search/confirm.py`` applies the same margin; the
+    margin and the seed sd it rests on (``challenger_margin``, ``seed_sd``); and why the start
+    config is confirmed when a trial read higher (printed)."""
+    client = MlflowClient(tracking_uri)
     if choice.start_trial_id is not None:
-        MlflowClient(tracking_uri).set_tag(parent_run_id, START_TRIAL_TAG, choice.start_trial_id)
+        client.set_tag(parent_run_id, START_TRIAL_TAG, choice.start_trial_id)
+    if choice.margin is not None:
+        client.log_metric(parent_run_id, "challenger_margin", choice.margin.value)
+        client.log_metric(parent_run_id, "seed_sd", choice.margin.seed_sd)
     if choice.note():
         print(f"\n{choice.note()}", flush=True)
 

@@ -114,6 +114,8 @@ def test_small_search_records_every_trial_in_mlflow(ray_session, tmp_path, state
     seed_sd = sorted(r.data.metrics["cluster_accuracy_sd"] for r in trials)[1] / 0.6745
     start_value = start.data.metrics["cluster_accuracy"]
     picked = best if best > start_value + 2 * seed_sd else start_value
+    assert parent.data.metrics["seed_sd"] == pytest.approx(seed_sd, rel=1e-3)
+    assert parent.data.metrics["challenger_margin"] == pytest.approx(2 * seed_sd, rel=1e-3)
     assert parent.data.metrics["best_cluster_accuracy"] == pytest.approx(picked)
     assert -1 <= parent.data.metrics.get("mi_accuracy_spearman", 0) <= 1
     out = capsys.readouterr().out
