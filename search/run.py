@@ -47,7 +47,7 @@ from search.driver import (
 from search.space import OBJECTIVES, SCHEDULERS, Preset, PresetError, available_presets
 from search.summary import summarise
 from search.ceiling import run_ceiling
-from search.mlflow_runs import CEILING_ROLE, CONFIRM_ROLE, STAGE_SUFFIXES, START_TRIAL_TAG, SearchRecord, fail_search_run, open_search_run, prepare_experiment
+from search.mlflow_runs import CEILING_ROLE, CONFIRM_ROLE, STAGE_SUFFIXES, SearchRecord, fail_search_run, open_search_run, prepare_experiment
 from search.reconcile import reconcile, restored_trials
 from search.tracking import MLflowTrialLogger
 from search.warm_start import load_warm_start
@@ -386,20 +386,6 @@ def start_config(preset: Preset) -> IICConfig | None:
     return IICConfig.from_dict(preset.config) if preset.search.start_from_config and preset.search.scheduler != "pbt" else None
 
 
-def record_start_trial(tracking_uri: str, parent_run_id: str, choice) -> None:
-    """Which trial was the start config, so that ``search/confirm.py`` applies the same margin; the
-    margin and the seed sd it rests on (``challenger_margin``, ``seed_sd``); and why the start
-    config is confirmed when a trial read higher (printed)."""
-    client = MlflowClient(tracking_uri)
-    if choice.start_trial_id is not None:
-        client.set_tag(parent_run_id, START_TRIAL_TAG, choice.start_trial_id)
-    if choice.margin is not None:
-        client.log_metric(parent_run_id, "challenger_margin", choice.margin.value)
-        client.log_metric(parent_run_id, "seed_sd", choice.margin.seed_sd)
-    if choice.note():
-        print(f"\n{choice.note()}", flush=True)
-
-
 def run_search(plan: SearchPlan, search: SearchRecord, started: float) -> None:
     """Tune's trials, the confirmation stage and the summary of a search whose parent run is open;
     ``started``: the driver's start (``time.monotonic()``), which a deadline counts from."""
@@ -424,7 +410,8 @@ def run_search(plan: SearchPlan, search: SearchRecord, started: float) -> None:
     results = tuner.fit()
     statuses = logged_statuses(report_path)
     choice = candidates_from_results(results, settings.objective, statuses, max(settings.confirm_top, 1), start_config(preset), settings.challenger_margin)
-    record_start_trial(plan.tracking_uri, search.parent_run_id, choice)
+    if choice.note():  # why the start config is confirmed though a trial read higher
+        print(f"\n{choice.note()}", flush=True)
     candidates = choice.candidates
     confirmed = []
     if settings.confirm_top and candidates:
@@ -443,7 +430,7 @@ def run_search(plan: SearchPlan, search: SearchRecord, started: float) -> None:
         if ceiling is None:
             print("the supervised ceiling failed: its error is in its MLflow run (iic.role=ceiling) and Tune's error.txt", flush=True)
     summarise(results, preset, plan.tracking_uri, search.experiment_id, search.parent_run_id, plan.name, report_path, top=args.top,
-              confirmed=confirmed, best_candidate=candidates[0] if candidates else None, ceiling=ceiling)
+              confirmed=confirmed, choice=choice, ceiling=ceiling)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,10 +20,10 @@ from scipy.stats import spearmanr
 from iic.consensus import CONSENSUS_ACCURACY
 from iic.seeds import LABEL_FREE_PICK
 from search.ceiling import Ceiling, ceiling_line, record_ceiling
-from search.confirm import Candidate, Confirmation, print_confirmed, record_confirmed
+from search.confirm import Candidate, Choice, Confirmation, print_confirmed, record_confirmed
 from search.ranking import best_first, counts, trial_status
 from search.space import OBJECTIVES, Preset
-from search.mlflow_runs import ROLE_TAG, TRIAL_ROLE
+from search.mlflow_runs import ROLE_TAG, START_TRIAL_TAG, TRIAL_ROLE
 from trainables.iic_trainable import trial_iic_config
 
 TABLE_PARAMS = ("lr", "batch_size", "lamb", "repeats", "sobel", "overcluster_k", "crop_min_scale", "rotation_degrees")
@@ -146,12 +146,24 @@ def record_best(client: MlflowClient, run_id: str, folder: Path, best: Candidate
     client.set_tag(run_id, "iic.best_trial_id", best.trial_id)
 
 
+def record_start_trial(client: MlflowClient, parent_run_id: str, choice: Choice) -> None:
+    """Which trial was the start config, so that ``search/confirm.py`` applies the same margin; the
+    margin and the seed sd it rests on (``challenger_margin``, ``seed_sd``)."""
+    if choice.start_trial_id is not None:
+        client.set_tag(parent_run_id, START_TRIAL_TAG, choice.start_trial_id)
+    if choice.margin is not None:
+        client.log_metric(parent_run_id, "challenger_margin", choice.margin.value)
+        client.log_metric(parent_run_id, "seed_sd", choice.margin.seed_sd)
+
+
 def summarise(results, preset: Preset, tracking_uri: str, experiment_id: str, parent_run_id: str, name: str,
-              report_path: Path, top: int = 5, confirmed: list[Confirmation] | None = None, best_candidate=None,
+              report_path: Path, top: int = 5, confirmed: list[Confirmation] | None = None, choice: Choice | None = None,
               ceiling: Ceiling | None = None) -> pd.DataFrame:
     """Print and record the end of a search. ``confirmed``: the confirmation stage's results, best
-    first; ``best_candidate``: the best trial by the search's own figures (a search.confirm.Candidate);
-    ``ceiling``: the supervised ceiling, when it was trained."""
+    first; ``choice``: the configs the search's own figures put forward, best first, with its start
+    config and challenger margin (search.confirm.Choice); ``ceiling``: the supervised ceiling, when
+    it was trained."""
+    best_candidate = choice.candidates[0] if choice and choice.candidates else None
     objective = preset.search.objective
     report = json.loads(Path(report_path).read_text()) if Path(report_path).is_file() else {}
     failures, statuses = report.get("failures", []), report.get("statuses", {})
@@ -164,6 +176,8 @@ def summarise(results, preset: Preset, tracking_uri: str, experiment_id: str, pa
             folder = Path(folder)
             table.to_csv(folder / "trials.csv", index=False)
             files = [folder / "trials.csv", *save_optuna_plots(optuna_study(results, preset, objective, set(completed["trial_id"])), folder)]
+            if choice is not None:
+                record_start_trial(client, parent_run_id, choice)
             if best_candidate is not None:
                 client.log_metric(parent_run_id, f"best_{objective}", float(best_candidate.search_value))
                 if confirmed:
