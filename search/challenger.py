@@ -12,7 +12,7 @@ config's by ``challenger_margin`` standard errors of the difference of two such 
 sd comes from every trial that counts: the median of their sample sds, scaled to the sd it
 estimates. Each trial's sd rests on a few seeds (two on digits: one degree of freedom), so pooling
 only the trials that trained as long as the start config, often two of them, left the margin to
-chance (0.004 to 0.024 in four searches where the digits default's sd is 0.020 over twenty seeds);
+chance (0.004 to 0.084 over five searches; the digits default's sd is 0.020 over twenty seeds);
 the median of a dozen is steady and ignores the few configs whose seeds split, one of them
 collapsing (their sds of 0.1-0.3 would set the margin alone). With one seed a trial there is no
 sd, and the plain ranking stands.

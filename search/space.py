@@ -107,7 +107,7 @@ class SearchDefaults:
     # population is drawn at random and ignores it.
     start_from_config: bool = False
     # A trial is confirmed instead of that start config only when it beats it on the search's seeds
-    # by this many standard errors of the difference (seed sd pooled over the trials): the best of a
+    # by this many standard errors of the difference (the seeds' sd from the median of the trials'): the best of a
     # dozen trials beats it by luck alone otherwise (search/challenger.py). 0: the plain ranking.
     challenger_margin: float = 2.0
 
