@@ -79,9 +79,10 @@ def margin(start: SeedFigures, trials: Sequence[SeedFigures], standard_errors: f
 
 def start_ahead_of_noise(ranked: list[Item], start: Item | None, figures: Callable[[Item], SeedFigures], standard_errors: float,
                          mode: str) -> tuple[list[Item], Margin | None]:
-    """``ranked`` (best first, by the search's figures) with the start config moved ahead of every
-    trial that does not beat it by the margin; and the margin (None: the ranking is unchanged)."""
-    if start is None or start not in ranked:
+    """``ranked`` (best first, by the search's figures) with ``start`` (one of them, or None) moved
+    ahead of every trial that does not beat it by the margin; and the margin (None: the ranking is
+    unchanged)."""
+    if start is None:
         return ranked, None
     found = margin(figures(start), [figures(item) for item in ranked], standard_errors)
     if found is None:
