@@ -29,19 +29,28 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=REPORTING_SEEDS)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
-    config = (IICConfig.from_yaml(args.config) if args.config else IICConfig()).with_overrides(args.overrides).validate()
-    print(f"{config.dataset}: supervised {config.backbone} (width {config.backbone_width}), {config.epochs} epochs, lr {config.lr}, "
-          f"batch {config.batch_size}; torch threads {torch.get_num_threads()}, {platform.processor() or platform.machine()}")
+    config = (
+        (IICConfig.from_yaml(args.config) if args.config else IICConfig()).with_overrides(args.overrides).validate()
+    )
+    print(
+        f"{config.dataset}: supervised {config.backbone} (width {config.backbone_width}), {config.epochs} epochs, lr {config.lr}, "
+        f"batch {config.batch_size}; torch threads {torch.get_num_threads()}, {platform.processor() or platform.machine()}"
+    )
     accuracies = []
     for seed in args.seeds:
         started = time.perf_counter()
         result = train_supervised(config, seed=seed)
         accuracies.append(result.metrics[ACCURACY])
-        print(f"seed {seed}: held-out accuracy {accuracies[-1]:.3f} ({result.held_out_split}; {result.status}) "
-              f"in {time.perf_counter() - started:.0f} s", flush=True)
+        print(
+            f"seed {seed}: held-out accuracy {accuracies[-1]:.3f} ({result.held_out_split}; {result.status}) "
+            f"in {time.perf_counter() - started:.0f} s",
+            flush=True,
+        )
     accuracy = np.array(accuracies)
-    print(f"supervised ceiling over {len(accuracy)} seeds: mean {accuracy.mean():.3f}  min {accuracy.min():.3f}  "
-          f"sd {accuracy.std(ddof=1) if len(accuracy) > 1 else 0.0:.3f}")
+    print(
+        f"supervised ceiling over {len(accuracy)} seeds: mean {accuracy.mean():.3f}  min {accuracy.min():.3f}  "
+        f"sd {accuracy.std(ddof=1) if len(accuracy) > 1 else 0.0:.3f}"
+    )
     print("command: python " + " ".join(shlex.quote(a) for a in sys.argv))
 
 

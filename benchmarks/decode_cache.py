@@ -69,13 +69,16 @@ def time_bundled(cache_root: Path) -> None:
         decode_seconds, data = timed(lambda: load_dataset(name, input_size=size))
         os.environ[CACHE_DIR_VARIABLE] = str(cache_root / "bundled")
         arrays = {"images": data.images.numpy(), "labels": data.labels.numpy()}
+
         def read_cached():
             return cached_arrays(f"bench-{name}", {"name": name}, lambda: arrays, lambda stored: None)
 
         read_cached()  # writes it
         hit_seconds, _ = timed(read_cached)
-        print(f"{name:8s} {len(data):5d} images at {size} px: "
-              f"decode {decode_seconds:.3f} s, cache hit {hit_seconds:.4f} s")
+        print(
+            f"{name:8s} {len(data):5d} images at {size} px: "
+            f"decode {decode_seconds:.3f} s, cache hit {hit_seconds:.4f} s"
+        )
 
 
 def main() -> None:
@@ -93,16 +96,19 @@ def main() -> None:
         root, cache_root = Path(folder) / "images", Path(folder) / "cache"
         write_jpegs(root, args.images, args.classes, args.side)
         megabytes = sum(path.stat().st_size for path in root.rglob("*.jpg")) / 1e6
-        print(f"image folder: {args.images} JPEGs of {args.side}x{args.side} in {args.classes} classes "
-              f"({megabytes:.1f} MB), input_size {args.input_size}, median of {args.repeats}, {os.cpu_count()} CPUs")
+        print(
+            f"image folder: {args.images} JPEGs of {args.side}x{args.side} in {args.classes} classes "
+            f"({megabytes:.1f} MB), input_size {args.input_size}, median of {args.repeats}, {os.cpu_count()} CPUs"
+        )
         times = time_folder(root, cache_root, args.input_size, args.repeats)
         medians = {label: statistics.median(seconds) for label, seconds in times.items()}
         for label, seconds in times.items():
             print(f"  {label:28s} {medians[label]:.3f} s  (all: {', '.join(f'{s:.3f}' for s in seconds)})")
         (cache_file,) = (cache_root / "run0").glob("*.npz")
         speedup = medians["first load (decode + write)"] / medians["second load (cache hit)"]
-        print(f"  cache file {cache_file.stat().st_size / 1e6:.1f} MB; "
-              f"second load {speedup:.0f}x faster than the first")
+        print(
+            f"  cache file {cache_file.stat().st_size / 1e6:.1f} MB; second load {speedup:.0f}x faster than the first"
+        )
         if not args.no_bundled:
             time_bundled(cache_root)
 

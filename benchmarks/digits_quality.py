@@ -56,7 +56,9 @@ from iic.train import TrainResult, train
 NATIVE_SIZE = {"digits": 8, "mnist5k": 28}
 TUNING_SEEDS = frozenset({0, 1, 2, *range(100, 110)})
 REPORTING_SEEDS = list(range(1310, 1320))
-DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "digits.yaml"  # the digits default: IICConfig's, with 12 px, Sobel, screening and batch 32
+DEFAULT_CONFIG = (
+    Path(__file__).resolve().parents[1] / "configs" / "digits.yaml"
+)  # the digits default: IICConfig's, with 12 px, Sobel, screening and batch 32
 
 
 def _screening(config: IICConfig) -> str:
@@ -68,8 +70,16 @@ def _screening(config: IICConfig) -> str:
 
 def kmeans_accuracy(config: IICConfig, seed: int = 0) -> float:
     size = NATIVE_SIZE.get(config.dataset, config.input_size)
-    data = load_dataset(config.dataset, config.data_root, split=config.split, input_size=size,
-                        greyscale=config.greyscale, class_map=config.class_map, max_samples=config.max_samples, seed=config.seed)
+    data = load_dataset(
+        config.dataset,
+        config.data_root,
+        split=config.split,
+        input_size=size,
+        greyscale=config.greyscale,
+        class_map=config.class_map,
+        max_samples=config.max_samples,
+        seed=config.seed,
+    )
     pixels = data.images.flatten(1).float().numpy() / 255
     clusters = KMeans(config.num_clusters, n_init=10, random_state=seed).fit_predict(pixels)
     return clustering_metrics(clusters, data.labels.numpy(), config.num_clusters, data.num_classes)["cluster_accuracy"]
@@ -79,16 +89,22 @@ def print_figures(per_seed: list[dict]) -> None:
     """One row per seed, then the accuracy's mean, min and sd and the label-free best of 3."""
     print(f"{'seed':>10}  {'accuracy':>8}  {'nmi':>6}  {'largest':>7}  {'held-out MI':>11}")
     for m in per_seed:
-        print(f"{m['seed']:>10}  {m.get('cluster_accuracy', float('nan')):>8.3f}  {m.get('nmi', float('nan')):>6.3f}  "
-              f"{m.get('largest_cluster_share', float('nan')):>7.2f}  {m.get('mutual_information', float('nan')):>11.3f}")
+        print(
+            f"{m['seed']:>10}  {m.get('cluster_accuracy', float('nan')):>8.3f}  {m.get('nmi', float('nan')):>6.3f}  "
+            f"{m.get('largest_cluster_share', float('nan')):>7.2f}  {m.get('mutual_information', float('nan')):>11.3f}"
+        )
     accuracy = np.array([m["cluster_accuracy"] for m in per_seed])
     nmi = np.array([m["nmi"] for m in per_seed])
-    print(f"IIC accuracy over {len(accuracy)} seeds: mean {accuracy.mean():.3f}  min {accuracy.min():.3f}  "
-          f"sd {accuracy.std(ddof=1) if len(accuracy) > 1 else 0.0:.3f}  (NMI mean {nmi.mean():.3f})")
+    print(
+        f"IIC accuracy over {len(accuracy)} seeds: mean {accuracy.mean():.3f}  min {accuracy.min():.3f}  "
+        f"sd {accuracy.std(ddof=1) if len(accuracy) > 1 else 0.0:.3f}  (NMI mean {nmi.mean():.3f})"
+    )
     if len(per_seed) >= 3:
-        print(f"label-free best of 3 seeds (highest held-out MI of each 3 in order): mean accuracy "
-              f"{label_free_best_of(per_seed):.3f} over {len(per_seed) // 3} triples; "
-              f"over every triple of the seeds: {label_free_best_of_every(per_seed):.3f} ({math.comb(len(per_seed), 3)} triples)")
+        print(
+            f"label-free best of 3 seeds (highest held-out MI of each 3 in order): mean accuracy "
+            f"{label_free_best_of(per_seed):.3f} over {len(per_seed) // 3} triples; "
+            f"over every triple of the seeds: {label_free_best_of_every(per_seed):.3f} ({math.comb(len(per_seed), 3)} triples)"
+        )
 
 
 def print_consensus(result: TrainResult, labels: np.ndarray, num_clusters: int, num_classes: int) -> None:
@@ -98,12 +114,20 @@ def print_consensus(result: TrainResult, labels: np.ndarray, num_clusters: int, 
     triples = list(itertools.combinations(range(len(accuracy)), 3))
     in_order = [tuple(range(i, i + 3)) for i in range(0, len(accuracy) - 2, 3)]
     for name, chosen in ((f"{len(in_order)} triples in order", in_order), (f"every triple ({len(triples)})", triples)):
-        values = np.array([consensus_metrics([result.seeds[i].probabilities for i in t], labels, num_clusters, num_classes)[1][CONSENSUS_ACCURACY]
-                           for t in chosen])
+        values = np.array(
+            [
+                consensus_metrics([result.seeds[i].probabilities for i in t], labels, num_clusters, num_classes)[1][
+                    CONSENSUS_ACCURACY
+                ]
+                for t in chosen
+            ]
+        )
         mi_pick = np.mean([accuracy[t[label_free_pick([result.seeds[i].metrics for i in t])]] for t in chosen])
         oracle = np.mean([max(accuracy[i] for i in t) for t in chosen])
-        print(f"consensus of 3 seeds, {name}: mean accuracy {values.mean():.3f}  min {values.min():.3f}  "
-              f"(highest-MI seed {mi_pick:.3f}, best seed by labels {oracle:.3f})")
+        print(
+            f"consensus of 3 seeds, {name}: mean accuracy {values.mean():.3f}  min {values.min():.3f}  "
+            f"(highest-MI seed {mi_pick:.3f}, best seed by labels {oracle:.3f})"
+        )
     print(f"consensus of all {len(accuracy)} seeds: accuracy {result.metrics[CONSENSUS_ACCURACY]:.3f}")
 
 
@@ -112,13 +136,25 @@ def main() -> None:
     parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML config (default: configs/digits.yaml)")
     parser.add_argument("--dataset", help="override the config's dataset")
     parser.add_argument("--epochs", type=int)
-    parser.add_argument("--seeds", type=int, nargs="+", default=REPORTING_SEEDS, help=f"default: {REPORTING_SEEDS[0]}-{REPORTING_SEEDS[-1]}, never used for tuning or deciding")
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=REPORTING_SEEDS,
+        help=f"default: {REPORTING_SEEDS[0]}-{REPORTING_SEEDS[-1]}, never used for tuning or deciding",
+    )
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--report-epochs", type=int, nargs="+", default=[], metavar="E",
-                        help="also the figures at these earlier epochs of the same run (a run of E epochs is its first E: "
-                             "nothing in training depends on the epoch count, except that self-labelling takes the last "
-                             "self_label_epochs: with --epochs 55 --set self_label_epochs=10, epoch 45 is IIC alone and "
-                             "epoch 50 a run of 50 epochs self-labelling the last 5)")
+    parser.add_argument(
+        "--report-epochs",
+        type=int,
+        nargs="+",
+        default=[],
+        metavar="E",
+        help="also the figures at these earlier epochs of the same run (a run of E epochs is its first E: "
+        "nothing in training depends on the epoch count, except that self-labelling takes the last "
+        "self_label_epochs: with --epochs 55 --set self_label_epochs=10, epoch 45 is IIC alone and "
+        "epoch 50 a run of 50 epochs self-labelling the last 5)",
+    )
     args = parser.parse_args()
 
     config = IICConfig.from_yaml(args.config)
@@ -129,15 +165,25 @@ def main() -> None:
         config = config.replace(epochs=args.epochs)
     config.validate()
 
-    print(f"{config.dataset} at {config.input_size} px: {config.backbone} (width {config.backbone_width}), sobel {config.sobel}, {config.epochs} epochs, "
-          f"lr {config.lr}, batch {config.batch_size}x{config.repeats} repeats, lamb {config.lamb}, "
-          f"overcluster_k {config.overcluster_k}, self_label_epochs {config.self_label_epochs}, "
-          f"{_screening(config)}; {config.model_epochs()} model-epochs a seed; torch threads {torch.get_num_threads()}, {platform.processor() or platform.machine()}")
+    print(
+        f"{config.dataset} at {config.input_size} px: {config.backbone} (width {config.backbone_width}), sobel {config.sobel}, {config.epochs} epochs, "
+        f"lr {config.lr}, batch {config.batch_size}x{config.repeats} repeats, lamb {config.lamb}, "
+        f"overcluster_k {config.overcluster_k}, self_label_epochs {config.self_label_epochs}, "
+        f"{_screening(config)}; {config.model_epochs()} model-epochs a seed; torch threads {torch.get_num_threads()}, {platform.processor() or platform.machine()}"
+    )
     tuned_on = sorted(TUNING_SEEDS.intersection(args.seeds))
     if tuned_on:
         print(f"warning: seeds {tuned_on} were used to choose the defaults; figures on them are optimistic")
-    data = load_dataset(config.dataset, config.data_root, split=config.split, input_size=config.input_size, greyscale=config.greyscale,
-                        class_map=config.class_map, max_samples=config.max_samples, seed=config.seed)
+    data = load_dataset(
+        config.dataset,
+        config.data_root,
+        split=config.split,
+        input_size=config.input_size,
+        greyscale=config.greyscale,
+        class_map=config.class_map,
+        max_samples=config.max_samples,
+        seed=config.seed,
+    )
     started = time.perf_counter()
     result = train(config, data=data, seeds=args.seeds)
     seconds = time.perf_counter() - started

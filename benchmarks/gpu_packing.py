@@ -91,9 +91,17 @@ SAMPLE_SECONDS = 0.5
 
 def dataset_facts(config: IICConfig) -> dict:
     """Images per epoch and channels into the model, from the dataset exactly as a trial loads it."""
-    data = load_dataset(config.dataset, config.data_root, split=config.split, input_size=config.input_size,
-                        greyscale=config.greyscale, class_map=config.class_map, max_samples=config.max_samples,
-                        seed=config.seed, download=False)
+    data = load_dataset(
+        config.dataset,
+        config.data_root,
+        split=config.split,
+        input_size=config.input_size,
+        greyscale=config.greyscale,
+        class_map=config.class_map,
+        max_samples=config.max_samples,
+        seed=config.seed,
+        download=False,
+    )
     channels = Sobel.output_channels(data.channels, config.sobel_keep_input) if config.sobel else data.channels
     return {"images": len(data), "channels": channels}
 
@@ -152,16 +160,18 @@ def packing_trial(config: dict) -> None:
         now = time.time()
         closes = ray.get(window.check_in.remote(config["index"], metrics["epoch"] >= config["warmup_epochs"]))
         cuda = torch.cuda.is_available()
-        tune.report({
-            "epoch": metrics["epoch"],
-            "epoch_seconds": metrics["epoch_seconds"],
-            "images": images_per_epoch,
-            "images_per_second": images_per_epoch / metrics["epoch_seconds"],
-            "ended": now,
-            "trial_started": started,
-            "peak_memory_mib": torch.cuda.max_memory_allocated() / 2**20 if cuda else float("nan"),
-            "on_cuda": cuda,
-        })
+        tune.report(
+            {
+                "epoch": metrics["epoch"],
+                "epoch_seconds": metrics["epoch_seconds"],
+                "images": images_per_epoch,
+                "images_per_second": images_per_epoch / metrics["epoch_seconds"],
+                "ended": now,
+                "trial_started": started,
+                "peak_memory_mib": torch.cuda.max_memory_allocated() / 2**20 if cuda else float("nan"),
+                "on_cuda": cuda,
+            }
+        )
         if closes is None:  # a setting whose window never opens (a trial died) ends rather than hangs
             return now - started > config["warmup_timeout"]
         return now >= closes
@@ -203,8 +213,12 @@ def aggregate(trial_records: list[list[dict]], opened: float, closed: float) -> 
         "per_trial_images_per_second": total / seconds / len(trial_records),
         "coverage": min(busy for _, busy in per_trial) / seconds,
         "window_seconds": seconds,
-        "epochs_in_window": sum(1 for records in trial_records for r in records
-                                if r["ended"] > opened and r["ended"] - r["epoch_seconds"] < closed),
+        "epochs_in_window": sum(
+            1
+            for records in trial_records
+            for r in records
+            if r["ended"] > opened and r["ended"] - r["epoch_seconds"] < closed
+        ),
     }
 
 
@@ -218,8 +232,13 @@ def nvidia_smi() -> str | None:
 def device_name() -> str:
     if nvidia_smi():
         try:
-            return subprocess.run([nvidia_smi(), "--query-gpu=name", "--format=csv,noheader", "-i", "0"],
-                                  capture_output=True, text=True, timeout=30, check=True).stdout.strip()
+            return subprocess.run(
+                [nvidia_smi(), "--query-gpu=name", "--format=csv,noheader", "-i", "0"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=True,
+            ).stdout.strip()
         except (subprocess.SubprocessError, OSError):
             pass
     return "cpu (no CUDA GPU)"
@@ -259,8 +278,9 @@ class GpuSampler:
                 util, used = subprocess.run(query, capture_output=True, text=True, timeout=10).stdout.split(",")
                 self.samples.append((time.time(), float(util), float(used)))
                 if self.mps_control and not self.mps_server_seen:
-                    servers = subprocess.run([self.mps_control], input="get_server_list\n", capture_output=True,
-                                             text=True, timeout=10).stdout
+                    servers = subprocess.run(
+                        [self.mps_control], input="get_server_list\n", capture_output=True, text=True, timeout=10
+                    ).stdout
                     self.mps_server_seen = any(line.strip().isdigit() for line in servers.splitlines())
             except (subprocess.SubprocessError, OSError, ValueError):
                 pass
@@ -270,13 +290,16 @@ class GpuSampler:
         if not self.samples:
             return {"gpu_utilisation": None, "gpu_memory_peak_mib": None}
         inside = [util for t, util, _ in self.samples if opened is not None and opened <= t <= closed]
-        return {"gpu_utilisation": sum(inside) / len(inside) if inside else None,
-                "gpu_memory_peak_mib": max(used for _, _, used in self.samples)}
+        return {
+            "gpu_utilisation": sum(inside) / len(inside) if inside else None,
+            "gpu_memory_peak_mib": max(used for _, _, used in self.samples),
+        }
 
 
 def mps_control_binary() -> str | None:
     return shutil.which("nvidia-cuda-mps-control") or next(
-        (str(p) for p in [Path("/usr/local/nvidia/bin/nvidia-cuda-mps-control")] if p.is_file()), None)
+        (str(p) for p in [Path("/usr/local/nvidia/bin/nvidia-cuda-mps-control")] if p.is_file()), None
+    )
 
 
 @contextlib.contextmanager
@@ -308,8 +331,9 @@ class Options:
     peak_tflops: float | None
 
 
-def run_setting(workload: str, config: IICConfig, facts: dict, trials: int, options: Options,
-                mps_control: str | None) -> dict:
+def run_setting(
+    workload: str, config: IICConfig, facts: dict, trials: int, options: Options, mps_control: str | None
+) -> dict:
     """N concurrent trials of ``config`` on the one GPU; returns the setting's row of the table."""
     name = f"window-{workload}-{trials}-{time.time_ns()}"
     window = SteadyWindow.options(name=name).remote(trials, options.seconds_per_setting)
@@ -321,8 +345,11 @@ def run_setting(workload: str, config: IICConfig, facts: dict, trials: int, opti
         tuner = tune.Tuner(
             tune.with_resources(packing_trial, resources),
             param_space={
-                "iic": config.to_dict(), "images": facts["images"], "window": name,
-                "warmup_epochs": options.warmup_epochs, "warmup_timeout": options.warmup_timeout,
+                "iic": config.to_dict(),
+                "images": facts["images"],
+                "window": name,
+                "warmup_epochs": options.warmup_epochs,
+                "warmup_timeout": options.warmup_timeout,
                 "index": tune.grid_search(list(range(trials))),
             },
             tune_config=tune.TuneConfig(max_concurrent_trials=trials),
@@ -332,8 +359,13 @@ def run_setting(workload: str, config: IICConfig, facts: dict, trials: int, opti
     opened, closed = ray.get(window.bounds.remote())
     ray.kill(window)
     row = {
-        "workload": workload, "trials_per_gpu": trials, "amp": config.amp, "mps": mps_control is not None,
-        "cpus_per_trial": resources["cpu"], "gpu_per_trial": resources["gpu"], "setting_seconds": time.time() - began,
+        "workload": workload,
+        "trials_per_gpu": trials,
+        "amp": config.amp,
+        "mps": mps_control is not None,
+        "cpus_per_trial": resources["cpu"],
+        "gpu_per_trial": resources["gpu"],
+        "setting_seconds": time.time() - began,
         "errors": [str(error).splitlines()[0] for error in grid.errors],
         **sampler.summary(opened, closed),
     }
@@ -359,8 +391,11 @@ def run_setting(workload: str, config: IICConfig, facts: dict, trials: int, opti
 
 def add_speedups(rows: list[dict]) -> None:
     """Aggregate over the same workload and variant's 1-trial aggregate."""
-    single = {(r["workload"], r["amp"], r["mps"]): r.get("aggregate_images_per_second")
-              for r in rows if r["trials_per_gpu"] == 1}
+    single = {
+        (r["workload"], r["amp"], r["mps"]): r.get("aggregate_images_per_second")
+        for r in rows
+        if r["trials_per_gpu"] == 1
+    }
     for row in rows:
         base = single.get((row["workload"], row["amp"], row["mps"]))
         rate = row.get("aggregate_images_per_second")
@@ -370,12 +405,19 @@ def add_speedups(rows: list[dict]) -> None:
 # ---- output -----------------------------------------------------------------------------------
 
 COLUMNS = (  # header, row key, format
-    ("workload", "workload", "{}"), ("N", "trials_per_gpu", "{}"),
-    ("agg img/s", "aggregate_images_per_second", "{:,.0f}"), ("per trial", "per_trial_images_per_second", "{:,.0f}"),
-    ("speed-up", "speedup_over_1", "{:.2f}x"), ("GPU util", "gpu_utilisation", "{:.0f}%"),
-    ("GPU MiB", "gpu_memory_peak_mib", "{:,.0f}"), ("trial MiB", "trial_peak_memory_mib", "{:,.0f}"),
-    ("TFLOP/s", "tflops", "{:.2f}"), ("bf16 peak", "fraction_of_bf16_peak", "{:.2%}"),
-    ("coverage", "coverage", "{:.0%}"), ("window s", "window_seconds", "{:.1f}"), ("setting s", "setting_seconds", "{:.1f}"),
+    ("workload", "workload", "{}"),
+    ("N", "trials_per_gpu", "{}"),
+    ("agg img/s", "aggregate_images_per_second", "{:,.0f}"),
+    ("per trial", "per_trial_images_per_second", "{:,.0f}"),
+    ("speed-up", "speedup_over_1", "{:.2f}x"),
+    ("GPU util", "gpu_utilisation", "{:.0f}%"),
+    ("GPU MiB", "gpu_memory_peak_mib", "{:,.0f}"),
+    ("trial MiB", "trial_peak_memory_mib", "{:,.0f}"),
+    ("TFLOP/s", "tflops", "{:.2f}"),
+    ("bf16 peak", "fraction_of_bf16_peak", "{:.2%}"),
+    ("coverage", "coverage", "{:.0%}"),
+    ("window s", "window_seconds", "{:.1f}"),
+    ("setting s", "setting_seconds", "{:.1f}"),
 )
 
 
@@ -387,12 +429,18 @@ def format_cell(value, spec: str) -> str:
 
 def format_table(rows: list[dict]) -> str:
     """Columns as wide as their widest cell; the workload left-aligned, numbers right-aligned."""
-    cells = [[header for header, _, _ in COLUMNS]] + [[format_cell(row.get(key), spec) for _, key, spec in COLUMNS] for row in rows]
+    cells = [[header for header, _, _ in COLUMNS]] + [
+        [format_cell(row.get(key), spec) for _, key, spec in COLUMNS] for row in rows
+    ]
     widths = [max(len(line[i]) for line in cells) for i in range(len(COLUMNS))]
     lines = []
     for index, line in enumerate(cells):
-        lines.append("  ".join(cell.ljust(width) if column == 0 else cell.rjust(width)
-                               for column, (cell, width) in enumerate(zip(line, widths))))
+        lines.append(
+            "  ".join(
+                cell.ljust(width) if column == 0 else cell.rjust(width)
+                for column, (cell, width) in enumerate(zip(line, widths))
+            )
+        )
         row = rows[index - 1] if index else {}
         if row.get("error"):
             lines.append(f"    {row['error']}: {'; '.join(row['errors'][:2])}")
@@ -401,7 +449,9 @@ def format_table(rows: list[dict]) -> str:
 
 def write_json(path: Path, header: dict, rows: list[dict], skipped: list[dict]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    clean = [{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()} for row in rows]
+    clean = [
+        {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()} for row in rows
+    ]
     path.write_text(json.dumps({**header, "rows": clean, "skipped": skipped}, indent=2))
 
 
@@ -411,19 +461,42 @@ def write_json(path: Path, header: dict, rows: list[dict], skipped: list[dict]) 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workloads", nargs="+", choices=list(WORKLOADS), help="default: all (smoke: digits)")
-    parser.add_argument("--trials-per-gpu", type=int, nargs="+", help="concurrent trials on the GPU (default 1 2 4 8 16; smoke 1 2)")
-    parser.add_argument("--seconds-per-setting", type=float, help="steady-state window per setting (default 6; smoke 2)")
+    parser.add_argument(
+        "--trials-per-gpu", type=int, nargs="+", help="concurrent trials on the GPU (default 1 2 4 8 16; smoke 1 2)"
+    )
+    parser.add_argument(
+        "--seconds-per-setting", type=float, help="steady-state window per setting (default 6; smoke 2)"
+    )
     parser.add_argument("--warmup-epochs", type=int, default=1, help="epochs per trial left out of the window")
-    parser.add_argument("--warmup-timeout", type=float, default=60, help="a trial whose window has not opened after this many seconds stops")
+    parser.add_argument(
+        "--warmup-timeout",
+        type=float,
+        default=60,
+        help="a trial whose window has not opened after this many seconds stops",
+    )
     parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True, help="bf16 autocast (config.amp)")
-    parser.add_argument("--mps", action="store_true", help="run the trials under the CUDA MPS daemon (started and stopped here)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="an IICConfig field for every trial of every workload (repeatable)")
+    parser.add_argument(
+        "--mps", action="store_true", help="run the trials under the CUDA MPS daemon (started and stopped here)"
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an IICConfig field for every trial of every workload (repeatable)",
+    )
     parser.add_argument("--cpus", type=float, help="CPUs of the local Ray (default: all; smoke: 2)")
-    parser.add_argument("--peak-tflops", type=float, help="the GPU's dense bf16 peak, where the device name is not known")
-    parser.add_argument("--time-budget", type=float, help="skip settings that would end past this many seconds from the start")
+    parser.add_argument(
+        "--peak-tflops", type=float, help="the GPU's dense bf16 peak, where the device name is not known"
+    )
+    parser.add_argument(
+        "--time-budget", type=float, help="skip settings that would end past this many seconds from the start"
+    )
     parser.add_argument("--out", type=Path, help="write the table as JSON here (rewritten after every setting)")
-    parser.add_argument("--smoke", action="store_true", help="tiny digits (200 images, width 4), N = 1 2, a fake GPU: runs on CPU")
+    parser.add_argument(
+        "--smoke", action="store_true", help="tiny digits (200 images, width 4), N = 1 2, a fake GPU: runs on CPU"
+    )
     args = parser.parse_args(argv)
     args.workloads = args.workloads or (["digits"] if args.smoke else list(WORKLOADS))
     args.trials_per_gpu = args.trials_per_gpu or ([1, 2] if args.smoke else [1, 2, 4, 8, 16])
@@ -433,10 +506,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def workload_config(workload: str, args: argparse.Namespace) -> IICConfig:
-    changes = {**WORKLOADS[workload], **(SMOKE_OVERRIDES if args.smoke else {}), "amp": args.amp,
-               "epochs": TIME_LIMITED_EPOCHS}
+    changes = {
+        **WORKLOADS[workload],
+        **(SMOKE_OVERRIDES if args.smoke else {}),
+        "amp": args.amp,
+        "epochs": TIME_LIMITED_EPOCHS,
+    }
     # Absolute paths: Tune runs each trial in a folder of its own.
-    return IICConfig(dataset="digits").replace(**changes).with_overrides(args.overrides).with_absolute_paths().validate()
+    return (
+        IICConfig(dataset="digits").replace(**changes).with_overrides(args.overrides).with_absolute_paths().validate()
+    )
 
 
 def prepare_environment() -> None:
@@ -450,22 +529,36 @@ def measure_workloads(configs: dict[str, IICConfig], smoke: bool) -> dict[str, d
     """Images, channels and FLOPs per image of each workload, printed as they are found."""
     facts = {}
     for workload, config in configs.items():
-        facts[workload] = {"overrides": {**WORKLOADS[workload], **(SMOKE_OVERRIDES if smoke else {})}, **dataset_facts(config)}
+        facts[workload] = {
+            "overrides": {**WORKLOADS[workload], **(SMOKE_OVERRIDES if smoke else {})},
+            **dataset_facts(config),
+        }
         facts[workload]["flops_per_image"] = flops_per_image(config, facts[workload]["channels"])
-        print(f"  {workload}: {facts[workload]['images']} images x {passes_per_epoch(config)} pass(es) an epoch, "
-              f"{facts[workload]['flops_per_image'] / 1e9:.3f} GFLOP an image a pass (train step + evaluation)", flush=True)
+        print(
+            f"  {workload}: {facts[workload]['images']} images x {passes_per_epoch(config)} pass(es) an epoch, "
+            f"{facts[workload]['flops_per_image'] / 1e9:.3f} GFLOP an image a pass (train step + evaluation)",
+            flush=True,
+        )
     return facts
 
 
 def progress_line(row: dict) -> str:
-    line = (f"  {row['workload']} N={row['trials_per_gpu']}: {row.get('aggregate_images_per_second', float('nan')):,.0f} "
-            f"images/s aggregate, trials on {'CUDA' if row['on_cuda'] else 'CPU'}, first epochs done after "
-            f"{row['first_epoch_after_seconds'] or float('nan'):.1f} s, setting {row['setting_seconds']:.1f} s")
+    line = (
+        f"  {row['workload']} N={row['trials_per_gpu']}: {row.get('aggregate_images_per_second', float('nan')):,.0f} "
+        f"images/s aggregate, trials on {'CUDA' if row['on_cuda'] else 'CPU'}, first epochs done after "
+        f"{row['first_epoch_after_seconds'] or float('nan'):.1f} s, setting {row['setting_seconds']:.1f} s"
+    )
     return line + (f"  ERROR {row['error']}: {'; '.join(row['errors'][:2])}" if "error" in row else "")
 
 
-def run_settings(args: argparse.Namespace, configs: dict[str, IICConfig], facts: dict, options: Options,
-                 mps_control: str | None, header: dict) -> tuple[list[dict], list[dict]]:
+def run_settings(
+    args: argparse.Namespace,
+    configs: dict[str, IICConfig],
+    facts: dict,
+    options: Options,
+    mps_control: str | None,
+    header: dict,
+) -> tuple[list[dict], list[dict]]:
     """Every (workload, N) setting that fits the time budget, on one local Ray; (rows, skipped)."""
     rows: list[dict] = []
     skipped: list[dict] = []
@@ -496,13 +589,29 @@ def main(argv: list[str] | None = None) -> list[dict]:
     prepare_environment()
     command = shlex.join(["python", "benchmarks/gpu_packing.py", *(argv if argv is not None else sys.argv[1:])])
     name = device_name()
-    options = Options(args.seconds_per_setting, args.warmup_epochs, args.warmup_timeout, args.cpus,
-                      peak_tflops(name, args.peak_tflops))
-    header = {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"), "device": name,
-              "command": command, "torch": torch.__version__, "ray": ray.__version__, "amp": args.amp, "mps": args.mps,
-              "peak_bf16_tflops": options.peak_tflops, "cpus": args.cpus, "seconds_per_setting": args.seconds_per_setting}
-    print(f"{header['date']}  {name}  torch {torch.__version__}  ray {ray.__version__}  {args.cpus:g} CPUs"
-          f"  peak bf16 {options.peak_tflops or 'n/a'} TFLOP/s")
+    options = Options(
+        args.seconds_per_setting,
+        args.warmup_epochs,
+        args.warmup_timeout,
+        args.cpus,
+        peak_tflops(name, args.peak_tflops),
+    )
+    header = {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "device": name,
+        "command": command,
+        "torch": torch.__version__,
+        "ray": ray.__version__,
+        "amp": args.amp,
+        "mps": args.mps,
+        "peak_bf16_tflops": options.peak_tflops,
+        "cpus": args.cpus,
+        "seconds_per_setting": args.seconds_per_setting,
+    }
+    print(
+        f"{header['date']}  {name}  torch {torch.__version__}  ray {ray.__version__}  {args.cpus:g} CPUs"
+        f"  peak bf16 {options.peak_tflops or 'n/a'} TFLOP/s"
+    )
     print(f"command: {command}", flush=True)
 
     configs = {workload: workload_config(workload, args) for workload in args.workloads}
@@ -511,17 +620,22 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.mps and mps_control is None:
         print("error: --mps: nvidia-cuda-mps-control is not on PATH (nor in /usr/local/nvidia/bin)", file=sys.stderr)
         raise SystemExit(2)
-    with (mps_daemon(mps_control) if mps_control else contextlib.nullcontext()):
+    with mps_daemon(mps_control) if mps_control else contextlib.nullcontext():
         rows, skipped = run_settings(args, configs, facts, options, mps_control, header)
 
     variant = ("bf16 autocast" if args.amp else "fp32") + (", CUDA MPS" if args.mps else "")
-    print(f"\nMany trials per GPU ({variant}); {args.seconds_per_setting:g} s steady-state window per setting, "
-          f"images/s counts source images (each with its twins)")
+    print(
+        f"\nMany trials per GPU ({variant}); {args.seconds_per_setting:g} s steady-state window per setting, "
+        f"images/s counts source images (each with its twins)"
+    )
     print(format_table(rows))
     if skipped:
         print("skipped (time budget): " + ", ".join(f"{s['workload']} N={s['trials_per_gpu']}" for s in skipped))
     if args.mps:
-        print("MPS server seen while trials ran: " + ", ".join(f"{r['workload']} N={r['trials_per_gpu']} {r.get('mps_server_seen')}" for r in rows))
+        print(
+            "MPS server seen while trials ran: "
+            + ", ".join(f"{r['workload']} N={r['trials_per_gpu']} {r.get('mps_server_seen')}" for r in rows)
+        )
     print(f"command: {command}")
     return rows
 

@@ -62,9 +62,25 @@ def start_server(folder: Path) -> tuple[subprocess.Popen, str]:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{folder}/server.db",
-         "--artifacts-destination", str(folder / "artifacts"), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{folder}/server.db",
+            "--artifacts-destination",
+            str(folder / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
     )
     uri = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
@@ -100,15 +116,41 @@ def main(argv: list[str] | None = None) -> None:
             preset = Preset.load("digits")
             experiment_id = prepare_experiment(uri, f"bench-logging-{int(time.time())}")
             parent = open_search_run(uri, experiment_id, "bench", preset, {})
-            logger = MLflowTrialLogger(SearchRecord(uri, experiment_id, "bench", parent, "bench"), scratch / "report.json", quiet=True)
+            logger = MLflowTrialLogger(
+                SearchRecord(uri, experiment_id, "bench", parent, "bench"), scratch / "report.json", quiet=True
+            )
             (scratch / "checkpoint").mkdir()
             checkpoint = checkpoint_with_summary(scratch / "checkpoint")
-            config = {**preset.config, **IICConfig.from_dict(preset.config).to_dict(), "gate": {"overclustering": False}}
+            config = {
+                **preset.config,
+                **IICConfig.from_dict(preset.config).to_dict(),
+                "gate": {"overclustering": False},
+            }
             trials = [StandInTrial(f"{index:05d}", config, checkpoint) for index in range(args.trials)]
-            result = {"epoch": 0, "status": "running", "chosen_subhead": 1, "node_id": "f" * 56, "gpu_ids": "0",
-                      **{key: 0.5 for key in ("cluster_accuracy", "majority_accuracy", "nmi", "ari", "loss", "loss_overcluster",
-                                              "mutual_information", "largest_cluster_share", "empty_clusters",
-                                              "cluster_size_entropy", "diagnostic_best_subhead_accuracy", "epoch_seconds")}}
+            result = {
+                "epoch": 0,
+                "status": "running",
+                "chosen_subhead": 1,
+                "node_id": "f" * 56,
+                "gpu_ids": "0",
+                **{
+                    key: 0.5
+                    for key in (
+                        "cluster_accuracy",
+                        "majority_accuracy",
+                        "nmi",
+                        "ari",
+                        "loss",
+                        "loss_overcluster",
+                        "mutual_information",
+                        "largest_cluster_share",
+                        "empty_clusters",
+                        "cluster_size_entropy",
+                        "diagnostic_best_subhead_accuracy",
+                        "epoch_seconds",
+                    )
+                },
+            }
 
             started = time.perf_counter()
             for trial in trials:
@@ -139,12 +181,18 @@ def main(argv: list[str] | None = None) -> None:
     store = "local `mlflow server` (SQLite) over http" if server is not None else uri
     print(f"MLflow logger throughput against {store}; {args.trials} trials x {args.epochs} epochs")
     print(f"  trial start (run + params):       {start_seconds * 1000:7.1f} ms")
-    print(f"  one epoch (12 metrics + 4 tags):  {per_epoch * 1000:7.1f} ms  (p95 {p95 * 1000:.1f} ms)  -> {1 / per_epoch:.0f} epochs/s")
-    print(f"  trial end (3 artifacts, status):  {end_seconds * 1000:7.1f} ms  (drawing the two figures included; off Tune's event loop)")
+    print(
+        f"  one epoch (12 metrics + 4 tags):  {per_epoch * 1000:7.1f} ms  (p95 {p95 * 1000:.1f} ms)  -> {1 / per_epoch:.0f} epochs/s"
+    )
+    print(
+        f"  trial end (3 artifacts, status):  {end_seconds * 1000:7.1f} ms  (drawing the two figures included; off Tune's event loop)"
+    )
     print("  concurrent trials the logger keeps up with (at 50% of the driver's time):")
     for epoch_length in (2, 10, 60):
         print(f"    epochs of {epoch_length:>2} s: {0.5 * epoch_length / per_epoch:7.0f} trials")
-    print(f"\ncommand: python {shlex.join(['benchmarks/mlflow_logging.py', *(argv if argv is not None else sys.argv[1:])])}")
+    print(
+        f"\ncommand: python {shlex.join(['benchmarks/mlflow_logging.py', *(argv if argv is not None else sys.argv[1:])])}"
+    )
 
 
 if __name__ == "__main__":

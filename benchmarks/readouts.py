@@ -51,8 +51,15 @@ def readouts(trainer: Trainer) -> list[dict]:
         information = [mutual_information(p[index], twin[index]) for p, twin in zip(images, held_out)]
         normalised = all_features[index] / (np.linalg.norm(all_features[index], axis=1, keepdims=True) + 1e-8)
         kmeans = KMeans(num_clusters, n_init=10, random_state=0).fit_predict(normalised)
-        rows.append({"seed": seed, "picked": per_subhead[trainer.seed_histories[index][-1]["chosen_subhead"]],
-                     "MI": per_subhead[int(np.argmax(information))], "oracle": max(per_subhead), "k-means": accuracy(kmeans)})
+        rows.append(
+            {
+                "seed": seed,
+                "picked": per_subhead[trainer.seed_histories[index][-1]["chosen_subhead"]],
+                "MI": per_subhead[int(np.argmax(information))],
+                "oracle": max(per_subhead),
+                "k-means": accuracy(kmeans),
+            }
+        )
     return rows
 
 
@@ -71,7 +78,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML config (default: configs/digits.yaml)")
     parser.add_argument("--epochs", type=int)
-    parser.add_argument("--report-epochs", type=int, nargs="+", default=[], metavar="E", help="also read out at these epochs")
+    parser.add_argument(
+        "--report-epochs", type=int, nargs="+", default=[], metavar="E", help="also read out at these epochs"
+    )
     parser.add_argument("--seeds", type=int, nargs="+", required=True)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
@@ -79,8 +88,10 @@ def main() -> None:
     if args.epochs:
         config = config.replace(epochs=args.epochs)
     config.validate()
-    print(f"{config.dataset} at {config.input_size} px: {config.backbone} (width {config.backbone_width}), sobel {config.sobel}, {config.epochs} epochs, "
-          f"{config.num_subheads} sub-heads, no screening; seeds {args.seeds}; torch threads {torch.get_num_threads()}")
+    print(
+        f"{config.dataset} at {config.input_size} px: {config.backbone} (width {config.backbone_width}), sobel {config.sobel}, {config.epochs} epochs, "
+        f"{config.num_subheads} sub-heads, no screening; seeds {args.seeds}; torch threads {torch.get_num_threads()}"
+    )
     report_at = {*args.report_epochs, config.epochs}
 
     def on_epoch(metrics: dict, trainer: Trainer) -> None:

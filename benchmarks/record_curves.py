@@ -76,8 +76,14 @@ def default_table_path(preset: str) -> Path:
 def table_definition(preset: str, space: dict, config: IICConfig, seeds: list[int], sample_seed: int) -> dict:
     """What a table holds; a rerun that appends to it must define the same."""
     return {
-        "kind": "table", "preset": preset, "space": space, "config": config.to_dict(), "seeds": seeds,
-        "epochs": config.epochs, "sample_seed": sample_seed, "metrics": list(CURVE_METRICS),
+        "kind": "table",
+        "preset": preset,
+        "space": space,
+        "config": config.to_dict(),
+        "seeds": seeds,
+        "epochs": config.epochs,
+        "sample_seed": sample_seed,
+        "metrics": list(CURVE_METRICS),
     }
 
 
@@ -97,7 +103,8 @@ def same_values(recorded: dict, drawn: dict) -> bool:
     (another machine's log and exp may round the last bit otherwise)."""
     return recorded.keys() == drawn.keys() and all(
         math.isclose(a, b, rel_tol=1e-12) if isinstance(a, float) and isinstance(b, float) else a == b
-        for a, b in ((recorded[k], drawn[k]) for k in recorded))
+        for a, b in ((recorded[k], drawn[k]) for k in recorded)
+    )
 
 
 def read_table(path: str | Path) -> tuple[dict | None, list[dict], list[dict]]:
@@ -121,7 +128,7 @@ def read_table(path: str | Path) -> tuple[dict | None, list[dict], list[dict]]:
             raise ValueError(f"{path} line {number + 1} is not JSON; the table is damaged") from None
     table = records[0] if records and records[0].get("kind") == "table" else None
     if records and table is None:
-        raise ValueError(f"{path}: the first line is not a table definition ({{\"kind\": \"table\", ...}})")
+        raise ValueError(f'{path}: the first line is not a table definition ({{"kind": "table", ...}})')
     return table, [r for r in records if r["kind"] == "run"], [r for r in records if r["kind"] == "config"]
 
 
@@ -157,7 +164,10 @@ def record_config(index: int, values: dict, config_dict: dict, seeds: list[int])
         "status": str(RunStatus.DIVERGED if trainer.status == RunStatus.DIVERGED else RunStatus.COMPLETED),
         "seconds": round(time.perf_counter() - started, 3),
         "epoch_seconds": epoch_seconds,
-        "curves": {metric: [[_rounded(epoch[metric]) for epoch in history] for history in trainer.seed_histories] for metric in CURVE_METRICS},
+        "curves": {
+            metric: [[_rounded(epoch[metric]) for epoch in history] for history in trainer.seed_histories]
+            for metric in CURVE_METRICS
+        },
     }
 
 
@@ -166,17 +176,42 @@ def record_config(index: int, values: dict, config_dict: dict, seeds: list[int])
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default=DEFAULT_PRESET, help=f"bundled preset or YAML path (default {DEFAULT_PRESET})")
+    parser.add_argument(
+        "--preset", default=DEFAULT_PRESET, help=f"bundled preset or YAML path (default {DEFAULT_PRESET})"
+    )
     parser.add_argument("--configs", type=int, help=f"how many configs the table holds (default {DEFAULT_CONFIGS})")
-    parser.add_argument("--seeds", type=int, nargs="+", help=f"seeds every config trains on (default {' '.join(map(str, DEFAULT_SEEDS))})")
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        help=f"seeds every config trains on (default {' '.join(map(str, DEFAULT_SEEDS))})",
+    )
     parser.add_argument("--epochs", type=int, help=f"epochs of every config (default {DEFAULT_EPOCHS})")
     parser.add_argument("--sample-seed", type=int, default=0, help="seed of the configs' draw (default 0)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="fix an IICConfig field of every config (not a searched one), e.g. --set max_samples=600")
-    parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) // 2), help="configs trained at once (default: half the CPUs)")
-    parser.add_argument("--time-budget", type=float, help="seconds; start no config that would end past it (running ones finish)")
-    parser.add_argument("--out", help=f"table file, appended to (default {default_table_path(DEFAULT_PRESET).relative_to(REPOSITORY)}; with --smoke a temporary file)")
-    parser.add_argument("--smoke", action="store_true", help="3 configs, 2 seeds, 2 epochs, 8 px: checks the whole path in seconds")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="fix an IICConfig field of every config (not a searched one), e.g. --set max_samples=600",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=max(1, (os.cpu_count() or 2) // 2),
+        help="configs trained at once (default: half the CPUs)",
+    )
+    parser.add_argument(
+        "--time-budget", type=float, help="seconds; start no config that would end past it (running ones finish)"
+    )
+    parser.add_argument(
+        "--out",
+        help=f"table file, appended to (default {default_table_path(DEFAULT_PRESET).relative_to(REPOSITORY)}; with --smoke a temporary file)",
+    )
+    parser.add_argument(
+        "--smoke", action="store_true", help="3 configs, 2 seeds, 2 epochs, 8 px: checks the whole path in seconds"
+    )
     return parser.parse_args(argv)
 
 
@@ -191,7 +226,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     count = args.configs or (SMOKE["configs"] if args.smoke else DEFAULT_CONFIGS)
     epochs = args.epochs or (SMOKE["epochs"] if args.smoke else DEFAULT_EPOCHS)
-    out = Path(args.out) if args.out else Path(tempfile.gettempdir()) / "curves_smoke.jsonl" if args.smoke else default_table_path(args.preset)
+    out = (
+        Path(args.out)
+        if args.out
+        else Path(tempfile.gettempdir()) / "curves_smoke.jsonl"
+        if args.smoke
+        else default_table_path(args.preset)
+    )
     try:
         seeds = check_seeds(args.seeds or (SMOKE["seeds"] if args.smoke else DEFAULT_SEEDS))
         if out.suffix == ".gz":
@@ -201,7 +242,9 @@ def main(argv: list[str] | None = None) -> int:
         searched = set(space) & {assignment.partition("=")[0].strip() for assignment in args.overrides}
         if searched:
             raise ConfigError(f"--set {', '.join(sorted(searched))}: searched by the preset; a table varies it")
-        base = IICConfig.from_dict(raw.get("config") or {}).replace(epochs=epochs, **({"input_size": SMOKE["input_size"]} if args.smoke else {}))
+        base = IICConfig.from_dict(raw.get("config") or {}).replace(
+            epochs=epochs, **({"input_size": SMOKE["input_size"]} if args.smoke else {})
+        )
         base = base.with_overrides(args.overrides).validate()
         configs = sample_configs(space, base, count, args.sample_seed)
         for _, config in configs:
@@ -212,13 +255,18 @@ def main(argv: list[str] | None = None) -> int:
             existing = {**existing, "config": IICConfig.from_dict(existing["config"]).to_dict()}
         if existing is not None and existing != table:
             differ = sorted(key for key in table if existing.get(key) != table.get(key))
-            raise ConfigError(f"{out} holds another table ({', '.join(differ)} differ); write to another --out or delete it")
+            raise ConfigError(
+                f"{out} holds another table ({', '.join(differ)} differ); write to another --out or delete it"
+            )
     except ValueError as err:  # ConfigError, PresetError, a damaged table
         print(f"error: {err}", file=sys.stderr)
         return 2
     for record in recorded:  # config i must be the one this draw gives: the sampler may have changed
         if record["index"] < count and not same_values(record["values"], configs[record["index"]][0]):
-            print(f"error: {out}: config {record['index']} was recorded with other values than this draw gives; the table cannot be extended", file=sys.stderr)
+            print(
+                f"error: {out}: config {record['index']} was recorded with other values than this draw gives; the table cannot be extended",
+                file=sys.stderr,
+            )
             return 2
 
     done = {record["index"] for record in recorded}
@@ -228,12 +276,21 @@ def main(argv: list[str] | None = None) -> int:
         drop_cut_line(out)
     command = "python benchmarks/record_curves.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     run = {
-        "kind": "run", "command": command, "device": device_name(base), "torch": torch.__version__,
-        "python": platform.python_version(), "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "workers": args.workers, "time_budget": args.time_budget, "configs": count,
+        "kind": "run",
+        "command": command,
+        "device": device_name(base),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "workers": args.workers,
+        "time_budget": args.time_budget,
+        "configs": count,
     }
-    print(f"{len(done)} of {count} configs already in {out}; {len(todo)} to record on {run['device']} with {args.workers} worker(s)"
-          + (f", time budget {args.time_budget:.0f} s" if args.time_budget is not None else ""), flush=True)
+    print(
+        f"{len(done)} of {count} configs already in {out}; {len(todo)} to record on {run['device']} with {args.workers} worker(s)"
+        + (f", time budget {args.time_budget:.0f} s" if args.time_budget is not None else ""),
+        flush=True,
+    )
 
     started = time.perf_counter()
     slowest = 0.0
@@ -244,11 +301,17 @@ def main(argv: list[str] | None = None) -> int:
             table_file.write(json.dumps(table) + "\n")
         table_file.write(json.dumps(run) + "\n")
         table_file.flush()
-        pool = concurrent.futures.ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker, initargs=(threads,))
+        pool = concurrent.futures.ProcessPoolExecutor(
+            args.workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker, initargs=(threads,)
+        )
         running = {}
         with pool:
             while todo or running:
-                while todo and len(running) < args.workers and (args.time_budget is None or time.perf_counter() - started + slowest <= args.time_budget):
+                while (
+                    todo
+                    and len(running) < args.workers
+                    and (args.time_budget is None or time.perf_counter() - started + slowest <= args.time_budget)
+                ):
                     index = todo.pop(0)
                     values, config = configs[index]
                     running[pool.submit(record_config, index, values, config.to_dict(), seeds)] = index
@@ -270,17 +333,24 @@ def main(argv: list[str] | None = None) -> int:
                     recorded_here.append(record)
                     slowest = max(slowest, record["seconds"])
                     accuracy = [curve[-1] for curve in record["curves"]["cluster_accuracy"] if curve]
-                    print(f"config {index:>4} {record['status']:<9} {record['seconds']:7.1f} s  final accuracy per seed "
-                          + " ".join(f"{a:.3f}" if a is not None else "nan" for a in accuracy)
-                          + f"  ({len(done) + len(recorded_here)}/{count}, {time.perf_counter() - started:.0f} s)", flush=True)
+                    print(
+                        f"config {index:>4} {record['status']:<9} {record['seconds']:7.1f} s  final accuracy per seed "
+                        + " ".join(f"{a:.3f}" if a is not None else "nan" for a in accuracy)
+                        + f"  ({len(done) + len(recorded_here)}/{count}, {time.perf_counter() - started:.0f} s)",
+                        flush=True,
+                    )
 
     wall = time.perf_counter() - started
     epoch_seconds = [s for record in recorded_here for s in record["epoch_seconds"]]
-    print(f"\nrecorded {len(recorded_here)} config(s) in {wall:.0f} s ({len(failed)} failed, {len(todo)} not started: "
-          f"{'time budget' if todo else 'none left'}); table {out}: {len(done) + len(recorded_here)} of {count} configs, {out.stat().st_size / 1e6:.2f} MB")
+    print(
+        f"\nrecorded {len(recorded_here)} config(s) in {wall:.0f} s ({len(failed)} failed, {len(todo)} not started: "
+        f"{'time budget' if todo else 'none left'}); table {out}: {len(done) + len(recorded_here)} of {count} configs, {out.stat().st_size / 1e6:.2f} MB"
+    )
     if epoch_seconds:
-        print(f"seconds per config-epoch ({len(seeds)} seeds stacked): mean {np.mean(epoch_seconds):.2f}, min {min(epoch_seconds):.2f}, "
-              f"max {max(epoch_seconds):.2f}; wall seconds per config {wall / len(recorded_here):.1f} with {args.workers} worker(s)")
+        print(
+            f"seconds per config-epoch ({len(seeds)} seeds stacked): mean {np.mean(epoch_seconds):.2f}, min {min(epoch_seconds):.2f}, "
+            f"max {max(epoch_seconds):.2f}; wall seconds per config {wall / len(recorded_here):.1f} with {args.workers} worker(s)"
+        )
     print(f"command: {command}")
     return 1 if failed else 0
 

@@ -46,23 +46,35 @@ class EpochBudget(tune.Stopper):
         return self.spent >= self.budget
 
 
-def run_strategy(strategy: str, preset: Preset, budget: int, seed: int, concurrency: int, storage: str) -> list[tuple[int, float]]:
+def run_strategy(
+    strategy: str, preset: Preset, budget: int, seed: int, concurrency: int, storage: str
+) -> list[tuple[int, float]]:
     """(trial-epochs spent, accuracy) of every result, in the order they arrived."""
     epochs = preset.config["epochs"]
     if strategy == "tpe+asha":
         sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=5)
-        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=epochs, grace_period=max(1, epochs // 4), reduction_factor=3)
+        scheduler = ASHAScheduler(
+            time_attr="training_iteration", max_t=epochs, grace_period=max(1, epochs // 4), reduction_factor=3
+        )
     else:
         sampler = optuna.samplers.RandomSampler(seed=seed)
         scheduler = FIFOScheduler()
     searcher = OptunaSearch(space=preset.space(seed=0), metric="cluster_accuracy", mode="max", sampler=sampler)
     tuner = tune.Tuner(
-        tune.with_resources(tune.with_parameters(train_iic, settings=TrialSettings(collapse_share=1.1, collapse_information=0.0)), {"cpu": preset.search.cpus_per_trial}),
-        tune_config=tune.TuneConfig(
-            search_alg=ConcurrencyLimiter(searcher, max_concurrent=concurrency), scheduler=scheduler,
-            metric="cluster_accuracy", mode="max", num_samples=10_000,
+        tune.with_resources(
+            tune.with_parameters(train_iic, settings=TrialSettings(collapse_share=1.1, collapse_information=0.0)),
+            {"cpu": preset.search.cpus_per_trial},
         ),
-        run_config=tune.RunConfig(name=f"{strategy}-seed{seed}-{int(time.time())}", storage_path=storage, stop=EpochBudget(budget), verbose=0),
+        tune_config=tune.TuneConfig(
+            search_alg=ConcurrencyLimiter(searcher, max_concurrent=concurrency),
+            scheduler=scheduler,
+            metric="cluster_accuracy",
+            mode="max",
+            num_samples=10_000,
+        ),
+        run_config=tune.RunConfig(
+            name=f"{strategy}-seed{seed}-{int(time.time())}", storage_path=storage, stop=EpochBudget(budget), verbose=0
+        ),
     )
     results = tuner.fit()
     events = []
@@ -91,19 +103,25 @@ def main() -> None:
     args = parser.parse_args()
 
     preset = Preset.load(args.preset)
-    preset = dataclasses.replace(preset, config={**preset.config, "epochs": args.epochs, "max_samples": args.max_samples})
+    preset = dataclasses.replace(
+        preset, config={**preset.config, "epochs": args.epochs, "max_samples": args.max_samples}
+    )
     ray.init(include_dashboard=False, log_to_driver=False)
     rows = {}
     started = time.perf_counter()
     for strategy in ("random", "tpe+asha"):
         for seed in args.seeds:
-            curve = run_strategy(strategy, preset, args.budget, seed, args.concurrency or preset.search.max_concurrent, args.storage)
+            curve = run_strategy(
+                strategy, preset, args.budget, seed, args.concurrency or preset.search.max_concurrent, args.storage
+            )
             rows[(strategy, seed)] = [best_at(curve, int(share * args.budget)) for share in SHARES]
             print(f"{strategy:<9} seed {seed}: " + "  ".join(f"{v:.3f}" for v in rows[(strategy, seed)]), flush=True)
     ray.shutdown()
 
     header = "  ".join(f"{int(share * args.budget):>5}" for share in SHARES)
-    print(f"\nbest Hungarian accuracy after N trial-epochs ({args.preset}, {args.max_samples} images, {args.epochs}-epoch trials)")
+    print(
+        f"\nbest Hungarian accuracy after N trial-epochs ({args.preset}, {args.max_samples} images, {args.epochs}-epoch trials)"
+    )
     print(f"{'strategy':<10} {'seed':>4}  {header}")
     for (strategy, seed), values in rows.items():
         print(f"{strategy:<10} {seed:>4}  " + "  ".join(f"{v:>5.3f}" for v in values))

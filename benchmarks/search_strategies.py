@@ -72,8 +72,10 @@ from search.space import PBTSettings, suggest
 STRATEGIES = ("random", "tpe", "tpe+asha", "pbt")
 DEFAULT_BUDGETS = (100, 200, 400, 800)
 APPROXIMATION = "each proposed point takes the curves of the nearest recorded config (normalised space; a different choice counts 1)"
-PBT_APPROXIMATION = ("a PBT member that explores at epoch e continues on the curves of the recorded config nearest its new values "
-                     "among those with its non-schedulable values, from epoch e + 1 (stitched), else keeps its donor's")
+PBT_APPROXIMATION = (
+    "a PBT member that explores at epoch e continues on the curves of the recorded config nearest its new values "
+    "among those with its non-schedulable values, from epoch e + 1 (stitched), else keeps its donor's"
+)
 PERTURBATION_FACTORS = (0.8, 1.2)  # Ray Tune's PopulationBasedTraining default
 
 
@@ -85,10 +87,14 @@ class Table:
     params: list[Param]
     epochs: int
     values: list[dict]  # each config's searched values
-    coordinates: np.ndarray  # (configs, params): each config's position in the normalised space, NaN where a gate leaves a field out
+    coordinates: (
+        np.ndarray
+    )  # (configs, params): each config's position in the normalised space, NaN where a gate leaves a field out
     search_curves: list[np.ndarray]  # per config: mean accuracy over the search seeds per recorded epoch
     diverged: np.ndarray  # (configs,) bool: the config's loss turned NaN after its recorded epochs
-    confirmed: np.ndarray  # (configs,) mean accuracy at the last epoch over the confirmation seeds; NaN unless completed
+    confirmed: (
+        np.ndarray
+    )  # (configs,) mean accuracy at the last epoch over the confirmation seeds; NaN unless completed
     search_seeds: list[int]
     confirm_seeds: list[int]
     provenance: list[dict]  # the table's run records
@@ -132,7 +138,9 @@ def load_table(path: str | Path, search_seeds: list[int], confirm_seeds: list[in
     if definition is None:
         raise ValueError(f"{path}: no table there (record one with benchmarks/record_curves.py)")
     if set(search_seeds) & set(confirm_seeds):
-        raise ValueError(f"search seeds {search_seeds} and confirmation seeds {confirm_seeds} overlap: a config would be reported on the seeds it was chosen on")
+        raise ValueError(
+            f"search seeds {search_seeds} and confirmation seeds {confirm_seeds} overlap: a config would be reported on the seeds it was chosen on"
+        )
     missing = sorted((set(search_seeds) | set(confirm_seeds)) - set(definition["seeds"]))
     if missing:
         raise ValueError(f"{path}: seeds {missing} are not in the table (it holds {definition['seeds']})")
@@ -155,10 +163,14 @@ def load_table(path: str | Path, search_seeds: list[int], confirm_seeds: list[in
         coordinates=np.array([position(params, r["values"]) for r in records]),
         search_curves=[mean_over(search_seeds, r) for r in records],
         diverged=np.array([r["status"] == RunStatus.DIVERGED for r in records]),
-        confirmed=np.array([
-            mean_over(confirm_seeds, r)[-1] if r["status"] == RunStatus.COMPLETED and len(r["epoch_seconds"]) == epochs else math.nan
-            for r in records
-        ]),
+        confirmed=np.array(
+            [
+                mean_over(confirm_seeds, r)[-1]
+                if r["status"] == RunStatus.COMPLETED and len(r["epoch_seconds"]) == epochs
+                else math.nan
+                for r in records
+            ]
+        ),
         search_seeds=list(search_seeds),
         confirm_seeds=list(confirm_seeds),
         provenance=runs,
@@ -175,12 +187,19 @@ class Trial:
     status: RunStatus
 
 
-def run_search(table: Table, strategy: str, seed: int, budget: int, grace_period: int, reduction_factor: int) -> list[Trial]:
+def run_search(
+    table: Table, strategy: str, seed: int, budget: int, grace_period: int, reduction_factor: int
+) -> list[Trial]:
     """One search of ``strategy`` with sampler seed ``seed``, one trial at a time, until ``budget``
     trial-epochs are spent."""
-    sampler = optuna.samplers.RandomSampler(seed=seed) if strategy == "random" else optuna.samplers.TPESampler(seed=seed)
-    pruner = (optuna.pruners.SuccessiveHalvingPruner(min_resource=grace_period, reduction_factor=reduction_factor)
-              if strategy == "tpe+asha" else optuna.pruners.NopPruner())
+    sampler = (
+        optuna.samplers.RandomSampler(seed=seed) if strategy == "random" else optuna.samplers.TPESampler(seed=seed)
+    )
+    pruner = (
+        optuna.pruners.SuccessiveHalvingPruner(min_resource=grace_period, reduction_factor=reduction_factor)
+        if strategy == "tpe+asha"
+        else optuna.pruners.NopPruner()
+    )
     study = optuna.create_study(direction="maximize", sampler=sampler, pruner=pruner)
     trials, spent = [], 0
     while spent < budget:
@@ -250,7 +269,9 @@ def explore(params: list[Param], values: dict, settings: PBTSettings, rng: np.ra
             drawn = rng.uniform(low, high)
             explored[param.name] = math.exp(drawn) if param.log else drawn
         else:
-            explored[param.name] = min(max(values[param.name] * rng.choice(PERTURBATION_FACTORS), param.low), param.high)
+            explored[param.name] = min(
+                max(values[param.name] * rng.choice(PERTURBATION_FACTORS), param.low), param.high
+            )
     return explored
 
 
@@ -265,7 +286,9 @@ def initial_population(table: Table, size: int, seed: int) -> list[Member]:
     return members
 
 
-def exploit(table: Table, members: list[Member], epoch: int, settings: PBTSettings, rng: np.random.Generator, run: PBTRun) -> None:
+def exploit(
+    table: Table, members: list[Member], epoch: int, settings: PBTSettings, rng: np.random.Generator, run: PBTRun
+) -> None:
     """The bottom quantile of the running members (by the search seeds' value at ``epoch``) takes
     over a random top-quantile member and explores from it."""
     running = [m for m in members if m.status == RunStatus.RUNNING]
@@ -338,12 +361,22 @@ def record_pbt(table: Table, result: dict, run: PBTRun | None) -> None:
     result["moves"].append(run.moves if run else 0)
 
 
-def compare(table: Table, strategies: list[str], budgets: list[int], searches: int, grace_period: int, reduction_factor: int,
-            pbt: PBTSettings | None = None) -> dict:
+def compare(
+    table: Table,
+    strategies: list[str],
+    budgets: list[int],
+    searches: int,
+    grace_period: int,
+    reduction_factor: int,
+    pbt: PBTSettings | None = None,
+) -> dict:
     """{(strategy, budget): {"confirmed": [...], "searched": [...], "trials": [...], "distinct": [...]}} over the
     searches (PBT's also "exploits" and "moves"). A PBT search's population depends on the budget: one per budget."""
-    results = {(s, b): {"confirmed": [], "searched": [], "trials": [], "distinct": [], "exploits": [], "moves": []}
-               for s in strategies for b in budgets}
+    results = {
+        (s, b): {"confirmed": [], "searched": [], "trials": [], "distinct": [], "exploits": [], "moves": []}
+        for s in strategies
+        for b in budgets
+    }
     for strategy in strategies:
         for seed in range(searches):
             if strategy == "pbt":
@@ -373,19 +406,40 @@ def summary(values: list[float]) -> dict:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--table", help="table of curves (default benchmarks/data/curves_PRESET.jsonl, or .jsonl.gz)")
-    parser.add_argument("--preset", default=DEFAULT_PRESET,
-                        help=f"whose bundled table, when no --table (default {DEFAULT_PRESET}; digits_schedules: PBT's explore moves)")
+    parser.add_argument(
+        "--preset",
+        default=DEFAULT_PRESET,
+        help=f"whose bundled table, when no --table (default {DEFAULT_PRESET}; digits_schedules: PBT's explore moves)",
+    )
     parser.add_argument("--budgets", type=int, nargs="+", default=list(DEFAULT_BUDGETS), help="trial-epochs per search")
-    parser.add_argument("--searches", type=int, default=100, help="searches per strategy and budget (sampler seeds 0..N-1)")
+    parser.add_argument(
+        "--searches", type=int, default=100, help="searches per strategy and budget (sampler seeds 0..N-1)"
+    )
     parser.add_argument("--strategies", nargs="+", choices=STRATEGIES, default=list(STRATEGIES))
     parser.add_argument("--search-seeds", type=int, nargs="+", default=[0, 1, 2], help="table seeds a search sees")
-    parser.add_argument("--confirm-seeds", type=int, nargs="+", default=[3, 4], help="table seeds the chosen config is reported on")
-    parser.add_argument("--grace-period", type=int, help="ASHA's first rung, in epochs (default: a quarter of the table's epochs)")
+    parser.add_argument(
+        "--confirm-seeds", type=int, nargs="+", default=[3, 4], help="table seeds the chosen config is reported on"
+    )
+    parser.add_argument(
+        "--grace-period", type=int, help="ASHA's first rung, in epochs (default: a quarter of the table's epochs)"
+    )
     parser.add_argument("--reduction-factor", type=int, default=3)
     defaults = PBTSettings()
-    parser.add_argument("--perturbation-interval", type=int, default=defaults.perturbation_interval, help="PBT: epochs between exploits")
-    parser.add_argument("--quantile-fraction", type=float, default=defaults.quantile_fraction, help="PBT: the bottom share that takes over the top share")
-    parser.add_argument("--resample-probability", type=float, default=defaults.resample_probability, help="PBT: chance a mutated value is drawn afresh")
+    parser.add_argument(
+        "--perturbation-interval", type=int, default=defaults.perturbation_interval, help="PBT: epochs between exploits"
+    )
+    parser.add_argument(
+        "--quantile-fraction",
+        type=float,
+        default=defaults.quantile_fraction,
+        help="PBT: the bottom share that takes over the top share",
+    )
+    parser.add_argument(
+        "--resample-probability",
+        type=float,
+        default=defaults.resample_probability,
+        help="PBT: chance a mutated value is drawn afresh",
+    )
     return parser.parse_args(argv)
 
 
@@ -403,24 +457,44 @@ def main(argv: list[str] | None = None) -> int:
     grace_period = args.grace_period or max(1, table.epochs // 4)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    pbt = PBTSettings(perturbation_interval=args.perturbation_interval, quantile_fraction=args.quantile_fraction,
-                      resample_probability=args.resample_probability)
-    results = compare(table, args.strategies, sorted(args.budgets), args.searches, grace_period, args.reduction_factor, pbt)
+    pbt = PBTSettings(
+        perturbation_interval=args.perturbation_interval,
+        quantile_fraction=args.quantile_fraction,
+        resample_probability=args.resample_probability,
+    )
+    results = compare(
+        table, args.strategies, sorted(args.budgets), args.searches, grace_period, args.reduction_factor, pbt
+    )
 
     devices = sorted({run["device"] for run in table.provenance})
-    exhaustive = max(range(len(table.values)), key=lambda c: value_at(table, c, table.epochs) if math.isfinite(table.confirmed[c]) else -math.inf)
+    exhaustive = max(
+        range(len(table.values)),
+        key=lambda c: value_at(table, c, table.epochs) if math.isfinite(table.confirmed[c]) else -math.inf,
+    )
     print(f"table {table.path}: {len(table.values)} configs x {table.epochs} epochs, recorded on {', '.join(devices)}")
-    print(f"a search sees table seeds {table.search_seeds}; its chosen config is reported on seeds {table.confirm_seeds}, which it never sees")
+    print(
+        f"a search sees table seeds {table.search_seeds}; its chosen config is reported on seeds {table.confirm_seeds}, which it never sees"
+    )
     print(f"approximation: {APPROXIMATION}")
-    print(f"ASHA (Optuna SuccessiveHalvingPruner): first rung {grace_period} epochs, reduction factor {args.reduction_factor}; {args.searches} searches per strategy and budget")
+    print(
+        f"ASHA (Optuna SuccessiveHalvingPruner): first rung {grace_period} epochs, reduction factor {args.reduction_factor}; {args.searches} searches per strategy and budget"
+    )
     if "pbt" in args.strategies:
-        print(f"PBT: synchronous, population = budget / {table.epochs} epochs, exploit every {pbt.perturbation_interval} epochs, "
-              f"quantile {pbt.quantile_fraction:g}, resample probability {pbt.resample_probability:g}; {PBT_APPROXIMATION}")
-    print(f"oracle (the table's best config on the confirmation seeds): {np.nanmax(table.confirmed):.3f}; "
-          f"exhaustive (every config to the end, chosen on the search seeds): {table.confirmed[exhaustive]:.3f} confirmed "
-          f"({value_at(table, exhaustive, table.epochs):.3f} on the search seeds)")
-    print(f"\nbest confirmed accuracy: mean over seeds {table.confirm_seeds} at epoch {table.epochs} of the config each search chose")
-    print(f"{'budget':>6}  {'strategy':<9} {'mean':>6} {'sd':>6} {'min':>6} {'se':>6}  {'vs random':>15}  {'searched':>8}  {'trials':>6}  {'distinct':>8}")
+        print(
+            f"PBT: synchronous, population = budget / {table.epochs} epochs, exploit every {pbt.perturbation_interval} epochs, "
+            f"quantile {pbt.quantile_fraction:g}, resample probability {pbt.resample_probability:g}; {PBT_APPROXIMATION}"
+        )
+    print(
+        f"oracle (the table's best config on the confirmation seeds): {np.nanmax(table.confirmed):.3f}; "
+        f"exhaustive (every config to the end, chosen on the search seeds): {table.confirmed[exhaustive]:.3f} confirmed "
+        f"({value_at(table, exhaustive, table.epochs):.3f} on the search seeds)"
+    )
+    print(
+        f"\nbest confirmed accuracy: mean over seeds {table.confirm_seeds} at epoch {table.epochs} of the config each search chose"
+    )
+    print(
+        f"{'budget':>6}  {'strategy':<9} {'mean':>6} {'sd':>6} {'min':>6} {'se':>6}  {'vs random':>15}  {'searched':>8}  {'trials':>6}  {'distinct':>8}"
+    )
     for budget in sorted(args.budgets):
         baseline = summary(results[(args.strategies[0], budget)]["confirmed"])
         for strategy in args.strategies:
@@ -428,18 +502,26 @@ def main(argv: list[str] | None = None) -> int:
             confirmed = summary(result["confirmed"])
             difference = ""
             if strategy != args.strategies[0]:
-                difference = f"{confirmed['mean'] - baseline['mean']:+.3f} ± {math.hypot(confirmed['se'], baseline['se']):.3f}"
-            print(f"{budget:>6}  {strategy:<9} {confirmed['mean']:6.3f} {confirmed['sd']:6.3f} {confirmed['min']:6.3f} {confirmed['se']:6.3f}  "
-                  f"{difference:>15}  {np.mean(result['searched']):8.3f}  {np.mean(result['trials']):6.1f}  {np.mean(result['distinct']):8.1f}")
-    print(f"('vs random': difference of means ± its standard error, against {args.strategies[0]}; 'searched': the chosen "
-          f"config's value on the search seeds, which flatters it; 'trials', 'distinct': trials started (PBT: its population) and "
-          f"distinct configs met, means)")
+                difference = (
+                    f"{confirmed['mean'] - baseline['mean']:+.3f} ± {math.hypot(confirmed['se'], baseline['se']):.3f}"
+                )
+            print(
+                f"{budget:>6}  {strategy:<9} {confirmed['mean']:6.3f} {confirmed['sd']:6.3f} {confirmed['min']:6.3f} {confirmed['se']:6.3f}  "
+                f"{difference:>15}  {np.mean(result['searched']):8.3f}  {np.mean(result['trials']):6.1f}  {np.mean(result['distinct']):8.1f}"
+            )
+    print(
+        f"('vs random': difference of means ± its standard error, against {args.strategies[0]}; 'searched': the chosen "
+        f"config's value on the search seeds, which flatters it; 'trials', 'distinct': trials started (PBT: its population) and "
+        f"distinct configs met, means)"
+    )
     if "pbt" in args.strategies:
         for budget in sorted(args.budgets):
             result = results[("pbt", budget)]
-            print(f"PBT at {budget} trial-epochs: {np.mean(result['exploits']):.1f} exploits a search, "
-                  f"{np.mean(result['moves']):.1f} of them explored to another recorded config"
-                  + ("" if result["trials"][0] else f" (no population: under 2 x {table.epochs} trial-epochs)"))
+            print(
+                f"PBT at {budget} trial-epochs: {np.mean(result['exploits']):.1f} exploits a search, "
+                f"{np.mean(result['moves']):.1f} of them explored to another recorded config"
+                + ("" if result["trials"][0] else f" (no population: under 2 x {table.epochs} trial-epochs)")
+            )
     print(f"\n{time.perf_counter() - started:.1f} s")
     print("command: python benchmarks/search_strategies.py " + shlex.join(argv if argv is not None else sys.argv[1:]))
     return 0

@@ -32,16 +32,30 @@ from iic.train import Trainer
 def setups(device: str, amp: bool) -> dict[str, IICConfig]:
     default = IICConfig(device=device, amp=amp)
     resnet = IICConfig(
-        backbone="resnet18", input_size=64, batch_size=64, repeats=3, sobel=True, overcluster_k=0,
-        crop_min_scale=0.5, hflip_prob=0.5, rotation_degrees=15, brightness=0.4, contrast=0.4,
-        saturation=0.4, hue=0.1, device=device, amp=amp,
+        backbone="resnet18",
+        input_size=64,
+        batch_size=64,
+        repeats=3,
+        sobel=True,
+        overcluster_k=0,
+        crop_min_scale=0.5,
+        hflip_prob=0.5,
+        rotation_degrees=15,
+        brightness=0.4,
+        contrast=0.4,
+        saturation=0.4,
+        hue=0.1,
+        device=device,
+        amp=amp,
     )
     return {"default (digits, clusternet 16px)": default, "resnet18 64px RGB + sobel": resnet}
 
 
 def synthetic_rgb(size: int, count: int = 512) -> ImageData:
     """Random RGB images: step timing does not depend on what the pixels show."""
-    images = torch.randint(0, 256, (count, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    images = torch.randint(
+        0, 256, (count, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+    )
     return ImageData(images=images, labels=torch.zeros(count, dtype=torch.int64), class_names=["x"], name="synthetic")
 
 
@@ -99,14 +113,19 @@ def seeds_profile(config: IICConfig, count: int, steps: int, warmup: int) -> dic
 
 
 def print_seeds_table(configs: dict[str, IICConfig], counts: list[int], steps: int, warmup: int) -> None:
-    print(f"\n{'setup':<36} {'seeds':>5} {'stacked ms':>10} {'in turn ms':>10} {'stacked/in turn':>15} {'vs 1 seed':>9}")
+    print(
+        f"\n{'setup':<36} {'seeds':>5} {'stacked ms':>10} {'in turn ms':>10} {'stacked/in turn':>15} {'vs 1 seed':>9}"
+    )
     for name, config in configs.items():
         single = None
         for count in counts:
             r = seeds_profile(config, count, steps, warmup)
             single = single or r["stacked_ms"] if count == 1 else single
             versus = f"{r['stacked_ms'] / single:>8.2f}x" if single else f"{'':>9}"
-            print(f"{name:<36} {count:>5} {r['stacked_ms']:>10.1f} {r['in_turn_ms']:>10.1f} {r['stacked_ms'] / r['in_turn_ms']:>14.2f}x {versus}", flush=True)
+            print(
+                f"{name:<36} {count:>5} {r['stacked_ms']:>10.1f} {r['in_turn_ms']:>10.1f} {r['stacked_ms'] / r['in_turn_ms']:>14.2f}x {versus}",
+                flush=True,
+            )
 
 
 def main() -> None:
@@ -115,21 +134,37 @@ def main() -> None:
     parser.add_argument("--no-amp", action="store_true")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--seeds", type=int, nargs="+", metavar="S", help="also time S seeds stacked vs in turn, e.g. --seeds 1 2 4")
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", metavar="S", help="also time S seeds stacked vs in turn, e.g. --seeds 1 2 4"
+    )
     parser.add_argument("--only", choices=["default", "resnet18"], help="profile one setup only")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="an IICConfig field for both setups, e.g. --set channels_last=true or "
-                             "--set compile_mode=reduce-overhead (compiling happens in the warm-up steps)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an IICConfig field for both setups, e.g. --set channels_last=true or "
+        "--set compile_mode=reduce-overhead (compiling happens in the warm-up steps)",
+    )
     args = parser.parse_args()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads"
-          + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""))
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads"
+        + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else "")
+    )
     print(f"{'setup':<36} {'device':<22} {'images/s':>9} {'views/s':>9} {'step ms':>8} {'prep share':>10}")
-    configs = {name: config.with_overrides(args.overrides)
-               for name, config in setups(args.device, not args.no_amp).items() if not args.only or name.startswith(args.only)}
+    configs = {
+        name: config.with_overrides(args.overrides)
+        for name, config in setups(args.device, not args.no_amp).items()
+        if not args.only or name.startswith(args.only)
+    }
     for name, config in configs.items():
         r = profile(config, args.steps, args.warmup)
-        print(f"{name:<36} {r['device']:<22} {r['images_per_second']:>9.0f} {r['views_per_second']:>9.0f} "
-              f"{r['step_ms']:>8.1f} {100 * r['prepare_share']:>9.1f}%", flush=True)
+        print(
+            f"{name:<36} {r['device']:<22} {r['images_per_second']:>9.0f} {r['views_per_second']:>9.0f} "
+            f"{r['step_ms']:>8.1f} {100 * r['prepare_share']:>9.1f}%",
+            flush=True,
+        )
     if args.seeds:
         print_seeds_table(configs, args.seeds, args.steps, args.warmup)
     print("command: python " + " ".join(shlex.quote(a) for a in sys.argv))

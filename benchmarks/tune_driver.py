@@ -36,8 +36,20 @@ from search.mlflow_runs import SearchRecord, open_search_run, prepare_experiment
 from search.tracking import MLflowTrialLogger
 from search.space import Preset
 
-METRICS = ("cluster_accuracy", "majority_accuracy", "nmi", "ari", "loss", "loss_overcluster", "mutual_information",
-           "largest_cluster_share", "empty_clusters", "cluster_size_entropy", "diagnostic_best_subhead_accuracy", "epoch_seconds")
+METRICS = (
+    "cluster_accuracy",
+    "majority_accuracy",
+    "nmi",
+    "ari",
+    "loss",
+    "loss_overcluster",
+    "mutual_information",
+    "largest_cluster_share",
+    "empty_clusters",
+    "cluster_size_entropy",
+    "diagnostic_best_subhead_accuracy",
+    "epoch_seconds",
+)
 
 
 def reporting_trial(config: dict) -> None:
@@ -47,8 +59,10 @@ def reporting_trial(config: dict) -> None:
         with tempfile.TemporaryDirectory() as folder:
             (Path(folder) / "checkpoint.pt").write_bytes(payload)
             metrics = {key: 0.5 for key in METRICS}
-            tune.report({**metrics, "epoch": epoch, "status": "running", "sent": time.time()},
-                        checkpoint=tune.Checkpoint.from_directory(folder))
+            tune.report(
+                {**metrics, "epoch": epoch, "status": "running", "sent": time.time()},
+                checkpoint=tune.Checkpoint.from_directory(folder),
+            )
 
 
 class Arrivals(tune.Callback):
@@ -70,18 +84,26 @@ def run(trials: int, reports: int, checkpoint_kb: int, storage: Path, tracking_u
     if tracking_uri:
         experiment_id = prepare_experiment(tracking_uri, f"bench-driver-{time.time_ns()}")
         parent = open_search_run(tracking_uri, experiment_id, "bench", Preset.load("digits"), {})
-        callbacks.append(MLflowTrialLogger(SearchRecord(tracking_uri, experiment_id, "bench", parent, "bench"), storage / "report.json", quiet=True))
+        callbacks.append(
+            MLflowTrialLogger(
+                SearchRecord(tracking_uri, experiment_id, "bench", parent, "bench"), storage / "report.json", quiet=True
+            )
+        )
     tuner = tune.Tuner(
         tune.with_resources(reporting_trial, {"cpu": 1 / trials}),
         param_space={"checkpoint_kb": checkpoint_kb, "reports": reports},
         tune_config=tune.TuneConfig(
-            num_samples=trials, max_concurrent_trials=trials,
+            num_samples=trials,
+            max_concurrent_trials=trials,
             # The search's scheduler, with a grace period no trial reaches: it judges every result.
             scheduler=ASHAScheduler(metric="cluster_accuracy", mode="max", max_t=reports + 1, grace_period=reports + 1),
         ),
         run_config=tune.RunConfig(
-            storage_path=str(storage), name=f"driver-{trials}-{tracking_uri is not None}", callbacks=callbacks,
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2), verbose=0,
+            storage_path=str(storage),
+            name=f"driver-{trials}-{tracking_uri is not None}",
+            callbacks=callbacks,
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            verbose=0,
         ),
     )
     results = tuner.fit()
@@ -89,7 +111,7 @@ def run(trials: int, reports: int, checkpoint_kb: int, storage: Path, tracking_u
     assert len(arrivals.times) == trials * reports, len(arrivals.times)
     # Steady state: from the moment every trial is reporting (each has sent a tenth of its results)
     # to the first trial's end.
-    steady = sorted(arrivals.times)[trials * max(1, reports // 10): trials * (reports - 1)]
+    steady = sorted(arrivals.times)[trials * max(1, reports // 10) : trials * (reports - 1)]
     return {
         "results_per_second": (len(steady) - 1) / (steady[-1] - steady[0]),
         "delay_p50": statistics.median(arrivals.delays),
@@ -101,7 +123,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trials", type=int, nargs="+", default=[4, 16], help="concurrent trials (one run each)")
     parser.add_argument("--reports", type=int, default=60, help="results per trial")
-    parser.add_argument("--checkpoint-kb", type=int, default=1000, help="checkpoint size (the digits ClusterNet's is ~1 MB)")
+    parser.add_argument(
+        "--checkpoint-kb", type=int, default=1000, help="checkpoint size (the digits ClusterNet's is ~1 MB)"
+    )
     parser.add_argument("--tracking-uri", help="the MLflow logger's store (default: a fresh SQLite file)")
     parser.add_argument("--cpus", type=int, default=os.cpu_count(), help="CPUs of the local Ray")
     args = parser.parse_args(argv)
@@ -119,15 +143,21 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         ray.shutdown()
 
-    print(f"Tune driver throughput: {args.reports} results a trial, {args.checkpoint_kb} KB checkpoint each, "
-          f"local storage, ASHA, {args.cpus} CPUs shared by the driver and the trials")
+    print(
+        f"Tune driver throughput: {args.reports} results a trial, {args.checkpoint_kb} KB checkpoint each, "
+        f"local storage, ASHA, {args.cpus} CPUs shared by the driver and the trials"
+    )
     on = "on: " + (args.tracking_uri or "SQLite file")
     print(f"  {'trials':>6}  {'MLflow logger':<{len(on)}}  {'results/s':>9}  {'delay p50':>9}  {'delay p95':>9}")
     for trials, with_mlflow, figures in rows:
-        print(f"  {trials:>6}  {on if with_mlflow else 'off':<{len(on)}}  {figures['results_per_second']:>9.1f}  "
-              f"{figures['delay_p50'] * 1000:>7.0f} ms  {figures['delay_p95'] * 1000:>7.0f} ms")
+        print(
+            f"  {trials:>6}  {on if with_mlflow else 'off':<{len(on)}}  {figures['results_per_second']:>9.1f}  "
+            f"{figures['delay_p50'] * 1000:>7.0f} ms  {figures['delay_p95'] * 1000:>7.0f} ms"
+        )
     print("  (delay: from the trial's report to the driver's callbacks)")
-    print(f"\ncommand: python {shlex.join(['benchmarks/tune_driver.py', *(argv if argv is not None else sys.argv[1:])])}")
+    print(
+        f"\ncommand: python {shlex.join(['benchmarks/tune_driver.py', *(argv if argv is not None else sys.argv[1:])])}"
+    )
 
 
 if __name__ == "__main__":

@@ -71,7 +71,13 @@ class BatchAugment:
 
     @property
     def warps(self) -> bool:
-        return self.crop_min_scale < 1.0 or self.hflip_prob > 0 or self.vflip_prob > 0 or self.rotation_degrees > 0 or self.shear_degrees > 0
+        return (
+            self.crop_min_scale < 1.0
+            or self.hflip_prob > 0
+            or self.vflip_prob > 0
+            or self.rotation_degrees > 0
+            or self.shear_degrees > 0
+        )
 
     @property
     def jitters(self) -> bool:
@@ -87,7 +93,9 @@ class BatchAugment:
         which must live on the images' device (this is what makes runs reproducible)."""
         return self.apply(images, self.sample(len(images), images.shape[1], generator, images.device))
 
-    def sample(self, n: int, channels: int, generator: torch.Generator, device: torch.device | str = "cpu") -> "AugmentDraw":
+    def sample(
+        self, n: int, channels: int, generator: torch.Generator, device: torch.device | str = "cpu"
+    ) -> "AugmentDraw":
         """The random draw for ``n`` images, apart from applying it: several runs can draw from
         their own generators and have their images augmented in one call (``AugmentDraw.cat``)."""
 
@@ -138,7 +146,9 @@ class AugmentDraw:
     hue: torch.Tensor | None = None  # turns of the colour wheel
 
     def _map(self, function) -> "AugmentDraw":
-        return AugmentDraw(**{f.name: None if getattr(self, f.name) is None else function(f.name) for f in fields(self)})
+        return AugmentDraw(
+            **{f.name: None if getattr(self, f.name) is None else function(f.name) for f in fields(self)}
+        )
 
     def __getitem__(self, index: slice) -> "AugmentDraw":
         return self._map(lambda name: getattr(self, name)[index])

@@ -79,8 +79,10 @@ def cached_arrays(
         lock = FileLock(path.with_suffix(".lock"))
         lock.acquire()
     except OSError as error:
-        log.warning(f"decode cache {folder} is not usable ({error}); decoding without it. "
-                    f"Set {CACHE_DIR_VARIABLE} to a writable folder, or to {CACHE_OFF!r}")
+        log.warning(
+            f"decode cache {folder} is not usable ({error}); decoding without it. "
+            f"Set {CACHE_DIR_VARIABLE} to a writable folder, or to {CACHE_OFF!r}"
+        )
         return build()
     try:
         # Built by another process while this one waited? (Damage was reported by the first read.)

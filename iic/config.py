@@ -128,7 +128,14 @@ class IICConfig:
     schedule: list[dict] | None = None
 
     AUGMENT_FIELDS: typing.ClassVar[tuple[str, ...]] = (
-        "crop_min_scale", "hflip_prob", "vflip_prob", "rotation_degrees", "shear_degrees", "brightness", "contrast", "saturation",
+        "crop_min_scale",
+        "hflip_prob",
+        "vflip_prob",
+        "rotation_degrees",
+        "shear_degrees",
+        "brightness",
+        "contrast",
+        "saturation",
         "hue",
     )
     # Fields that may change while a run trains (they shape neither the model nor the data): the
@@ -138,8 +145,15 @@ class IICConfig:
     # may too: they then change from the restored epoch on, see ``continuing``; the self-labelling
     # fields only where no epoch trained has self-labelled otherwise, see ``self_labelling_changes``).
     RESUMABLE_CHANGES: typing.ClassVar[tuple[str, ...]] = (
-        "epochs", "device", "amp", "eval_batch_size", "download", "channels_last", "compile_mode",
-        "self_label_epochs", "self_label_threshold",
+        "epochs",
+        "device",
+        "amp",
+        "eval_batch_size",
+        "download",
+        "channels_last",
+        "compile_mode",
+        "self_label_epochs",
+        "self_label_threshold",
     )
 
     # ---- construction -------------------------------------------------------------------------
@@ -155,7 +169,10 @@ class IICConfig:
         for key, value in values.items():
             if key not in names:
                 close = difflib.get_close_matches(key, names, n=1)
-                problems.append(f"{key}: unknown field" + (f" — did you mean {close[0]!r}?" if close else f"; valid fields: {', '.join(names)}"))
+                problems.append(
+                    f"{key}: unknown field"
+                    + (f" — did you mean {close[0]!r}?" if close else f"; valid fields: {', '.join(names)}")
+                )
                 continue
             try:
                 coerced[key] = _coerce_schedule(value) if key == "schedule" else _coerce(value, names[key].type)
@@ -206,9 +223,11 @@ class IICConfig:
     def with_absolute_paths(self, base: str | Path = ".") -> "IICConfig":
         """The config with a relative ``data_root`` / ``backbone_weights`` made absolute against
         ``base``: the processes that train (Ray Tune trials) run in folders of their own."""
-        changes = {name: str((Path(base) / getattr(self, name)).resolve())
-                   for name in ("data_root", "backbone_weights")
-                   if getattr(self, name) not in (None, IMAGENET) and not Path(getattr(self, name)).is_absolute()}
+        changes = {
+            name: str((Path(base) / getattr(self, name)).resolve())
+            for name in ("data_root", "backbone_weights")
+            if getattr(self, name) not in (None, IMAGENET) and not Path(getattr(self, name)).is_absolute()
+        }
         return self.replace(**changes) if changes else self
 
     def model_epochs(self, through: int | None = None) -> int:
@@ -253,7 +272,10 @@ class IICConfig:
     def full_schedule(self) -> list[dict]:
         """The schedule on its own: every schedulable field's value from epoch 1, then the changes
         (``with_schedule`` puts it back into a config whatever that config's own values)."""
-        return [{"epoch": 1, "values": self.values_at(1)}, *[entry for entry in self.schedule or [] if entry["epoch"] > 1]]
+        return [
+            {"epoch": 1, "values": self.values_at(1)},
+            *[entry for entry in self.schedule or [] if entry["epoch"] > 1],
+        ]
 
     def with_schedule(self, schedule: list[dict]) -> "IICConfig":
         """This config following ``schedule``: an entry at epoch 1 sets the fields themselves, the
@@ -266,8 +288,12 @@ class IICConfig:
     def truncated(self, epochs: int) -> "IICConfig":
         """The config of this run stopped after ``epochs`` epochs: changes due later are dropped."""
         kept = [entry for entry in self.schedule or [] if entry["epoch"] <= epochs]
-        return self.replace(epochs=epochs, schedule=kept or None, self_label_epochs=self.self_label_epochs_within(epochs),
-                            **self._screening_within(epochs))
+        return self.replace(
+            epochs=epochs,
+            schedule=kept or None,
+            self_label_epochs=self.self_label_epochs_within(epochs),
+            **self._screening_within(epochs),
+        )
 
     def _screening_within(self, epochs: int) -> dict:
         """Screening of a run stopped after ``epochs`` epochs: one stopped while screening reported
@@ -275,7 +301,10 @@ class IICConfig:
         does, and had cut only if the cut came before that epoch."""
         if self.screen_inits == 1 or epochs > self.screen_epochs:
             return {}
-        return {"screen_epochs": epochs, "screen_cut_epochs": self.screen_cut_epochs if self.screen_cut_epochs < epochs else 0}
+        return {
+            "screen_epochs": epochs,
+            "screen_cut_epochs": self.screen_cut_epochs if self.screen_cut_epochs < epochs else 0,
+        }
 
     def self_label_epochs_within(self, epochs: int) -> int:
         """How many of the first ``epochs`` epochs self-label (the last ``self_label_epochs`` of ``self.epochs`` do)."""
@@ -290,10 +319,14 @@ class IICConfig:
         ``saved`` (the self-labelling fields may change on resume only where those epochs stay as they were)."""
         epochs = range(1, trained + 1)
         if any(saved.self_labels_at(epoch) != self.self_labels_at(epoch) for epoch in epochs):
-            return [f"which of the {trained} epochs trained self-labelled (epochs and self_label_epochs "
-                    f"{saved.epochs}, {saved.self_label_epochs} there; {self.epochs}, {self.self_label_epochs} here)"]
+            return [
+                f"which of the {trained} epochs trained self-labelled (epochs and self_label_epochs "
+                f"{saved.epochs}, {saved.self_label_epochs} there; {self.epochs}, {self.self_label_epochs} here)"
+            ]
         if any(map(saved.self_labels_at, epochs)) and saved.self_label_threshold != self.self_label_threshold:
-            return [f"self_label_threshold, after self-labelled epochs ({saved.self_label_threshold} there, {self.self_label_threshold} here)"]
+            return [
+                f"self_label_threshold, after self-labelled epochs ({saved.self_label_threshold} there, {self.self_label_threshold} here)"
+            ]
         return []
 
     # ---- validation ---------------------------------------------------------------------------
@@ -309,69 +342,124 @@ class IICConfig:
             if not ok:
                 problems.append(message)
 
-        require(self.dataset in DATASETS, f"dataset: unknown dataset {self.dataset!r}; choose one of {', '.join(DATASETS)}")
-        require(self.backbone in BACKBONES, f"backbone: unknown backbone {self.backbone!r}; choose one of {', '.join(BACKBONES)}")
-        require(self.num_clusters >= 2, f"num_clusters: must be at least 2 (got {self.num_clusters}); set it to the number of classes you expect")
+        require(
+            self.dataset in DATASETS, f"dataset: unknown dataset {self.dataset!r}; choose one of {', '.join(DATASETS)}"
+        )
+        require(
+            self.backbone in BACKBONES,
+            f"backbone: unknown backbone {self.backbone!r}; choose one of {', '.join(BACKBONES)}",
+        )
+        require(
+            self.num_clusters >= 2,
+            f"num_clusters: must be at least 2 (got {self.num_clusters}); set it to the number of classes you expect",
+        )
         require(
             self.overcluster_k == 0 or self.overcluster_k > self.num_clusters,
             f"overcluster_k: must exceed num_clusters={self.num_clusters} (got {self.overcluster_k}); "
             f"the paper uses 3-10x the classes, or set 0 to switch overclustering off",
         )
         require(self.num_subheads >= 1, f"num_subheads: must be at least 1 (got {self.num_subheads}); the paper uses 5")
-        require(self.batch_size >= 2, f"batch_size: must be at least 2 (got {self.batch_size}); the joint distribution needs a batch")
+        require(
+            self.batch_size >= 2,
+            f"batch_size: must be at least 2 (got {self.batch_size}); the joint distribution needs a batch",
+        )
         require(self.repeats >= 1, f"repeats: must be at least 1 (got {self.repeats})")
-        require(self.twin_neighbours >= 0, f"twin_neighbours: must be 0 (twins of the image itself) or more (got {self.twin_neighbours}); SCAN uses 5-20")
+        require(
+            self.twin_neighbours >= 0,
+            f"twin_neighbours: must be 0 (twins of the image itself) or more (got {self.twin_neighbours}); SCAN uses 5-20",
+        )
         require(self.epochs >= 1, f"epochs: must be at least 1 (got {self.epochs})")
-        require(self.screen_inits >= 1, f"screen_inits: must be at least 1 (got {self.screen_inits}); 1 trains each seed's own initialisation alone")
-        require(self.screen_inits == 1 or 1 <= self.screen_epochs <= self.epochs,
-                f"screen_epochs: must be from 1 to epochs = {self.epochs} (got {self.screen_epochs}): after it only the kept "
-                "initialisation trains (at the last epoch: the best of them at the end); or set screen_inits: 1")
-        require(self.screen_cut_epochs >= 0, f"screen_cut_epochs: must be 0 (no earlier cut) or more (got {self.screen_cut_epochs})")
+        require(
+            self.screen_inits >= 1,
+            f"screen_inits: must be at least 1 (got {self.screen_inits}); 1 trains each seed's own initialisation alone",
+        )
+        require(
+            self.screen_inits == 1 or 1 <= self.screen_epochs <= self.epochs,
+            f"screen_epochs: must be from 1 to epochs = {self.epochs} (got {self.screen_epochs}): after it only the kept "
+            "initialisation trains (at the last epoch: the best of them at the end); or set screen_inits: 1",
+        )
+        require(
+            self.screen_cut_epochs >= 0,
+            f"screen_cut_epochs: must be 0 (no earlier cut) or more (got {self.screen_cut_epochs})",
+        )
         if self.screen_inits > 1 and self.screen_cut_epochs:
-            require(self.screen_cut_epochs < self.screen_epochs,
-                    f"screen_cut_epochs: must be below screen_epochs = {self.screen_epochs} (got {self.screen_cut_epochs}): "
-                    "the cut comes before the pick; or set screen_cut_epochs: 0")
-            require(2 <= self.screen_cut_keep < self.screen_inits,
-                    f"screen_cut_keep: must be from 2 to screen_inits - 1 = {self.screen_inits - 1} (got {self.screen_cut_keep}): "
-                    "the cut keeps fewer than it screens and more than the pick; or set screen_cut_epochs: 0")
-        require(0 <= self.self_label_epochs < self.epochs,
-                f"self_label_epochs: must be from 0 to epochs - 1 = {self.epochs - 1} (got {self.self_label_epochs}): "
-                "self-labelling needs IIC's clusters to start from")
-        require(0 < self.self_label_threshold < 1, f"self_label_threshold: must be between 0 and 1, exclusive (got {self.self_label_threshold}); SCAN uses 0.99")
-        require(self.overcluster_passes >= 0 and self.main_passes >= 1, "overcluster_passes must be >= 0 and main_passes >= 1 (passes over the data per epoch)")
+            require(
+                self.screen_cut_epochs < self.screen_epochs,
+                f"screen_cut_epochs: must be below screen_epochs = {self.screen_epochs} (got {self.screen_cut_epochs}): "
+                "the cut comes before the pick; or set screen_cut_epochs: 0",
+            )
+            require(
+                2 <= self.screen_cut_keep < self.screen_inits,
+                f"screen_cut_keep: must be from 2 to screen_inits - 1 = {self.screen_inits - 1} (got {self.screen_cut_keep}): "
+                "the cut keeps fewer than it screens and more than the pick; or set screen_cut_epochs: 0",
+            )
+        require(
+            0 <= self.self_label_epochs < self.epochs,
+            f"self_label_epochs: must be from 0 to epochs - 1 = {self.epochs - 1} (got {self.self_label_epochs}): "
+            "self-labelling needs IIC's clusters to start from",
+        )
+        require(
+            0 < self.self_label_threshold < 1,
+            f"self_label_threshold: must be between 0 and 1, exclusive (got {self.self_label_threshold}); SCAN uses 0.99",
+        )
+        require(
+            self.overcluster_passes >= 0 and self.main_passes >= 1,
+            "overcluster_passes must be >= 0 and main_passes >= 1 (passes over the data per epoch)",
+        )
         require(self.eval_batch_size >= 1, f"eval_batch_size: must be at least 1 (got {self.eval_batch_size})")
-        require(self.compile_mode in COMPILE_MODES,
-                f"compile_mode: {self.compile_mode!r} is not one of {', '.join(COMPILE_MODES)} (off: no torch.compile)")
-        require(self.max_samples is None or self.max_samples >= 2, f"max_samples: must be at least 2 or null for all (got {self.max_samples})")
+        require(
+            self.compile_mode in COMPILE_MODES,
+            f"compile_mode: {self.compile_mode!r} is not one of {', '.join(COMPILE_MODES)} (off: no torch.compile)",
+        )
+        require(
+            self.max_samples is None or self.max_samples >= 2,
+            f"max_samples: must be at least 2 or null for all (got {self.max_samples})",
+        )
         problems += schedulable_problems({name: getattr(self, name) for name in self.SCHEDULABLE_FIELDS})
         problems += self._schedule_problems()
         if self.backbone in MIN_INPUT_SIZE:
             minimum = MIN_INPUT_SIZE[self.backbone]
-            require(self.input_size >= minimum, f"input_size: {self.input_size} px is too small for {self.backbone}; use at least {minimum}")
+            require(
+                self.input_size >= minimum,
+                f"input_size: {self.input_size} px is too small for {self.backbone}; use at least {minimum}",
+            )
         require(
             self.device in DEVICES or self.device.startswith("cuda:"),
             f"device: {self.device!r} is not one of {', '.join(DEVICES)} (or cuda:N)",
         )
         if self.backbone_weights is not None:
             resnets = " or ".join(IMAGENET_WEIGHTS)
-            require(self.backbone in IMAGENET_WEIGHTS, f"backbone_weights: only {resnets} load weights; set backbone: {resnets}, or backbone_weights: null")
+            require(
+                self.backbone in IMAGENET_WEIGHTS,
+                f"backbone_weights: only {resnets} load weights; set backbone: {resnets}, or backbone_weights: null",
+            )
             if self.backbone_weights != IMAGENET:
-                require(os.path.isfile(self.backbone_weights),
-                        f"backbone_weights: file {self.backbone_weights} does not exist; give a local state-dict file, {IMAGENET}, or null")
+                require(
+                    os.path.isfile(self.backbone_weights),
+                    f"backbone_weights: file {self.backbone_weights} does not exist; give a local state-dict file, {IMAGENET}, or null",
+                )
             elif check_data and self.backbone in IMAGENET_WEIGHTS:
                 try:
                     fetch_imagenet_weights(self.backbone)
                 except WeightsError as err:
                     problems.append(f"backbone_weights: {err}")
-            require(not self.sobel, "sobel: pretrained weights read RGB images, and Sobel replaces them with 2 gradient channels; "
-                                    "set sobel: false, or backbone_weights: null to train from scratch with Sobel")
+            require(
+                not self.sobel,
+                "sobel: pretrained weights read RGB images, and Sobel replaces them with 2 gradient channels; "
+                "set sobel: false, or backbone_weights: null to train from scratch with Sobel",
+            )
         if self.freeze_backbone:
-            require(self.backbone_weights is not None, f"freeze_backbone: a frozen backbone without pretrained weights stays random; "
-                                                       f"set backbone_weights: {IMAGENET} (or a state-dict file), or freeze_backbone: false")
-            require(self.input_size >= RESNET_SMALL_STEM_BELOW,
-                    f"freeze_backbone: below {RESNET_SMALL_STEM_BELOW} px (input_size: {self.input_size}) ResNet's first layer is a new 3x3 stem "
-                    f"the weights do not hold, which frozen would stay random; set input_size: {RESNET_SMALL_STEM_BELOW} or more "
-                    f"(images are resized when decoded), or freeze_backbone: false")
+            require(
+                self.backbone_weights is not None,
+                f"freeze_backbone: a frozen backbone without pretrained weights stays random; "
+                f"set backbone_weights: {IMAGENET} (or a state-dict file), or freeze_backbone: false",
+            )
+            require(
+                self.input_size >= RESNET_SMALL_STEM_BELOW,
+                f"freeze_backbone: below {RESNET_SMALL_STEM_BELOW} px (input_size: {self.input_size}) ResNet's first layer is a new 3x3 stem "
+                f"the weights do not hold, which frozen would stay random; set input_size: {RESNET_SMALL_STEM_BELOW} or more "
+                f"(images are resized when decoded), or freeze_backbone: false",
+            )
         if check_data and self.dataset in DATASETS:
             try:
                 check_dataset_source(self.dataset, self.data_root, self.split)
@@ -388,22 +476,33 @@ class IICConfig:
         allowed = ", ".join(self.SCHEDULABLE_FIELDS)
         for index, entry in enumerate(self.schedule):
             where = f"schedule[{index}]"
-            if not isinstance(entry, dict) or set(entry) != {"epoch", "values"} or not isinstance(entry["values"], dict):
+            if (
+                not isinstance(entry, dict)
+                or set(entry) != {"epoch", "values"}
+                or not isinstance(entry["values"], dict)
+            ):
                 problems.append(f"{where}: expected {{epoch: E, values: {{field: value, ...}}}}, got {entry!r}")
                 continue
             epoch, values = entry["epoch"], entry["values"]
             if not isinstance(epoch, int) or isinstance(epoch, bool) or not 1 <= epoch <= self.epochs:
                 problems.append(f"{where}: epoch must be a whole number in 1..epochs={self.epochs} (got {epoch!r})")
             elif epoch <= previous:
-                problems.append(f"{where}: epoch {epoch} does not come after epoch {previous}; list the changes in increasing epochs, one entry per epoch")
+                problems.append(
+                    f"{where}: epoch {epoch} does not come after epoch {previous}; list the changes in increasing epochs, one entry per epoch"
+                )
             else:
                 previous = epoch
             if not values:
                 problems.append(f"{where}: no values; give the fields that change at epoch {epoch} or drop the entry")
             fixed = sorted(name for name in values if name not in self.SCHEDULABLE_FIELDS)
             if fixed:
-                problems.append(f"{where}: {', '.join(fixed)} cannot change while a run trains; a schedule may change only {allowed}")
-            problems += [f"{where}: {problem}" for problem in schedulable_problems({k: v for k, v in values.items() if k in self.SCHEDULABLE_FIELDS})]
+                problems.append(
+                    f"{where}: {', '.join(fixed)} cannot change while a run trains; a schedule may change only {allowed}"
+                )
+            problems += [
+                f"{where}: {problem}"
+                for problem in schedulable_problems({k: v for k, v in values.items() if k in self.SCHEDULABLE_FIELDS})
+            ]
         return problems
 
 

@@ -46,11 +46,17 @@ def consensus_clusters(probabilities: Sequence[np.ndarray], num_clusters: int, s
     return kmeans.fit_predict(features).astype(np.int64)
 
 
-def consensus_metrics(probabilities: Sequence[np.ndarray], labels: np.ndarray, num_clusters: int, num_classes: int) -> tuple[np.ndarray, dict]:
+def consensus_metrics(
+    probabilities: Sequence[np.ndarray], labels: np.ndarray, num_clusters: int, num_classes: int
+) -> tuple[np.ndarray, dict]:
     """The consensus of ``probabilities`` (see ``consensus_clusters``) and its figures:
     ``consensus_accuracy`` and ``consensus_nmi`` (with labels; -1 = unlabelled, left out) and
     ``consensus_largest_cluster_share`` (always)."""
     clusters = consensus_clusters(probabilities, num_clusters)
     metrics = clustering_metrics(clusters, labels, num_clusters, num_classes)
-    figures = {"largest_cluster_share": "consensus_largest_cluster_share", "cluster_accuracy": CONSENSUS_ACCURACY, "nmi": "consensus_nmi"}
+    figures = {
+        "largest_cluster_share": "consensus_largest_cluster_share",
+        "cluster_accuracy": CONSENSUS_ACCURACY,
+        "nmi": "consensus_nmi",
+    }
     return clusters, {name: metrics[key] for key, name in figures.items() if key in metrics}

@@ -550,7 +550,7 @@ def _read_idx_dataset(request: ReadRequest, class_names: list[str]) -> tuple[lis
 def _read_idx(path: Path) -> np.ndarray:
     """An idx file of unsigned bytes: magic 0x00 0x00 0x08 <ndim>, ndim big-endian uint32 sizes, data."""
     try:
-        with (gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb")) as file:
+        with gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb") as file:
             data = file.read()
     except OSError as error:
         raise DatasetError(f"cannot read idx file {path}: {error}") from error

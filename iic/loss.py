@@ -38,7 +38,9 @@ class IICLoss(nn.Module):
 
     def forward(self, p: torch.Tensor, p_twin: torch.Tensor) -> torch.Tensor:
         if p.shape != p_twin.shape or p.dim() < 2:
-            raise ValueError(f"IICLoss expects two (..., N, k) tensors of equal shape, got {tuple(p.shape)} and {tuple(p_twin.shape)}")
+            raise ValueError(
+                f"IICLoss expects two (..., N, k) tensors of equal shape, got {tuple(p.shape)} and {tuple(p_twin.shape)}"
+            )
         # Log of tiny probabilities needs full precision even under autocast.
         joint = joint_distribution(p.float(), p_twin.float())
         eps = sys.float_info.epsilon

@@ -42,7 +42,9 @@ def degeneracy(clusters: np.ndarray, num_clusters: int) -> dict[str, float]:
     }
 
 
-def clustering_metrics(clusters: np.ndarray, labels: np.ndarray, num_clusters: int, num_classes: int) -> dict[str, float]:
+def clustering_metrics(
+    clusters: np.ndarray, labels: np.ndarray, num_clusters: int, num_classes: int
+) -> dict[str, float]:
     """All metrics of one clustering: Hungarian and majority accuracy, NMI, ARI and degeneracy."""
     clusters = np.asarray(clusters, dtype=np.int64)
     labels = np.asarray(labels, dtype=np.int64)

@@ -41,7 +41,11 @@ class ClusterNet(nn.Module):
         for stage, out_channels in enumerate(widths):
             if stage > 0:
                 layers.append(nn.MaxPool2d(2))
-            layers += [nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False), nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True)]
+            layers += [
+                nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+                nn.BatchNorm2d(out_channels),
+                nn.ReLU(inplace=True),
+            ]
             in_channels = out_channels
         layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
         self.features = nn.Sequential(*layers)
@@ -96,16 +100,26 @@ def _load_matching(net: nn.Module, architecture: str, path: str | Path, adapted:
     try:
         loaded = torch.load(Path(path), map_location="cpu", weights_only=True)
     except (OSError, EOFError, RuntimeError, pickle.UnpicklingError) as err:
-        raise WeightsError(f"{path} cannot be read as a state dict ({err}); save one with torch.save(model.state_dict(), path)") from None
+        raise WeightsError(
+            f"{path} cannot be read as a state dict ({err}); save one with torch.save(model.state_dict(), path)"
+        ) from None
     if not isinstance(loaded, dict):
-        raise WeightsError(f"{path} holds a {type(loaded).__name__}, not a state dict; save one with torch.save(model.state_dict(), path)")
+        raise WeightsError(
+            f"{path} holds a {type(loaded).__name__}, not a state dict; save one with torch.save(model.state_dict(), path)"
+        )
     # Files saved before batch norm counted its batches lack num_batches_tracked; it is bookkeeping only.
-    lacking = [name for name, value in own.items()
-               if name not in adapted and not name.endswith("num_batches_tracked")
-               and (name not in loaded or loaded[name].shape != value.shape)]
+    lacking = [
+        name
+        for name, value in own.items()
+        if name not in adapted
+        and not name.endswith("num_batches_tracked")
+        and (name not in loaded or loaded[name].shape != value.shape)
+    ]
     if lacking:
         shown = ", ".join(lacking[:3]) + (f" and {len(lacking) - 3} more" if len(lacking) > 3 else "")
-        raise WeightsError(f"{path} is not a {architecture} state dict in torchvision's layout: it lacks {shown} (or holds them in other shapes)")
+        raise WeightsError(
+            f"{path} is not a {architecture} state dict in torchvision's layout: it lacks {shown} (or holds them in other shapes)"
+        )
     own.update({name: value for name, value in loaded.items() if name in own and name not in adapted})
     net.load_state_dict(own)
 
@@ -140,7 +154,9 @@ RESNETS = {resnet.architecture: resnet for resnet in (ResNet18, ResNet50)}
 BACKBONES = ("clusternet", *RESNETS)
 
 
-def build_backbone(name: str, in_channels: int, input_size: int, width: int = 16, weights: str | None = None) -> nn.Module:
+def build_backbone(
+    name: str, in_channels: int, input_size: int, width: int = 16, weights: str | None = None
+) -> nn.Module:
     """A fresh backbone; ``weights`` is a config's ``backbone_weights`` (``imagenet``, a state-dict
     file, or None for random weights), for the ResNets."""
     if name == "clusternet":
@@ -157,8 +173,15 @@ _CHANNELWISE = (nn.ReLU, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Fl
 def _stacked_conv(convs: list[nn.Conv2d]) -> nn.Conv2d:
     first, count = convs[0], len(convs)
     stacked = nn.Conv2d(
-        first.in_channels * count, first.out_channels * count, first.kernel_size, first.stride, first.padding,
-        first.dilation, first.groups * count, first.bias is not None, first.padding_mode,
+        first.in_channels * count,
+        first.out_channels * count,
+        first.kernel_size,
+        first.stride,
+        first.padding,
+        first.dilation,
+        first.groups * count,
+        first.bias is not None,
+        first.padding_mode,
     )
     stacked.weight.data.copy_(torch.cat([conv.weight.data for conv in convs]))
     if first.bias is not None:
@@ -168,7 +191,9 @@ def _stacked_conv(convs: list[nn.Conv2d]) -> nn.Conv2d:
 
 def _stacked_batch_norm(norms: list[nn.BatchNorm2d]) -> nn.BatchNorm2d:
     first = norms[0]
-    stacked = nn.BatchNorm2d(first.num_features * len(norms), first.eps, first.momentum, first.affine, first.track_running_stats)
+    stacked = nn.BatchNorm2d(
+        first.num_features * len(norms), first.eps, first.momentum, first.affine, first.track_running_stats
+    )
     # Per-channel statistics over (N, H, W): the same for a channel whichever model it belongs to.
     for name, tensor in [*stacked.named_parameters(recurse=False), *stacked.named_buffers(recurse=False)]:
         if name == "num_batches_tracked":
@@ -193,7 +218,9 @@ def stack_backbones(backbones: list[nn.Module]) -> nn.Module:
         elif isinstance(module, nn.BatchNorm2d):
             stacked.set_submodule(name, _stacked_batch_norm(twins))
         elif not isinstance(module, _CHANNELWISE):
-            raise ValueError(f"cannot stack backbone layer {name} ({type(module).__name__}): only convolutions, batch norms and channel-wise layers")
+            raise ValueError(
+                f"cannot stack backbone layer {name} ({type(module).__name__}): only convolutions, batch norms and channel-wise layers"
+            )
     return stacked
 
 
@@ -205,7 +232,9 @@ def shared_backbone(backbones: list[nn.Module]) -> nn.Module:
     for backbone in backbones[1:]:
         differing = [name for name, value in backbone.state_dict().items() if not torch.equal(value, first[name])]
         if differing:
-            raise ValueError(f"frozen backbones must be identical to be shared; {differing[0]} differs (a layer the weights do not hold?)")
+            raise ValueError(
+                f"frozen backbones must be identical to be shared; {differing[0]} differs (a layer the weights do not hold?)"
+            )
     shared = backbones[0].requires_grad_(False)
     return shared.eval()
 
@@ -217,10 +246,12 @@ class StackedClusterHead(nn.Module):
     def __init__(self, heads: list[ClusterHead]):
         super().__init__()
         self.weights = nn.ParameterList(
-            nn.Parameter(torch.stack([head.subheads[i].weight.data for head in heads])) for i in range(len(heads[0].subheads))
+            nn.Parameter(torch.stack([head.subheads[i].weight.data for head in heads]))
+            for i in range(len(heads[0].subheads))
         )
         self.biases = nn.ParameterList(
-            nn.Parameter(torch.stack([head.subheads[i].bias.data for head in heads])) for i in range(len(heads[0].subheads))
+            nn.Parameter(torch.stack([head.subheads[i].bias.data for head in heads]))
+            for i in range(len(heads[0].subheads))
         )
 
     def forward(self, features: torch.Tensor) -> list[torch.Tensor]:
@@ -260,7 +291,9 @@ class StackedIICModel(nn.Module):
         self.freeze_backbone = freeze_backbone
         backbones = [model.backbone for model in models]
         self.backbone = shared_backbone(backbones) if freeze_backbone else stack_backbones(backbones)
-        self.heads = nn.ModuleDict({name: StackedClusterHead([model.heads[name] for model in models]) for name in models[0].heads})
+        self.heads = nn.ModuleDict(
+            {name: StackedClusterHead([model.heads[name] for model in models]) for name in models[0].heads}
+        )
 
     def select_models(self, name: str, tensor: torch.Tensor, indices: list[int]) -> torch.Tensor:
         """The part of ``tensor`` (the stack's parameter or buffer ``name``, or optimiser state shaped

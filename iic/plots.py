@@ -26,7 +26,9 @@ def plot_confusion_matrix(confusion: np.ndarray, class_names: list[str], path: s
     if confusion.size <= 400:
         threshold = confusion.max() / 2
         for (i, j), count in np.ndenumerate(confusion):
-            ax.text(j, i, str(count), ha="center", va="center", fontsize=7, color="white" if count > threshold else "black")
+            ax.text(
+                j, i, str(count), ha="center", va="center", fontsize=7, color="white" if count > threshold else "black"
+            )
     ax.set_title(title or "cluster assignments vs classes")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -34,7 +36,9 @@ def plot_confusion_matrix(confusion: np.ndarray, class_names: list[str], path: s
     return Path(path)
 
 
-def cluster_samples(images: torch.Tensor, clusters: np.ndarray, num_clusters: int, per_cluster: int = 8, seed: int = 0) -> dict[str, np.ndarray]:
+def cluster_samples(
+    images: torch.Tensor, clusters: np.ndarray, num_clusters: int, per_cluster: int = 8, seed: int = 0
+) -> dict[str, np.ndarray]:
     """Up to ``per_cluster`` random member images of every cluster, with the cluster sizes: all a
     gallery needs, small enough to travel with a checkpoint. ``images``: uint8 (N, C, H, W)."""
     rng = np.random.default_rng(seed)
@@ -57,16 +61,23 @@ def plot_cluster_gallery(samples: dict[str, np.ndarray], path: str | Path, per_c
     sizes, images, owners = samples["cluster_sizes"], samples["sample_images"], samples["sample_clusters"]
     channels, height, width = images.shape[1:] if images.ndim == 4 and len(images) else (1, 8, 8)
     pad = max(1, height // 8)
-    mosaic = np.full((pad + len(sizes) * (height + pad), pad + per_cluster * (width + pad), channels), 255, dtype=np.uint8)
+    mosaic = np.full(
+        (pad + len(sizes) * (height + pad), pad + per_cluster * (width + pad), channels), 255, dtype=np.uint8
+    )
     for cluster in range(len(sizes)):
         for column, image in enumerate(images[owners == cluster][:per_cluster]):
             top, left = pad + cluster * (height + pad), pad + column * (width + pad)
             mosaic[top : top + height, left : left + width] = image.transpose(1, 2, 0)
     fig, ax = plt.subplots(figsize=(1.6 + per_cluster * 0.6, 0.4 + len(sizes) * 0.6))
     grey = channels == 1
-    ax.imshow(mosaic[..., 0] if grey else mosaic, cmap="gray" if grey else None, vmin=0, vmax=255, interpolation="nearest")
-    ax.set_yticks([pad + cluster * (height + pad) + height / 2 for cluster in range(len(sizes))],
-                  [f"cluster {cluster} (n={size})" for cluster, size in enumerate(sizes)], fontsize=7)
+    ax.imshow(
+        mosaic[..., 0] if grey else mosaic, cmap="gray" if grey else None, vmin=0, vmax=255, interpolation="nearest"
+    )
+    ax.set_yticks(
+        [pad + cluster * (height + pad) + height / 2 for cluster in range(len(sizes))],
+        [f"cluster {cluster} (n={size})" for cluster, size in enumerate(sizes)],
+        fontsize=7,
+    )
     ax.set_xticks([])
     for spine in ax.spines.values():
         spine.set_visible(False)

@@ -76,7 +76,9 @@ def combine_seeds(per_seed: list[dict]) -> dict:
     if INIT_SEED in per_seed[0]:
         combined[INIT_SEED] = [m[INIT_SEED] for m in per_seed]
     listed = ("seed", "chosen_subhead", INIT_SEED)
-    numeric = [k for k, v in per_seed[0].items() if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in listed]
+    numeric = [
+        k for k, v in per_seed[0].items() if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in listed
+    ]
     for key in numeric:
         values = np.array([m[key] for m in per_seed], dtype=np.float64)
         combined[key] = float(values.mean())
@@ -105,7 +107,9 @@ def label_free_best_of_every(per_seed: list[dict], group: int = 3) -> float:
     """The same over every ``group`` of the seeds (``C(n, group)`` of them), not only consecutive
     ones: its expected value for a user drawing ``group`` of these seeds, which does not hang on
     how the seeds happen to be grouped (with ten seeds, three consecutive triples against 120)."""
-    return _mean_pick_accuracy([[per_seed[i] for i in chosen] for chosen in itertools.combinations(range(len(per_seed)), group)])
+    return _mean_pick_accuracy(
+        [[per_seed[i] for i in chosen] for chosen in itertools.combinations(range(len(per_seed)), group)]
+    )
 
 
 def _mean_pick_accuracy(groups: list[list[dict]]) -> float:

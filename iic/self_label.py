@@ -38,7 +38,9 @@ class SelfLabelLoss(nn.Module):
 
     def forward(self, p: torch.Tensor, p_view: torch.Tensor) -> torch.Tensor:
         if p.shape != p_view.shape or p.dim() < 2:
-            raise ValueError(f"SelfLabelLoss expects two (..., N, k) tensors of equal shape, got {tuple(p.shape)} and {tuple(p_view.shape)}")
+            raise ValueError(
+                f"SelfLabelLoss expects two (..., N, k) tensors of equal shape, got {tuple(p.shape)} and {tuple(p_view.shape)}"
+            )
         confidence, pseudo_labels = p.detach().float().max(dim=-1)
         # (..., N, k): 1 at an image's pseudo-label where it is confident, else 0.
         chosen = nn.functional.one_hot(pseudo_labels, p.shape[-1]) * (confidence > self.threshold).unsqueeze(-1)

@@ -17,4 +17,6 @@ class RunStatus(StrEnum):
 
 
 # A trial in one of these states never counts as a search's result: not ranked, not exported.
-NOT_RANKED = frozenset({RunStatus.DIVERGED, RunStatus.COLLAPSED, RunStatus.ERROR, RunStatus.LOST_WITH_DRIVER, RunStatus.RUNNING})
+NOT_RANKED = frozenset(
+    {RunStatus.DIVERGED, RunStatus.COLLAPSED, RunStatus.ERROR, RunStatus.LOST_WITH_DRIVER, RunStatus.RUNNING}
+)

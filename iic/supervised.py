@@ -33,9 +33,25 @@ from iic.data import DATASET_SPECS, DatasetError, ImageData, check_dataset_sourc
 from iic.metrics import clustering_metrics, confusion_matrix
 from iic.status import RunStatus
 from iic.train import (
-    AUGMENT_SEED_OFFSET, EpochCallback, batch_bounds, check_resumable, check_seeds, checkpoint_and_print, cli_error,
-    config_from_args, input_transform, load_state, mark_diverged, new_backbone, prepare_images, resolve_device, run_epochs, save_state,
-    seed_everything, start_output, write_metrics,
+    AUGMENT_SEED_OFFSET,
+    EpochCallback,
+    batch_bounds,
+    check_resumable,
+    check_seeds,
+    checkpoint_and_print,
+    cli_error,
+    config_from_args,
+    input_transform,
+    load_state,
+    mark_diverged,
+    new_backbone,
+    prepare_images,
+    resolve_device,
+    run_epochs,
+    save_state,
+    seed_everything,
+    start_output,
+    write_metrics,
 )
 
 ACCURACY = "supervised_accuracy"  # accuracy on the held-out split
@@ -70,15 +86,23 @@ def held_out_split(config: IICConfig, seed: int) -> HeldOutSplit:
     split and ``max_samples`` subset, as IIC sees them), drawn from ``seed``."""
     check_held_out_source(config)
     load = functools.partial(
-        load_dataset, config.dataset, config.data_root, input_size=config.input_size, greyscale=config.greyscale,
-        class_map=config.class_map, seed=config.seed, download=config.download,
+        load_dataset,
+        config.dataset,
+        config.data_root,
+        input_size=config.input_size,
+        greyscale=config.greyscale,
+        class_map=config.class_map,
+        seed=config.seed,
+        download=config.download,
     )
     if TEST_SPLIT in DATASET_SPECS[config.dataset].splits:
         return HeldOutSplit(load(split="train", max_samples=config.max_samples), load(split=TEST_SPLIT), TEST_SPLIT)
     data = load(split=config.split, max_samples=config.max_samples)
     labels = data.labels.numpy()
     _check_stratifiable(labels, data.class_names, config)
-    train_indices, held_out_indices = train_test_split(np.arange(len(labels)), test_size=HELD_OUT_SHARE, stratify=labels, random_state=seed)
+    train_indices, held_out_indices = train_test_split(
+        np.arange(len(labels)), test_size=HELD_OUT_SHARE, stratify=labels, random_state=seed
+    )
     name = f"stratified {HELD_OUT_SHARE:.0%} of {config.split} (seed {seed})"
     return HeldOutSplit(_subset(data, np.sort(train_indices)), _subset(data, np.sort(held_out_indices)), name)
 
@@ -91,7 +115,11 @@ def _check_stratifiable(labels: np.ndarray, class_names: list[str], config: IICC
     held_out = math.ceil(HELD_OUT_SHARE * len(labels))
     single = [class_names[c] for c in present if counts[c] < 2]
     if single or min(held_out, len(labels) - held_out) < len(present):
-        problem = f"class(es) {', '.join(single)} have one image" if single else f"{len(labels)} images are too few for {len(present)} classes"
+        problem = (
+            f"class(es) {', '.join(single)} have one image"
+            if single
+            else f"{len(labels)} images are too few for {len(present)} classes"
+        )
         raise ConfigError(
             f"the supervised ceiling holds out a stratified {HELD_OUT_SHARE:.0%} of {config.dataset} split {config.split!r}, which "
             f"needs every class twice and one image of each class on both sides; {problem}: raise max_samples "
@@ -139,12 +167,17 @@ class SupervisedTrainer:
         seed_everything(self.seed)
         split = held_out_split(config, self.seed)
         if len(split.train) < 2:
-            raise ConfigError(f"the supervised ceiling has {len(split.train)} training image(s) of {config.dataset}; it needs at least 2: raise max_samples")
+            raise ConfigError(
+                f"the supervised ceiling has {len(split.train)} training image(s) of {config.dataset}; it needs at least 2: raise max_samples"
+            )
         self.held_out_split = split.name
         self.class_names = split.train.class_names
         self.channels = split.train.channels
         self.train_images, self.train_labels = split.train.images.to(self.device), split.train.labels.to(self.device)
-        self.held_out_images, self.held_out_labels = split.held_out.images.to(self.device), split.held_out.labels.to(self.device)
+        self.held_out_images, self.held_out_labels = (
+            split.held_out.images.to(self.device),
+            split.held_out.labels.to(self.device),
+        )
 
         self.input_transform = input_transform(config)
         if self.input_transform is not None:
@@ -188,9 +221,13 @@ class SupervisedTrainer:
             correct += (logits.argmax(dim=1) == labels).sum()
         self.epoch += 1
         metrics = {
-            "epoch": self.epoch, "status": self.status, "seed": self.seed,
-            "loss": float(loss_sum) / count, "train_accuracy": int(correct) / count,  # of the augmented training images
-            **self.evaluate(), "epoch_seconds": time.perf_counter() - started,
+            "epoch": self.epoch,
+            "status": self.status,
+            "seed": self.seed,
+            "loss": float(loss_sum) / count,
+            "train_accuracy": int(correct) / count,  # of the augmented training images
+            **self.evaluate(),
+            "epoch_seconds": time.perf_counter() - started,
         }
         self.history.append(metrics)
         return metrics
@@ -200,10 +237,19 @@ class SupervisedTrainer:
         """Accuracy and loss on the held-out images (not augmented), and the clustering metrics of
         an IIC run computed on the predicted classes, so that the two read side by side."""
         self.model.eval()
-        logits = torch.cat([
-            self._logits(prepare_images(self.held_out_images[start : start + self.config.eval_batch_size], self.augment, None, self.input_transform))
-            for start in range(0, len(self.held_out_images), self.config.eval_batch_size)
-        ])
+        logits = torch.cat(
+            [
+                self._logits(
+                    prepare_images(
+                        self.held_out_images[start : start + self.config.eval_batch_size],
+                        self.augment,
+                        None,
+                        self.input_transform,
+                    )
+                )
+                for start in range(0, len(self.held_out_images), self.config.eval_batch_size)
+            ]
+        )
         self.model.train()
         predictions = logits.argmax(dim=1)
         self.last_predictions = predictions.cpu().numpy()
@@ -222,24 +268,34 @@ class SupervisedTrainer:
         if self.last_predictions is not None:
             classes = len(self.class_names)
             confusion = confusion_matrix(self.last_predictions, self.held_out_labels.cpu().numpy(), classes, classes)
-        return SupervisedResult(self.status, self.history[-1] if self.history else {}, list(self.history), confusion, self.class_names, self.held_out_split)
+        return SupervisedResult(
+            self.status,
+            self.history[-1] if self.history else {},
+            list(self.history),
+            confusion,
+            self.class_names,
+            self.held_out_split,
+        )
 
     # ---- checkpoints --------------------------------------------------------------------------
 
     def save_checkpoint(self, path: str | Path) -> Path:
-        return save_state({
-            "kind": CHECKPOINT_KIND,
-            "config": self.config.to_dict(),
-            "seed": self.seed,
-            "epoch": self.epoch,
-            "status": str(self.status),
-            "history": self.history,
-            "model": self.model.state_dict(),
-            "optimiser": self.optimiser.state_dict(),
-            "shuffle_generator": self.shuffle_generator.get_state(),
-            "augment_generator": self.augment_generator.get_state(),
-            "last_predictions": self.last_predictions,
-        }, path)
+        return save_state(
+            {
+                "kind": CHECKPOINT_KIND,
+                "config": self.config.to_dict(),
+                "seed": self.seed,
+                "epoch": self.epoch,
+                "status": str(self.status),
+                "history": self.history,
+                "model": self.model.state_dict(),
+                "optimiser": self.optimiser.state_dict(),
+                "shuffle_generator": self.shuffle_generator.get_state(),
+                "augment_generator": self.augment_generator.get_state(),
+                "last_predictions": self.last_predictions,
+            },
+            path,
+        )
 
     @staticmethod
     def saved_seed(path: str | Path) -> int:
@@ -247,7 +303,12 @@ class SupervisedTrainer:
 
     def load_checkpoint(self, path: str | Path) -> None:
         state = load_state(path, CHECKPOINT_KIND)
-        check_resumable(path, state["config"], self.config, [f"seed ({state['seed']} there, {self.seed} here)"] if state["seed"] != self.seed else [])
+        check_resumable(
+            path,
+            state["config"],
+            self.config,
+            [f"seed ({state['seed']} there, {self.seed} here)"] if state["seed"] != self.seed else [],
+        )
         self.model.load_state_dict(state["model"])
         self.optimiser.load_state_dict(state["optimiser"])
         self.shuffle_generator.set_state(state["shuffle_generator"].cpu())
@@ -259,7 +320,10 @@ class SupervisedTrainer:
 
 
 def train_supervised(
-    config: IICConfig, on_epoch: EpochCallback | None = None, resume_from: str | Path | None = None, seed: int | None = None
+    config: IICConfig,
+    on_epoch: EpochCallback | None = None,
+    resume_from: str | Path | None = None,
+    seed: int | None = None,
 ) -> SupervisedResult:
     """Train the ceiling of ``config`` on ``seed`` (default ``config.seed``) to ``config.epochs``
     epochs. ``on_epoch``, ``resume_from`` and the statuses work as in ``iic.train.train``."""
@@ -273,25 +337,48 @@ def main(args: argparse.Namespace) -> int:
     try:
         config, resume_from = config_from_args(args)
         if args.seeds and len(args.seeds) > 1:
-            raise ConfigError(f"--seeds {' '.join(map(str, args.seeds))}: --supervised trains one seed; give one with --seed S (or --seeds S)")
+            raise ConfigError(
+                f"--seeds {' '.join(map(str, args.seeds))}: --supervised trains one seed; give one with --seed S (or --seeds S)"
+            )
         # A resumed run keeps the seed its checkpoint was trained on unless --seeds says otherwise.
-        seed = args.seeds[0] if args.seeds else SupervisedTrainer.saved_seed(resume_from) if resume_from else config.seed
+        seed = (
+            args.seeds[0] if args.seeds else SupervisedTrainer.saved_seed(resume_from) if resume_from else config.seed
+        )
         trainer = SupervisedTrainer(config, seed)  # loads the data: every check before anything is written
     except (ConfigError, DatasetError) as err:
         return cli_error(err)
-    start_output(out, config, f"training a supervised {config.backbone} on {config.dataset} for {config.epochs} epochs (seed {trainer.seed}), "
-                              f"held out: {trainer.held_out_split}")
+    start_output(
+        out,
+        config,
+        f"training a supervised {config.backbone} on {config.dataset} for {config.epochs} epochs (seed {trainer.seed}), "
+        f"held out: {trainer.held_out_split}",
+    )
     started = time.perf_counter()
     try:
         result = run_epochs(trainer, checkpoint_and_print(out, config.epochs, ACCURACY), resume_from)
     except ConfigError as err:  # a checkpoint of another config
         return cli_error(err)
-    summary = {**result.metrics, "status": result.status, "epochs": len(result.history), "seconds": time.perf_counter() - started,
-               "per_seed": [result.metrics], "class_names": result.class_names,
-               "confusion_matrix": result.confusion.tolist() if result.confusion is not None else None}  # predicted x true
-    write_metrics(out, summary, result.confusion, result.class_names, f"predicted (rows) vs true classes, held out: {result.held_out_split}")
+    summary = {
+        **result.metrics,
+        "status": result.status,
+        "epochs": len(result.history),
+        "seconds": time.perf_counter() - started,
+        "per_seed": [result.metrics],
+        "class_names": result.class_names,
+        "confusion_matrix": result.confusion.tolist() if result.confusion is not None else None,
+    }  # predicted x true
+    write_metrics(
+        out,
+        summary,
+        result.confusion,
+        result.class_names,
+        f"predicted (rows) vs true classes, held out: {result.held_out_split}",
+    )
     if result.status == RunStatus.DIVERGED:
-        print(f"diverged: the loss became NaN/inf at epoch {len(result.history)}; lower lr (now {config.lr})", file=sys.stderr)
+        print(
+            f"diverged: the loss became NaN/inf at epoch {len(result.history)}; lower lr (now {config.lr})",
+            file=sys.stderr,
+        )
         return 1
     print(json.dumps({k: summary[k] for k in (ACCURACY, "held_out_split", "status") if k in summary}))
     return 0

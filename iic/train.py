@@ -37,7 +37,14 @@ from iic.metrics import clustering_metrics, confusion_matrix
 from iic.models import IICModel, StackedIICModel, build_backbone
 from iic.neighbours import nearest_neighbours, pair_candidates
 from iic.pretrained import PRETRAINED_CHANNELS, ImageNetInput, WeightsError
-from iic.seeds import INIT_SEED, LABEL_FREE_PICK, combine_seeds, label_free_pick, label_free_ranking, screening_candidates
+from iic.seeds import (
+    INIT_SEED,
+    LABEL_FREE_PICK,
+    combine_seeds,
+    label_free_pick,
+    label_free_ranking,
+    screening_candidates,
+)
 from iic.self_label import SELF_LABEL_SHARE, SelfLabelLoss
 from iic.sobel import Sobel
 from iic.status import RunStatus
@@ -65,7 +72,13 @@ def seed_everything(seed: int) -> None:
 
 def input_transform(config: IICConfig) -> torch.nn.Module | None:
     """What images go through before the backbone: Sobel, the pretrained weights' normalisation, or nothing."""
-    return Sobel(config.sobel_keep_input) if config.sobel else ImageNetInput(config.backbone) if config.backbone_weights else None
+    return (
+        Sobel(config.sobel_keep_input)
+        if config.sobel
+        else ImageNetInput(config.backbone)
+        if config.backbone_weights
+        else None
+    )
 
 
 def new_backbone(config: IICConfig, channels: int) -> torch.nn.Module:
@@ -75,7 +88,9 @@ def new_backbone(config: IICConfig, channels: int) -> torch.nn.Module:
         in_channels = Sobel.output_channels(channels, config.sobel_keep_input)
     else:
         in_channels = PRETRAINED_CHANNELS if config.backbone_weights else channels
-    return build_backbone(config.backbone, in_channels, config.input_size, config.backbone_width, config.backbone_weights)
+    return build_backbone(
+        config.backbone, in_channels, config.input_size, config.backbone_width, config.backbone_weights
+    )
 
 
 def compiled(model: torch.nn.Module, mode: str) -> torch.nn.Module:
@@ -84,8 +99,9 @@ def compiled(model: torch.nn.Module, mode: str) -> torch.nn.Module:
     return model if mode == "off" else torch.compile(model, mode=mode, dynamic=False)
 
 
-def prepare_images(images_uint8: torch.Tensor, augment: BatchAugment, draw: AugmentDraw | None,
-                   transform: torch.nn.Module | None) -> torch.Tensor:
+def prepare_images(
+    images_uint8: torch.Tensor, augment: BatchAugment, draw: AugmentDraw | None, transform: torch.nn.Module | None
+) -> torch.Tensor:
     """uint8 images -> floats in [0, 1], augmented with ``draw`` if given, then ``transform`` (see input_transform)."""
     images = images_uint8.float().div_(255)
     if draw is not None:
@@ -126,16 +142,23 @@ def load_state(path: str | Path, kind: str) -> dict:
     return state
 
 
-def check_resumable(path: str | Path, saved_config: dict, config: IICConfig, other_changes: Sequence[str] = (), scheduled: bool = False) -> None:
+def check_resumable(
+    path: str | Path, saved_config: dict, config: IICConfig, other_changes: Sequence[str] = (), scheduled: bool = False
+) -> None:
     """Refuse to continue a checkpoint trained with another config (beyond RESUMABLE_CHANGES, and
     with ``scheduled`` the SCHEDULABLE_FIELDS, which then change from the restored epoch on)."""
     saved = IICConfig.from_dict(saved_config)
     may_change = (*IICConfig.RESUMABLE_CHANGES, *((*IICConfig.SCHEDULABLE_FIELDS, "schedule") if scheduled else ()))
-    changed = [name for name in config.to_dict() if name not in may_change and getattr(saved, name) != getattr(config, name)]
+    changed = [
+        name for name in config.to_dict() if name not in may_change and getattr(saved, name) != getattr(config, name)
+    ]
     changed += other_changes
     if changed:
         allowed = f"only {', '.join(IICConfig.RESUMABLE_CHANGES)} may change" + (
-            f", and {', '.join(IICConfig.SCHEDULABLE_FIELDS)}, which then change from the restored epoch on" if scheduled else "")
+            f", and {', '.join(IICConfig.SCHEDULABLE_FIELDS)}, which then change from the restored epoch on"
+            if scheduled
+            else ""
+        )
         raise ConfigError(
             f"checkpoint {path} was trained with a different config ({', '.join(changed)} differ); "
             f"resume with the same config and seeds ({allowed}) or start a new run"
@@ -144,7 +167,11 @@ def check_resumable(path: str | Path, saved_config: dict, config: IICConfig, oth
 
 def check_seeds(seeds: Sequence[int]) -> list[int]:
     seeds = list(seeds)
-    if not seeds or len(set(seeds)) != len(seeds) or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds):
+    if (
+        not seeds
+        or len(set(seeds)) != len(seeds)
+        or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)
+    ):
         raise ConfigError(f"seeds: give one or more distinct non-negative integers (got {seeds})")
     return seeds
 
@@ -178,7 +205,9 @@ class TrainResult:
     @property
     def label_free_pick(self) -> SeedRun:
         """The seed a user without labels would keep (highest held-out mutual information)."""
-        return self.seeds[label_free_pick([run.metrics for run in self.seeds])] if self.seeds[0].metrics else self.seeds[0]
+        return (
+            self.seeds[label_free_pick([run.metrics for run in self.seeds])] if self.seeds[0].metrics else self.seeds[0]
+        )
 
     @property
     def clusters(self) -> np.ndarray:
@@ -213,16 +242,28 @@ class Trainer:
         self.origins = [seed for seed, group in zip(self.requested_seeds, groups) for _ in group]
         self.device = resolve_device(config.device)
         seed_everything(config.seed)
-        self.data = data if data is not None else load_dataset(
-            config.dataset, config.data_root, split=config.split, input_size=config.input_size,
-            greyscale=config.greyscale, class_map=config.class_map, max_samples=config.max_samples,
-            seed=config.seed, download=config.download,
+        self.data = (
+            data
+            if data is not None
+            else load_dataset(
+                config.dataset,
+                config.data_root,
+                split=config.split,
+                input_size=config.input_size,
+                greyscale=config.greyscale,
+                class_map=config.class_map,
+                max_samples=config.max_samples,
+                seed=config.seed,
+                download=config.download,
+            )
         )
         if len(self.data) < 2:
             raise ConfigError(f"dataset {config.dataset!r} has {len(self.data)} image(s); IIC needs at least 2")
         if config.twin_neighbours >= len(self.data):
-            raise ConfigError(f"twin_neighbours: {config.twin_neighbours} is not below the {len(self.data)} images of "
-                              f"dataset {config.dataset!r}; set it to at most {len(self.data) - 1} (SCAN uses 5-20)")
+            raise ConfigError(
+                f"twin_neighbours: {config.twin_neighbours} is not below the {len(self.data)} images of "
+                f"dataset {config.dataset!r}; set it to at most {len(self.data) - 1} (SCAN uses 5-20)"
+            )
         self.images = self.data.images.to(self.device)
         self.labels = self.data.labels.numpy()
 
@@ -236,12 +277,22 @@ class Trainer:
         self.amp = config.amp and self.device.type == "cuda"
         # A frozen backbone shown the same images every epoch (no augmentation) gives the same
         # features: computed once, (N, F), and every step and evaluation slices them.
-        self.cached_features = self._all_features() if config.freeze_backbone and self.augment.is_identity and not config.schedule else None
+        self.cached_features = (
+            self._all_features()
+            if config.freeze_backbone and self.augment.is_identity and not config.schedule
+            else None
+        )
         # Each image's twin sources: itself, then its nearest neighbours (N, 1 + twin_neighbours).
-        self.twin_candidates = pair_candidates(nearest_neighbours(self._neighbour_space(), config.twin_neighbours)) if config.twin_neighbours else None
+        self.twin_candidates = (
+            pair_candidates(nearest_neighbours(self._neighbour_space(), config.twin_neighbours))
+            if config.twin_neighbours
+            else None
+        )
 
         self.shuffle_generators = [torch.Generator().manual_seed(seed) for seed in self.seeds]
-        self.augment_generators = [torch.Generator(self.device).manual_seed(seed + AUGMENT_SEED_OFFSET) for seed in self.seeds]
+        self.augment_generators = [
+            torch.Generator(self.device).manual_seed(seed + AUGMENT_SEED_OFFSET) for seed in self.seeds
+        ]
         self.held_out_draws = self._draw_held_out_views()
         self.epoch = 0
         self.history: list[dict] = []  # combined over seeds, one record per epoch
@@ -249,7 +300,9 @@ class Trainer:
         self.status = RunStatus.RUNNING
         # Of the latest evaluation: each seed's clusters and soft assignments, and their consensus.
         self.last_clusters = [np.zeros(len(self.images), dtype=np.int64) for _ in self.seeds]
-        self.last_probabilities = [np.zeros((len(self.images), config.num_clusters), dtype=np.float32) for _ in self.seeds]
+        self.last_probabilities = [
+            np.zeros((len(self.images), config.num_clusters), dtype=np.float32) for _ in self.seeds
+        ]
         self.last_consensus: np.ndarray | None = None
 
     def _build_model(self) -> None:
@@ -271,10 +324,20 @@ class Trainer:
         model_state = {name: select(name, tensor, indices) for name, tensor in self.model.state_dict().items()}
         names = [name for name, parameter in self.model.named_parameters() if parameter.requires_grad]
         optimiser_state = self.optimiser.state_dict()
-        optimiser_state["state"] = {i: {key: select(names[i], value, indices) for key, value in state.items()}
-                                    for i, state in optimiser_state["state"].items()}
-        for name in ("seeds", "origins", "shuffle_generators", "augment_generators", "held_out_draws",
-                     "seed_histories", "last_clusters", "last_probabilities"):
+        optimiser_state["state"] = {
+            i: {key: select(names[i], value, indices) for key, value in state.items()}
+            for i, state in optimiser_state["state"].items()
+        }
+        for name in (
+            "seeds",
+            "origins",
+            "shuffle_generators",
+            "augment_generators",
+            "held_out_draws",
+            "seed_histories",
+            "last_clusters",
+            "last_probabilities",
+        ):
             setattr(self, name, [getattr(self, name)[i] for i in indices])
         self._build_model()
         self.model.load_state_dict(model_state)
@@ -300,8 +363,11 @@ class Trainer:
             keep = config.screen_cut_keep
         else:
             return
-        kept = sorted(group[i] for group in self.screen_groups
-                      for i in label_free_ranking([per_seed[member] for member in group])[:keep])
+        kept = sorted(
+            group[i]
+            for group in self.screen_groups
+            for i in label_free_ranking([per_seed[member] for member in group])[:keep]
+        )
         if len(kept) < len(self.seeds):
             self._keep_models(kept)
 
@@ -314,7 +380,12 @@ class Trainer:
         a schedule's later strengths."""
         augment = BatchAugment(**self.config.augment_kwargs(1))
         return [
-            augment.sample(len(self.images), self.data.channels, torch.Generator(self.device).manual_seed(seed + _HELDOUT_SEED_OFFSET), self.device)
+            augment.sample(
+                len(self.images),
+                self.data.channels,
+                torch.Generator(self.device).manual_seed(seed + _HELDOUT_SEED_OFFSET),
+                self.device,
+            )
             for seed in self.seeds
         ]
 
@@ -331,14 +402,18 @@ class Trainer:
         """The model a run of ``seed`` alone starts from."""
         config = self.config
         torch.manual_seed(seed)
-        return IICModel(new_backbone(config, self.data.channels), config.num_clusters, config.overcluster_k, config.num_subheads)
+        return IICModel(
+            new_backbone(config, self.data.channels), config.num_clusters, config.overcluster_k, config.num_subheads
+        )
 
     # ---- one epoch ----------------------------------------------------------------------------
 
     def _prepare(self, images_uint8: torch.Tensor, draws: list[AugmentDraw] | None) -> torch.Tensor:
         """uint8 images of all seeds, (S*n, C, H, W) -> floats, augmented with each seed's draw for
         its block of n, then Sobel or the pretrained weights' normalisation if on."""
-        return prepare_images(images_uint8, self.augment, AugmentDraw.cat(draws) if draws is not None else None, self.input_transform)
+        return prepare_images(
+            images_uint8, self.augment, AugmentDraw.cat(draws) if draws is not None else None, self.input_transform
+        )
 
     @torch.no_grad()
     def features_of_all_images(self, models: slice = slice(None)) -> torch.Tensor:
@@ -371,13 +446,17 @@ class Trainer:
         repeated = batches.repeat(1, self.config.repeats)
         if self.twin_candidates is None:
             return repeated
-        choices = torch.stack([
-            torch.randint(self.twin_candidates.shape[1], (repeated.shape[1],), generator=generator)
-            for generator in self.shuffle_generators
-        ]).to(self.device)
+        choices = torch.stack(
+            [
+                torch.randint(self.twin_candidates.shape[1], (repeated.shape[1],), generator=generator)
+                for generator in self.shuffle_generators
+            ]
+        ).to(self.device)
         return self.twin_candidates[repeated, choices]
 
-    def make_views(self, batches: torch.Tensor, twin_images: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def make_views(
+        self, batches: torch.Tensor, twin_images: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """uint8 batches, one per seed (S, B, C, H, W) -> (images, ``repeats`` augmented twins of
         each), shaped (S, B, ...) and (S, repeats * B, ...), ready for the model. ``twin_images``
         (S, repeats * B, C, H, W) are the twins' sources (see ``twin_sources``); by default the
@@ -412,7 +491,9 @@ class Trainer:
         losses = torch.stack([self.criterion(p[:, :size].repeat(1, repeats, 1), p[:, size:]) for p in probabilities])
         minimised = losses
         if self_label:  # IIC's loss still chooses the sub-head and is reported
-            minimised = torch.stack([self.self_label_criterion(p[:, :size].repeat(1, repeats, 1), p[:, size:]) for p in probabilities])
+            minimised = torch.stack(
+                [self.self_label_criterion(p[:, :size].repeat(1, repeats, 1), p[:, size:]) for p in probabilities]
+            )
         per_seed = minimised.mean(dim=0)
         if not torch.isfinite(per_seed).all():
             return None
@@ -426,7 +507,9 @@ class Trainer:
         ``self_label``); returns the mean IIC loss per sub-head and seed, or None if the loss
         stopped being finite."""
         config = self.config
-        orders = torch.stack([torch.randperm(len(self.images), generator=g) for g in self.shuffle_generators]).to(self.device)
+        orders = torch.stack([torch.randperm(len(self.images), generator=g) for g in self.shuffle_generators]).to(
+            self.device
+        )
         bounds = batch_bounds(len(self.images), config.batch_size)
         loss_sums = torch.zeros(config.num_subheads, len(self.seeds), device=self.device)
         for start, stop in bounds:
@@ -487,8 +570,13 @@ class Trainer:
             history.append(metrics)
         picks = self._picks(per_seed)
         self._screen(per_seed)
-        metrics = {"epoch": self.epoch, "status": self.status, **combine_seeds([per_seed[i] for i in picks]),
-                   **self._consensus(self._current_picks()), "epoch_seconds": time.perf_counter() - started}
+        metrics = {
+            "epoch": self.epoch,
+            "status": self.status,
+            **combine_seeds([per_seed[i] for i in picks]),
+            **self._consensus(self._current_picks()),
+            "epoch_seconds": time.perf_counter() - started,
+        }
         self.history.append(metrics)
         return metrics
 
@@ -506,18 +594,24 @@ class Trainer:
             metrics = {
                 "seed": self.origins[index],
                 "loss": float(subhead_losses[chosen, index]),
-                "mutual_information": mutual_information(probabilities[chosen][index], twin_probabilities[chosen][index]),
+                "mutual_information": mutual_information(
+                    probabilities[chosen][index], twin_probabilities[chosen][index]
+                ),
                 "chosen_subhead": chosen,
                 **clustering_metrics(clusters, self.labels, num_clusters, num_classes),
             }
             if self.config.screen_inits > 1:
                 metrics[INIT_SEED] = self.seeds[index]
             if self.config.self_label_epochs:  # how many images would be pseudo-labels
-                metrics[SELF_LABEL_SHARE] = float(self.self_label_criterion.confident_share(probabilities[chosen][index]))
+                metrics[SELF_LABEL_SHARE] = float(
+                    self.self_label_criterion.confident_share(probabilities[chosen][index])
+                )
             if "cluster_accuracy" in metrics and len(probabilities) > 1:
                 # Picks a sub-head by looking at labels: a diagnostic of sub-head spread, never the result.
                 metrics["diagnostic_best_subhead_accuracy"] = max(
-                    clustering_metrics(p[index].argmax(dim=1).cpu().numpy(), self.labels, num_clusters, num_classes)["cluster_accuracy"]
+                    clustering_metrics(p[index].argmax(dim=1).cpu().numpy(), self.labels, num_clusters, num_classes)[
+                        "cluster_accuracy"
+                    ]
                     for p in probabilities
                 )
             self.last_clusters[index] = clusters
@@ -531,7 +625,9 @@ class Trainer:
         if len(picks) < 2:
             return {}
         probabilities = [self.last_probabilities[i] for i in picks]
-        self.last_consensus, metrics = consensus_metrics(probabilities, self.labels, self.config.num_clusters, self.data.num_classes)
+        self.last_consensus, metrics = consensus_metrics(
+            probabilities, self.labels, self.config.num_clusters, self.data.num_classes
+        )
         return metrics
 
     def result(self) -> TrainResult:
@@ -541,11 +637,29 @@ class Trainer:
             clusters, history = self.last_clusters[i], self.seed_histories[i]
             confusion = None
             if labelled.any():
-                confusion = confusion_matrix(clusters[labelled], self.labels[labelled], self.config.num_clusters, self.data.num_classes)
-            runs.append(SeedRun(self.origins[i], history[-1] if history else {}, list(history), clusters, confusion,
-                                self.last_probabilities[i], self.seeds[i]))
-        return TrainResult(self.status, self.history[-1] if self.history else {}, list(self.history), runs, self.data.class_names,
-                           self.config, self.last_consensus)
+                confusion = confusion_matrix(
+                    clusters[labelled], self.labels[labelled], self.config.num_clusters, self.data.num_classes
+                )
+            runs.append(
+                SeedRun(
+                    self.origins[i],
+                    history[-1] if history else {},
+                    list(history),
+                    clusters,
+                    confusion,
+                    self.last_probabilities[i],
+                    self.seeds[i],
+                )
+            )
+        return TrainResult(
+            self.status,
+            self.history[-1] if self.history else {},
+            list(self.history),
+            runs,
+            self.data.class_names,
+            self.config,
+            self.last_consensus,
+        )
 
     # ---- checkpoints --------------------------------------------------------------------------
 
@@ -561,8 +675,11 @@ class Trainer:
             "history": self.history,
             "seed_histories": self.seed_histories,
             # A frozen backbone is left out: it is the config's weights file, as loaded again on resume.
-            "model": {name: value for name, value in self.model.state_dict().items()
-                      if not (self.config.freeze_backbone and name.startswith("backbone."))},
+            "model": {
+                name: value
+                for name, value in self.model.state_dict().items()
+                if not (self.config.freeze_backbone and name.startswith("backbone."))
+            },
             "optimiser": self.optimiser.state_dict(),
             "shuffle_generators": [g.get_state() for g in self.shuffle_generators],
             "augment_generators": [g.get_state() for g in self.augment_generators],
@@ -577,7 +694,11 @@ class Trainer:
 
     def load_checkpoint(self, path: str | Path) -> None:
         state = load_state(path, "iic")
-        other = [f"seeds ({state['seeds']} there, {self.requested_seeds} here)"] if state["seeds"] != self.requested_seeds else []
+        other = (
+            [f"seeds ({state['seeds']} there, {self.requested_seeds} here)"]
+            if state["seeds"] != self.requested_seeds
+            else []
+        )
         other += self.config.self_labelling_changes(IICConfig.from_dict(state["config"]), state["epoch"])
         check_resumable(path, state["config"], self.config, other, scheduled=True)
         # The epochs trained keep the values they had; new ones apply from the next epoch on.
@@ -589,7 +710,9 @@ class Trainer:
         # A frozen backbone is not saved (it is the pretrained weights): keep the one built here.
         self.model.load_state_dict({**self.model.state_dict(), **state["model"]})
         self.optimiser.load_state_dict(state["optimiser"])
-        for generator, saved_state in zip(self.shuffle_generators + self.augment_generators, state["shuffle_generators"] + state["augment_generators"]):
+        for generator, saved_state in zip(
+            self.shuffle_generators + self.augment_generators, state["shuffle_generators"] + state["augment_generators"]
+        ):
             generator.set_state(saved_state.cpu())
         self.epoch = state["epoch"]
         self.status = RunStatus(state["status"])
@@ -663,18 +786,35 @@ def run_epochs(trainer, on_epoch: EpochCallback | None, resume_from: str | Path 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m iic.train", description="Train one IIC model (no Ray, no MLflow).")
-    parser.add_argument("--config", help="YAML config file (fields of iic.config.IICConfig); defaults apply to missing fields")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override one field, e.g. --set lr=0.001 (repeatable)")
+    parser.add_argument(
+        "--config", help="YAML config file (fields of iic.config.IICConfig); defaults apply to missing fields"
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one field, e.g. --set lr=0.001 (repeatable)",
+    )
     parser.add_argument("--dataset", help="shortcut for --set dataset=NAME")
     parser.add_argument("--epochs", type=int, help="shortcut for --set epochs=N")
     parser.add_argument("--seed", type=int, help="shortcut for --set seed=S")
     parser.add_argument("--out", default="runs/train", help="output directory (default: runs/train)")
     parser.add_argument("--resume", action="store_true", help=f"continue from OUT/{CHECKPOINT_FILE}")
-    parser.add_argument("--seeds", type=int, nargs="+", metavar="SEED",
-                        help="train on several seeds at once (one stacked model); metrics.json gives their mean, min, sd and each seed's")
-    parser.add_argument("--supervised", action="store_true",
-                        help="train the config's backbone with a linear classifier on the labels instead (the supervised ceiling, "
-                             "iic.supervised): accuracy on a held-out split, to read IIC's against")
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        metavar="SEED",
+        help="train on several seeds at once (one stacked model); metrics.json gives their mean, min, sd and each seed's",
+    )
+    parser.add_argument(
+        "--supervised",
+        action="store_true",
+        help="train the config's backbone with a linear classifier on the labels instead (the supervised ceiling, "
+        "iic.supervised): accuracy on a held-out split, to read IIC's against",
+    )
     return parser.parse_args(argv)
 
 
@@ -712,7 +852,9 @@ def checkpoint_and_print(out: Path, epochs: int, accuracy: str = "cluster_accura
     return on_epoch
 
 
-def write_metrics(out: Path, summary: dict, confusion: np.ndarray | None, class_names: list[str], title: str = "") -> None:
+def write_metrics(
+    out: Path, summary: dict, confusion: np.ndarray | None, class_names: list[str], title: str = ""
+) -> None:
     """metrics.json (NaN written as null) and, with labels, confusion_matrix.png."""
     summary = {**summary, "per_seed": [finite(run) for run in summary.get("per_seed", [])]}
     (out / "metrics.json").write_text(json.dumps(finite(summary), indent=2))
@@ -765,12 +907,20 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DatasetError) as err:
         return cli_error(err)
     result.config.to_yaml(out / "config.yaml")  # with the schedule, if the resume changed values
-    summary = {**result.metrics, "status": result.status, "epochs": len(result.history), "seconds": time.perf_counter() - started,
-               "per_seed": [{**run.metrics, "seed": run.seed} for run in result.seeds]}
+    summary = {
+        **result.metrics,
+        "status": result.status,
+        "epochs": len(result.history),
+        "seconds": time.perf_counter() - started,
+        "per_seed": [{**run.metrics, "seed": run.seed} for run in result.seeds],
+    }
     write_metrics(out, summary, result.confusion, result.class_names)
     write_clusters(out / CLUSTERS_FILE, result)
     if result.status == RunStatus.DIVERGED:
-        print(f"diverged: the loss became NaN/inf at epoch {len(result.history)}; lower lr (now {config.lr}) or lamb", file=sys.stderr)
+        print(
+            f"diverged: the loss became NaN/inf at epoch {len(result.history)}; lower lr (now {config.lr}) or lamb",
+            file=sys.stderr,
+        )
         return 1
     shown = ["cluster_accuracy", "nmi", "largest_cluster_share", "status"]
     if len(seeds) > 1:  # a mean over seeds is read with its spread

@@ -34,20 +34,30 @@ class Ceiling:
         return best / self.accuracy if best is not None and math.isfinite(best) and self.accuracy > 0 else None
 
 
-def run_ceiling(preset: Preset, seeds: list[int], name: str, storage_path: str, logger: MLflowTrialLogger, resume: bool = False) -> Ceiling | None:
+def run_ceiling(
+    preset: Preset, seeds: list[int], name: str, storage_path: str, logger: MLflowTrialLogger, resume: bool = False
+) -> Ceiling | None:
     """Train the supervised ceiling of ``preset``'s base config on ``seeds[0]``; None if it failed."""
     experiment_dir = f"{storage_path.rstrip('/')}/{name}"
     trainable = tune.with_resources(train_ceiling, trial_resources(preset))
     if resume and tune.Tuner.can_restore(experiment_dir):
-        results = tune.Tuner.restore(experiment_dir, trainable=trainable, resume_unfinished=True, resume_errored=True).fit()
+        results = tune.Tuner.restore(
+            experiment_dir, trainable=trainable, resume_unfinished=True, resume_errored=True
+        ).fit()
     else:
         config = {**IICConfig.from_dict(preset.config).to_dict(), SEEDS_KEY: list(seeds)}
         results = tune.Tuner(
-            trainable, param_space=config,
+            trainable,
+            param_space=config,
             tune_config=tune.TuneConfig(num_samples=1, trial_dirname_creator=trial_dirname),
-            run_config=tune.RunConfig(name=name, storage_path=storage_path, callbacks=[logger],
-                                      failure_config=tune.FailureConfig(max_failures=preset.search.max_failures),
-                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=1), verbose=0),
+            run_config=tune.RunConfig(
+                name=name,
+                storage_path=storage_path,
+                callbacks=[logger],
+                failure_config=tune.FailureConfig(max_failures=preset.search.max_failures),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                verbose=0,
+            ),
         ).fit()
     [result] = list(results)
     metrics = result.metrics or {}

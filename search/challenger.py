@@ -64,8 +64,10 @@ class Margin:
         return self.standard_errors * self.seed_sd * math.sqrt(2 / self.seeds)
 
     def describe(self) -> str:
-        return (f"{self.value:.3f} ({self.standard_errors:g} standard errors of the difference of two means over {self.seeds} seeds; "
-                f"seed sd {self.seed_sd:.3f} from the median of {self.trials} trials' sds)")
+        return (
+            f"{self.value:.3f} ({self.standard_errors:g} standard errors of the difference of two means over {self.seeds} seeds; "
+            f"seed sd {self.seed_sd:.3f} from the median of {self.trials} trials' sds)"
+        )
 
 
 def margin(start: SeedFigures, trials: Sequence[SeedFigures], standard_errors: float) -> Margin | None:
@@ -77,8 +79,9 @@ def margin(start: SeedFigures, trials: Sequence[SeedFigures], standard_errors: f
     return Margin(standard_errors, statistics.median(sds) / median_sd_ratio(start.seeds), len(sds), start.seeds)
 
 
-def start_ahead_of_noise(ranked: list[Item], start: Item | None, figures: Callable[[Item], SeedFigures], standard_errors: float,
-                         mode: str) -> tuple[list[Item], Margin | None]:
+def start_ahead_of_noise(
+    ranked: list[Item], start: Item | None, figures: Callable[[Item], SeedFigures], standard_errors: float, mode: str
+) -> tuple[list[Item], Margin | None]:
     """``ranked`` (best first, by the search's figures) with ``start`` (one of them, or None) moved
     ahead of every trial that does not beat it by the margin; and the margin (None: the ranking is
     unchanged)."""

@@ -35,18 +35,47 @@ from iic.config import IICConfig
 from iic.consensus import CONSENSUS_ACCURACY
 from iic.seeds import LABEL_FREE_PICK, draw_seeds
 from search.driver import (
-    SearchError, code_version, trial_dirname, default_storage_path, default_tracking_uri, make_trainable, progress_reporter, resolve_storage_path, set_driver_environment, start_ray, state_dir,
+    SearchError,
+    code_version,
+    trial_dirname,
+    default_storage_path,
+    default_tracking_uri,
+    make_trainable,
+    progress_reporter,
+    resolve_storage_path,
+    set_driver_environment,
+    start_ray,
+    state_dir,
 )
 from search.challenger import Margin, figures_from_metrics, start_ahead_of_noise
 from search.ranking import best_first, trial_status
-from search.records import RecordsError, connect, find_experiment_id, only_search, ranked_runs, retrainable_config, runs_of_search, search_run, seeds_param, trial_runs
+from search.records import (
+    RecordsError,
+    connect,
+    find_experiment_id,
+    only_search,
+    ranked_runs,
+    retrainable_config,
+    runs_of_search,
+    search_run,
+    seeds_param,
+    trial_runs,
+)
 from search.space import COLLAPSE_SETTINGS, OBJECTIVES, Preset, SearchDefaults
 from search.mlflow_runs import CONFIRM_ROLE, START_TRIAL_TAG, TRIAL_TAG, SearchRecord
 from search.tracking import MLflowTrialLogger
 from trainables.iic_trainable import SEEDS_KEY, SOURCE_KEY, trial_config_values, trial_iic_config, trial_seeds
 
 # Figures of a confirmation run, each over its seeds.
-CONFIRMED_FIGURES = ("cluster_accuracy", "cluster_accuracy_min", "cluster_accuracy_sd", LABEL_FREE_PICK, CONSENSUS_ACCURACY, "mutual_information", "nmi")
+CONFIRMED_FIGURES = (
+    "cluster_accuracy",
+    "cluster_accuracy_min",
+    "cluster_accuracy_sd",
+    LABEL_FREE_PICK,
+    CONSENSUS_ACCURACY,
+    "mutual_information",
+    "nmi",
+)
 
 
 @dataclass
@@ -85,10 +114,17 @@ class Choice:
 
     def note(self) -> str | None:
         """Why the start config is confirmed though a trial read higher on the search's seeds."""
-        if self.margin is None or not self.candidates or self.candidates[0].trial_id != self.start_trial_id or self.best_trial_id == self.start_trial_id:
+        if (
+            self.margin is None
+            or not self.candidates
+            or self.candidates[0].trial_id != self.start_trial_id
+            or self.best_trial_id == self.start_trial_id
+        ):
             return None
-        return (f"no trial beat the start config (trial {self.start_trial_id}) by more than the seed noise: "
-                f"the best, trial {self.best_trial_id}, fell within the margin of {self.margin.describe()}")
+        return (
+            f"no trial beat the start config (trial {self.start_trial_id}) by more than the seed noise: "
+            f"the best, trial {self.best_trial_id}, fell within the margin of {self.margin.describe()}"
+        )
 
 
 def distinct_candidates(ranked: list, candidate: Callable[[object], Candidate], top: int) -> list[Candidate]:
@@ -103,8 +139,14 @@ def distinct_candidates(ranked: list, candidate: Callable[[object], Candidate], 
     return chosen
 
 
-def candidates_from_results(results, objective: str, statuses: dict[str, str], top: int, start_config: IICConfig | None = None,
-                            challenger_margin: float = 0.0) -> Choice:
+def candidates_from_results(
+    results,
+    objective: str,
+    statuses: dict[str, str],
+    top: int,
+    start_config: IICConfig | None = None,
+    challenger_margin: float = 0.0,
+) -> Choice:
     """The ``top`` best distinct configs among a search's trials (by the shared ranking rule); a
     trial of ``start_config`` goes ahead of those that beat it by less than ``challenger_margin``
     standard errors (search/challenger.py)."""
@@ -118,10 +160,24 @@ def candidates_from_results(results, objective: str, statuses: dict[str, str], t
 
     ranked = best_first(list(results), lambda r: (r.metrics or {}).get(objective), status, OBJECTIVES[objective])
     start = next((r for r in ranked if start_config is not None and trial_iic_config(r.config) == start_config), None)
-    reordered, found = start_ahead_of_noise(ranked, start, lambda r: figures_from_metrics(r.metrics, objective, len(trial_seeds(r.config))),
-                                            challenger_margin, OBJECTIVES[objective])
-    candidates = distinct_candidates(reordered, lambda r: Candidate(r.metrics["trial_id"], config(r), r.metrics[objective], trial_seeds(r.config)), top)
-    return Choice(candidates, start.metrics["trial_id"] if start else None, found, ranked[0].metrics["trial_id"] if ranked else None)
+    reordered, found = start_ahead_of_noise(
+        ranked,
+        start,
+        lambda r: figures_from_metrics(r.metrics, objective, len(trial_seeds(r.config))),
+        challenger_margin,
+        OBJECTIVES[objective],
+    )
+    candidates = distinct_candidates(
+        reordered,
+        lambda r: Candidate(r.metrics["trial_id"], config(r), r.metrics[objective], trial_seeds(r.config)),
+        top,
+    )
+    return Choice(
+        candidates,
+        start.metrics["trial_id"] if start else None,
+        found,
+        ranked[0].metrics["trial_id"] if ranked else None,
+    )
 
 
 def confirmation_seeds(search_seed: int, search_seeds: list[int], count: int) -> list[int]:
@@ -148,14 +204,23 @@ def space_of(points: list[dict]) -> dict:
     return space
 
 
-def run_confirmation(candidates: list[Candidate], seeds: list[int], preset: Preset, name: str, storage_path: str,
-                     logger: MLflowTrialLogger, resume: bool = False):
+def run_confirmation(
+    candidates: list[Candidate],
+    seeds: list[int],
+    preset: Preset,
+    name: str,
+    storage_path: str,
+    logger: MLflowTrialLogger,
+    resume: bool = False,
+):
     """Train every candidate on ``seeds`` as Ray trials (``preset.search``'s concurrency and
     resources, no early stopping but the collapse rule); returns Tune's ResultGrid. An interrupted
     confirmation stage of the same ``name`` continues with ``resume``."""
     experiment_dir = f"{storage_path.rstrip('/')}/{name}"
     if resume and tune.Tuner.can_restore(experiment_dir):
-        return tune.Tuner.restore(experiment_dir, trainable=make_trainable(preset), resume_unfinished=True, resume_errored=True).fit()
+        return tune.Tuner.restore(
+            experiment_dir, trainable=make_trainable(preset), resume_unfinished=True, resume_errored=True
+        ).fit()
     points = [{**trial_config_values(c.config), SEEDS_KEY: seeds, SOURCE_KEY: c.trial_id} for c in candidates]
     search = preset.search
     tuner = tune.Tuner(
@@ -163,11 +228,15 @@ def run_confirmation(candidates: list[Candidate], seeds: list[int], preset: Pres
         param_space=space_of(points),
         tune_config=tune.TuneConfig(
             search_alg=BasicVariantGenerator(points_to_evaluate=points, max_concurrent=search.max_concurrent),
-            num_samples=len(points), trial_dirname_creator=trial_dirname,
+            num_samples=len(points),
+            trial_dirname_creator=trial_dirname,
             reuse_actors=True,  # as in the search: a candidate waiting for a slot skips the start-up of a new process
         ),
         run_config=tune.RunConfig(
-            name=name, storage_path=storage_path, callbacks=[logger], progress_reporter=progress_reporter(preset),
+            name=name,
+            storage_path=storage_path,
+            callbacks=[logger],
+            progress_reporter=progress_reporter(preset),
             failure_config=tune.FailureConfig(max_failures=search.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             verbose=1,
@@ -176,14 +245,18 @@ def run_confirmation(candidates: list[Candidate], seeds: list[int], preset: Pres
     return tuner.fit()
 
 
-def confirmations(candidates: list[Candidate], results, seeds: list[int], statuses: dict[str, str]) -> list[Confirmation]:
+def confirmations(
+    candidates: list[Candidate], results, seeds: list[int], statuses: dict[str, str]
+) -> list[Confirmation]:
     """Each candidate with what its confirmation trial ended with."""
     by_source = {result.config.get(SOURCE_KEY): result for result in results}
     confirmed = []
     for candidate in candidates:
         result = by_source.get(candidate.trial_id)
         metrics = (result.metrics or {}) if result is not None else {}
-        status = statuses.get(metrics.get("trial_id")) or trial_status(metrics, result is None or result.error is not None)
+        status = statuses.get(metrics.get("trial_id")) or trial_status(
+            metrics, result is None or result.error is not None
+        )
         confirmed.append(Confirmation(candidate, seeds, str(status), metrics))
     return confirmed
 
@@ -200,8 +273,12 @@ def confirmed_row(confirmation: Confirmation, objective: str) -> dict:
     metrics = confirmation.metrics
     row = {"trial_id": confirmation.candidate.trial_id, f"search_{objective}": confirmation.candidate.search_value}
     row.update({f"confirmed_{name}": metrics.get(name, math.nan) for name in CONFIRMED_FIGURES})
-    row.update(confirm_status=confirmation.status, confirm_seeds=" ".join(map(str, confirmation.seeds)),
-               search_seeds=" ".join(map(str, confirmation.candidate.search_seeds)), epochs=confirmation.candidate.config.epochs)
+    row.update(
+        confirm_status=confirmation.status,
+        confirm_seeds=" ".join(map(str, confirmation.seeds)),
+        search_seeds=" ".join(map(str, confirmation.candidate.search_seeds)),
+        epochs=confirmation.candidate.config.epochs,
+    )
     return row
 
 
@@ -210,7 +287,9 @@ def record_confirmed(client: MlflowClient, run_id: str, confirmed: list[Confirma
     best_config.yaml and figures (``best_confirmed_*``), the confirmation seeds."""
     best = confirmed[0]
     with tempfile.TemporaryDirectory() as folder:
-        pd.DataFrame([confirmed_row(c, objective) for c in confirmed]).to_csv(Path(folder) / "confirmed.csv", index=False)
+        pd.DataFrame([confirmed_row(c, objective) for c in confirmed]).to_csv(
+            Path(folder) / "confirmed.csv", index=False
+        )
         best.candidate.config.to_yaml(Path(folder) / "best_config.yaml")
         for name in ("confirmed.csv", "best_config.yaml"):
             client.log_artifact(run_id, str(Path(folder) / name))
@@ -224,7 +303,9 @@ def record_confirmed(client: MlflowClient, run_id: str, confirmed: list[Confirma
 def print_confirmed(confirmed: list[Confirmation], objective: str) -> None:
     table = pd.DataFrame([confirmed_row(c, objective) for c in confirmed]).drop(columns=["confirm_seeds"])
     with pd.option_context("display.width", 220, "display.max_columns", 24, "display.float_format", "{:.3f}".format):
-        print(f"\nConfirmed on {len(confirmed[0].seeds)} fresh seeds ({' '.join(map(str, confirmed[0].seeds))}), best first:")
+        print(
+            f"\nConfirmed on {len(confirmed[0].seeds)} fresh seeds ({' '.join(map(str, confirmed[0].seeds))}), best first:"
+        )
         print(table.to_string(index=False))
 
 
@@ -232,39 +313,73 @@ def print_confirmed(confirmed: list[Confirmation], objective: str) -> None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python search/confirm.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python search/confirm.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--experiment", required=True, help="MLflow experiment of the search (e.g. iic-digits)")
-    parser.add_argument("--search", help="the search (iic.search tag) whose trials to confirm (default: the experiment's only search)")
+    parser.add_argument(
+        "--search", help="the search (iic.search tag) whose trials to confirm (default: the experiment's only search)"
+    )
     parser.add_argument("--top", type=int, required=True, help="distinct configs to confirm")
     parser.add_argument("--seeds", type=int, required=True, help="fresh seeds each config trains on")
     parser.add_argument("--objective", choices=sorted(OBJECTIVES), default="cluster_accuracy")
     parser.add_argument("--tracking-uri", default=default_tracking_uri())
-    parser.add_argument("--storage-path", default=default_storage_path(), help="Ray Tune storage for the confirmation trials")
-    parser.add_argument("--address", default=os.environ.get("RAY_ADDRESS"), help="Ray cluster to join (default: a local Ray)")
+    parser.add_argument(
+        "--storage-path", default=default_storage_path(), help="Ray Tune storage for the confirmation trials"
+    )
+    parser.add_argument(
+        "--address", default=os.environ.get("RAY_ADDRESS"), help="Ray cluster to join (default: a local Ray)"
+    )
     parser.add_argument("--max-concurrent", type=int, default=1, help="confirmation trials at once")
-    parser.add_argument("--challenger-margin", type=float, help="standard errors by which a trial must beat the search's start config "
-                        "on the search's seeds to go ahead of it (0: the plain ranking; default: the search's own setting)")
+    parser.add_argument(
+        "--challenger-margin",
+        type=float,
+        help="standard errors by which a trial must beat the search's start config "
+        "on the search's seeds to go ahead of it (0: the plain ranking; default: the search's own setting)",
+    )
     parser.add_argument("--cpus-per-trial", type=float, default=1.0)
     parser.add_argument("--gpus-per-trial", type=float, default=0.0)
     return parser.parse_args(argv)
 
 
-def candidates_from_runs(client: MlflowClient, tracking_uri: str, runs: list[Run], objective: str, top: int, start_trial_id: str | None = None,
-                         challenger_margin: float = 0.0) -> Choice:
+def candidates_from_runs(
+    client: MlflowClient,
+    tracking_uri: str,
+    runs: list[Run],
+    objective: str,
+    top: int,
+    start_trial_id: str | None = None,
+    challenger_margin: float = 0.0,
+) -> Choice:
     """The ``top`` best distinct configs among a search's recorded trial runs; the run of trial
     ``start_trial_id`` goes ahead of those that beat it by less than ``challenger_margin`` standard
     errors (search/challenger.py)."""
     ranked = [run for run, _ in ranked_runs(runs, objective)]
-    start = next((run for run in ranked if start_trial_id is not None and run.data.tags.get(TRIAL_TAG) == start_trial_id), None)
-    reordered, found = start_ahead_of_noise(ranked, start, lambda run: figures_from_metrics(run.data.metrics, objective, len(seeds_param(run))),
-                                            challenger_margin, OBJECTIVES[objective])
+    start = next(
+        (run for run in ranked if start_trial_id is not None and run.data.tags.get(TRIAL_TAG) == start_trial_id), None
+    )
+    reordered, found = start_ahead_of_noise(
+        ranked,
+        start,
+        lambda run: figures_from_metrics(run.data.metrics, objective, len(seeds_param(run))),
+        challenger_margin,
+        OBJECTIVES[objective],
+    )
 
     def candidate(run: Run) -> Candidate:
-        return Candidate(run.data.tags[TRIAL_TAG], retrainable_config(client, tracking_uri, run, objective), run.data.metrics[objective],
-                         [int(s) for s in seeds_param(run)])
+        return Candidate(
+            run.data.tags[TRIAL_TAG],
+            retrainable_config(client, tracking_uri, run, objective),
+            run.data.metrics[objective],
+            [int(s) for s in seeds_param(run)],
+        )
 
-    return Choice(distinct_candidates(reordered, candidate, top), start_trial_id if start else None, found,
-                  ranked[0].data.tags[TRIAL_TAG] if ranked else None)
+    return Choice(
+        distinct_candidates(reordered, candidate, top),
+        start_trial_id if start else None,
+        found,
+        ranked[0].data.tags[TRIAL_TAG] if ranked else None,
+    )
 
 
 def searched_margin(parent: Run, args: argparse.Namespace) -> float:
@@ -277,11 +392,20 @@ def searched_margin(parent: Run, args: argparse.Namespace) -> float:
 
 def confirming_preset(parent: Run, args: argparse.Namespace) -> Preset:
     """The settings confirmation trials run with: the search's collapse rule, these resources."""
-    recorded = {name: parent.data.params[f"search.{name}"] for name in COLLAPSE_SETTINGS if f"search.{name}" in parent.data.params}
+    recorded = {
+        name: parent.data.params[f"search.{name}"]
+        for name in COLLAPSE_SETTINGS
+        if f"search.{name}" in parent.data.params
+    }
     defaults = SearchDefaults()
     collapse = {name: type(getattr(defaults, name))(value) for name, value in recorded.items()}
-    search = SearchDefaults(max_concurrent=args.max_concurrent, cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
-                            objective=args.objective, **collapse)
+    search = SearchDefaults(
+        max_concurrent=args.max_concurrent,
+        cpus_per_trial=args.cpus_per_trial,
+        gpus_per_trial=args.gpus_per_trial,
+        objective=args.objective,
+        **collapse,
+    )
     return Preset(name="confirm", description="", config={}, params=[], search=search)
 
 
@@ -292,17 +416,28 @@ def main(argv: list[str] | None = None) -> int:
         if args.top < 1 or args.seeds < 1:
             raise SearchError(f"--top and --seeds must be at least 1 (got {args.top} and {args.seeds})")
         if args.challenger_margin is not None and not args.challenger_margin >= 0:
-            raise SearchError(f"--challenger-margin must be 0 or more standard errors (got {args.challenger_margin}); 0 ranks trials by their figures alone")
+            raise SearchError(
+                f"--challenger-margin must be 0 or more standard errors (got {args.challenger_margin}); 0 ranks trials by their figures alone"
+            )
         client, tracking_uri = connect(args.tracking_uri)
         experiment_id = find_experiment_id(client, args.experiment)
         runs = runs_of_search(trial_runs(client, experiment_id), args.experiment, args.search)
         search = args.search or only_search(runs, args.experiment)
         parent = search_run(client, experiment_id, search)
-        choice = candidates_from_runs(client, tracking_uri, runs, args.objective, args.top, parent.data.tags.get(START_TRIAL_TAG),
-                                      searched_margin(parent, args))
+        choice = candidates_from_runs(
+            client,
+            tracking_uri,
+            runs,
+            args.objective,
+            args.top,
+            parent.data.tags.get(START_TRIAL_TAG),
+            searched_margin(parent, args),
+        )
         candidates = choice.candidates
         if not candidates:
-            raise SearchError(f"none of the {len(runs)} trial runs of {search!r} counts (finished, not collapsed, diverged or failed)")
+            raise SearchError(
+                f"none of the {len(runs)} trial runs of {search!r} counts (finished, not collapsed, diverged or failed)"
+            )
         preset = confirming_preset(parent, args)
         storage_path = resolve_storage_path(args.storage_path)
         started_ray = start_ray(args.address, preset, storage_path)  # last: nothing above has started anything
@@ -313,10 +448,15 @@ def main(argv: list[str] | None = None) -> int:
     seeds = confirmation_seeds(search_seed, sorted({s for c in candidates for s in c.search_seeds}), args.seeds)
     name = f"{search}-confirm-{time.strftime('%Y%m%d-%H%M%S')}"
     report = state_dir(name) / "mlflow_report.json"
-    logger = MLflowTrialLogger(SearchRecord(tracking_uri, experiment_id, search, parent.info.run_id, code_version(), CONFIRM_ROLE), report)
+    logger = MLflowTrialLogger(
+        SearchRecord(tracking_uri, experiment_id, search, parent.info.run_id, code_version(), CONFIRM_ROLE), report
+    )
     if choice.note():
         print(choice.note(), flush=True)
-    print(f"confirming the best {len(candidates)} config(s) of {search!r} on {len(seeds)} fresh seeds ({' '.join(map(str, seeds))})", flush=True)
+    print(
+        f"confirming the best {len(candidates)} config(s) of {search!r} on {len(seeds)} fresh seeds ({' '.join(map(str, seeds))})",
+        flush=True,
+    )
     results = run_confirmation(candidates, seeds, preset, name, storage_path, logger)
     confirmed = ranked_confirmations(confirmations(candidates, results, seeds, logged_statuses(report)), args.objective)
     record_confirmed(client, parent.info.run_id, confirmed, args.objective)

@@ -91,7 +91,12 @@ class ConfirmationDeadline(tune.Stopper):
         if not top or not self._epoch_s:
             return 0.0
         best = sorted(self._epoch_s, key=lambda trial_id: -self._objective.get(trial_id, -math.inf))[:top]
-        per_config = max(map(self.trained_s, best)) * self.search.confirm_seeds / self.search.seeds_per_trial * CONFIRMATION_SLOWDOWN
+        per_config = (
+            max(map(self.trained_s, best))
+            * self.search.confirm_seeds
+            / self.search.seeds_per_trial
+            * CONFIRMATION_SLOWDOWN
+        )
         return per_config * math.ceil(top / self.search.max_concurrent)
 
     def elapsed_s(self) -> float:
@@ -100,6 +105,9 @@ class ConfirmationDeadline(tune.Stopper):
     def stop_all(self) -> bool:
         if not self.fired and self.elapsed_s() + self.confirmation_s() >= self.deadline_s:
             self._fired_tokens.add(self.token)
-            print(f"the search stage ends at {self.elapsed_s():.0f} s: the confirmation, about {self.confirmation_s():.0f} s "
-                  f"at the speed this search's trials measured, must end by its {self.deadline_s:.0f} s deadline", flush=True)
+            print(
+                f"the search stage ends at {self.elapsed_s():.0f} s: the confirmation, about {self.confirmation_s():.0f} s "
+                f"at the speed this search's trials measured, must end by its {self.deadline_s:.0f} s deadline",
+                flush=True,
+            )
         return self.fired

@@ -40,7 +40,9 @@ def check_tracking_uri(uri: str) -> str:
     if uri.startswith("sqlite:///"):
         path = Path(uri.removeprefix("sqlite:///")).expanduser().resolve()
         if not path.parent.is_dir():
-            raise SearchError(f"--tracking-uri {uri}: folder {path.parent} does not exist; create it or choose another path")
+            raise SearchError(
+                f"--tracking-uri {uri}: folder {path.parent} does not exist; create it or choose another path"
+            )
         return f"sqlite:///{path}"
     if uri.startswith(("http://", "https://")):
         reason = server_unreachable(uri, timeout=5)
@@ -50,7 +52,9 @@ def check_tracking_uri(uri: str) -> str:
                 f"start it (mlflow server --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000) or fix the address"
             )
         return uri
-    raise SearchError(f"--tracking-uri {uri}: use sqlite:///FILE or http(s)://HOST:PORT (MLflow 3.17's file store is not supported)")
+    raise SearchError(
+        f"--tracking-uri {uri}: use sqlite:///FILE or http(s)://HOST:PORT (MLflow 3.17's file store is not supported)"
+    )
 
 
 # Where `ray up` leaves the cluster launcher's config on the head node (where drivers run).
@@ -97,7 +101,9 @@ def start_ray(address: str | None, preset: Preset, storage_path: str) -> bool:
     search = preset.search
     problems = []
     if search.cpus_per_trial > most_cpus:
-        problems.append(f"--cpus-per-trial {search.cpus_per_trial}: no node has that many CPUs (largest: {most_cpus:g}); lower it")
+        problems.append(
+            f"--cpus-per-trial {search.cpus_per_trial}: no node has that many CPUs (largest: {most_cpus:g}); lower it"
+        )
     if search.gpus_per_trial > most_gpus:
         problems.append(
             f"--gpus-per-trial {search.gpus_per_trial}: no node has that many GPUs (largest: {most_gpus:g}); "
@@ -119,10 +125,19 @@ def start_ray(address: str | None, preset: Preset, storage_path: str) -> bool:
 
 def code_version() -> str:
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
-                                cwd=Path(__file__).resolve().parent).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True,
-                               cwd=Path(__file__).resolve().parent).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=Path(__file__).resolve().parent,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).resolve().parent,
+        ).stdout.strip()
         return commit + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         from importlib.metadata import version
@@ -179,5 +194,9 @@ def progress_reporter(preset: Preset) -> CLIReporter:
     and the first few settings the preset searches (the logger prints a line per trial start and end)."""
     searched = [param.name for param in preset.params if param.kind != "gate"][:4]
     objective = preset.search.objective
-    return CLIReporter(metric_columns={"epoch": "epoch", objective: objective, "largest_cluster_share": "largest"},
-                       parameter_columns=searched, max_report_frequency=60, max_progress_rows=12)
+    return CLIReporter(
+        metric_columns={"epoch": "epoch", objective: objective, "largest_cluster_share": "largest"},
+        parameter_columns=searched,
+        max_report_frequency=60,
+        max_progress_rows=12,
+    )

@@ -29,7 +29,15 @@ from mlflow.tracking import MlflowClient
 from iic.config import ConfigError, IICConfig
 from search.driver import default_tracking_uri
 from search.records import (
-    RecordsError, connect, find_experiment_id, objective_value, ranked_runs, retrainable_config, runs_of_search, seeds_param, trial_runs,
+    RecordsError,
+    connect,
+    find_experiment_id,
+    objective_value,
+    ranked_runs,
+    retrainable_config,
+    runs_of_search,
+    seeds_param,
+    trial_runs,
 )
 from iic.consensus import CONSENSUS_ACCURACY
 from iic.seeds import LABEL_FREE_PICK
@@ -57,14 +65,19 @@ class ExportedTrial:
         return self.run.data.tags.get(TRIAL_TAG, self.run.info.run_id[:8])
 
 
-def best_unique_trials(client: MlflowClient, tracking_uri: str, ranked: list[tuple[Run, float]], objective: str, top: int) -> list[ExportedTrial]:
+def best_unique_trials(
+    client: MlflowClient, tracking_uri: str, ranked: list[tuple[Run, float]], objective: str, top: int
+) -> list[ExportedTrial]:
     """The first ``top`` runs with distinct configs; a run whose config cannot be read is skipped."""
     chosen: list[ExportedTrial] = []
     for run, value in ranked:
         try:
             config = retrainable_config(client, tracking_uri, run, objective)
         except (MlflowException, OSError, ConfigError, ValueError) as err:
-            print(f"warning: run {run.info.run_id}: could not rebuild its config from config.yaml ({str(err).splitlines()[0][:200]}); skipped", file=sys.stderr)
+            print(
+                f"warning: run {run.info.run_id}: could not rebuild its config from config.yaml ({str(err).splitlines()[0][:200]}); skipped",
+                file=sys.stderr,
+            )
             continue
         if all(config.to_dict() != kept.config.to_dict() for kept in chosen):
             chosen.append(ExportedTrial(run, value, config))
@@ -86,7 +99,9 @@ def confirmation_runs(client: MlflowClient, experiment_id: str, objective: str) 
     return confirmed
 
 
-def confirmed_first(ranked: list[tuple[Run, float]], confirmed: dict[str, Run], objective: str) -> list[tuple[Run, float]]:
+def confirmed_first(
+    ranked: list[tuple[Run, float]], confirmed: dict[str, Run], objective: str
+) -> list[tuple[Run, float]]:
     """Trials confirmed on fresh seeds first, by their confirmed mean; the others after, in the
     search's order (their figures hold for the seeds they were chosen on only)."""
     sign = -1 if OBJECTIVES[objective] == "max" else 1
@@ -107,8 +122,12 @@ def summary_rows(trials: list[ExportedTrial], objective: str) -> list[dict]:
     for rank, trial in enumerate(trials, start=1):
         metrics = trial.run.data.metrics
         row = {
-            "rank": rank, "file": rank_file_name(rank, trial), "run_id": trial.run.info.run_id, "trial_id": trial.trial_id,
-            "search": trial.run.data.tags.get(SEARCH_TAG, ""), objective: trial.value,
+            "rank": rank,
+            "file": rank_file_name(rank, trial),
+            "run_id": trial.run.info.run_id,
+            "trial_id": trial.trial_id,
+            "search": trial.run.data.tags.get(SEARCH_TAG, ""),
+            objective: trial.value,
         }
         for name in ("cluster_accuracy", "nmi", "largest_cluster_share"):
             row.setdefault(name, metrics.get(name))
@@ -139,15 +158,26 @@ def write_config(path: Path, trial: ExportedTrial, row: dict) -> Path:
     """The trial's config as YAML, headed by comments that say what accuracy it holds, on which seeds."""
     objective = next(name for name in OBJECTIVES if name in row)
     seeds = row["search_seeds"]
-    lines = [f"# iic-search export, rank {row['rank']}: trial {row['trial_id']} of search {row['search']!r}",
-             f"# search: {objective} {row[objective]:.4f} (mean over seeds {seeds}, the seeds it was chosen on)",
-             f"#   retrain those: python -m iic.train --config {path.name} --seeds {seeds}"]
+    lines = [
+        f"# iic-search export, rank {row['rank']}: trial {row['trial_id']} of search {row['search']!r}",
+        f"# search: {objective} {row[objective]:.4f} (mean over seeds {seeds}, the seeds it was chosen on)",
+        f"#   retrain those: python -m iic.train --config {path.name} --seeds {seeds}",
+    ]
     if trial.confirmation:
-        lines.append(f"# confirmed on seeds it was not chosen with ({row['confirm_seeds']}): {objective} mean "
-                     f"{row[f'confirmed_{objective}']:.4f}" + "".join(
-                         f", {label} {row[f'confirmed_{name}']:.4f}" for label, name in
-                         (("min", "cluster_accuracy_min"), ("sd", "cluster_accuracy_sd"), ("label-free pick", LABEL_FREE_PICK), ("consensus of the seeds", CONSENSUS_ACCURACY))
-                         if row.get(f"confirmed_{name}") is not None and objective == "cluster_accuracy"))
+        lines.append(
+            f"# confirmed on seeds it was not chosen with ({row['confirm_seeds']}): {objective} mean "
+            f"{row[f'confirmed_{objective}']:.4f}"
+            + "".join(
+                f", {label} {row[f'confirmed_{name}']:.4f}"
+                for label, name in (
+                    ("min", "cluster_accuracy_min"),
+                    ("sd", "cluster_accuracy_sd"),
+                    ("label-free pick", LABEL_FREE_PICK),
+                    ("consensus of the seeds", CONSENSUS_ACCURACY),
+                )
+                if row.get(f"confirmed_{name}") is not None and objective == "cluster_accuracy"
+            )
+        )
     else:
         lines.append("# not confirmed on other seeds: expect less (python search/confirm.py confirms it)")
     trial.config.to_yaml(path)
@@ -170,8 +200,14 @@ def write_export(out: Path, trials: list[ExportedTrial], rows: list[dict]) -> li
     return paths
 
 
-def export_best(tracking_uri: str, experiment: str, top: int, out: str | Path, objective: str = "cluster_accuracy",
-                search: str | None = None) -> list[Path]:
+def export_best(
+    tracking_uri: str,
+    experiment: str,
+    top: int,
+    out: str | Path,
+    objective: str = "cluster_accuracy",
+    search: str | None = None,
+) -> list[Path]:
     """Write the ``top`` best distinct trial configs of ``experiment`` (optionally of one search)
     to ``out`` with summary.csv and summary.md; returns the config files, best first. Raises
     RecordsError, before writing anything, when there is nothing to export."""
@@ -189,7 +225,9 @@ def export_best(tracking_uri: str, experiment: str, top: int, out: str | Path, o
         for trial in trials:
             trial.confirmation = confirmed.get(trial.trial_id)
     except MlflowException as err:
-        raise RecordsError(f"could not read the trials from {tracking_uri}: {str(err).splitlines()[0][:200]}; check --tracking-uri") from None
+        raise RecordsError(
+            f"could not read the trials from {tracking_uri}: {str(err).splitlines()[0][:200]}; check --tracking-uri"
+        ) from None
     if not trials:
         raise RecordsError(
             f"none of the {len(runs)} trial runs finished with a finite {objective} and a config.yaml artifact "
@@ -202,13 +240,27 @@ def export_best(tracking_uri: str, experiment: str, top: int, out: str | Path, o
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python search/export.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python search/export.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--experiment", required=True, help="MLflow experiment of the search (e.g. iic-digits)")
-    parser.add_argument("--tracking-uri", default=default_tracking_uri(), help="MLflow store: sqlite:///FILE (default sqlite:///mlflow.db) or http://HOST:PORT")
-    parser.add_argument("--search", help="only the trials of this search name (the iic.search tag; default: every search in the experiment)")
+    parser.add_argument(
+        "--tracking-uri",
+        default=default_tracking_uri(),
+        help="MLflow store: sqlite:///FILE (default sqlite:///mlflow.db) or http://HOST:PORT",
+    )
+    parser.add_argument(
+        "--search",
+        help="only the trials of this search name (the iic.search tag; default: every search in the experiment)",
+    )
     parser.add_argument("--top", type=int, required=True, help="number of distinct configs to export")
     parser.add_argument("--out", required=True, help="folder for rank01_<trial>.yaml ..., summary.csv and summary.md")
-    parser.add_argument("--objective", choices=sorted(OBJECTIVES), default="cluster_accuracy", help="metric to rank by (default: cluster_accuracy)")
+    parser.add_argument(
+        "--objective",
+        choices=sorted(OBJECTIVES),
+        default="cluster_accuracy",
+        help="metric to rank by (default: cluster_accuracy)",
+    )
     return parser.parse_args(argv)
 
 

@@ -24,19 +24,49 @@ from iic.seeds import INIT_SEED, LABEL_FREE_PICK, PER_SEED_METRICS, SPREAD_METRI
 from iic.self_label import SELF_LABEL_SHARE
 from iic.status import RunStatus
 from search.ranking import trial_status
-from trainables.iic_trainable import EXPLOIT_EPOCH_KEY, EXPLOITED_FROM_KEY, SCHEDULE_METRIC_PREFIX, SOURCE_KEY, SUMMARY_FILE, trial_iic_config
+from trainables.iic_trainable import (
+    EXPLOIT_EPOCH_KEY,
+    EXPLOITED_FROM_KEY,
+    SCHEDULE_METRIC_PREFIX,
+    SOURCE_KEY,
+    SUMMARY_FILE,
+    trial_iic_config,
+)
 
 # What a trial reports that is worth a curve in MLflow (everything else is bookkeeping): means over
 # its seeds, their spread, and the per-seed curves. Every logged epoch has "epoch" (never NaN).
 EPOCH_METRIC = "epoch"
 TRIAL_METRICS = (
-    EPOCH_METRIC, "cluster_accuracy", "majority_accuracy", "nmi", "ari", "loss", "loss_overcluster", "mutual_information",
-    "largest_cluster_share", "empty_clusters", "cluster_size_entropy", "diagnostic_best_subhead_accuracy", "epoch_seconds",
-    LABEL_FREE_PICK, CONSENSUS_ACCURACY, SELF_LABEL_SHARE, "supervised_accuracy", "train_accuracy", "held_out_loss",
+    EPOCH_METRIC,
+    "cluster_accuracy",
+    "majority_accuracy",
+    "nmi",
+    "ari",
+    "loss",
+    "loss_overcluster",
+    "mutual_information",
+    "largest_cluster_share",
+    "empty_clusters",
+    "cluster_size_entropy",
+    "diagnostic_best_subhead_accuracy",
+    "epoch_seconds",
+    LABEL_FREE_PICK,
+    CONSENSUS_ACCURACY,
+    SELF_LABEL_SHARE,
+    "supervised_accuracy",
+    "train_accuracy",
+    "held_out_loss",
 )
 # Result keys recorded as tags of the trial's run, with their tag names.
-RESULT_TAGS = {"status": "iic.status", "chosen_subhead": "iic.chosen_subhead", INIT_SEED: "iic.init_seed", "node_id": "iic.node_id", "gpu_ids": "iic.gpu_ids",
-               EXPLOITED_FROM_KEY: "iic.exploited_from", EXPLOIT_EPOCH_KEY: "iic.exploit_epoch"}
+RESULT_TAGS = {
+    "status": "iic.status",
+    "chosen_subhead": "iic.chosen_subhead",
+    INIT_SEED: "iic.init_seed",
+    "node_id": "iic.node_id",
+    "gpu_ids": "iic.gpu_ids",
+    EXPLOITED_FROM_KEY: "iic.exploited_from",
+    EXPLOIT_EPOCH_KEY: "iic.exploit_epoch",
+}
 SEARCH_TAG = "iic.search"
 TRIAL_TAG = "iic.trial_id"
 STATUS_TAG = RESULT_TAGS["status"]
@@ -91,13 +121,21 @@ def epoch_metrics(result: dict) -> list[Metric]:
     """One result's metrics, stamped with its epoch and Tune's own timestamp: the same each time they are sent."""
     timestamp, step = int(result.get("timestamp", 0)) * 1000, result_epoch(result)
     values = {**result, EPOCH_METRIC: step}
-    return [Metric(name, float(values[name]), timestamp, step) for name in logged_metric_names(values)
-            if isinstance(values.get(name), (int, float)) and not isinstance(values[name], bool) and math.isfinite(values[name])]
+    return [
+        Metric(name, float(values[name]), timestamp, step)
+        for name in logged_metric_names(values)
+        if isinstance(values.get(name), (int, float))
+        and not isinstance(values[name], bool)
+        and math.isfinite(values[name])
+    ]
 
 
 def result_tags(result: dict) -> list[RunTag]:
-    return [RunTag(tag, ",".join(map(str, result[key])) if isinstance(result[key], list) else str(result[key]))
-            for key, tag in RESULT_TAGS.items() if key in result]
+    return [
+        RunTag(tag, ",".join(map(str, result[key])) if isinstance(result[key], list) else str(result[key]))
+        for key, tag in RESULT_TAGS.items()
+        if key in result
+    ]
 
 
 def flat_params(config: dict, prefix: str = "") -> dict[str, str]:
@@ -132,6 +170,7 @@ def server_unreachable(uri: str, timeout: float) -> str | None:
 
 # ---- one trial's run ------------------------------------------------------------------------------
 
+
 def find_trial_run(client: MlflowClient, search: SearchRecord, trial_id: str) -> Run | None:
     found = client.search_runs([search.experiment_id], search.run_filter(trial_id), max_results=1)
     return found[0] if found else None
@@ -140,8 +179,13 @@ def find_trial_run(client: MlflowClient, search: SearchRecord, trial_id: str) ->
 def create_trial_run(client: MlflowClient, search: SearchRecord, trial_id: str, name: str, config: dict) -> str:
     """A new run for the trial, with its config as params (the values it started with)."""
     tags = {
-        PARENT_TAG: search.parent_run_id, SEARCH_TAG: search.search_name, TRIAL_TAG: trial_id, ROLE_TAG: search.role,
-        STATUS_TAG: RunStatus.RUNNING, "iic.code_version": search.code_version, "mlflow.source.git.commit": search.code_version,
+        PARENT_TAG: search.parent_run_id,
+        SEARCH_TAG: search.search_name,
+        TRIAL_TAG: trial_id,
+        ROLE_TAG: search.role,
+        STATUS_TAG: RunStatus.RUNNING,
+        "iic.code_version": search.code_version,
+        "mlflow.source.git.commit": search.code_version,
     }
     if SOURCE_KEY in config:
         tags[CONFIRMS_TAG] = str(config[SOURCE_KEY])
@@ -186,7 +230,12 @@ def log_trial_artifacts(client: MlflowClient, run_id: str, trial) -> None:
                 return  # a supervised ceiling's checkpoint: no clusters to draw
             summary = np.load(Path(saved) / SUMMARY_FILE)
             if summary["confusion"].size:
-                plot_confusion_matrix(summary["confusion"], list(summary["class_names"]), folder / "confusion_matrix.png", title=str(trial))
+                plot_confusion_matrix(
+                    summary["confusion"],
+                    list(summary["class_names"]),
+                    folder / "confusion_matrix.png",
+                    title=str(trial),
+                )
                 client.log_artifact(run_id, str(folder / "confusion_matrix.png"))
             plot_cluster_gallery(dict(summary), folder / "cluster_gallery.png")
             client.log_artifact(run_id, str(folder / "cluster_gallery.png"))

@@ -56,7 +56,11 @@ class Param:
         """The param as a preset's ``space`` entry (``parse_space`` reads it back)."""
         if self.kind == "gate":
             return {"gate": True, "otherwise": dict(self.off)}
-        spec = {"choices": list(self.choices)} if self.kind == "categorical" else {"low": self.low, "high": self.high, "log": self.log}
+        spec = (
+            {"choices": list(self.choices)}
+            if self.kind == "categorical"
+            else {"low": self.low, "high": self.high, "log": self.log}
+        )
         return spec | {key: gate for key, gate in (("when", self.when), ("unless", self.unless)) if gate}
 
 
@@ -71,13 +75,17 @@ def read_preset(name_or_path: str) -> tuple[Path, dict]:
     if not path.suffix:
         path = PRESETS_DIR / f"{name_or_path}.yaml"
     if not path.is_file():
-        raise PresetError(f"unknown preset {name_or_path!r}: choose one of {', '.join(available_presets())} or give a YAML file path")
+        raise PresetError(
+            f"unknown preset {name_or_path!r}: choose one of {', '.join(available_presets())} or give a YAML file path"
+        )
     raw = read_yaml(path, PresetError) or {}
     if raw.get("extends"):
         # A training config file (configs/*.yaml) under the preset's own config section.
         extended = (path.parent / raw["extends"]).resolve()
         if not extended.is_file():
-            raise PresetError(f"{path}: extends {raw['extends']!r}, which does not exist (paths are relative to the preset)")
+            raise PresetError(
+                f"{path}: extends {raw['extends']!r}, which does not exist (paths are relative to the preset)"
+            )
         raw["config"] = {**(read_yaml(extended, PresetError) or {}), **(raw.get("config") or {})}
     return path, raw
 
@@ -98,17 +106,23 @@ def parse_space(space: dict | None) -> list[Param]:
 def parse_param(name: str, spec) -> Param:
     fields = {f.name: f for f in dataclasses.fields(IICConfig)}
     if not isinstance(spec, dict):
-        raise PresetError(f"space.{name}: expected a mapping such as {{low: 0.1, high: 0.9}} or {{choices: [...]}}, got {spec!r}")
+        raise PresetError(
+            f"space.{name}: expected a mapping such as {{low: 0.1, high: 0.9}} or {{choices: [...]}}, got {spec!r}"
+        )
     unknown = set(spec) - {"low", "high", "log", "choices", "when", "unless", "gate", "otherwise"}
     if unknown:
-        raise PresetError(f"space.{name}: unknown key(s) {', '.join(sorted(map(str, unknown)))}; use low/high/log, choices, when or unless, or gate and otherwise")
+        raise PresetError(
+            f"space.{name}: unknown key(s) {', '.join(sorted(map(str, unknown)))}; use low/high/log, choices, when or unless, or gate and otherwise"
+        )
     when, unless = spec.get("when"), spec.get("unless")
     if spec.get("gate"):
         if name in fields:
             raise PresetError(f"space.{name}: a gate cannot share its name with an IICConfig field")
         off = spec.get("otherwise") or {}
         if not isinstance(off, dict) or any(key not in fields for key in off):
-            raise PresetError(f"space.{name}: otherwise must map IICConfig fields to their values when the gate is off, e.g. {{overcluster_k: 0}}")
+            raise PresetError(
+                f"space.{name}: otherwise must map IICConfig fields to their values when the gate is off, e.g. {{overcluster_k: 0}}"
+            )
         return Param(name, "gate", off=tuple(off.items()))
     if name not in fields:
         close = difflib.get_close_matches(name, fields, n=1)
@@ -124,7 +138,9 @@ def parse_param(name: str, spec) -> Param:
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)):
         raise PresetError(f"space.{name}: low and high must be numbers, got {low!r} and {high!r}")
     if low >= high:
-        raise PresetError(f"space.{name}: low ({low}) must be below high ({high}); for a fixed value put it under config")
+        raise PresetError(
+            f"space.{name}: low ({low}) must be below high ({high}); for a fixed value put it under config"
+        )
     log = bool(spec.get("log", False))
     if log and low <= 0:
         raise PresetError(f"space.{name}: a log range needs low > 0 (got {low})")

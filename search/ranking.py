@@ -15,7 +15,9 @@ def counts(status: str, value: float | None) -> bool:
     return status not in NOT_RANKED and value is not None and math.isfinite(value)
 
 
-def best_first(items: Iterable[Item], value: Callable[[Item], float | None], status: Callable[[Item], str], mode: str) -> list[Item]:
+def best_first(
+    items: Iterable[Item], value: Callable[[Item], float | None], status: Callable[[Item], str], mode: str
+) -> list[Item]:
     """The items that count, best objective first (``mode`` "max" or "min"); ties keep their order."""
     sign = -1 if mode == "max" else 1
     return sorted((item for item in items if counts(status(item), value(item))), key=lambda item: sign * value(item))

@@ -21,10 +21,29 @@ from ray import tune
 from ray.air.constants import EXPR_RESULT_FILE
 
 from iic.status import RunStatus
-from search.driver import SearchError, check_tracking_uri, code_version, default_storage_path, default_tracking_uri, resolve_storage_path
+from search.driver import (
+    SearchError,
+    check_tracking_uri,
+    code_version,
+    default_storage_path,
+    default_tracking_uri,
+    resolve_storage_path,
+)
 from search.mlflow_runs import (
-    ROLE_TAG, SEARCH_ROLE, STAGE_SUFFIXES, SEARCH_TAG, STATUS_TAG, TRIAL_ROLE, TRIAL_TAG, SearchRecord, create_trial_run, end_trial_run,
-    ended_status, logged_epochs, result_epoch, send_epochs,
+    ROLE_TAG,
+    SEARCH_ROLE,
+    STAGE_SUFFIXES,
+    SEARCH_TAG,
+    STATUS_TAG,
+    TRIAL_ROLE,
+    TRIAL_TAG,
+    SearchRecord,
+    create_trial_run,
+    end_trial_run,
+    ended_status,
+    logged_epochs,
+    result_epoch,
+    send_epochs,
 )
 
 MAX_RUNS = 50_000  # MLflow's largest page of runs
@@ -60,8 +79,14 @@ def trial_results(trial) -> list[dict]:
     return [by_epoch[epoch] for epoch in sorted(by_epoch)]
 
 
-def reconcile(client: MlflowClient, search: SearchRecord, trials: list, ended: dict[str, tuple[str, str]] | None = None,
-              sent: dict[str, set[int]] | None = None, closed: set[str] = frozenset()) -> Report:
+def reconcile(
+    client: MlflowClient,
+    search: SearchRecord,
+    trials: list,
+    ended: dict[str, tuple[str, str]] | None = None,
+    sent: dict[str, set[int]] | None = None,
+    closed: set[str] = frozenset(),
+) -> Report:
     """Send MLflow what it lacks of ``trials`` (Tune's Trial objects, live or restored from the
     experiment's state). ``ended`` gives the final (iic.status, run status) of trials the driver
     ended beyond Tune's own record (a time budget); where MLflow does not answer, ``sent`` and
@@ -69,7 +94,10 @@ def reconcile(client: MlflowClient, search: SearchRecord, trials: list, ended: d
     ended = {**{t.trial_id: ended_status(t) for t in trials if ended_status(t)}, **(ended or {})}
     report = Report(statuses={trial_id: str(status) for trial_id, (status, _) in ended.items()})
     try:
-        runs = {run.data.tags.get(TRIAL_TAG): run for run in client.search_runs([search.experiment_id], search.run_filter(), max_results=MAX_RUNS)}
+        runs = {
+            run.data.tags.get(TRIAL_TAG): run
+            for run in client.search_runs([search.experiment_id], search.run_filter(), max_results=MAX_RUNS)
+        }
     except Exception as err:  # noqa: BLE001 - the server is down: say what waits, and where
         _report_unreachable(report, search, trials, ended, sent or {}, closed, err)
         return report
@@ -88,7 +116,9 @@ def reconcile(client: MlflowClient, search: SearchRecord, trials: list, ended: d
     return report
 
 
-def _reconcile_trial(client: MlflowClient, search: SearchRecord, trial, run, ending: tuple[str, str] | None, report: Report) -> None:
+def _reconcile_trial(
+    client: MlflowClient, search: SearchRecord, trial, run, ending: tuple[str, str] | None, report: Report
+) -> None:
     results = trial_results(trial)
     if run is None and not results and ending is None:
         return  # never started
@@ -102,26 +132,49 @@ def _reconcile_trial(client: MlflowClient, search: SearchRecord, trial, run, end
         end_trial_run(client, run_id, trial, *ending)
 
 
-def _report_unreachable(report: Report, search: SearchRecord, trials: list, ended: dict, sent: dict[str, set[int]], closed: set[str],
-                        err: Exception) -> None:
+def _report_unreachable(
+    report: Report,
+    search: SearchRecord,
+    trials: list,
+    ended: dict,
+    sent: dict[str, set[int]],
+    closed: set[str],
+    err: Exception,
+) -> None:
     for trial in trials:
         epochs = sorted({result_epoch(result) for result in trial_results(trial)} - sent.get(trial.trial_id, set()))
         ending = trial.trial_id in ended and trial.trial_id not in closed
         if not epochs and not ending:
             continue
-        report.unlogged[trial.trial_id] = {"epochs": epochs, "ending": ending, "final_status": report.statuses.get(trial.trial_id),
-                                           "tune_results": f"{trial.path}/{EXPR_RESULT_FILE}"}
-        missing = ([f"epochs {_span(epochs)}"] if epochs else []) + (["its figures, config and final status"] if ending else [])
-        report.failures.append(f"{trial.trial_id}: MLflow did not answer; not logged: {', '.join(missing)} "
-                               f"(Tune keeps every epoch in {trial.path}/{EXPR_RESULT_FILE})")
+        report.unlogged[trial.trial_id] = {
+            "epochs": epochs,
+            "ending": ending,
+            "final_status": report.statuses.get(trial.trial_id),
+            "tune_results": f"{trial.path}/{EXPR_RESULT_FILE}",
+        }
+        missing = ([f"epochs {_span(epochs)}"] if epochs else []) + (
+            ["its figures, config and final status"] if ending else []
+        )
+        report.failures.append(
+            f"{trial.trial_id}: MLflow did not answer; not logged: {', '.join(missing)} "
+            f"(Tune keeps every epoch in {trial.path}/{EXPR_RESULT_FILE})"
+        )
     if report.unlogged:
-        report.failures.append(f"MLflow at {search.tracking_uri} did not answer ({type(err).__name__}); once it does, send what it lacks "
-                               f"with: python search/reconcile.py --name {search.search_name} --tracking-uri {search.tracking_uri} "
-                               f"(and this search's --storage-path)")
+        report.failures.append(
+            f"MLflow at {search.tracking_uri} did not answer ({type(err).__name__}); once it does, send what it lacks "
+            f"with: python search/reconcile.py --name {search.search_name} --tracking-uri {search.tracking_uri} "
+            f"(and this search's --storage-path)"
+        )
 
 
 def _span(epochs: list[int]) -> str:
-    return str(epochs[0]) if len(epochs) == 1 else f"{epochs[0]}-{epochs[-1]}" if epochs == list(range(epochs[0], epochs[-1] + 1)) else ", ".join(map(str, epochs))
+    return (
+        str(epochs[0])
+        if len(epochs) == 1
+        else f"{epochs[0]}-{epochs[-1]}"
+        if epochs == list(range(epochs[0], epochs[-1] + 1))
+        else ", ".join(map(str, epochs))
+    )
 
 
 def write_report(report: Report, path: str | Path) -> None:
@@ -135,10 +188,17 @@ def restored_trials(experiment_dir: str) -> list:
     return tune.ExperimentAnalysis(experiment_dir).trials
 
 
-def reconcile_search(client: MlflowClient, tracking_uri: str, name: str, storage_path: str, code: str) -> list[tuple[str, Report]]:
+def reconcile_search(
+    client: MlflowClient, tracking_uri: str, name: str, storage_path: str, code: str
+) -> list[tuple[str, Report]]:
     """Reconcile a search's trials and its confirmation stage, from their saved Tune states."""
-    parents = [run for experiment in client.search_experiments()
-               for run in client.search_runs([experiment.experiment_id], f"tags.`{SEARCH_TAG}` = '{name}' and tags.`{ROLE_TAG}` = '{SEARCH_ROLE}'")]
+    parents = [
+        run
+        for experiment in client.search_experiments()
+        for run in client.search_runs(
+            [experiment.experiment_id], f"tags.`{SEARCH_TAG}` = '{name}' and tags.`{ROLE_TAG}` = '{SEARCH_ROLE}'"
+        )
+    ]
     if not parents:
         raise LookupError(f"no search named {name!r} in MLflow at {tracking_uri}; check --name and --tracking-uri")
     parent = parents[0]
@@ -147,7 +207,9 @@ def reconcile_search(client: MlflowClient, tracking_uri: str, name: str, storage
         experiment_dir = f"{storage_path.rstrip('/')}/{name}{suffix}"
         if not tune.Tuner.can_restore(experiment_dir):
             if role == TRIAL_ROLE:
-                raise LookupError(f"no Tune records of search {name!r} at {experiment_dir}; check --name and --storage-path")
+                raise LookupError(
+                    f"no Tune records of search {name!r} at {experiment_dir}; check --name and --storage-path"
+                )
             continue
         search = SearchRecord(tracking_uri, parent.info.experiment_id, name, parent.info.run_id, code, role)
         reports.append((role, reconcile(client, search, restored_trials(experiment_dir))))
@@ -155,7 +217,9 @@ def reconcile_search(client: MlflowClient, tracking_uri: str, name: str, storage
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python search/reconcile.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python search/reconcile.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--name", required=True, help="the search's name (its Ray experiment folder and MLflow tag)")
     parser.add_argument("--storage-path", default=default_storage_path(), help="the search's Ray Tune storage")
     parser.add_argument("--tracking-uri", default=default_tracking_uri(), help="the search's MLflow store")
@@ -166,7 +230,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         tracking_uri = check_tracking_uri(args.tracking_uri)
-        reports = reconcile_search(MlflowClient(tracking_uri), tracking_uri, args.name, resolve_storage_path(args.storage_path), code_version())
+        reports = reconcile_search(
+            MlflowClient(tracking_uri), tracking_uri, args.name, resolve_storage_path(args.storage_path), code_version()
+        )
     except (SearchError, LookupError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

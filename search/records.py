@@ -28,7 +28,9 @@ def connect(tracking_uri: str) -> tuple[MlflowClient, str]:
     if tracking_uri.startswith("sqlite:///"):
         database = Path(tracking_uri.removeprefix("sqlite:///"))
         if not database.is_file():  # MLflow would create an empty one
-            raise RecordsError(f"--tracking-uri {tracking_uri}: no MLflow database there; pass the --tracking-uri the search used")
+            raise RecordsError(
+                f"--tracking-uri {tracking_uri}: no MLflow database there; pass the --tracking-uri the search used"
+            )
     return MlflowClient(tracking_uri), tracking_uri
 
 
@@ -44,7 +46,9 @@ def trial_runs(client: MlflowClient, experiment_id: str, role: str = TRIAL_ROLE)
     """Every run of the experiment with this role (trial, confirm or search), all pages."""
     runs, page_token = [], None
     while True:
-        page = client.search_runs([experiment_id], f"tags.`{ROLE_TAG}` = '{role}'", max_results=1000, page_token=page_token)
+        page = client.search_runs(
+            [experiment_id], f"tags.`{ROLE_TAG}` = '{role}'", max_results=1000, page_token=page_token
+        )
         runs.extend(page)
         page_token = page.token
         if not page_token:
@@ -53,13 +57,17 @@ def trial_runs(client: MlflowClient, experiment_id: str, role: str = TRIAL_ROLE)
 
 def runs_of_search(runs: list[Run], experiment: str, search: str | None) -> list[Run]:
     if not runs:
-        raise RecordsError(f"experiment {experiment!r} has no trial runs; run a search first (python search/run.py --experiment {experiment})")
+        raise RecordsError(
+            f"experiment {experiment!r} has no trial runs; run a search first (python search/run.py --experiment {experiment})"
+        )
     if search is None:
         return runs
     matching = [run for run in runs if run.data.tags.get(SEARCH_TAG) == search]
     if not matching:
         known = sorted({run.data.tags.get(SEARCH_TAG, "?") for run in runs})
-        raise RecordsError(f"--search {search}: no trial runs of that search in {experiment!r}; its searches: {', '.join(known)}")
+        raise RecordsError(
+            f"--search {search}: no trial runs of that search in {experiment!r}; its searches: {', '.join(known)}"
+        )
     return matching
 
 
@@ -72,7 +80,12 @@ def objective_value(run: Run, objective: str) -> float | None:
 def ranked_runs(runs: list[Run], objective: str) -> list[tuple[Run, float]]:
     """Runs that count with their objective value, best first (ties: the earlier run first)."""
     in_order = sorted(runs, key=lambda run: (run.info.start_time or 0, run.info.run_id))
-    ranked = best_first(in_order, lambda run: objective_value(run, objective), lambda run: run.data.tags.get(STATUS_TAG, ""), OBJECTIVES[objective])
+    ranked = best_first(
+        in_order,
+        lambda run: objective_value(run, objective),
+        lambda run: run.data.tags.get(STATUS_TAG, ""),
+        OBJECTIVES[objective],
+    )
     return [(run, objective_value(run, objective)) for run in ranked]
 
 
@@ -80,12 +93,12 @@ def retrainable_config(client: MlflowClient, tracking_uri: str, run: Run, object
     """The run's config.yaml with ``epochs`` = the last epoch it recorded the objective for (and
     its schedule up to that epoch)."""
     with tempfile.TemporaryDirectory() as folder:
-        path = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="config.yaml", dst_path=folder, tracking_uri=tracking_uri)
+        path = mlflow.artifacts.download_artifacts(
+            run_id=run.info.run_id, artifact_path="config.yaml", dst_path=folder, tracking_uri=tracking_uri
+        )
         config = IICConfig.from_yaml(path)
     epochs_run = max(metric.step for metric in client.get_metric_history(run.info.run_id, objective))
     return config.truncated(epochs_run)
-
-
 
 
 def seeds_param(run: Run) -> list[str]:
@@ -96,7 +109,9 @@ def seeds_param(run: Run) -> list[str]:
 
 def search_run(client: MlflowClient, experiment_id: str, search: str) -> Run:
     """The parent run of a search."""
-    runs = client.search_runs([experiment_id], f"tags.`{SEARCH_TAG}` = '{search}' and tags.`{ROLE_TAG}` = '{SEARCH_ROLE}'", max_results=1)
+    runs = client.search_runs(
+        [experiment_id], f"tags.`{SEARCH_TAG}` = '{search}' and tags.`{ROLE_TAG}` = '{SEARCH_ROLE}'", max_results=1
+    )
     if not runs:
         raise RecordsError(f"search {search!r} has no parent run in this experiment; was it recorded by search/run.py?")
     return runs[0]
@@ -106,5 +121,7 @@ def only_search(runs: list[Run], experiment: str) -> str:
     """The name of the one search the runs belong to."""
     names = sorted({run.data.tags.get(SEARCH_TAG, "?") for run in runs})
     if len(names) > 1:
-        raise RecordsError(f"experiment {experiment!r} holds several searches ({', '.join(names)}); choose one with --search")
+        raise RecordsError(
+            f"experiment {experiment!r} holds several searches ({', '.join(names)}); choose one with --search"
+        )
     return names[0]

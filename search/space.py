@@ -152,11 +152,15 @@ class Preset:
         search_fields = {f.name for f in dataclasses.fields(SearchDefaults)}
         bad = set(raw.get("search") or {}) - search_fields
         if bad:
-            raise PresetError(f"search section: unknown setting(s) {', '.join(sorted(bad))}; valid: {', '.join(sorted(search_fields))}")
+            raise PresetError(
+                f"search section: unknown setting(s) {', '.join(sorted(bad))}; valid: {', '.join(sorted(search_fields))}"
+            )
         pbt_fields = {f.name for f in dataclasses.fields(PBTSettings)}
         bad = set(raw.get("pbt") or {}) - pbt_fields
         if bad:
-            raise PresetError(f"pbt section: unknown setting(s) {', '.join(sorted(bad))}; valid: {', '.join(sorted(pbt_fields))}")
+            raise PresetError(
+                f"pbt section: unknown setting(s) {', '.join(sorted(bad))}; valid: {', '.join(sorted(pbt_fields))}"
+            )
         preset = cls(
             name=name,
             description=raw.get("description", ""),
@@ -171,8 +175,13 @@ class Preset:
     def to_dict(self) -> dict:
         """The preset as a preset file's sections (``from_dict`` reads it back): what a search stores
         so that ``--resume`` continues it as it was, whatever became of the file."""
-        return {"description": self.description, "config": dict(self.config), "space": {p.name: p.spec() for p in self.params},
-                "search": dataclasses.asdict(self.search), "pbt": dataclasses.asdict(self.pbt)}
+        return {
+            "description": self.description,
+            "config": dict(self.config),
+            "space": {p.name: p.spec() for p in self.params},
+            "search": dataclasses.asdict(self.search),
+            "pbt": dataclasses.asdict(self.pbt),
+        }
 
     def validate(self) -> None:
         """Check every range against IICConfig's own validation, before any trial starts."""
@@ -181,7 +190,9 @@ class Preset:
         for param in self.params:
             for key, gate in (("when", param.when), ("unless", param.unless)):
                 if gate is not None and gate not in gates:
-                    problems.append(f"space.{param.name}: '{key}: {gate}' names no gate; declare `{gate}: {{gate: true}}`")
+                    problems.append(
+                        f"space.{param.name}: '{key}: {gate}' names no gate; declare `{gate}: {{gate: true}}`"
+                    )
             if param.kind == "gate":
                 gates[param.name] = param
         base = IICConfig.from_dict(self.config)
@@ -226,24 +237,37 @@ class Preset:
         problems = []
         for param in self.params:
             value = values.get(param.name)
-            inside = param.kind == "gate" or value is None or (
-                value in param.choices if param.kind == "categorical" else param.low <= value <= param.high)
+            inside = (
+                param.kind == "gate"
+                or value is None
+                or (value in param.choices if param.kind == "categorical" else param.low <= value <= param.high)
+            )
             if not inside:
                 span = list(param.choices) if param.kind == "categorical" else f"[{param.low}, {param.high}]"
-                problems.append(f"search.start_from_config: {param.name} is {value!r} in the config, outside the space's {span}; "
-                                f"set it inside in the config section, widen the range, or set start_from_config: false")
+                problems.append(
+                    f"search.start_from_config: {param.name} is {value!r} in the config, outside the space's {span}; "
+                    f"set it inside in the config section, widen the range, or set start_from_config: false"
+                )
         return problems
 
     def _pbt_problems(self) -> list[str]:
         pbt, problems = self.pbt, []
         if not (isinstance(pbt.population, int) and pbt.population >= 2):
-            problems.append(f"pbt.population: a population needs at least 2 trials (got {pbt.population!r}); PBA used 16")
+            problems.append(
+                f"pbt.population: a population needs at least 2 trials (got {pbt.population!r}); PBA used 16"
+            )
         if not (isinstance(pbt.perturbation_interval, int) and pbt.perturbation_interval >= 1):
-            problems.append(f"pbt.perturbation_interval: give a whole number of epochs, at least 1 (got {pbt.perturbation_interval!r}); PBA used 3")
+            problems.append(
+                f"pbt.perturbation_interval: give a whole number of epochs, at least 1 (got {pbt.perturbation_interval!r}); PBA used 3"
+            )
         if not (isinstance(pbt.quantile_fraction, (int, float)) and 0 < pbt.quantile_fraction <= 0.5):
-            problems.append(f"pbt.quantile_fraction: must lie in (0, 0.5] (got {pbt.quantile_fraction!r}): the bottom share that takes over the top share")
+            problems.append(
+                f"pbt.quantile_fraction: must lie in (0, 0.5] (got {pbt.quantile_fraction!r}): the bottom share that takes over the top share"
+            )
         if not (isinstance(pbt.resample_probability, (int, float)) and 0 <= pbt.resample_probability <= 1):
-            problems.append(f"pbt.resample_probability: a probability must lie in [0, 1] (got {pbt.resample_probability!r})")
+            problems.append(
+                f"pbt.resample_probability: a probability must lie in [0, 1] (got {pbt.resample_probability!r})"
+            )
         if self.search.scheduler != "pbt":
             return problems
         params = {p.name: p for p in self.params}
@@ -252,13 +276,19 @@ class Preset:
             if name not in IICConfig.SCHEDULABLE_FIELDS:
                 problems.append(f"pbt.mutate: {name} cannot change while a trial trains; PBT may mutate {schedulable}")
             elif name not in params:
-                problems.append(f"pbt.mutate: {name} is not searched; give it a range under space (PBT draws fresh values from it)")
+                problems.append(
+                    f"pbt.mutate: {name} is not searched; give it a range under space (PBT draws fresh values from it)"
+                )
             elif params[name].when is not None:
-                problems.append(f"pbt.mutate: {name} is proposed only when {params[name].when} is on; PBT cannot mutate a gated field")
+                problems.append(
+                    f"pbt.mutate: {name} is proposed only when {params[name].when} is on; PBT cannot mutate a gated field"
+                )
         if not self.mutated_params():
             problems.append(f"pbt: nothing to mutate; the space searches none of {schedulable} (outside a gate)")
         if "schedule" in self.config:
-            problems.append("config.schedule: under PBT every trial's schedule is what the population makes of it; remove the fixed schedule")
+            problems.append(
+                "config.schedule: under PBT every trial's schedule is what the population makes of it; remove the fixed schedule"
+            )
         return problems
 
     def mutated_params(self) -> list[Param]:

@@ -39,20 +39,22 @@ def trial_table(results, objective: str, statuses: dict[str, str]) -> pd.DataFra
         metrics = result.metrics or {}
         config = trial_iic_config(result.config).to_dict() if result.config else {}
         trial_id = metrics.get("trial_id", Path(str(result.path)).name)
-        rows.append({
-            "trial_id": trial_id,
-            objective: metrics.get(objective, math.nan),
-            f"{objective}_min": metrics.get(f"{objective}_min", math.nan),
-            f"{objective}_sd": metrics.get(f"{objective}_sd", math.nan),
-            "cluster_accuracy": metrics.get("cluster_accuracy", math.nan),
-            "mutual_information": metrics.get("mutual_information", math.nan),
-            LABEL_FREE_PICK: metrics.get(LABEL_FREE_PICK, math.nan),
-            CONSENSUS_ACCURACY: metrics.get(CONSENSUS_ACCURACY, math.nan),
-            "largest_cluster_share": metrics.get("largest_cluster_share", math.nan),
-            "epochs": metrics.get("epoch", 0),
-            "status": str(statuses.get(trial_id) or trial_status(metrics, result.error is not None)),
-            **{name: config.get(name) for name in TABLE_PARAMS},
-        })
+        rows.append(
+            {
+                "trial_id": trial_id,
+                objective: metrics.get(objective, math.nan),
+                f"{objective}_min": metrics.get(f"{objective}_min", math.nan),
+                f"{objective}_sd": metrics.get(f"{objective}_sd", math.nan),
+                "cluster_accuracy": metrics.get("cluster_accuracy", math.nan),
+                "mutual_information": metrics.get("mutual_information", math.nan),
+                LABEL_FREE_PICK: metrics.get(LABEL_FREE_PICK, math.nan),
+                CONSENSUS_ACCURACY: metrics.get(CONSENSUS_ACCURACY, math.nan),
+                "largest_cluster_share": metrics.get("largest_cluster_share", math.nan),
+                "epochs": metrics.get("epoch", 0),
+                "status": str(statuses.get(trial_id) or trial_status(metrics, result.error is not None)),
+                **{name: config.get(name) for name in TABLE_PARAMS},
+            }
+        )
     table = pd.DataFrame(rows).loc[:, lambda frame: ~frame.columns.duplicated()]  # objective may be cluster_accuracy
     ranked = best_first(rows, lambda row: row[objective], lambda row: row["status"], OBJECTIVES[objective])
     order = [rows.index(row) for row in ranked] + [i for i, row in enumerate(rows) if row not in ranked]
@@ -73,7 +75,11 @@ def optuna_study(results, preset: Preset, objective: str, trial_ids: set[str]) -
         if metrics.get("trial_id") not in trial_ids:
             continue
         params = space.point(trial_iic_config(result.config).to_dict())
-        study.add_trial(optuna.trial.create_trial(params=params, distributions={k: distributions[k] for k in params}, value=metrics[objective]))
+        study.add_trial(
+            optuna.trial.create_trial(
+                params=params, distributions={k: distributions[k] for k in params}, value=metrics[objective]
+            )
+        )
     return study
 
 
@@ -85,8 +91,13 @@ def save_optuna_plots(study: optuna.Study, folder: Path) -> list[Path]:
     completed = len(study.trials)
     drawings = [("optuna_history.png", optuna.visualization.matplotlib.plot_optimization_history, None)]
     if completed >= MIN_TRIALS_FOR_IMPORTANCE:
-        drawings.append(("optuna_importance.png", optuna.visualization.matplotlib.plot_param_importances,
-                         f"from {completed} completed trials (fANOVA on their mean over the search's seeds)"))
+        drawings.append(
+            (
+                "optuna_importance.png",
+                optuna.visualization.matplotlib.plot_param_importances,
+                f"from {completed} completed trials (fANOVA on their mean over the search's seeds)",
+            )
+        )
     for name, draw, caption in drawings:
         if completed < 2:
             break
@@ -120,10 +131,15 @@ def ui_hint(tracking_uri: str, experiment_id: str, objective: str, role: str = T
     """The command that serves the MLflow UI, and the address that opens the experiment's runs of
     one role sorted by the objective, with their per-epoch charts (checked in MLflow 3.17.2)."""
     base = tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
-    query = urllib.parse.urlencode({
-        "searchFilter": f"tags.`{ROLE_TAG}` = '{role}'", "orderByKey": f"metrics.`{objective}`",
-        "orderByAsc": "false", "compareRunsMode": "CHART",
-    }, quote_via=urllib.parse.quote)
+    query = urllib.parse.urlencode(
+        {
+            "searchFilter": f"tags.`{ROLE_TAG}` = '{role}'",
+            "orderByKey": f"metrics.`{objective}`",
+            "orderByAsc": "false",
+            "compareRunsMode": "CHART",
+        },
+        quote_via=urllib.parse.quote,
+    )
     address = f"{base}/#/experiments/{experiment_id}/runs?{query}"
     if tracking_uri.startswith(("http://", "https://")):
         return f"(server already running at {tracking_uri})", address
@@ -136,7 +152,11 @@ def best_accuracy(table: pd.DataFrame, confirmed: list[Confirmation] | None) -> 
     if confirmed and confirmed[0].metrics.get("cluster_accuracy") is not None:
         return float(confirmed[0].metrics["cluster_accuracy"]), "the best config, confirmed on fresh seeds"
     counted = table[[counts(status, value) for status, value in zip(table["status"], table["cluster_accuracy"])]]
-    return (float(counted["cluster_accuracy"].max()), "the best trial, over the search's seeds") if len(counted) else (None, "")
+    return (
+        (float(counted["cluster_accuracy"].max()), "the best trial, over the search's seeds")
+        if len(counted)
+        else (None, "")
+    )
 
 
 def record_best(client: MlflowClient, run_id: str, folder: Path, best: Candidate) -> None:
@@ -156,9 +176,19 @@ def record_start_trial(client: MlflowClient, parent_run_id: str, choice: Choice)
         client.log_metric(parent_run_id, "seed_sd", choice.margin.seed_sd)
 
 
-def summarise(results, preset: Preset, tracking_uri: str, experiment_id: str, parent_run_id: str, name: str,
-              report_path: Path, top: int = 5, confirmed: list[Confirmation] | None = None, choice: Choice | None = None,
-              ceiling: Ceiling | None = None) -> pd.DataFrame:
+def summarise(
+    results,
+    preset: Preset,
+    tracking_uri: str,
+    experiment_id: str,
+    parent_run_id: str,
+    name: str,
+    report_path: Path,
+    top: int = 5,
+    confirmed: list[Confirmation] | None = None,
+    choice: Choice | None = None,
+    ceiling: Ceiling | None = None,
+) -> pd.DataFrame:
     """Print and record the end of a search. ``confirmed``: the confirmation stage's results, best
     first; ``choice``: the configs the search's own figures put forward, best first, with its start
     config and challenger margin (search.confirm.Choice); ``ceiling``: the supervised ceiling, when
@@ -175,7 +205,10 @@ def summarise(results, preset: Preset, tracking_uri: str, experiment_id: str, pa
         with tempfile.TemporaryDirectory() as folder:
             folder = Path(folder)
             table.to_csv(folder / "trials.csv", index=False)
-            files = [folder / "trials.csv", *save_optuna_plots(optuna_study(results, preset, objective, set(completed["trial_id"])), folder)]
+            files = [
+                folder / "trials.csv",
+                *save_optuna_plots(optuna_study(results, preset, objective, set(completed["trial_id"])), folder),
+            ]
             if choice is not None:
                 record_start_trial(client, parent_run_id, choice)
             if best_candidate is not None:
@@ -194,7 +227,9 @@ def summarise(results, preset: Preset, tracking_uri: str, experiment_id: str, pa
                 client.log_artifact(parent_run_id, str(path))
             client.set_terminated(parent_run_id, "FINISHED")
     except Exception as err:  # noqa: BLE001 - the trials are done; say what could not be recorded
-        failures.append(f"search: could not record the summary in the parent run: {type(err).__name__}: {str(err).splitlines()[0][:200]}")
+        failures.append(
+            f"search: could not record the summary in the parent run: {type(err).__name__}: {str(err).splitlines()[0][:200]}"
+        )
     print_summary(table, confirmed or [], objective, name, top, (correlation, correlated))
     if ceiling is not None:
         print("\n" + ceiling_line(ceiling, *best_accuracy(table, confirmed)))
@@ -207,7 +242,14 @@ def summarise(results, preset: Preset, tracking_uri: str, experiment_id: str, pa
     return table
 
 
-def print_summary(table: pd.DataFrame, confirmed: list[Confirmation], objective: str, name: str, top: int, correlation: tuple[float, int]) -> None:
+def print_summary(
+    table: pd.DataFrame,
+    confirmed: list[Confirmation],
+    objective: str,
+    name: str,
+    top: int,
+    correlation: tuple[float, int],
+) -> None:
     seeds_note = "mean over each trial's seeds"
     with pd.option_context("display.width", 220, "display.max_columns", 24, "display.float_format", "{:.3f}".format):
         print(f"\nBest {min(top, len(table))} of {len(table)} trials by {objective} ({name}; {seeds_note}):")

@@ -20,7 +20,15 @@ from ray import tune
 from iic.status import RunStatus
 from search.deadline import ConfirmationDeadline
 from search.mlflow_runs import (
-    SearchRecord, create_trial_run, end_trial_run, ended_status, find_trial_run, logged_epochs, result_epoch, send_epochs, server_unreachable,
+    SearchRecord,
+    create_trial_run,
+    end_trial_run,
+    ended_status,
+    find_trial_run,
+    logged_epochs,
+    result_epoch,
+    send_epochs,
+    server_unreachable,
 )
 from search.ranking import trial_status
 from search.reconcile import reconcile, write_report
@@ -33,8 +41,15 @@ class MLflowTrialLogger(tune.Callback):
     """Records a search's trials in MLflow from the Tune driver (see the module docstring); with
     ``quiet`` off it also prints one line when a trial starts and one when it ends."""
 
-    def __init__(self, search: SearchRecord, report_path: str | Path, retry_seconds: float = 30.0,
-                 time_budget_s: float | None = None, quiet: bool = False, deadline: ConfirmationDeadline | None = None):
+    def __init__(
+        self,
+        search: SearchRecord,
+        report_path: str | Path,
+        retry_seconds: float = 30.0,
+        time_budget_s: float | None = None,
+        quiet: bool = False,
+        deadline: ConfirmationDeadline | None = None,
+    ):
         self.search = search
         self.report_path = str(report_path)
         self.retry_seconds = retry_seconds
@@ -56,7 +71,10 @@ class MLflowTrialLogger(tune.Callback):
 
     def __getstate__(self):
         # Pickled with the experiment for Tuner.restore: settings only.
-        return {key: getattr(self, key) for key in ("search", "report_path", "retry_seconds", "time_budget_s", "quiet", "deadline")}
+        return {
+            key: getattr(self, key)
+            for key in ("search", "report_path", "retry_seconds", "time_budget_s", "quiet", "deadline")
+        }
 
     def __setstate__(self, state):
         self.__dict__.update({"deadline": None, **state})  # searches recorded before deadlines existed have none
@@ -88,18 +106,24 @@ class MLflowTrialLogger(tune.Callback):
             if server_unreachable(self.search.tracking_uri, timeout=3) is None:
                 self.failures.append(f"{trial_id}: could not {what}: {reason}")
             else:
-                print(f"MLflow at {self.search.tracking_uri} does not answer ({reason}); the trials go on, and what they "
-                      f"report is sent when it answers (from Tune's result.json at the latest)", flush=True)
+                print(
+                    f"MLflow at {self.search.tracking_uri} does not answer ({reason}); the trials go on, and what they "
+                    f"report is sent when it answers (from Tune's result.json at the latest)",
+                    flush=True,
+                )
                 self._down_until = time.time() + self.retry_seconds
             return False
 
     def _open(self, trial) -> str | None:
         """The trial's run id: found again (with the epochs it holds) or created."""
         if trial.trial_id not in self._runs:
+
             def open_run():
                 run = find_trial_run(self._client, self.search, trial.trial_id)
                 if run is None:
-                    self._runs[trial.trial_id] = create_trial_run(self._client, self.search, trial.trial_id, str(trial), trial.config)
+                    self._runs[trial.trial_id] = create_trial_run(
+                        self._client, self.search, trial.trial_id, str(trial), trial.config
+                    )
                     return
                 self._client.update_run(run.info.run_id, status="RUNNING")
                 self._sent[trial.trial_id] = logged_epochs(self._client, run.info.run_id)
@@ -111,8 +135,13 @@ class MLflowTrialLogger(tune.Callback):
     def on_trial_start(self, iteration, trials, trial, **info):
         self._open(trial)
         if not self.quiet:
-            settings = " ".join(f"{key}={trial.config[key]:.3g}" if isinstance(trial.config[key], float) else f"{key}={trial.config[key]}"
-                                for key in SHOWN_SETTINGS if key in trial.config)
+            settings = " ".join(
+                f"{key}={trial.config[key]:.3g}"
+                if isinstance(trial.config[key], float)
+                else f"{key}={trial.config[key]}"
+                for key in SHOWN_SETTINGS
+                if key in trial.config
+            )
             print(f"trial {trial.trial_id} started: {settings}", flush=True)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
@@ -121,7 +150,9 @@ class MLflowTrialLogger(tune.Callback):
         if sent and epoch <= max(sent):
             return  # replayed by a trial restored from an older checkpoint: MLflow has this epoch
         run_id = self._open(trial)
-        if run_id and self._write(f"log epoch {epoch}", trial.trial_id, lambda: send_epochs(self._client, run_id, [result])):
+        if run_id and self._write(
+            f"log epoch {epoch}", trial.trial_id, lambda: send_epochs(self._client, run_id, [result])
+        ):
             sent.add(epoch)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
@@ -137,20 +168,28 @@ class MLflowTrialLogger(tune.Callback):
         self._record_end(trial, status, run_status)
         run_id = self._open(trial)
         if run_id:
-            self._closed[trial.trial_id] = self._endings.submit(self._write, "log its figures, status and end", trial.trial_id,
-                                                                lambda: end_trial_run(self._client, run_id, trial, status, run_status))
+            self._closed[trial.trial_id] = self._endings.submit(
+                self._write,
+                "log its figures, status and end",
+                trial.trial_id,
+                lambda: end_trial_run(self._client, run_id, trial, status, run_status),
+            )
 
     def _record_end(self, trial, status: str, run_status: str) -> None:
         self._ended[trial.trial_id] = (status, run_status)
         if not self.quiet:
             objective = trial.last_result.get("cluster_accuracy") if trial.last_result else None
             shown = f", cluster_accuracy {objective:.3f}" if isinstance(objective, float) else ""
-            print(f"trial {trial.trial_id} {status} after {result_epoch(trial.last_result or {})} epochs{shown}", flush=True)
+            print(
+                f"trial {trial.trial_id} {status} after {result_epoch(trial.last_result or {})} epochs{shown}",
+                flush=True,
+            )
 
     def _budget_spent(self) -> bool:
         """Whether the time budget has run out, or the deadline ended the search stage."""
-        return ((self.time_budget_s is not None and time.monotonic() - self._started >= self.time_budget_s - 1)
-                or (self.deadline is not None and self.deadline.fired))
+        return (self.time_budget_s is not None and time.monotonic() - self._started >= self.time_budget_s - 1) or (
+            self.deadline is not None and self.deadline.fired
+        )
 
     def on_experiment_end(self, trials, **info):
         self._endings.shutdown(wait=True)

@@ -13,7 +13,9 @@ def load_warm_start(folder: str | Path, preset: Preset) -> list[dict]:
     folder = Path(folder)
     files = sorted(folder.glob("*.yaml")) if folder.is_dir() else []
     if not files:
-        raise PresetError(f"--warm-start {folder}: no *.yaml configs there; point it at the --out folder of search/export.py")
+        raise PresetError(
+            f"--warm-start {folder}: no *.yaml configs there; point it at the --out folder of search/export.py"
+        )
     space = preset.space()
     points = []
     for path in files:

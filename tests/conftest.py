@@ -19,8 +19,14 @@ def decode_cache_dir(tmp_path_factory):
 def tiny_config() -> IICConfig:
     """A digits run small enough for a test: 240 images, a 4-wide ClusterNet, 2 epochs."""
     return IICConfig(
-        dataset="digits", max_samples=240, backbone_width=4, num_subheads=2, batch_size=32, repeats=2,
-        epochs=2, device="cpu",
+        dataset="digits",
+        max_samples=240,
+        backbone_width=4,
+        num_subheads=2,
+        batch_size=32,
+        repeats=2,
+        epochs=2,
+        device="cpu",
     )
 
 
@@ -54,7 +60,11 @@ def _wait_until_idle(ray) -> None:
     deadline = time.monotonic() + IDLE_WAIT_S
     while (free := ray.available_resources().get("CPU", 0)) < (total := ray.cluster_resources().get("CPU", 0)):
         if time.monotonic() > deadline:
-            held = {key: group["bundles"] for key, group in placement_group_table().items() if group["state"] != "REMOVED"}
-            pytest.fail(f"the shared Ray has {free:g} of {total:g} CPUs free {IDLE_WAIT_S} s after the last test ended: "
-                        f"an earlier test left actors or placement groups behind (placement groups: {held})")
+            held = {
+                key: group["bundles"] for key, group in placement_group_table().items() if group["state"] != "REMOVED"
+            }
+            pytest.fail(
+                f"the shared Ray has {free:g} of {total:g} CPUs free {IDLE_WAIT_S} s after the last test ended: "
+                f"an earlier test left actors or placement groups behind (placement groups: {held})"
+            )
         time.sleep(0.2)

@@ -31,8 +31,14 @@ CLUSTER_YAML = ROOT / "cluster.yaml"
 RAY_SCHEMA = Path(ray.autoscaler.__file__).parent / "ray-schema.json"
 PLACEHOLDER = "CHANGE-ME"
 # Every list of shell commands in a cluster config.
-COMMAND_KEYS = ("initialization_commands", "setup_commands", "head_setup_commands", "worker_setup_commands",
-                "head_start_ray_commands", "worker_start_ray_commands")
+COMMAND_KEYS = (
+    "initialization_commands",
+    "setup_commands",
+    "head_setup_commands",
+    "worker_setup_commands",
+    "head_start_ray_commands",
+    "worker_start_ray_commands",
+)
 
 
 @pytest.fixture(autouse=True)
@@ -79,7 +85,7 @@ def install_commands(config: dict) -> list[list[str]]:
 
 def requirements_of(argv: list[str]) -> tuple[dict[str, Requirement], list[str]]:
     """The requirement arguments of a `pip install` / `uv pip install` command, and its editable paths."""
-    args = argv[argv.index("install") + 1:]
+    args = argv[argv.index("install") + 1 :]
     requirements, editables = {}, []
     i = 0
     while i < len(args):
@@ -130,18 +136,24 @@ def invariant_problems(text: str) -> list[str]:
         problems.append("no gpu_worker node type")
     else:
         if gpu.get("resources") != {"CPU": 4, "GPU": 1}:
-            problems.append(f"gpu_worker must declare resources {{CPU: 4, GPU: 1}} (g5.xlarge), got {gpu.get('resources')}")
+            problems.append(
+                f"gpu_worker must declare resources {{CPU: 4, GPU: 1}} (g5.xlarge), got {gpu.get('resources')}"
+            )
         if gpu.get("min_workers") != 0:
             problems.append(f"gpu_worker.min_workers must be 0, got {gpu.get('min_workers')}")
         if gpu.get("max_workers") != config.get("max_workers"):
-            problems.append(f"gpu_worker.max_workers {gpu.get('max_workers')} != max_workers {config.get('max_workers')}")
+            problems.append(
+                f"gpu_worker.max_workers {gpu.get('max_workers')} != max_workers {config.get('max_workers')}"
+            )
 
     # The bucket is named once; everything else derives from $IIC_S3.
     if text.count(PLACEHOLDER) != 1:
         problems.append(f"the bucket placeholder {PLACEHOLDER!r} appears {text.count(PLACEHOLDER)} times, not once")
     s3_commands = [command for command in commands(config) if "s3://" in command]
     if len(s3_commands) != 1 or len(re.findall(r"s3://", s3_commands[0])) != 1:
-        problems.append(f"an s3:// URI is written in {len(s3_commands)} commands; name it once (IIC_S3) and derive the rest")
+        problems.append(
+            f"an s3:// URI is written in {len(s3_commands)} commands; name it once (IIC_S3) and derive the rest"
+        )
     if not any('IIC_STORAGE_PATH="$IIC_S3/' in command for command in commands(config)):
         problems.append("IIC_STORAGE_PATH is not derived from $IIC_S3")
 
@@ -160,7 +172,9 @@ def invariant_problems(text: str) -> list[str]:
     mounts = config.get("file_mounts", {})
     synced = [remote for remote, local in mounts.items() if (ROOT / local).resolve() == ROOT]
     if len(synced) != 1:
-        problems.append(f"file_mounts must sync the project root once (relative to it: `ray up` runs there), got {mounts}")
+        problems.append(
+            f"file_mounts must sync the project root once (relative to it: `ray up` runs there), got {mounts}"
+        )
     installs = [requirements_of(argv) for argv in install_commands(config)]
     editables = [path for _, paths in installs for path in paths]
     if synced and synced[0] not in editables:
@@ -177,7 +191,9 @@ def invariant_problems(text: str) -> list[str]:
         if pinned_version(pins["ray"]) != "2.60.0":
             problems.append(f"setup must pin ray==2.60.0, got {pins['ray']}")
         if not {"default", "tune"} <= pins["ray"].extras:
-            problems.append(f"ray needs the default (dashboard, autoscaler) and tune extras, got {sorted(pins['ray'].extras)}")
+            problems.append(
+                f"ray needs the default (dashboard, autoscaler) and tune extras, got {sorted(pins['ray'].extras)}"
+            )
     return problems
 
 
@@ -187,7 +203,9 @@ def invariant_problems(text: str) -> list[str]:
 def test_ray_schema_accepts_the_file(config):
     schema = json.loads(RAY_SCHEMA.read_text())
     validator = jsonschema.validators.validator_for(schema)(schema)
-    errors = [f"{'/'.join(map(str, error.path)) or '(top)'}: {error.message}" for error in validator.iter_errors(config)]
+    errors = [
+        f"{'/'.join(map(str, error.path)) or '(top)'}: {error.message}" for error in validator.iter_errors(config)
+    ]
     assert errors == []
 
 
@@ -223,14 +241,36 @@ def test_worker_limit_is_one_number(raw, config):
     "mistake, error, message",
     [
         (lambda c: c.update(max_worker=c.pop("max_workers")), jsonschema.ValidationError, "max_worker"),
-        (lambda c: c["available_node_types"]["gpu_worker"].update(min_worker=0), jsonschema.ValidationError, "min_worker"),
-        (lambda c: c["available_node_types"]["gpu_worker"].pop("resources"), jsonschema.ValidationError, "'resources' is a required property"),
-        (lambda c: c["available_node_types"]["gpu_worker"]["resources"].update(GPU=0.5), jsonschema.ValidationError, "0.5 is not of type 'integer'"),
+        (
+            lambda c: c["available_node_types"]["gpu_worker"].update(min_worker=0),
+            jsonschema.ValidationError,
+            "min_worker",
+        ),
+        (
+            lambda c: c["available_node_types"]["gpu_worker"].pop("resources"),
+            jsonschema.ValidationError,
+            "'resources' is a required property",
+        ),
+        (
+            lambda c: c["available_node_types"]["gpu_worker"]["resources"].update(GPU=0.5),
+            jsonschema.ValidationError,
+            "0.5 is not of type 'integer'",
+        ),
         (lambda c: c.update(head_node_type="ray.head.default"), ValueError, "`head_node_type` must be one of"),
-        (lambda c: c["available_node_types"]["gpu_worker"].update(min_workers=9), ValueError, "smaller than the sum of `min_workers`"),
+        (
+            lambda c: c["available_node_types"]["gpu_worker"].update(min_workers=9),
+            ValueError,
+            "smaller than the sum of `min_workers`",
+        ),
     ],
-    ids=["misspelled-top-level-key", "misspelled-node-type-key", "worker-without-resources", "fractional-gpu",
-         "unknown-head-type", "min-above-max"],
+    ids=[
+        "misspelled-top-level-key",
+        "misspelled-node-type-key",
+        "worker-without-resources",
+        "fractional-gpu",
+        "unknown-head-type",
+        "min-above-max",
+    ],
 )
 def test_ray_rejects_a_broken_copy(config, mistake, error, message):
     broken = copy.deepcopy(config)
@@ -288,7 +328,9 @@ def test_torch_pins_match_ci(config):
 
 # ---- the environment every command, Ray process and driver gets -----------------------------------
 
-UBUNTU_BASHRC = "# ~/.bashrc: executed by bash(1) for non-login shells.\ncase $- in\n    *i*) ;;\n      *) return;;\nesac\n"
+UBUNTU_BASHRC = (
+    "# ~/.bashrc: executed by bash(1) for non-login shells.\ncase $- in\n    *i*) ;;\n      *) return;;\nesac\n"
+)
 
 
 def run_like_ray(command: str, home: Path) -> subprocess.CompletedProcess:
@@ -296,7 +338,9 @@ def run_like_ray(command: str, home: Path) -> subprocess.CompletedProcess:
     `bash --login -c -i 'source ~/.bashrc; export ... && (command)'`."""
     remote = " ".join(_with_interactive(command))
     env = {"HOME": str(home), "PATH": os.environ["PATH"], "TERM": "dumb"}
-    return subprocess.run(["bash", "-c", remote], env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60)
+    return subprocess.run(
+        ["bash", "-c", remote], env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60
+    )
 
 
 def _home_after_setup(config: dict, home: Path, node: str, times: int = 1) -> None:
@@ -331,7 +375,9 @@ def test_setup_environment_reaches_later_commands(config, tmp_path, node):
 
 
 def test_gpu_workers_start_cuda_mps_by_default_and_still_join_without_it(config, tmp_path):
-    [mps_command] = [c for c in prepare_and_validate(config)["worker_start_ray_commands"] if "nvidia-cuda-mps-control" in c]
+    [mps_command] = [
+        c for c in prepare_and_validate(config)["worker_start_ray_commands"] if "nvidia-cuda-mps-control" in c
+    ]
     home = tmp_path / "home"
     _home_after_setup(config, home, "worker")
     # NVIDIA's control program, as far as this command uses it: `-d` starts the daemon, stdin `quit` stops it.
@@ -343,7 +389,10 @@ def test_gpu_workers_start_cuda_mps_by_default_and_still_join_without_it(config,
     on_path = f"export PATH={tools}:$PATH; "  # after the login shell's profile has set PATH
     started = run_like_ray(on_path + mps_command, home)
     assert started.returncode == 0, started.stderr
-    assert (tmp_path / "mps_calls").read_text().split() == ["quit", "-d"]  # an earlier daemon told to quit, then one started
+    assert (tmp_path / "mps_calls").read_text().split() == [
+        "quit",
+        "-d",
+    ]  # an earlier daemon told to quit, then one started
 
     (tools / "nvidia-cuda-mps-control").write_text("#!/bin/sh\nexit 1\n")  # an image whose driver has no MPS
     failed = run_like_ray(on_path + mps_command, home)
@@ -363,9 +412,19 @@ def rsync(config: dict, source: str, target: str) -> None:
 @pytest.mark.skipif(shutil.which("rsync") is None, reason="rsync is not installed")
 def test_rsync_copies_the_code_and_data_but_not_results(config, tmp_path):
     tree = tmp_path / "project"
-    files = ["search/run.py", "pyproject.toml", "data/cifar10/data_batch_1", "runs/search/trial/checkpoint.pt", "mlflow.db",
-             "mlruns/0/meta.yaml", "mlartifacts/1/a.png", ".git/config", "dist/iic_search-0.1.0-py3-none-any.whl",
-             "search/__pycache__/run.cpython-311.pyc", "iic_search.egg-info/PKG-INFO"]
+    files = [
+        "search/run.py",
+        "pyproject.toml",
+        "data/cifar10/data_batch_1",
+        "runs/search/trial/checkpoint.pt",
+        "mlflow.db",
+        "mlruns/0/meta.yaml",
+        "mlartifacts/1/a.png",
+        ".git/config",
+        "dist/iic_search-0.1.0-py3-none-any.whl",
+        "search/__pycache__/run.cpython-311.pyc",
+        "iic_search.egg-info/PKG-INFO",
+    ]
     for name in files:
         (tree / name).parent.mkdir(parents=True, exist_ok=True)
         (tree / name).write_text(name)

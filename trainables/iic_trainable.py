@@ -69,7 +69,9 @@ class TrialSettings:
     gallery_per_cluster: int = 8
 
     def collapsed(self, history: list[dict]) -> bool:
-        return has_collapsed(history, self.collapse_share, self.collapse_patience, self.collapse_information, self.collapse_warmup)
+        return has_collapsed(
+            history, self.collapse_share, self.collapse_patience, self.collapse_information, self.collapse_warmup
+        )
 
 
 def trial_iic_config(trial_config: dict, result: dict | None = None) -> IICConfig:
@@ -114,12 +116,16 @@ def has_collapsed(history: list[dict], share: float, patience: int, information:
         return False
     if all(m.get("largest_cluster_share", 0.0) >= share for m in recent):
         return True
-    return len(history) >= warmup + patience and all(m.get("mutual_information", float("inf")) < information for m in recent)
+    return len(history) >= warmup + patience and all(
+        m.get("mutual_information", float("inf")) < information for m in recent
+    )
 
 
 def write_cluster_summary(trainer: Trainer, path: Path, per_cluster: int) -> None:
     result = trainer.result()
-    samples = cluster_samples(trainer.data.images, result.clusters, trainer.config.num_clusters, per_cluster, seed=trainer.config.seed)
+    samples = cluster_samples(
+        trainer.data.images, result.clusters, trainer.config.num_clusters, per_cluster, seed=trainer.config.seed
+    )
     confusion = result.confusion if result.confusion is not None else np.zeros((0, 0), dtype=np.int64)
     np.savez_compressed(path, confusion=confusion, class_names=np.array(result.class_names), **samples)
 
@@ -181,18 +187,25 @@ def train_iic(config: dict, settings: TrialSettings = TrialSettings()) -> None:
     def report(metrics: dict, trainer: Trainer) -> StopReason:
         # Collapsed once every seed has: until then the collapsed seeds pull the mean down. A PBT
         # member trains on (its population replaces it) until its last epoch.
-        collapsed = metrics["status"] != RunStatus.DIVERGED and all(settings.collapsed(h) for h in trainer.seed_histories)
+        collapsed = metrics["status"] != RunStatus.DIVERGED and all(
+            settings.collapsed(h) for h in trainer.seed_histories
+        )
         last_epoch = metrics["status"] == RunStatus.COMPLETED
         reason = RunStatus.COLLAPSED if collapsed and (last_epoch or not in_population) else None
         extra = {**(schedule_report(trainer.config, trainer.epoch) if scheduled else {}), **exploit}
         exploit.clear()
-        report_with_checkpoint({**metrics, "status": reason or metrics["status"], **where, **extra}, trainer,
-                               lambda folder: write_extra(folder, trainer))
+        report_with_checkpoint(
+            {**metrics, "status": reason or metrics["status"], **where, **extra},
+            trainer,
+            lambda folder: write_extra(folder, trainer),
+        )
         return reason
 
     with restored_state() as state:
         writer = state.with_name(WRITER_FILE) if state is not None else None
         writer = json.loads(writer.read_text()) if writer is not None and writer.is_file() else {}
-        if writer.get("trial_id", trial_id) != trial_id:  # PBT's exploit: another trial's state, this trial's (new) config
+        if (
+            writer.get("trial_id", trial_id) != trial_id
+        ):  # PBT's exploit: another trial's state, this trial's (new) config
             exploit.update({EXPLOITED_FROM_KEY: writer["trial_id"], EXPLOIT_EPOCH_KEY: writer["epoch"]})
         train(iic_config, on_epoch=report, resume_from=state, seeds=seeds)

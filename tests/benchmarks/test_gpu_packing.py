@@ -8,7 +8,14 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks.gpu_packing import aggregate, flops_per_image, images_in_window, parse_args, peak_tflops, workload_config
+from benchmarks.gpu_packing import (
+    aggregate,
+    flops_per_image,
+    images_in_window,
+    parse_args,
+    peak_tflops,
+    workload_config,
+)
 from iic.models import IICModel, build_backbone
 
 REPOSITORY = Path(__file__).resolve().parents[2]
@@ -65,7 +72,11 @@ def test_smoke_run_packs_two_real_trials_onto_one_fake_gpu(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPOSITORY)}
     finished = subprocess.run(
         [sys.executable, "benchmarks/gpu_packing.py", "--smoke", "--seconds-per-setting", "1.5", "--out", str(out)],
-        cwd=REPOSITORY, env=env, capture_output=True, text=True, timeout=600,
+        cwd=REPOSITORY,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
     report = json.loads(out.read_text())
@@ -83,5 +94,5 @@ def test_smoke_run_packs_two_real_trials_onto_one_fake_gpu(tmp_path):
         assert row["coverage"] > 0.5, row
     assert rows[2]["epochs_in_window"] >= 2
     assert rows[1]["speedup_over_1"] == 1.0 and rows[2]["speedup_over_1"] > 0
-    table = finished.stdout[finished.stdout.index("Many trials per GPU"):]
+    table = finished.stdout[finished.stdout.index("Many trials per GPU") :]
     assert "agg img/s" in table and "n/a" in table

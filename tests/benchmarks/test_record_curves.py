@@ -44,7 +44,9 @@ def test_smoke_mode_writes_a_valid_table_of_real_training(smoke_table):
     table, runs, configs = read_table(out)
     assert table["seeds"] == [0, 1] and table["epochs"] == 2 and table["config"]["input_size"] == 8
     assert table["space"]["lr"] == {"low": 1.0e-3, "high": 1.0e-2, "log": True}
-    assert len(runs) == 1 and runs[0]["device"].startswith("cpu") and runs[0]["torch"] and "--smoke" in runs[0]["command"]
+    assert (
+        len(runs) == 1 and runs[0]["device"].startswith("cpu") and runs[0]["torch"] and "--smoke" in runs[0]["command"]
+    )
     assert sorted(c["index"] for c in configs) == [0, 1, 2]
     for config in configs:
         assert config["status"] == "completed" and len(config["epoch_seconds"]) == 2
@@ -59,7 +61,9 @@ def test_smoke_mode_writes_a_valid_table_of_real_training(smoke_table):
     first = next(c for c in configs if c["index"] == 0)
     alone = train(IICConfig.from_dict(table["config"]).replace(**first["values"]), seeds=[1])
     assert [epoch["loss"] for epoch in alone.history] == pytest.approx(first["curves"]["loss"][1], rel=1e-3)
-    assert [epoch["cluster_accuracy"] for epoch in alone.history] == pytest.approx(first["curves"]["cluster_accuracy"][1], abs=0.02)
+    assert [epoch["cluster_accuracy"] for epoch in alone.history] == pytest.approx(
+        first["curves"]["cluster_accuracy"][1], abs=0.02
+    )
 
 
 def test_a_rerun_resumes_without_redoing_finished_configs(smoke_table, tmp_path, capsys):
@@ -110,7 +114,14 @@ def test_the_time_budget_stops_new_configs_and_lets_the_running_one_finish(smoke
 
 def test_the_recorder_imports_no_ray_optuna_or_mlflow():
     loaded = subprocess.run(
-        [sys.executable, "-c", "import sys, benchmarks.record_curves; print(sorted({'ray', 'optuna', 'mlflow'} & {m.split('.')[0] for m in sys.modules}))"],
-        cwd=REPOSITORY, capture_output=True, text=True, check=True,
+        [
+            sys.executable,
+            "-c",
+            "import sys, benchmarks.record_curves; print(sorted({'ray', 'optuna', 'mlflow'} & {m.split('.')[0] for m in sys.modules}))",
+        ],
+        cwd=REPOSITORY,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert loaded.stdout.strip() == "[]"

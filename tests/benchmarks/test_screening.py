@@ -28,15 +28,31 @@ def test_simulation_averages_every_subset_and_the_oracle_bounds_it():
 
     histories = [history(1.0, 2.0, 0.9), history(2.0, 1.0, 0.5), history(1.5, 1.5, 0.7)]
     assert Policy.parse("2:1@2").keep(histories[:2]) == (0,)
-    assert Policy.parse("3:2@1:1@2").keep(histories) == (2,)  # the first falls at the cut, then the third beats the second
+    assert Policy.parse("3:2@1:1@2").keep(histories) == (
+        2,
+    )  # the first falls at the cut, then the third beats the second
     assert Policy.parse("3:2@1:c").keep(histories) == (1, 2)
     figures = simulate(Policy.parse("2:1@1"), histories)  # pairs (0,1) -> 1, (0,2) -> 2, (1,2) -> 1
     assert figures["subsets"] == 3 and figures["mean"] == pytest.approx((0.5 + 0.7 + 0.5) / 3) and figures["min"] == 0.5
     assert figures["oracle"] == pytest.approx((0.9 + 0.9 + 0.7) / 3)
 
 
-@pytest.mark.parametrize("text", ["6", "6:2@10", "6:2@10:1", "6:x@10:1@20", "3:3@10:1@20", "6:2@20:1@10", "6:1@10:2@20",
-                                  "6:1@10:c", "6:c", "6:2@10:1@20:c", "6:c:2@10"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "6",
+        "6:2@10",
+        "6:2@10:1",
+        "6:x@10:1@20",
+        "3:3@10:1@20",
+        "6:2@20:1@10",
+        "6:1@10:2@20",
+        "6:1@10:c",
+        "6:c",
+        "6:2@10:1@20:c",
+        "6:c:2@10",
+    ],
+)
 def test_a_malformed_policy_is_refused_with_its_form(text):
     with pytest.raises(ValueError, match="n:k@e"):
         Policy.parse(text)
@@ -45,13 +61,29 @@ def test_a_malformed_policy_is_refused_with_its_form(text):
 def test_a_saved_run_simulates_again_to_the_same_tables_without_training(tiny_config, tmp_path, capsys):
     config, saved = tiny_config.to_yaml(tmp_path / "tiny.yaml"), tmp_path / "histories.json"
     policies = ["--policies", "2:1@1", "3:2@1:1@2", "3:2@1:c"]
-    main(["--config", str(config), "--seeds", "3", "4", "5", "--epochs", "3", "--report-epochs", "2", *policies, "--save", str(saved)])
+    main(
+        [
+            "--config",
+            str(config),
+            "--seeds",
+            "3",
+            "4",
+            "5",
+            "--epochs",
+            "3",
+            "--report-epochs",
+            "2",
+            *policies,
+            "--save",
+            str(saved),
+        ]
+    )
     trained = capsys.readouterr().out
     main(["--load", str(saved), "--report-epochs", "2", *policies])
     loaded = capsys.readouterr().out
 
     def tables(out):
-        return out[out.index("accuracy at epoch 2"):out.index(" s for all")].rsplit("\n", 1)[0]
+        return out[out.index("accuracy at epoch 2") : out.index(" s for all")].rsplit("\n", 1)[0]
 
     assert tables(loaded) == tables(trained)
     assert "model-epochs at 2" in tables(trained) and "3:2@1:1@2" in tables(trained).split("model-epochs at 3")[1]
@@ -73,9 +105,15 @@ def test_a_consensus_policy_scores_the_consensus_of_the_initialisations_it_keeps
     alone = train(config, seeds=[3, 4, 5])  # the soft assignments recorded are those the run ends with
     for i, run in enumerate(alone.seeds):
         assert recorded["epoch_2"][i] == pytest.approx(run.probabilities)
-    consensus = ConsensusAccuracy(recorded["epoch_2"], recorded["labels"], config.num_clusters, int(recorded["num_classes"]))
-    _, expected = consensus_metrics([alone.seeds[i].probabilities for i in kept], recorded["labels"], config.num_clusters,
-                                    int(recorded["num_classes"]))
+    consensus = ConsensusAccuracy(
+        recorded["epoch_2"], recorded["labels"], config.num_clusters, int(recorded["num_classes"])
+    )
+    _, expected = consensus_metrics(
+        [alone.seeds[i].probabilities for i in kept],
+        recorded["labels"],
+        config.num_clusters,
+        int(recorded["num_classes"]),
+    )
     figures = simulate(policy, histories, consensus)
     assert figures["subsets"] == 1 and figures["mean"] == pytest.approx(expected["consensus_accuracy"])
     with pytest.raises(ValueError, match="soft assignments"):

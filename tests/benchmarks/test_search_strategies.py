@@ -4,7 +4,18 @@ import math
 import numpy as np
 import pytest
 
-from benchmarks.search_strategies import STRATEGIES, Member, PBTRun, chosen_at, compare, exploit, load_table, main, run_pbt, run_search
+from benchmarks.search_strategies import (
+    STRATEGIES,
+    Member,
+    PBTRun,
+    chosen_at,
+    compare,
+    exploit,
+    load_table,
+    main,
+    run_pbt,
+    run_search,
+)
 from search.space import PBTSettings
 
 EPOCHS = 8
@@ -33,16 +44,41 @@ def write_table(path) -> None:
     curves to the final accuracies above; one config diverges after 3 epochs."""
     space = {"lr": {"low": 1e-4, "high": 3e-3, "log": True}, "batch_size": {"choices": BATCH_SIZES}}
     lines = [
-        {"kind": "table", "preset": "synthetic", "space": space, "config": {"dataset": "digits", "epochs": EPOCHS}, "seeds": SEEDS,
-         "epochs": EPOCHS, "sample_seed": 0, "metrics": ["cluster_accuracy"]},
-        {"kind": "run", "command": "written by the test", "device": "none", "torch": "", "date": "", "workers": 1, "time_budget": None, "configs": 12},
+        {
+            "kind": "table",
+            "preset": "synthetic",
+            "space": space,
+            "config": {"dataset": "digits", "epochs": EPOCHS},
+            "seeds": SEEDS,
+            "epochs": EPOCHS,
+            "sample_seed": 0,
+            "metrics": ["cluster_accuracy"],
+        },
+        {
+            "kind": "run",
+            "command": "written by the test",
+            "device": "none",
+            "torch": "",
+            "date": "",
+            "workers": 1,
+            "time_budget": None,
+            "configs": 12,
+        },
     ]
     for index, (lr, batch_size) in enumerate((lr, b) for lr in LRS for b in BATCH_SIZES):
         epochs = 3 if index == DIVERGING else EPOCHS
         curves = [[final_accuracy(index, seed) * (e + 1) / EPOCHS for e in range(epochs)] for seed in SEEDS]
-        lines.append({"kind": "config", "index": index, "values": {"lr": lr, "batch_size": batch_size},
-                      "status": "diverged" if index == DIVERGING else "completed", "seconds": 1.0,
-                      "epoch_seconds": [0.1] * epochs, "curves": {"cluster_accuracy": curves}})
+        lines.append(
+            {
+                "kind": "config",
+                "index": index,
+                "values": {"lr": lr, "batch_size": batch_size},
+                "status": "diverged" if index == DIVERGING else "completed",
+                "seconds": 1.0,
+                "epoch_seconds": [0.1] * epochs,
+                "curves": {"cluster_accuracy": curves},
+            }
+        )
     path.write_text("".join(json.dumps(line) + "\n" for line in lines))
 
 
@@ -109,12 +145,18 @@ def test_the_command_prints_its_figures_and_itself(tmp_path, capsys):
     assert main(["--table", str(path), "--budgets", "16", "400", "--searches", "3", "--grace-period", "2"]) == 0
     out = capsys.readouterr().out
     assert "oracle (the table's best config on the confirmation seeds): 0.900" in out
-    assert "exhaustive (every config to the end, chosen on the search seeds): 0.500 confirmed (0.950 on the search seeds)" in out
+    assert (
+        "exhaustive (every config to the end, chosen on the search seeds): 0.500 confirmed (0.950 on the search seeds)"
+        in out
+    )
     assert "nearest recorded config" in out
     rows = [line.split() for line in out.splitlines() if line.split()[:1] in (["16"], ["400"])]
     assert [(row[0], row[1]) for row in rows] == [(b, s) for b in ("16", "400") for s in STRATEGIES]
     assert all(row[2:5] == ["0.500", "0.000", "0.500"] for row in rows if row[0] == "400")  # mean, sd, min
-    assert f"command: python benchmarks/search_strategies.py --table {path} --budgets 16 400 --searches 3 --grace-period 2" in out
+    assert (
+        f"command: python benchmarks/search_strategies.py --table {path} --budgets 16 400 --searches 3 --grace-period 2"
+        in out
+    )
 
 
 def test_pbt_spends_its_budget_as_a_population_and_exploits_at_each_interval(table):
@@ -122,7 +164,9 @@ def test_pbt_spends_its_budget_as_a_population_and_exploits_at_each_interval(tab
     assert len(run.members) == 2 and run.spent == 16  # 16 trial-epochs: two members of 8 epochs
     assert run.exploits == 2  # at epochs 3 and 6, the worse of the two takes over the better
     assert all(m.status == "completed" for m in run.members)
-    assert run_pbt(table, seed=0, budget=8, settings=PBTSettings()) is None  # no population of two in one trial's epochs
+    assert (
+        run_pbt(table, seed=0, budget=8, settings=PBTSettings()) is None
+    )  # no population of two in one trial's epochs
 
 
 def test_an_exploit_copies_a_top_member_and_explores_only_the_schedulable_fields(table):
@@ -134,7 +178,7 @@ def test_an_exploit_copies_a_top_member_and_explores_only_the_schedulable_fields
         run = PBTRun([top, bottom], 0)
         exploit(table, [top, bottom], 3, always_resample, np.random.default_rng(seed), run)
         assert top.path == [(1, FLATTERED)]  # the better member trains on
-        (epoch, config), = bottom.path[1:]
+        ((epoch, config),) = bottom.path[1:]
         assert epoch == 4 and bottom.values["batch_size"] == 64  # from the next epoch, with the donor's batch size
         assert table.values[config]["batch_size"] == 64 and config != DIVERGING
         landed.add(config)

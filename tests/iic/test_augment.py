@@ -28,7 +28,9 @@ def test_each_image_gets_its_own_draw():
 
 
 def test_same_generator_seed_reproduces_the_batch():
-    augment = BatchAugment(crop_min_scale=0.3, hflip_prob=0.5, rotation_degrees=20, brightness=0.3, contrast=0.3, saturation=0.3, hue=0.1)
+    augment = BatchAugment(
+        crop_min_scale=0.3, hflip_prob=0.5, rotation_degrees=20, brightness=0.3, contrast=0.3, saturation=0.3, hue=0.1
+    )
     images = _images()
     assert torch.equal(augment(images, _generator(7)), augment(images, _generator(7)))
     assert not torch.equal(augment(images, _generator(7)), augment(images, _generator(8)))

@@ -53,10 +53,16 @@ def test_wrong_types_are_rejected_and_ints_become_floats():
         ({"dataset": "har"}, "data_root: .*har"),
         ({"dataset": "image_folder", "data_root": "/no/such/folder"}, "data_root: .*/no/such/folder"),
         ({"device": "tpu"}, "device: 'tpu'"),
-        ({"epochs": 10, "self_label_epochs": 10}, "self_label_epochs: must be from 0 to epochs - 1 = 9 .*IIC's clusters to start from"),
+        (
+            {"epochs": 10, "self_label_epochs": 10},
+            "self_label_epochs: must be from 0 to epochs - 1 = 9 .*IIC's clusters to start from",
+        ),
         ({"self_label_epochs": -1}, "self_label_epochs: must be from 0"),
         ({"self_label_threshold": 1.0}, "self_label_threshold: must be between 0 and 1, exclusive .* SCAN uses 0.99"),
-        ({"backbone": "resnet18", "input_size": 32, "backbone_weights": "/no/weights.pt"}, "backbone_weights: file /no/weights.pt does not exist"),
+        (
+            {"backbone": "resnet18", "input_size": 32, "backbone_weights": "/no/weights.pt"},
+            "backbone_weights: file /no/weights.pt does not exist",
+        ),
     ],
 )
 def test_validation_names_the_field_and_the_fix(changes, field):
@@ -115,7 +121,16 @@ def test_missing_config_file_is_named(tmp_path):
 
 def test_bundled_override_files_load_and_are_valid():
     files = sorted(CONFIGS.glob("*.yaml"))
-    assert {f.stem for f in files} >= {"digits", "mnist5k", "mnist", "cifar10", "stl10", "har_full", "har_merged", "har_reduced"}
+    assert {f.stem for f in files} >= {
+        "digits",
+        "mnist5k",
+        "mnist",
+        "cifar10",
+        "stl10",
+        "har_full",
+        "har_merged",
+        "har_reduced",
+    }
     for path in files:
         config = IICConfig.from_yaml(path)
         config.validate(check_data=config.data_root is None)
@@ -134,7 +149,9 @@ def test_relative_paths_become_absolute_against_a_base(tmp_path):
     assert resolved.data_root == str(tmp_path / "data" / "pets")
     assert resolved.backbone_weights == "/w/r18.pt"  # already absolute
     assert IICConfig().with_absolute_paths(tmp_path) == IICConfig()  # digits: no paths
-    assert config.replace(backbone_weights="imagenet").with_absolute_paths(tmp_path).backbone_weights == "imagenet"  # not a path
+    assert (
+        config.replace(backbone_weights="imagenet").with_absolute_paths(tmp_path).backbone_weights == "imagenet"
+    )  # not a path
 
 
 def test_pretrained_and_frozen_backbones_refuse_what_does_not_fit(tmp_path):
@@ -145,10 +162,19 @@ def test_pretrained_and_frozen_backbones_refuse_what_does_not_fit(tmp_path):
     pretrained.replace(freeze_backbone=True, backbone="resnet50").validate()
     cases = [
         ({"backbone": "clusternet"}, "backbone_weights: only resnet18 or resnet50 load weights"),
-        ({"sobel": True}, "sobel: pretrained weights read RGB images, and Sobel replaces them with 2 gradient channels; set sobel: false"),
-        ({"freeze_backbone": True, "backbone_weights": None}, "freeze_backbone: a frozen backbone without pretrained weights stays random"),
+        (
+            {"sobel": True},
+            "sobel: pretrained weights read RGB images, and Sobel replaces them with 2 gradient channels; set sobel: false",
+        ),
+        (
+            {"freeze_backbone": True, "backbone_weights": None},
+            "freeze_backbone: a frozen backbone without pretrained weights stays random",
+        ),
         ({"freeze_backbone": True, "input_size": 32}, "freeze_backbone: below 64 px .* set input_size: 64 or more"),
-        ({"backbone_weights": str(tmp_path / "none.pt")}, "backbone_weights: file .*none.pt does not exist; give a local state-dict file, imagenet, or null"),
+        (
+            {"backbone_weights": str(tmp_path / "none.pt")},
+            "backbone_weights: file .*none.pt does not exist; give a local state-dict file, imagenet, or null",
+        ),
     ]
     for changes, message in cases:
         with pytest.raises(ConfigError, match=message):
@@ -158,7 +184,9 @@ def test_pretrained_and_frozen_backbones_refuse_what_does_not_fit(tmp_path):
 def test_a_schedule_round_trips_through_yaml_and_says_what_is_in_force(tmp_path):
     schedule = [{"epoch": 3, "values": {"lr": 1e-3, "rotation_degrees": 5}}, {"epoch": 5, "values": {"lamb": 1}}]
     config = IICConfig.from_dict({"epochs": 6, "schedule": schedule}).validate(check_data=False)
-    assert config.schedule[0]["values"]["rotation_degrees"] == 5.0 and isinstance(config.schedule[1]["values"]["lamb"], float)
+    assert config.schedule[0]["values"]["rotation_degrees"] == 5.0 and isinstance(
+        config.schedule[1]["values"]["lamb"], float
+    )
     assert IICConfig.from_yaml(config.to_yaml(tmp_path / "config.yaml")) == config
     assert config.values_at(2)["lr"] == IICConfig.lr and config.values_at(3)["lr"] == 1e-3
     assert config.values_at(6) == {**config.values_at(1), "lr": 1e-3, "rotation_degrees": 5.0, "lamb": 1.0}
@@ -172,12 +200,27 @@ def test_a_schedule_round_trips_through_yaml_and_says_what_is_in_force(tmp_path)
 @pytest.mark.parametrize(
     "schedule, message",
     [
-        ([{"epoch": 2, "values": {"batch_size": 32}}], r"schedule\[0\]: batch_size cannot change while a run trains; a schedule may change only crop_min_scale, .*lr, lamb"),
-        ([{"epoch": 2, "values": {"hflip_prob": 1.5}}], r"schedule\[0\]: hflip_prob: a probability must lie in \[0, 1\]"),
+        (
+            [{"epoch": 2, "values": {"batch_size": 32}}],
+            r"schedule\[0\]: batch_size cannot change while a run trains; a schedule may change only crop_min_scale, .*lr, lamb",
+        ),
+        (
+            [{"epoch": 2, "values": {"hflip_prob": 1.5}}],
+            r"schedule\[0\]: hflip_prob: a probability must lie in \[0, 1\]",
+        ),
         ([{"epoch": 2, "values": {"lr": 0.0}}], r"schedule\[0\]: lr: must be positive"),
-        ([{"epoch": 0, "values": {"lr": 0.1}}], r"schedule\[0\]: epoch must be a whole number in 1..epochs=4 \(got 0\)"),
-        ([{"epoch": 5, "values": {"lr": 0.1}}], r"schedule\[0\]: epoch must be a whole number in 1..epochs=4 \(got 5\)"),
-        ([{"epoch": 3, "values": {"lr": 0.1}}, {"epoch": 2, "values": {"lr": 0.2}}], r"schedule\[1\]: epoch 2 does not come after epoch 3; list the changes in increasing epochs"),
+        (
+            [{"epoch": 0, "values": {"lr": 0.1}}],
+            r"schedule\[0\]: epoch must be a whole number in 1..epochs=4 \(got 0\)",
+        ),
+        (
+            [{"epoch": 5, "values": {"lr": 0.1}}],
+            r"schedule\[0\]: epoch must be a whole number in 1..epochs=4 \(got 5\)",
+        ),
+        (
+            [{"epoch": 3, "values": {"lr": 0.1}}, {"epoch": 2, "values": {"lr": 0.2}}],
+            r"schedule\[1\]: epoch 2 does not come after epoch 3; list the changes in increasing epochs",
+        ),
         ([{"epoch": 2, "values": {}}], r"schedule\[0\]: no values; give the fields that change at epoch 2"),
     ],
 )
@@ -218,7 +261,10 @@ def test_model_epochs_count_every_initialisation_while_it_trains():
     assert config.model_epochs() == 45
     assert config.replace(screen_inits=3, screen_epochs=20).model_epochs() == 3 * 20 + 25
     # six to epoch 10, the two highest in MI to epoch 20, one to the end
-    assert config.replace(screen_inits=6, screen_cut_epochs=10, screen_cut_keep=2, screen_epochs=20).model_epochs() == 60 + 20 + 25
+    assert (
+        config.replace(screen_inits=6, screen_cut_epochs=10, screen_cut_keep=2, screen_epochs=20).model_epochs()
+        == 60 + 20 + 25
+    )
     # and through an epoch: what a run has cost so far
     cut = config.replace(screen_inits=6, screen_cut_epochs=10, screen_cut_keep=2, screen_epochs=20)
     assert [cut.model_epochs(through=e) for e in (0, 10, 11, 20, 21, 45)] == [0, 60, 62, 80, 81, 105]

@@ -53,7 +53,9 @@ def _models(backbone: str, channels: int, size: int, seeds=(0, 1, 2)) -> list[II
     models = []
     for seed in seeds:
         torch.manual_seed(seed)
-        models.append(IICModel(build_backbone(backbone, channels, size, 4), num_clusters=4, overcluster_k=9, num_subheads=2))
+        models.append(
+            IICModel(build_backbone(backbone, channels, size, 4), num_clusters=4, overcluster_k=9, num_subheads=2)
+        )
     return models
 
 
@@ -69,7 +71,10 @@ def test_a_stack_of_models_computes_what_each_model_computes(backbone, channels,
                 assert torch.allclose(together[index], alone, atol=1e-5)
     # batch norm statistics stay per model too (both were in training mode)
     stacked_mean = next(m for m in stacked.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)).running_mean
-    first_means = [next(m for m in model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)).running_mean for model in models]
+    first_means = [
+        next(m for m in model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)).running_mean
+        for model in models
+    ]
     assert torch.allclose(stacked_mean, torch.cat(first_means), atol=1e-6)
 
 
@@ -100,7 +105,10 @@ def test_a_state_dict_file_gives_the_backbone_its_weights(tmp_path, architecture
 
 def test_a_file_of_another_architecture_is_refused_by_name(tmp_path):
     path, _ = _state_dict_file(tmp_path, "resnet18")
-    with pytest.raises(WeightsError, match=r"resnet18.pt is not a resnet50 state dict in torchvision's layout: it lacks layer1.0.conv1.weight"):
+    with pytest.raises(
+        WeightsError,
+        match=r"resnet18.pt is not a resnet50 state dict in torchvision's layout: it lacks layer1.0.conv1.weight",
+    ):
         build_backbone("resnet50", 3, 64, weights=str(path))
 
 
@@ -109,7 +117,11 @@ def test_a_frozen_stack_shares_one_backbone_and_computes_what_each_model_compute
     models = []
     for seed in (0, 1):
         torch.manual_seed(seed)
-        models.append(IICModel(build_backbone("resnet18", 3, 64, weights=str(path)), num_clusters=4, overcluster_k=9, num_subheads=2))
+        models.append(
+            IICModel(
+                build_backbone("resnet18", 3, 64, weights=str(path)), num_clusters=4, overcluster_k=9, num_subheads=2
+            )
+        )
     stacked = StackedIICModel(models, freeze_backbone=True).train()
     assert sum(isinstance(m, torch.nn.Conv2d) for m in stacked.modules()) == 20  # one ResNet18, not two
     assert not stacked.backbone.training and not any(p.requires_grad for p in stacked.backbone.parameters())
@@ -137,4 +149,6 @@ def test_resnet50_stacks_like_resnet18():
     images = torch.rand(2, 2, 3, 64, 64)
     outputs = StackedIICModel(models)(images)
     for index, model in enumerate(models):
-        assert torch.allclose(outputs[0][index], model(images[index])[0], atol=1e-4)  # 50 layers of summation-order noise
+        assert torch.allclose(
+            outputs[0][index], model(images[index])[0], atol=1e-4
+        )  # 50 layers of summation-order noise

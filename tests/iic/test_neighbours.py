@@ -9,7 +9,9 @@ from iic.neighbours import nearest_neighbours, pair_candidates
 
 def test_neighbours_are_the_most_cosine_similar_other_rows_nearest_first():
     vectors = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.2, 0.8], [-1.0, 0.1]])
-    neighbours = nearest_neighbours(vectors * torch.tensor([[1.0], [10.0], [1.0], [3.0], [1.0]]), k=2)  # lengths do not matter
+    neighbours = nearest_neighbours(
+        vectors * torch.tensor([[1.0], [10.0], [1.0], [3.0], [1.0]]), k=2
+    )  # lengths do not matter
     assert neighbours.tolist() == [[1, 3], [0, 3], [3, 1], [2, 1], [2, 3]]
 
 

@@ -22,5 +22,7 @@ def test_gallery_and_confusion_matrix_are_png_files(tmp_path):
     samples = cluster_samples(images, rng.integers(0, 5, 50), num_clusters=5)
     gallery = Image.open(plot_cluster_gallery(samples, tmp_path / "gallery.png"))
     assert gallery.format == "PNG" and gallery.height > gallery.width / 3  # five rows of eight
-    confusion = Image.open(plot_confusion_matrix(np.eye(3, dtype=int) * 4, ["a", "b", "c"], tmp_path / "confusion.png", title="t"))
+    confusion = Image.open(
+        plot_confusion_matrix(np.eye(3, dtype=int) * 4, ["a", "b", "c"], tmp_path / "confusion.png", title="t")
+    )
     assert confusion.format == "PNG"

@@ -65,4 +65,6 @@ def test_inputs_become_three_channels_normalised_as_the_weights_were_trained():
     rgb = torch.rand(4, 3, 8, 8)
     assert torch.allclose(ImageNetInput("resnet18")(rgb), TF.normalize(rgb, transforms.mean, transforms.std))
     grey = torch.rand(4, 1, 8, 8)
-    assert torch.allclose(ImageNetInput("resnet18")(grey), TF.normalize(grey.repeat(1, 3, 1, 1), transforms.mean, transforms.std))
+    assert torch.allclose(
+        ImageNetInput("resnet18")(grey), TF.normalize(grey.repeat(1, 3, 1, 1), transforms.mean, transforms.std)
+    )

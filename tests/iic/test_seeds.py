@@ -3,7 +3,16 @@ import math
 import numpy as np
 import pytest
 
-from iic.seeds import LABEL_FREE_PICK, combine_seeds, draw_seeds, label_free_best_of, label_free_best_of_every, label_free_pick, label_free_ranking, screening_candidates
+from iic.seeds import (
+    LABEL_FREE_PICK,
+    combine_seeds,
+    draw_seeds,
+    label_free_best_of,
+    label_free_best_of_every,
+    label_free_pick,
+    label_free_ranking,
+    screening_candidates,
+)
 
 
 def test_seeds_are_reproducible_distinct_and_search_and_confirmation_never_share_one():
@@ -16,9 +25,33 @@ def test_seeds_are_reproducible_distinct_and_search_and_confirmation_never_share
 
 def test_combined_metrics_are_means_with_their_spread_and_the_label_free_pick():
     per_seed = [
-        {"seed": 10, "cluster_accuracy": 0.9, "mutual_information": 2.0, "nmi": 0.8, "largest_cluster_share": 0.1, "chosen_subhead": 1, "loss": -2.0},
-        {"seed": 11, "cluster_accuracy": 0.7, "mutual_information": 2.2, "nmi": 0.6, "largest_cluster_share": 0.2, "chosen_subhead": 0, "loss": -2.1},
-        {"seed": 12, "cluster_accuracy": 0.8, "mutual_information": 1.5, "nmi": 0.7, "largest_cluster_share": 0.3, "chosen_subhead": 4, "loss": -1.9},
+        {
+            "seed": 10,
+            "cluster_accuracy": 0.9,
+            "mutual_information": 2.0,
+            "nmi": 0.8,
+            "largest_cluster_share": 0.1,
+            "chosen_subhead": 1,
+            "loss": -2.0,
+        },
+        {
+            "seed": 11,
+            "cluster_accuracy": 0.7,
+            "mutual_information": 2.2,
+            "nmi": 0.6,
+            "largest_cluster_share": 0.2,
+            "chosen_subhead": 0,
+            "loss": -2.1,
+        },
+        {
+            "seed": 12,
+            "cluster_accuracy": 0.8,
+            "mutual_information": 1.5,
+            "nmi": 0.7,
+            "largest_cluster_share": 0.3,
+            "chosen_subhead": 4,
+            "loss": -1.9,
+        },
     ]
     combined = combine_seeds(per_seed)
     assert combined["cluster_accuracy"] == pytest.approx(0.8) and combined["loss"] == pytest.approx(-2.0)
@@ -27,32 +60,46 @@ def test_combined_metrics_are_means_with_their_spread_and_the_label_free_pick():
     assert combined["largest_cluster_share_max"] == 0.3
     assert [combined[f"cluster_accuracy/seed_{i}"] for i in range(3)] == [0.9, 0.7, 0.8]
     # the seed with the highest held-out mutual information, whatever its accuracy
-    assert label_free_pick(per_seed) == 1 and combined["label_free_pick_seed"] == 11 and combined[LABEL_FREE_PICK] == 0.7
+    assert (
+        label_free_pick(per_seed) == 1 and combined["label_free_pick_seed"] == 11 and combined[LABEL_FREE_PICK] == 0.7
+    )
     assert combined["chosen_subhead"] == [1, 0, 4] and combined["num_seeds"] == 3
     assert "seed" not in combined and "init_seed" not in combined
 
 
 def test_a_screening_runs_initialisations_are_listed_not_averaged():
-    per_seed = [{"seed": 10, "init_seed": 10, "cluster_accuracy": 0.9, "mutual_information": 2.0},
-                {"seed": 11, "init_seed": 7731, "cluster_accuracy": 0.7, "mutual_information": 2.2}]
+    per_seed = [
+        {"seed": 10, "init_seed": 10, "cluster_accuracy": 0.9, "mutual_information": 2.0},
+        {"seed": 11, "init_seed": 7731, "cluster_accuracy": 0.7, "mutual_information": 2.2},
+    ]
     combined = combine_seeds(per_seed)
     assert combined["init_seed"] == [10, 7731] and combined["label_free_pick_seed"] == 11
 
 
 def test_one_seed_has_no_spread_and_a_lost_score_is_never_picked():
-    assert combine_seeds([{"seed": 1, "cluster_accuracy": 0.5, "mutual_information": 1.0}])["cluster_accuracy_sd"] == 0.0
+    assert (
+        combine_seeds([{"seed": 1, "cluster_accuracy": 0.5, "mutual_information": 1.0}])["cluster_accuracy_sd"] == 0.0
+    )
     assert label_free_pick([{"mutual_information": math.nan}, {"mutual_information": 0.1}]) == 1
 
 
 def test_the_label_free_ranking_orders_by_held_out_mi_with_ties_in_order_and_lost_scores_last():
-    per_seed = [{"mutual_information": 2.0}, {"mutual_information": math.nan}, {"mutual_information": 2.1}, {}, {"mutual_information": 2.0}]
+    per_seed = [
+        {"mutual_information": 2.0},
+        {"mutual_information": math.nan},
+        {"mutual_information": 2.1},
+        {},
+        {"mutual_information": 2.0},
+    ]
     assert label_free_ranking(per_seed) == [2, 0, 4, 1, 3]
     assert label_free_pick(per_seed) == 2
 
 
 def test_label_free_best_of_three_keeps_the_highest_information_seed_of_each_three():
-    per_seed = [{"cluster_accuracy": a, "mutual_information": mi} for a, mi in
-                [(0.9, 1.0), (0.5, 2.0), (0.7, 0.5), (0.8, 1.5), (0.6, 1.0), (0.4, 0.1), (0.99, 9.0)]]
+    per_seed = [
+        {"cluster_accuracy": a, "mutual_information": mi}
+        for a, mi in [(0.9, 1.0), (0.5, 2.0), (0.7, 0.5), (0.8, 1.5), (0.6, 1.0), (0.4, 0.1), (0.99, 9.0)]
+    ]
     # triples (0.5 picked), (0.8 picked); the seventh seed makes no triple
     assert label_free_best_of(per_seed) == pytest.approx(0.65)
     assert math.isnan(label_free_best_of(per_seed[:2]))
@@ -60,7 +107,9 @@ def test_label_free_best_of_three_keeps_the_highest_information_seed_of_each_thr
 
 def test_label_free_best_of_every_triple_averages_all_of_them():
     # Four seeds by rising information; the pick of a triple is its seed with the highest information.
-    per_seed = [{"cluster_accuracy": a, "mutual_information": mi} for a, mi in [(0.2, 1.0), (0.9, 2.0), (0.4, 3.0), (0.6, 4.0)]]
+    per_seed = [
+        {"cluster_accuracy": a, "mutual_information": mi} for a, mi in [(0.2, 1.0), (0.9, 2.0), (0.4, 3.0), (0.6, 4.0)]
+    ]
     # triples {0,1,2} -> 0.4, {0,1,3} -> 0.6, {0,2,3} -> 0.6, {1,2,3} -> 0.6
     assert label_free_best_of_every(per_seed) == pytest.approx((0.4 + 0.6 * 3) / 4)
     assert label_free_best_of(per_seed) == pytest.approx(0.4)  # consecutive triples: only the first

@@ -34,7 +34,14 @@ def test_the_ceiling_learns_digits_far_above_chance(digits_config):
     # the confusion matrix is of the held-out images: its diagonal is the accuracy
     assert result.confusion.shape == (10, 10) and result.confusion.sum() == 100
     assert np.trace(result.confusion) / 100 == pytest.approx(result.metrics[ACCURACY])
-    for key in ("cluster_accuracy", "majority_accuracy", "nmi", "largest_cluster_share", "held_out_loss", "train_accuracy"):
+    for key in (
+        "cluster_accuracy",
+        "majority_accuracy",
+        "nmi",
+        "largest_cluster_share",
+        "held_out_loss",
+        "train_accuracy",
+    ):
         assert key in result.metrics, key
 
 
@@ -44,7 +51,10 @@ def test_the_hold_out_is_a_stratified_seeded_fifth_of_the_runs_images(digits_con
     assert (len(split.train), len(split.held_out)) == (400, 100)
     # the two sides partition exactly the run's images: none is on both
     assert _rows(torch.cat([split.train.images, split.held_out.images])) == _rows(data.images)
-    every, held = np.bincount(data.labels.numpy(), minlength=10), np.bincount(split.held_out.labels.numpy(), minlength=10)
+    every, held = (
+        np.bincount(data.labels.numpy(), minlength=10),
+        np.bincount(split.held_out.labels.numpy(), minlength=10),
+    )
     assert np.all(np.abs(held - 0.2 * every) <= 1)  # each class a fifth held out
     assert _rows(held_out_split(digits_config, seed=7).held_out.images) == _rows(split.held_out.images)
     assert _rows(held_out_split(digits_config, seed=8).held_out.images) != _rows(split.held_out.images)
@@ -52,7 +62,9 @@ def test_the_hold_out_is_a_stratified_seeded_fifth_of_the_runs_images(digits_con
 
 def test_a_dataset_with_a_test_split_is_measured_on_it_and_never_trains_on_it(tmp_path, tiny_config):
     write_mnist(tmp_path, n_train=30, n_test=12)
-    config = tiny_config.replace(dataset="mnist", data_root=str(tmp_path), split="all", input_size=28, max_samples=20, epochs=1)  # 28: ids survive
+    config = tiny_config.replace(
+        dataset="mnist", data_root=str(tmp_path), split="all", input_size=28, max_samples=20, epochs=1
+    )  # 28: ids survive
     split = held_out_split(config, seed=0)
     assert split.name == "test"
     assert sorted(ids(split.held_out)) == list(range(101, 113))  # the whole test split
@@ -89,19 +101,48 @@ def test_a_checkpoint_of_another_seed_or_kind_is_refused(tiny_config, tmp_path):
 
 def test_cli_writes_the_layout_of_an_iic_run(tmp_path, capsys):
     out = tmp_path / "ceiling"
-    args = ["--supervised", "--dataset", "digits", "--epochs", "2", "--seed", "3", "--out", str(out),
-            "--set", "max_samples=200", "--set", "backbone_width=4", "--set", "device=cpu"]
+    args = [
+        "--supervised",
+        "--dataset",
+        "digits",
+        "--epochs",
+        "2",
+        "--seed",
+        "3",
+        "--out",
+        str(out),
+        "--set",
+        "max_samples=200",
+        "--set",
+        "backbone_width=4",
+        "--set",
+        "device=cpu",
+    ]
     assert main(args) == 0
     metrics = json.loads((out / "metrics.json").read_text())
-    for key in (ACCURACY, "held_out_split", "confusion_matrix", "class_names", "status", "epochs", "seconds", "per_seed",
-                "loss", "cluster_accuracy", "largest_cluster_share"):
+    for key in (
+        ACCURACY,
+        "held_out_split",
+        "confusion_matrix",
+        "class_names",
+        "status",
+        "epochs",
+        "seconds",
+        "per_seed",
+        "loss",
+        "cluster_accuracy",
+        "largest_cluster_share",
+    ):
         assert key in metrics, key
     assert metrics["held_out_split"] == "stratified 20% of train (seed 3)" and metrics["per_seed"][0]["seed"] == 3
     assert np.array(metrics["confusion_matrix"]).sum() == 40 and metrics["status"] == "completed"
     assert (out / "confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
     assert "seed: 3" in (out / "config.yaml").read_text()
     assert "epoch   2/2" in capsys.readouterr().out
-    assert main(["--supervised", "--config", str(out / "config.yaml"), "--epochs", "3", "--out", str(out), "--resume"]) == 0
+    assert (
+        main(["--supervised", "--config", str(out / "config.yaml"), "--epochs", "3", "--out", str(out), "--resume"])
+        == 0
+    )
     assert json.loads((out / "metrics.json").read_text())["epochs"] == 3
 
 

@@ -25,8 +25,19 @@ def test_a_run_reports_every_epoch_with_the_metrics(tiny_config):
     result = train(tiny_config.replace(epochs=3), on_epoch=lambda metrics, trainer: seen.append(dict(metrics)))
     assert [m["epoch"] for m in seen] == [1, 2, 3]
     assert result.status == "completed" and seen[-1]["status"] == "completed"
-    for key in ("loss", "cluster_accuracy", "majority_accuracy", "nmi", "ari", "largest_cluster_share",
-                "empty_clusters", "cluster_size_entropy", "mutual_information", "chosen_subhead", "diagnostic_best_subhead_accuracy"):
+    for key in (
+        "loss",
+        "cluster_accuracy",
+        "majority_accuracy",
+        "nmi",
+        "ari",
+        "largest_cluster_share",
+        "empty_clusters",
+        "cluster_size_entropy",
+        "mutual_information",
+        "chosen_subhead",
+        "diagnostic_best_subhead_accuracy",
+    ):
         assert key in result.metrics, key
     assert result.metrics["majority_accuracy"] >= result.metrics["cluster_accuracy"]
     assert result.confusion.sum() == 240 and result.clusters.shape == (240,)
@@ -68,7 +79,10 @@ def test_resume_continues_exactly(tiny_config, tmp_path):
 def test_resume_refuses_a_different_config(tiny_config, tmp_path):
     trainer = Trainer(tiny_config)
     trainer.save_checkpoint(tmp_path / "checkpoint.pt")
-    with pytest.raises(ConfigError, match=r"num_subheads, batch_size differ\); resume with the same config and seeds \(only epochs, .* may change, and crop_min_scale, .*, lr, lamb, which then change from the restored epoch on\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"num_subheads, batch_size differ\); resume with the same config and seeds \(only epochs, .* may change, and crop_min_scale, .*, lr, lamb, which then change from the restored epoch on\)",
+    ):
         Trainer(tiny_config.replace(batch_size=16, num_subheads=3, lr=0.01)).load_checkpoint(tmp_path / "checkpoint.pt")
     longer = Trainer(tiny_config.replace(epochs=5))  # more epochs is a legitimate continuation
     longer.load_checkpoint(tmp_path / "checkpoint.pt")
@@ -108,7 +122,9 @@ def test_a_scheduled_lr_keeps_the_optimiser_state(tiny_config):
     state = next(iter(trainer.optimiser.state.values()))
     assert trainer.optimiser.param_groups[0]["lr"] == 1e-4
     assert int(state["step"]) == 2 * steps_per_epoch  # Adam's step count and moments carried on, not restarted
-    assert not torch.equal(state["exp_avg_sq"], moment) and torch.all(state["exp_avg_sq"] >= 0.999**steps_per_epoch * moment)
+    assert not torch.equal(state["exp_avg_sq"], moment) and torch.all(
+        state["exp_avg_sq"] >= 0.999**steps_per_epoch * moment
+    )
 
 
 def test_overclustering_head_trains_alongside(tiny_config):
@@ -135,8 +151,26 @@ def test_callback_can_stop_the_run(tiny_config):
 
 def test_cli_writes_metrics_config_checkpoint_and_plot(tmp_path, capsys):
     out = tmp_path / "run"
-    code = main(["--dataset", "digits", "--epochs", "2", "--seed", "3", "--out", str(out),
-                 "--set", "max_samples=200", "--set", "backbone_width=4", "--set", "num_subheads=1", "--set", "device=cpu"])
+    code = main(
+        [
+            "--dataset",
+            "digits",
+            "--epochs",
+            "2",
+            "--seed",
+            "3",
+            "--out",
+            str(out),
+            "--set",
+            "max_samples=200",
+            "--set",
+            "backbone_width=4",
+            "--set",
+            "num_subheads=1",
+            "--set",
+            "device=cpu",
+        ]
+    )
     assert code == 0
     metrics = json.loads((out / "metrics.json").read_text())
     for key in ("cluster_accuracy", "majority_accuracy", "nmi", "ari", "largest_cluster_share", "epochs", "status"):
@@ -153,11 +187,24 @@ def test_cli_writes_metrics_config_checkpoint_and_plot(tmp_path, capsys):
 
 def test_cli_replays_a_schedule_and_records_a_resume_with_new_values(tiny_config, tmp_path):
     scheduled = tiny_config.replace(schedule=[{"epoch": 2, "values": CHANGES}])
-    assert main(["--config", str(scheduled.to_yaml(tmp_path / "scheduled.yaml")), "--out", str(tmp_path / "replay")]) == 0
+    assert (
+        main(["--config", str(scheduled.to_yaml(tmp_path / "scheduled.yaml")), "--out", str(tmp_path / "replay")]) == 0
+    )
     # one epoch, then resumed with the new values: the run's config.yaml records them as its schedule
     out = str(tmp_path / "resumed")
     assert main(["--config", str(tiny_config.replace(epochs=1).to_yaml(tmp_path / "plain.yaml")), "--out", out]) == 0
-    assert main(["--config", str(tiny_config.replace(**CHANGES).to_yaml(tmp_path / "changed.yaml")), "--out", out, "--resume"]) == 0
+    assert (
+        main(
+            [
+                "--config",
+                str(tiny_config.replace(**CHANGES).to_yaml(tmp_path / "changed.yaml")),
+                "--out",
+                out,
+                "--resume",
+            ]
+        )
+        == 0
+    )
     assert IICConfig.from_yaml(tmp_path / "resumed" / "config.yaml") == scheduled
     replayed, resumed = (json.loads((tmp_path / run / "metrics.json").read_text()) for run in ("replay", "resumed"))
     assert resumed["epochs"] == replayed["epochs"] == 2
@@ -169,7 +216,10 @@ def test_cli_replays_a_schedule_and_records_a_resume_with_new_values(tiny_config
     "args, message",
     [
         (["--set", "lr=-1"], "lr: must be positive"),
-        (["--set", "epochs=2", "--set", "schedule=[{epoch: 3, values: {lr: 0.1}}]"], r"schedule[0]: epoch must be a whole number in 1..epochs=2"),
+        (
+            ["--set", "epochs=2", "--set", "schedule=[{epoch: 3, values: {lr: 0.1}}]"],
+            r"schedule[0]: epoch must be a whole number in 1..epochs=2",
+        ),
         (["--dataset", "cifar100"], "unknown dataset 'cifar100'"),
         (["--set", "num_clusters=1"], "num_clusters"),
         (["--config", "/no/such.yaml"], "does not exist"),
@@ -199,7 +249,9 @@ def test_seeds_trained_at_once_equal_each_seed_trained_alone(tiny_config):
     base, twins = together.make_views(together.images[batches], together.images[sources])
     for index, trainer in enumerate(alone):
         its_sources = trainer.twin_sources(batches[index : index + 1])
-        its_base, its_twins = trainer.make_views(trainer.images[batches[index : index + 1]], trainer.images[its_sources])
+        its_base, its_twins = trainer.make_views(
+            trainer.images[batches[index : index + 1]], trainer.images[its_sources]
+        )
         assert torch.equal(sources[index], its_sources[0])
         assert torch.equal(base[index], its_base[0]) and torch.equal(twins[index], its_twins[0])
     # whole epochs: equal up to floating-point noise (grouped convolutions sum in another order)
@@ -223,7 +275,9 @@ def test_twins_are_views_of_the_image_or_of_its_pixel_neighbours(tiny_config):
     assert torch.equal(itself.twin_sources(batches), batches.repeat(1, tiny_config.repeats))
     trainer = Trainer(tiny_config.replace(twin_neighbours=3))
     assert torch.equal(trainer.twin_candidates, pair_candidates(nearest_neighbours(trainer.images, 3)))
-    drawn = torch.cat([trainer.twin_sources(batches)[0].view(tiny_config.repeats, 32) for _ in range(50)])  # (draws, image)
+    drawn = torch.cat(
+        [trainer.twin_sources(batches)[0].view(tiny_config.repeats, 32) for _ in range(50)]
+    )  # (draws, image)
     for image in range(32):
         # every candidate is drawn (uniformly: 100 draws of 4, each expected 25 times), and nothing else
         assert set(drawn[:, image].tolist()) == set(trainer.twin_candidates[image].tolist())
@@ -269,7 +323,9 @@ def _head_weights(trainer, head):
 
 def test_self_labelling_trains_the_main_head_in_the_last_epochs_only(tiny_config):
     plain = Trainer(tiny_config.replace(epochs=4, overcluster_k=20), seeds=[3, 5])
-    labelling = Trainer(tiny_config.replace(epochs=4, overcluster_k=20, self_label_epochs=2, self_label_threshold=0.5), seeds=[3, 5])
+    labelling = Trainer(
+        tiny_config.replace(epochs=4, overcluster_k=20, self_label_epochs=2, self_label_threshold=0.5), seeds=[3, 5]
+    )
     for _ in range(2):  # IIC's epochs: the same training
         plain.run_epoch(), labelling.run_epoch()
     assert torch.equal(_weights(plain), _weights(labelling))
@@ -296,7 +352,10 @@ def test_a_run_stopped_while_self_labelling_resumes_exactly_and_refuses_to_move_
     resumed.run_epoch()
     assert torch.equal(_weights(resumed), _weights(straight))
     # epoch 3 self-labelled: 6 epochs of which the last 2 self-label would say it had not
-    with pytest.raises(ConfigError, match=r"which of the 3 epochs trained self-labelled \(epochs and self_label_epochs 4, 2 there; 6, 2 here\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"which of the 3 epochs trained self-labelled \(epochs and self_label_epochs 4, 2 there; 6, 2 here\)",
+    ):
         Trainer(config.replace(epochs=6)).load_checkpoint(tmp_path / "epoch3.pt")
     with pytest.raises(ConfigError, match=r"self_label_threshold, after self-labelled epochs \(0.5 there, 0.9 here\)"):
         Trainer(config.replace(self_label_threshold=0.9)).load_checkpoint(tmp_path / "epoch3.pt")
@@ -329,7 +388,9 @@ def test_the_label_free_score_does_not_depend_on_the_evaluation_batch_size(tiny_
     assert scores[0] == pytest.approx(scores[1], abs=1e-6) and scores[0] == pytest.approx(scores[2], abs=1e-6)
 
 
-def test_random_streams_are_restored_on_the_cpu_whatever_device_the_checkpoint_was_saved_from(tiny_config, tmp_path, monkeypatch):
+def test_random_streams_are_restored_on_the_cpu_whatever_device_the_checkpoint_was_saved_from(
+    tiny_config, tmp_path, monkeypatch
+):
     trainer = Trainer(tiny_config.replace(seed=4))
     trainer.run_epoch()
     trainer.save_checkpoint(tmp_path / "checkpoint.pt")
@@ -351,8 +412,25 @@ def test_random_streams_are_restored_on_the_cpu_whatever_device_the_checkpoint_w
 
 def test_cli_trains_several_seeds_and_reports_their_spread(tmp_path, capsys):
     out = tmp_path / "run"
-    args = ["--dataset", "digits", "--epochs", "1", "--seeds", "3", "8", "--out", str(out), "--set", "max_samples=200",
-            "--set", "backbone_width=4", "--set", "num_subheads=1", "--set", "device=cpu"]
+    args = [
+        "--dataset",
+        "digits",
+        "--epochs",
+        "1",
+        "--seeds",
+        "3",
+        "8",
+        "--out",
+        str(out),
+        "--set",
+        "max_samples=200",
+        "--set",
+        "backbone_width=4",
+        "--set",
+        "num_subheads=1",
+        "--set",
+        "device=cpu",
+    ]
     assert main(args) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert [m["seed"] for m in metrics["per_seed"]] == [3, 8]
@@ -363,7 +441,9 @@ def test_cli_trains_several_seeds_and_reports_their_spread(tmp_path, capsys):
     assert header == "image,cluster,seed_3,seed_8,consensus" and len(rows) == 200
     consensus = np.array([int(row.split(",")[-1]) for row in rows])
     labels = load_dataset("digits", None, max_samples=200, seed=0).labels.numpy()
-    assert metrics["consensus_accuracy"] == pytest.approx(clustering_metrics(consensus, labels, 10, 10)["cluster_accuracy"])
+    assert metrics["consensus_accuracy"] == pytest.approx(
+        clustering_metrics(consensus, labels, 10, 10)["cluster_accuracy"]
+    )
     # resuming keeps the checkpoint's seeds
     assert main(["--config", str(out / "config.yaml"), "--epochs", "2", "--out", str(out), "--resume"]) == 0
     assert [m["seed"] for m in json.loads((out / "metrics.json").read_text())["per_seed"]] == [3, 8]
@@ -375,8 +455,15 @@ def frozen_config(tiny_config, tmp_path):
     pretrained weights are a random torchvision ResNet18 saved to a file."""
     torch.manual_seed(0)
     torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "resnet18.pt")
-    return tiny_config.replace(max_samples=24, input_size=64, backbone="resnet18", backbone_weights=str(tmp_path / "resnet18.pt"),
-                               freeze_backbone=True, batch_size=12, epochs=1)
+    return tiny_config.replace(
+        max_samples=24,
+        input_size=64,
+        backbone="resnet18",
+        backbone_weights=str(tmp_path / "resnet18.pt"),
+        freeze_backbone=True,
+        batch_size=12,
+        epochs=1,
+    )
 
 
 def test_weights_that_do_not_fit_are_a_config_error(frozen_config, tmp_path):
@@ -449,7 +536,9 @@ def test_with_pretrained_weights_twin_neighbours_are_found_in_the_backbone_s_fea
     saved = torch.load(tmp_path / "resnet18.pt")
     # batch norm ran in evaluation mode: its running statistics are still the file's
     running_mean = fine_tuned.model.state_dict()["backbone.net.bn1.running_mean"]
-    assert running_mean.shape == saved["bn1.running_mean"].shape and torch.equal(running_mean, saved["bn1.running_mean"])
+    assert running_mean.shape == saved["bn1.running_mean"].shape and torch.equal(
+        running_mean, saved["bn1.running_mean"]
+    )
     assert not torch.equal(fine_tuned.twin_candidates[:, 1:], nearest_neighbours(fine_tuned.images, 3))
     fine_tuned.run_epoch()
 
@@ -471,7 +560,9 @@ def test_channels_last_trains_as_the_default_layout_does_and_resumes_without_it(
     fast = Trainer(config.replace(channels_last=True), seeds=[0, 1])
     convolutions = [p for p in fast.model.parameters() if p.dim() == 4]
     assert convolutions and all(p.is_contiguous(memory_format=torch.channels_last) for p in convolutions)
-    assert _two_epochs_then_resumed_in_eager(config.replace(channels_last=True), tmp_path) == pytest.approx(expected, abs=1e-4)
+    assert _two_epochs_then_resumed_in_eager(config.replace(channels_last=True), tmp_path) == pytest.approx(
+        expected, abs=1e-4
+    )
 
 
 @pytest.mark.parametrize("freeze_backbone", [True, False])
@@ -484,8 +575,12 @@ def test_channels_last_gives_a_pretrained_resnet18_the_same_outputs_and_loss(fro
     for expected, got in zip(plain._predict(held_out_views=False), fast._predict(held_out_views=False)):
         assert torch.allclose(got, expected, atol=1e-5)
     batches = torch.arange(config.batch_size).unsqueeze(0)
-    losses = [trainer.step(*trainer.make_views(trainer.images[batches], trainer.images[trainer.twin_sources(batches)]), "main")
-              for trainer in (plain, fast)]
+    losses = [
+        trainer.step(
+            *trainer.make_views(trainer.images[batches], trainer.images[trainer.twin_sources(batches)]), "main"
+        )
+        for trainer in (plain, fast)
+    ]
     assert torch.allclose(losses[1], losses[0], atol=1e-5)
     assert fast.run_epoch()["status"] == "running"
 
@@ -495,7 +590,9 @@ def test_a_compiled_training_step_trains_as_eager_does_and_resumes_without_it(ti
     config = tiny_config.replace(epochs=3, overcluster_k=20)
     plain = Trainer(config, seeds=[0, 1])
     expected = [plain.run_epoch()["loss"] for _ in range(3)]
-    assert _two_epochs_then_resumed_in_eager(config.replace(compile_mode="default"), tmp_path) == pytest.approx(expected, abs=1e-4)
+    assert _two_epochs_then_resumed_in_eager(config.replace(compile_mode="default"), tmp_path) == pytest.approx(
+        expected, abs=1e-4
+    )
 
 
 def test_an_unknown_compile_mode_is_refused_naming_the_modes(tiny_config):
@@ -504,8 +601,14 @@ def test_an_unknown_compile_mode_is_refused_naming_the_modes(tiny_config):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("changes", [{"channels_last": True}, {"compile_mode": "reduce-overhead"},
-                                     {"channels_last": True, "compile_mode": "reduce-overhead"}])
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"channels_last": True},
+        {"compile_mode": "reduce-overhead"},
+        {"channels_last": True, "compile_mode": "reduce-overhead"},
+    ],
+)
 def test_cuda_speed_settings_train_as_the_default_does(tiny_config, changes):
     # CUDA graphs (reduce-overhead) and NHWC kernels exist only on a GPU: the CPU tests cannot show their failures.
     config = tiny_config.replace(device="cuda", amp=False, epochs=3, overcluster_k=20)
@@ -561,7 +664,9 @@ def test_screening_keeps_each_seeds_initialisation_with_the_highest_held_out_mi_
             assert len(trainer.seeds) == 4 and metrics["num_seeds"] == 2
             assert metrics["cluster_accuracy"] == pytest.approx(np.mean([m["cluster_accuracy"] for m in reported]))
             assert [m["seed"] for m in per_model] == [3, 3, 5, 5] and [m["init_seed"] for m in per_model] == inits
-            assert metrics["init_seed"] == [m["init_seed"] for m in reported]  # which initialisation each seed's figures are
+            assert metrics["init_seed"] == [
+                m["init_seed"] for m in reported
+            ]  # which initialisation each seed's figures are
     later = Trainer(config.replace(screen_epochs=3), data, seeds=[3, 5])  # trains the same two epochs, keeping all four
     for _ in range(2):
         later.run_epoch()
@@ -579,7 +684,9 @@ def test_screening_keeps_each_seeds_initialisation_with_the_highest_held_out_mi_
     all_four = train(config.replace(screen_inits=1), data=data, seeds=inits)
     for run, init in zip(result.seeds, kept):
         assert all(m.pop("init_seed") == init for m in run.history)
-        assert [{**m, "seed": init} for m in run.history] == all_four.seeds[inits.index(init)].history  # reported as its seed
+        assert [{**m, "seed": init} for m in run.history] == all_four.seeds[
+            inits.index(init)
+        ].history  # reported as its seed
         assert np.array_equal(run.probabilities, all_four.seeds[inits.index(init)].probabilities)
 
 
@@ -602,13 +709,18 @@ def test_an_earlier_cut_keeps_each_seeds_highest_in_mi_and_the_pick_is_made_amon
     result = trainer.result()
     assert [run.init_seed for run in result.seeds] == picks
     for run, init in zip(result.seeds, picks):  # each as it would train alone (weights, Adam, streams kept)
-        assert [{**m, "seed": init} for m in run.history] == [{**m, "init_seed": init} for m in all_six.seeds[inits.index(init)].history]
+        assert [{**m, "seed": init} for m in run.history] == [
+            {**m, "init_seed": init} for m in all_six.seeds[inits.index(init)].history
+        ]
 
 
-@pytest.mark.parametrize("screening, sizes", [
-    ({"screen_inits": 2, "screen_epochs": 2}, (4, 2)),  # checkpoints before and after the pick
-    ({"screen_inits": 3, "screen_cut_epochs": 1, "screen_epochs": 3}, (4, 2)),  # after the cut, after the pick
-])
+@pytest.mark.parametrize(
+    "screening, sizes",
+    [
+        ({"screen_inits": 2, "screen_epochs": 2}, (4, 2)),  # checkpoints before and after the pick
+        ({"screen_inits": 3, "screen_cut_epochs": 1, "screen_epochs": 3}, (4, 2)),  # after the cut, after the pick
+    ],
+)
 def test_a_screening_run_resumes_exactly_before_and_after_the_pick(tiny_config, tmp_path, screening, sizes):
     config = tiny_config.replace(epochs=4, **screening)
     straight = Trainer(config, seeds=[3, 5])
@@ -627,18 +739,29 @@ def test_a_screening_run_resumes_exactly_before_and_after_the_pick(tiny_config, 
         assert torch.equal(_weights(resumed), _weights(straight))
     assert Trainer.saved_seeds(tmp_path / "epoch3.pt") == [3, 5]
     with pytest.raises(ConfigError, match="screen_inits"):  # which models train is the run's identity
-        Trainer(config.replace(screen_inits=config.screen_inits + 1), seeds=[3, 5]).load_checkpoint(tmp_path / "epoch1.pt")
+        Trainer(config.replace(screen_inits=config.screen_inits + 1), seeds=[3, 5]).load_checkpoint(
+            tmp_path / "epoch1.pt"
+        )
 
 
-@pytest.mark.parametrize("changes, message", [
-    ({"screen_inits": 0}, "screen_inits: must be at least 1"),
-    ({"screen_inits": 2, "screen_epochs": 3}, r"screen_epochs: must be from 1 to epochs = 2 \(got 3\)"),
-    ({"screen_inits": 2, "screen_epochs": 0}, "screen_epochs: must be from 1"),
-    ({"screen_inits": 3, "screen_cut_epochs": -1}, "screen_cut_epochs: must be 0"),
-    ({"screen_inits": 3, "screen_cut_epochs": 1, "screen_epochs": 1}, r"screen_cut_epochs: must be below screen_epochs = 1 \(got 1\)"),
-    ({"screen_inits": 3, "screen_cut_epochs": 1, "screen_cut_keep": 3}, r"screen_cut_keep: must be from 2 to screen_inits - 1 = 2 \(got 3\)"),
-    ({"screen_inits": 3, "screen_cut_epochs": 1, "screen_cut_keep": 1}, "screen_cut_keep: must be from 2"),
-])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"screen_inits": 0}, "screen_inits: must be at least 1"),
+        ({"screen_inits": 2, "screen_epochs": 3}, r"screen_epochs: must be from 1 to epochs = 2 \(got 3\)"),
+        ({"screen_inits": 2, "screen_epochs": 0}, "screen_epochs: must be from 1"),
+        ({"screen_inits": 3, "screen_cut_epochs": -1}, "screen_cut_epochs: must be 0"),
+        (
+            {"screen_inits": 3, "screen_cut_epochs": 1, "screen_epochs": 1},
+            r"screen_cut_epochs: must be below screen_epochs = 1 \(got 1\)",
+        ),
+        (
+            {"screen_inits": 3, "screen_cut_epochs": 1, "screen_cut_keep": 3},
+            r"screen_cut_keep: must be from 2 to screen_inits - 1 = 2 \(got 3\)",
+        ),
+        ({"screen_inits": 3, "screen_cut_epochs": 1, "screen_cut_keep": 1}, "screen_cut_keep: must be from 2"),
+    ],
+)
 def test_bad_screening_is_refused_before_training(tiny_config, changes, message):
     with pytest.raises(ConfigError, match=message):
         Trainer(tiny_config.replace(**changes))

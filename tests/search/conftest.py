@@ -27,7 +27,9 @@ def steady_preset(tmp_path) -> list[str]:
     """The digits preset with its trials never stopping early (no collapse stop, no ASHA rung
     before the last epoch): a fault injected, or a budget running out, at an early epoch then
     always meets a running trial."""
-    return edited_digits_preset(tmp_path, lambda preset: preset["search"].update(collapse_patience=1000, grace_period=1000))
+    return edited_digits_preset(
+        tmp_path, lambda preset: preset["search"].update(collapse_patience=1000, grace_period=1000)
+    )
 
 
 @pytest.fixture
@@ -35,9 +37,11 @@ def eager_preset(tmp_path) -> list[str]:
     """The digits preset with a perturbation point after every epoch and no time budget or deadline:
     synchronous PBT then gives the weakest of the four trials the best one's checkpoint after
     epochs 1 and 2."""
+
     def edit(preset):
         preset["pbt"]["perturbation_interval"] = 1
         preset["search"]["time_budget_s"] = preset["search"]["deadline_s"] = None
+
     return edited_digits_preset(tmp_path, edit)
 
 

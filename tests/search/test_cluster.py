@@ -29,8 +29,22 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
 # One seed per trial, no screening and no confirmation stage: these tests are about faults, not seeds.
-TINY = ["--set", "max_samples=200", "--set", "backbone_width=4", "--set", "screen_inits=1", "--cpus-per-trial", "1", "--gpus-per-trial", "0.5",
-        "--seeds-per-trial", "1", "--confirm-top", "0"]
+TINY = [
+    "--set",
+    "max_samples=200",
+    "--set",
+    "backbone_width=4",
+    "--set",
+    "screen_inits=1",
+    "--cpus-per-trial",
+    "1",
+    "--gpus-per-trial",
+    "0.5",
+    "--seeds-per-trial",
+    "1",
+    "--confirm-top",
+    "0",
+]
 
 
 @pytest.fixture(scope="module")
@@ -40,9 +54,13 @@ def cluster():
 
     # The head, like cluster.yaml's, runs the driver and no trial; a lost node is noticed in ~3 s.
     # Worker nodes join in the tests (the first test plays the autoscaler).
-    cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 0, "_system_config": {"health_check_period_ms": 1000, "health_check_failure_threshold": 3},
-    })
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={
+            "num_cpus": 0,
+            "_system_config": {"health_check_period_ms": 1000, "health_check_failure_threshold": 3},
+        },
+    )
     yield cluster
     cluster.shutdown()
     # Cluster() registered itself as "the local Ray" for ray.init(); later tests start their own.
@@ -63,7 +81,10 @@ def _record_autoscaler(cluster, max_gpu_workers: int | None) -> None:
     from ray.core.generated import autoscaler_pb2
 
     gcs = ray._raylet.GcsClient(address=cluster.address)
-    key, namespace = (ray._raylet.GCS_AUTOSCALER_CLUSTER_CONFIG_KEY.encode(), ray._raylet.GCS_AUTOSCALER_STATE_NAMESPACE.encode())
+    key, namespace = (
+        ray._raylet.GCS_AUTOSCALER_CLUSTER_CONFIG_KEY.encode(),
+        ray._raylet.GCS_AUTOSCALER_STATE_NAMESPACE.encode(),
+    )
     if max_gpu_workers is None:
         gcs.internal_kv_del(key, False, namespace)
         return
@@ -75,8 +96,16 @@ def _record_autoscaler(cluster, max_gpu_workers: int | None) -> None:
 
 def _command(cluster, tmp_path, *extra):
     return [
-        sys.executable, str(ROOT / "search" / "run.py"), "--address", cluster.address,
-        "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", "--storage-path", f"file://{tmp_path}/ray", *TINY, *extra,
+        sys.executable,
+        str(ROOT / "search" / "run.py"),
+        "--address",
+        cluster.address,
+        "--tracking-uri",
+        f"sqlite:///{tmp_path}/mlflow.db",
+        "--storage-path",
+        f"file://{tmp_path}/ray",
+        *TINY,
+        *extra,
     ]
 
 
@@ -88,12 +117,20 @@ def _token_outside(home: Path) -> dict:
     """Where a driver with another HOME finds the cluster's auth token: Ray keeps it in
     ~/.ray/auth_token, and an earlier ray.init in this process may have switched token auth on."""
     token = Path.home() / ".ray" / "auth_token"
-    return {"RAY_AUTH_TOKEN_PATH": str(token)} if token.is_file() and not (home / ".ray" / "auth_token").is_file() else {}
+    return (
+        {"RAY_AUTH_TOKEN_PATH": str(token)} if token.is_file() and not (home / ".ray" / "auth_token").is_file() else {}
+    )
 
 
 def _start(cluster, tmp_path, *extra):
-    return subprocess.Popen(_command(cluster, tmp_path, *extra), env=_env(tmp_path), cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        _command(cluster, tmp_path, *extra),
+        env=_env(tmp_path),
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def _finish(driver, timeout=400):
@@ -156,10 +193,25 @@ def test_search_from_zero_workers_waits_for_nodes_then_packs_two_half_gpu_trials
     launcher = yaml.safe_load((ROOT / "cluster.yaml").read_text())
     launcher["available_node_types"]["gpu_worker"].update(resources={"CPU": 2, "GPU": 1}, max_workers=2)
     (home / "ray_bootstrap_config.yaml").write_text(json.dumps(launcher))
-    driver = subprocess.Popen(_command(cluster, tmp_path, "--config", str(_preset_without_early_stopping(tmp_path, epochs=20)),
-                                       "--num-samples", "4", "--max-concurrent", "4", "--epochs", "20"),
-                              env={**_env(tmp_path), "HOME": str(home), **_token_outside(home)}, cwd=tmp_path, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True)
+    driver = subprocess.Popen(
+        _command(
+            cluster,
+            tmp_path,
+            "--config",
+            str(_preset_without_early_stopping(tmp_path, epochs=20)),
+            "--num-samples",
+            "4",
+            "--max-concurrent",
+            "4",
+            "--epochs",
+            "20",
+        ),
+        env={**_env(tmp_path), "HOME": str(home), **_token_outside(home)},
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     _wait_for(lambda: (tmp_path / "ray" / "iic-digits").is_dir(), driver, "the search to start")  # accepted
     time.sleep(2)
     assert _query(tmp_path / "mlflow.db", "select count(*) from metrics") in ([], [(0,)])  # waiting for nodes
@@ -170,15 +222,24 @@ def test_search_from_zero_workers_waits_for_nodes_then_packs_two_half_gpu_trials
     assert len(runs) == 4 and all(r.info.status == "FINISHED" for r in runs)
     for run in runs:
         _assert_every_epoch_once(client, run)
-    seconds = collections.defaultdict(list)  # node -> the seconds (Tune's timestamps) each of its trials logged epochs in
+    seconds = collections.defaultdict(
+        list
+    )  # node -> the seconds (Tune's timestamps) each of its trials logged epochs in
     for run in runs:
-        seconds[run.data.tags["iic.node_id"]].append({m.timestamp // 1000 for m in client.get_metric_history(run.info.run_id, "loss")})
-    assert set(seconds) == {node.node_id for node in cluster.worker_nodes}, seconds  # both nodes that joined trained trials
+        seconds[run.data.tags["iic.node_id"]].append(
+            {m.timestamp // 1000 for m in client.get_metric_history(run.info.run_id, "loss")}
+        )
+    assert set(seconds) == {node.node_id for node in cluster.worker_nodes}, (
+        seconds
+    )  # both nodes that joined trained trials
     # Two half-GPU trials trained on one node's one GPU at once: trials one after another share at most
     # the second in which one ends and the next starts. (Not necessarily two on each node: the node that
     # joins first may run a third before the other is up.)
-    assert any(len(first & second) >= 2 for node_seconds in seconds.values()
-               for first, second in itertools.combinations(node_seconds, 2)), seconds
+    assert any(
+        len(first & second) >= 2
+        for node_seconds in seconds.values()
+        for first, second in itertools.combinations(node_seconds, 2)
+    ), seconds
     assert {r.data.tags["iic.gpu_ids"] for r in runs} == {"0"}
 
 
@@ -203,13 +264,19 @@ def _trial_worker_pids(cluster) -> list[int]:
     cluster's worker nodes (their raylet's pid is in their environment)."""
     from ray._private import ray_constants
 
-    raylets = {f"RAY_RAYLET_PID={info.process.pid}".encode()
-               for node in cluster.worker_nodes for info in node.all_processes[ray_constants.PROCESS_TYPE_RAYLET]}
+    raylets = {
+        f"RAY_RAYLET_PID={info.process.pid}".encode()
+        for node in cluster.worker_nodes
+        for info in node.all_processes[ray_constants.PROCESS_TYPE_RAYLET]
+    }
     pids = []
     for entry in Path("/proc").iterdir():
         try:
-            if (entry.name.isdigit() and (entry / "cmdline").read_bytes().startswith(b"ray::ImplicitFunc")
-                    and raylets & set((entry / "environ").read_bytes().split(b"\0"))):
+            if (
+                entry.name.isdigit()
+                and (entry / "cmdline").read_bytes().startswith(b"ray::ImplicitFunc")
+                and raylets & set((entry / "environ").read_bytes().split(b"\0"))
+            ):
                 pids.append(int(entry.name))
         except OSError:  # the process ended meanwhile
             continue
@@ -229,7 +296,9 @@ def test_killed_trial_worker_continues_from_its_checkpoint(cluster, tmp_path, st
     assert run.info.status == "FINISHED"
     _assert_every_epoch_once(client, run)
     results = _tune_results(tmp_path, run.data.tags[TRIAL_TAG])
-    restored_at = next((i for i, r in enumerate(results) if r["iterations_since_restore"] < r["training_iteration"]), None)
+    restored_at = next(
+        (i for i, r in enumerate(results) if r["iterations_since_restore"] < r["training_iteration"]), None
+    )
     assert restored_at, output[-3000:]
     before, after = [r["epoch"] for r in results[:restored_at]], [r["epoch"] for r in results[restored_at:]]
     # Continued after a checkpoint (not from zero) in a new worker process. Tune logs a result
@@ -245,11 +314,14 @@ def test_killed_trial_worker_continues_from_its_checkpoint(cluster, tmp_path, st
 
 def _running_trials(db: Path) -> dict[str, tuple[str, int]]:
     """{trial id: (node id, newest logged epoch)} of the trials whose MLflow run is RUNNING."""
-    rows = _query(db, """
+    rows = _query(
+        db,
+        """
         select runs.name, tags.value, max(metrics.step) from runs
         join tags on tags.run_uuid = runs.run_uuid and tags.key = 'iic.node_id'
         join metrics on metrics.run_uuid = runs.run_uuid and metrics.key = 'loss'
-        where runs.status = 'RUNNING' group by runs.run_uuid""")
+        where runs.status = 'RUNNING' group by runs.run_uuid""",
+    )
     return {name.removeprefix("train_iic_"): (node, epoch) for name, node, epoch in rows}
 
 
@@ -283,9 +355,16 @@ def test_lost_node_trials_are_rescheduled(cluster, tmp_path, steady_preset):
     assert len(runs) == 4 and all(r.info.status == "FINISHED" for r in runs), output[-3000:]
     for trial_id in on_lost:  # the lost node's trials went on elsewhere, from their checkpoints
         results = _tune_results(tmp_path, trial_id)
-        progress = [(r["training_iteration"], r["iterations_since_restore"], r["epoch"], r["node_id"][:8]) for r in results]
+        progress = [
+            (r["training_iteration"], r["iterations_since_restore"], r["epoch"], r["node_id"][:8]) for r in results
+        ]
         assert any(r["iterations_since_restore"] < r["training_iteration"] for r in results), (
-            trial_id, lost_id[:8], running, progress, output[-3000:])
+            trial_id,
+            lost_id[:8],
+            running,
+            progress,
+            output[-3000:],
+        )
         assert results[-1]["node_id"] != lost_id and results[-1]["epoch"] == 20
     for run in runs:
         _assert_every_epoch_once(client, run)

@@ -77,15 +77,39 @@ def test_the_deadline_counts_from_the_drivers_start():
 
 
 @pytest.mark.slow
-def test_a_deadline_ends_the_search_stage_in_time_for_the_confirmation(ray_session, tmp_path, monkeypatch, steady_preset, capsys):
+def test_a_deadline_ends_the_search_stage_in_time_for_the_confirmation(
+    ray_session, tmp_path, monkeypatch, steady_preset, capsys
+):
     monkeypatch.setenv("IIC_STATE_DIR", str(tmp_path / "state"))
     # Trials of 400 epochs (no early stop), one at a time, each confirmed on one seed: a whole trial
     # takes minutes, so the search stage ends once confirming the first as it stands would end
     # after a 40 s deadline (a trial starts within ~10 s of it); the confirmation retrains it to the
     # epoch it reached.
-    args = ["--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", "--storage-path", str(tmp_path / "ray"), *steady_preset,
-            "--set", "max_samples=200", "--set", "backbone_width=4", "--set", "screen_inits=1", "--epochs", "400",
-            "--seeds-per-trial", "1", "--num-samples", "2", "--confirm-top", "1", "--confirm-seeds", "1", "--deadline", "40"]
+    args = [
+        "--tracking-uri",
+        f"sqlite:///{tmp_path}/mlflow.db",
+        "--storage-path",
+        str(tmp_path / "ray"),
+        *steady_preset,
+        "--set",
+        "max_samples=200",
+        "--set",
+        "backbone_width=4",
+        "--set",
+        "screen_inits=1",
+        "--epochs",
+        "400",
+        "--seeds-per-trial",
+        "1",
+        "--num-samples",
+        "2",
+        "--confirm-top",
+        "1",
+        "--confirm-seeds",
+        "1",
+        "--deadline",
+        "40",
+    ]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "the search stage ends at" in out and "must end by its 40 s deadline" in out

@@ -15,5 +15,6 @@ def test_the_launchers_config_on_the_head_gives_the_node_types(ray_session, monk
     (tmp_path / "ray_bootstrap_config.yaml").write_text(
         "available_node_types:\n"
         "  head: {resources: {CPU: 0}, max_workers: 0}\n"
-        "  gpu_worker: {resources: {CPU: 4, GPU: 1}, max_workers: 8}\n")
+        "  gpu_worker: {resources: {CPU: 4, GPU: 1}, max_workers: 8}\n"
+    )
     assert launchable_node_types() == [{"CPU": 4, "GPU": 1}]

@@ -18,13 +18,36 @@ from iic.train import train
 from search.confirm import CONFIRMED_FIGURES
 from search.export import export_best
 from search.export import main as export_main
-from search.mlflow_runs import CONFIRMS_TAG, ROLE_TAG, SEARCH_TAG, STATUS_TAG, TRIAL_TAG, flat_params, logged_metric_names
+from search.mlflow_runs import (
+    CONFIRMS_TAG,
+    ROLE_TAG,
+    SEARCH_TAG,
+    STATUS_TAG,
+    TRIAL_TAG,
+    flat_params,
+    logged_metric_names,
+)
 from trainables.iic_trainable import SEEDS_KEY
 
 SUMMARY_COLUMNS = [
-    "rank", "file", "run_id", "trial_id", "search", "cluster_accuracy", "nmi", "largest_cluster_share", "search_seeds",
-    *(f"confirmed_{name}" for name in CONFIRMED_FIGURES), "confirm_seeds", "epochs",
-    "lr", "batch_size", "lamb", "repeats", "sobel", "overcluster_k",
+    "rank",
+    "file",
+    "run_id",
+    "trial_id",
+    "search",
+    "cluster_accuracy",
+    "nmi",
+    "largest_cluster_share",
+    "search_seeds",
+    *(f"confirmed_{name}" for name in CONFIRMED_FIGURES),
+    "confirm_seeds",
+    "epochs",
+    "lr",
+    "batch_size",
+    "lamb",
+    "repeats",
+    "sobel",
+    "overcluster_k",
 ]
 _HISTORIES: dict[str, list[dict]] = {}
 
@@ -44,18 +67,39 @@ class Store:
     experiment: str
     experiment_id: str
 
-    def log(self, config: IICConfig, history: list[dict], trial_id: str, search: str = "s1", status: str = "completed",
-            run_status: str = "FINISHED", role: str = "trial", seeds: list[int] | None = None, confirms: str | None = None) -> str:
+    def log(
+        self,
+        config: IICConfig,
+        history: list[dict],
+        trial_id: str,
+        search: str = "s1",
+        status: str = "completed",
+        run_status: str = "FINISHED",
+        role: str = "trial",
+        seeds: list[int] | None = None,
+        confirms: str | None = None,
+    ) -> str:
         """One trial run: tags, params, every epoch's metrics at step = epoch, config.yaml, final status."""
-        tags = {SEARCH_TAG: search, TRIAL_TAG: trial_id, ROLE_TAG: role, STATUS_TAG: "running", **({CONFIRMS_TAG: confirms} if confirms else {})}
+        tags = {
+            SEARCH_TAG: search,
+            TRIAL_TAG: trial_id,
+            ROLE_TAG: role,
+            STATUS_TAG: "running",
+            **({CONFIRMS_TAG: confirms} if confirms else {}),
+        }
         run_id = self.client.create_run(self.experiment_id, run_name=trial_id, tags=tags).info.run_id
         params = flat_params({**config.to_dict(), SEEDS_KEY: seeds or [config.seed]})
         self.client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
         now = int(time.time() * 1000)
         for metrics in history:
-            self.client.log_batch(run_id, metrics=[
-                Metric(key, float(metrics[key]), now, metrics["epoch"]) for key in logged_metric_names(metrics) if key in metrics
-            ])
+            self.client.log_batch(
+                run_id,
+                metrics=[
+                    Metric(key, float(metrics[key]), now, metrics["epoch"])
+                    for key in logged_metric_names(metrics)
+                    if key in metrics
+                ],
+            )
         with tempfile.TemporaryDirectory() as folder:
             self.client.log_artifact(run_id, str(config.to_yaml(Path(folder) / "config.yaml")))
         self.client.set_tag(run_id, STATUS_TAG, status)
@@ -131,12 +175,30 @@ def test_configs_confirmed_on_fresh_seeds_rank_by_their_confirmed_mean(store, ti
     configs = {"a": tiny_config, "b": tiny_config.replace(lr=1e-3), "c": tiny_config.replace(lr=2e-3)}
     for name, config in configs.items():
         store.log(config, trained_history(config), trial_id=name, seeds=[5, 6])
-    search_order = [row["trial_id"] for row in read_summary_of(export_best(store.uri, store.experiment, top=3, out=tmp_path / "before"))]
+    search_order = [
+        row["trial_id"]
+        for row in read_summary_of(export_best(store.uri, store.experiment, top=3, out=tmp_path / "before"))
+    ]
     worst, best = search_order[0], search_order[-1]  # confirmation turns the search's order round
     for trial_id, mean in ((worst, 0.2), (best, 0.9)):
-        final = {"epoch": 2, "cluster_accuracy": mean, "cluster_accuracy_min": mean - 0.1, "cluster_accuracy_sd": 0.05,
-                 "label_free_pick_accuracy": mean + 0.02, "consensus_accuracy": mean + 0.03, "mutual_information": 1.0, "nmi": 0.5}
-        store.log(configs[trial_id], [final], trial_id=f"confirm_{trial_id}", role="confirm", seeds=[71, 72, 73], confirms=trial_id)
+        final = {
+            "epoch": 2,
+            "cluster_accuracy": mean,
+            "cluster_accuracy_min": mean - 0.1,
+            "cluster_accuracy_sd": 0.05,
+            "label_free_pick_accuracy": mean + 0.02,
+            "consensus_accuracy": mean + 0.03,
+            "mutual_information": 1.0,
+            "nmi": 0.5,
+        }
+        store.log(
+            configs[trial_id],
+            [final],
+            trial_id=f"confirm_{trial_id}",
+            role="confirm",
+            seeds=[71, 72, 73],
+            confirms=trial_id,
+        )
 
     paths = export_best(store.uri, store.experiment, top=3, out=tmp_path / "best")
     rows = read_summary(tmp_path / "best")
@@ -145,7 +207,10 @@ def test_configs_confirmed_on_fresh_seeds_rank_by_their_confirmed_mean(store, ti
     assert float(rows[0]["confirmed_cluster_accuracy"]) == 0.9 and rows[0]["confirm_seeds"] == "71 72 73"
     assert rows[0]["search_seeds"] == "5 6" and rows[2]["confirmed_cluster_accuracy"] == ""
     header = paths[0].read_text().split("\n")
-    assert "confirmed on seeds it was not chosen with (71 72 73): cluster_accuracy mean 0.9000, min 0.8000" in "\n".join(header)
+    assert (
+        "confirmed on seeds it was not chosen with (71 72 73): cluster_accuracy mean 0.9000, min 0.8000"
+        in "\n".join(header)
+    )
     assert "label-free pick 0.9200, consensus of the seeds 0.9300" in "\n".join(header)
     assert float(rows[0]["confirmed_consensus_accuracy"]) == pytest.approx(0.93)
     assert "--seeds 5 6" in header[2] and IICConfig.from_yaml(paths[0]) == configs[best]
@@ -194,7 +259,9 @@ BAD_INPUTS = {
 
 @pytest.mark.parametrize("case", BAD_INPUTS)
 def test_bad_inputs_exit_2_and_write_nothing(case, store, tiny_config, tmp_path, capsys):
-    store.log(tiny_config, trained_history(tiny_config), trial_id="t", role="search" if case == "no_trial_runs" else "trial")
+    store.log(
+        tiny_config, trained_history(tiny_config), trial_id="t", role="search" if case == "no_trial_runs" else "trial"
+    )
     changes, expected = BAD_INPUTS[case]
     out = tmp_path / "best"
     arguments = {"--tracking-uri": store.uri, "--experiment": store.experiment, "--top": "3", "--out": str(out)}
@@ -209,7 +276,9 @@ def test_bad_inputs_exit_2_and_write_nothing(case, store, tiny_config, tmp_path,
 
 
 def test_a_scheduled_trial_exports_its_schedule_up_to_the_epochs_it_ran(store, tiny_config, tmp_path):
-    scheduled = tiny_config.replace(epochs=3, schedule=[{"epoch": 2, "values": {"lr": 1e-3}}, {"epoch": 3, "values": {"brightness": 0.0}}])
+    scheduled = tiny_config.replace(
+        epochs=3, schedule=[{"epoch": 2, "values": {"lr": 1e-3}}, {"epoch": 3, "values": {"brightness": 0.0}}]
+    )
     ran = scheduled.truncated(2)  # stopped after epoch 2 (the time budget, say): the change due at epoch 3 never came
     store.log(scheduled, trained_history(ran), trial_id="pbt")
     [path] = export_best(store.uri, store.experiment, top=1, out=tmp_path / "best")

@@ -27,8 +27,22 @@ from search.mlflow_runs import ROLE_TAG, TRIAL_TAG
 pytestmark = pytest.mark.slow
 
 EPOCHS = 4
-TINY = ["--set", "max_samples=200", "--set", "backbone_width=4", "--set", "screen_inits=1", "--epochs", str(EPOCHS), "--cpus-per-trial", "1",
-        "--seeds-per-trial", "1", "--confirm-top", "0"]
+TINY = [
+    "--set",
+    "max_samples=200",
+    "--set",
+    "backbone_width=4",
+    "--set",
+    "screen_inits=1",
+    "--epochs",
+    str(EPOCHS),
+    "--cpus-per-trial",
+    "1",
+    "--seeds-per-trial",
+    "1",
+    "--confirm-top",
+    "0",
+]
 
 
 class MlflowServer:
@@ -46,10 +60,25 @@ class MlflowServer:
 
     def start(self):
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{self.db}",
-             "--artifacts-destination", str(self.folder / "artifacts"), "--host", "127.0.0.1", "--port", str(self.port),
-             "--workers", "1"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+            [
+                sys.executable,
+                "-m",
+                "mlflow",
+                "server",
+                "--backend-store-uri",
+                f"sqlite:///{self.db}",
+                "--artifacts-destination",
+                str(self.folder / "artifacts"),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--workers",
+                "1",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
             # Tracking only: without the job runner (and its queue workers) the server starts in seconds.
             env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
         )
@@ -183,14 +212,17 @@ def _when_logged(server, epochs: int, action) -> threading.Thread:
 
 
 def test_server_gone_for_good_trials_finish_the_report_lists_every_missing_epoch_and_reconcile_sends_them_later(
-        ray_session, server, tmp_path, state_dir, capsys):
+    ray_session, server, tmp_path, state_dir, capsys
+):
     watcher = _when_logged(server, 2, server.stop)
     assert _search(server.uri, tmp_path, "--num-samples", "2", "--max-concurrent", "1") == 0
     watcher.join(timeout=10)
     assert server.process.poll() is not None, "the server was still up when the search ended"
 
     tune_epochs = _tune_epochs(tmp_path)
-    assert len(tune_epochs) == 2 and all(epochs == list(range(1, EPOCHS + 1)) for epochs in tune_epochs.values())  # trained on
+    assert len(tune_epochs) == 2 and all(
+        epochs == list(range(1, EPOCHS + 1)) for epochs in tune_epochs.values()
+    )  # trained on
     report = json.loads((state_dir / "iic-digits" / "mlflow_report.json").read_text())
     stored = _server_epochs(server.db)
     for trial_id, epochs in tune_epochs.items():
@@ -207,16 +239,26 @@ def test_server_gone_for_good_trials_finish_the_report_lists_every_missing_epoch
 
     # The driver is gone; the server comes back (same store); the reconcile command sends the rest.
     server.start()
-    assert reconcile_main(["--name", "iic-digits", "--storage-path", str(tmp_path / "ray"), "--tracking-uri", server.uri]) == 0
+    assert (
+        reconcile_main(["--name", "iic-digits", "--storage-path", str(tmp_path / "ray"), "--tracking-uri", server.uri])
+        == 0
+    )
     assert _server_epochs(server.db) == tune_epochs  # every epoch, once
     client = MlflowClient(server.uri)
-    for run in client.search_runs([client.get_experiment_by_name("iic-digits").experiment_id], f"tags.`{ROLE_TAG}` = 'trial'"):
-        assert run.info.status == "FINISHED" and run.data.tags["iic.status"] in ("completed", "collapsed", "early_stopped")
+    for run in client.search_runs(
+        [client.get_experiment_by_name("iic-digits").experiment_id], f"tags.`{ROLE_TAG}` = 'trial'"
+    ):
+        assert run.info.status == "FINISHED" and run.data.tags["iic.status"] in (
+            "completed",
+            "collapsed",
+            "early_stopped",
+        )
         assert {"config.yaml", "cluster_gallery.png"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
 
 
 def test_server_unreachable_mid_search_gets_every_run_metric_and_artifact_once_back(
-        ray_session, server, tmp_path, state_dir, capsys):
+    ray_session, server, tmp_path, state_dir, capsys
+):
     relay = Relay(server.port)
 
     def outage():
@@ -245,9 +287,15 @@ def test_server_unreachable_mid_search_gets_every_run_metric_and_artifact_once_b
         assert run.info.status == "FINISHED"
         for key in ("loss", "cluster_accuracy", "nmi", "largest_cluster_share"):
             # the epochs it missed arrived, once each
-            assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == tune_epochs[run.data.tags[TRIAL_TAG]]
-        assert {"config.yaml", "confusion_matrix.png", "cluster_gallery.png"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
-        config = yaml.safe_load(Path(client.download_artifacts(run.info.run_id, "config.yaml", str(tmp_path))).read_text())
+            assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == tune_epochs[
+                run.data.tags[TRIAL_TAG]
+            ]
+        assert {"config.yaml", "confusion_matrix.png", "cluster_gallery.png"} <= {
+            a.path for a in client.list_artifacts(run.info.run_id)
+        }
+        config = yaml.safe_load(
+            Path(client.download_artifacts(run.info.run_id, "config.yaml", str(tmp_path))).read_text()
+        )
         assert config["lr"] == pytest.approx(float(run.data.params["lr"]))
     assert {"best_config.yaml", "trials.csv"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
     # uploaded through the server into its artifact store, not written by the client

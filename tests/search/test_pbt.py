@@ -17,8 +17,20 @@ from search.export import export_best
 from search.run import StalledPopulation, main
 from search.mlflow_runs import ROLE_TAG, STATUS_TAG, TRIAL_TAG
 
-TINY = ["--set", "max_samples=200", "--set", "backbone_width=4", "--set", "screen_inits=1", "--epochs", "3", "--seeds-per-trial", "1",
-        "--confirm-top", "0"]
+TINY = [
+    "--set",
+    "max_samples=200",
+    "--set",
+    "backbone_width=4",
+    "--set",
+    "screen_inits=1",
+    "--epochs",
+    "3",
+    "--seeds-per-trial",
+    "1",
+    "--confirm-top",
+    "0",
+]
 
 
 def _args(tmp_path, *extra):
@@ -31,11 +43,30 @@ def state_dir(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_pbt_search_records_schedules_that_export_replays(ray_session, tmp_path, state_dir, eager_preset, capsys, replay):
+def test_pbt_search_records_schedules_that_export_replays(
+    ray_session, tmp_path, state_dir, eager_preset, capsys, replay
+):
     # Each seed screens two initialisations until epoch 2: a trial may take over a checkpoint saved
     # while screening (epoch 1) or after the pick (epoch 2), and its export still replays.
     screening = ["--set", "screen_inits=2", "--set", "screen_epochs=2"]
-    assert main(_args(tmp_path, *eager_preset, *screening, "--scheduler", "pbt", "--population", "4", "--cpus-per-trial", "0.5", "--seed", "3")) == 0
+    assert (
+        main(
+            _args(
+                tmp_path,
+                *eager_preset,
+                *screening,
+                "--scheduler",
+                "pbt",
+                "--population",
+                "4",
+                "--cpus-per-trial",
+                "0.5",
+                "--seed",
+                "3",
+            )
+        )
+        == 0
+    )
     assert "population-based training of 4 trials" in capsys.readouterr().out
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     experiment = client.get_experiment_by_name("iic-digits")
@@ -46,9 +77,15 @@ def test_pbt_search_records_schedules_that_export_replays(ray_session, tmp_path,
         assert run.info.status == "FINISHED" and run.data.tags[STATUS_TAG] == "completed"
         assert run.data.params["pbt"] == "True"
         [candidates] = screening_candidates(json.loads(run.data.params["seeds"]), 2)
-        assert int(run.data.tags["iic.init_seed"]) in candidates  # the initialisation kept, its own or an exploited one's
+        assert (
+            int(run.data.tags["iic.init_seed"]) in candidates
+        )  # the initialisation kept, its own or an exploited one's
         for name in IICConfig.SCHEDULABLE_FIELDS:  # the values in force, every epoch once, step = epoch
-            assert sorted(m.step for m in client.get_metric_history(run.info.run_id, f"schedule.{name}")) == [1, 2, 3], name
+            assert sorted(m.step for m in client.get_metric_history(run.info.run_id, f"schedule.{name}")) == [
+                1,
+                2,
+                3,
+            ], name
     # PBT gave the weakest trial the best one's checkpoint: its tags say whose and after which epoch
     exploited = [run for run in trials if "iic.exploited_from" in run.data.tags]
     assert exploited, "no trial took over another's checkpoint"
@@ -62,7 +99,10 @@ def test_pbt_search_records_schedules_that_export_replays(ray_session, tmp_path,
     config = IICConfig.from_yaml(path)
     assert config.epochs == 3 and config.schedule, "an exploited trial's schedule changes after its first epoch"
     assert (config.screen_inits, config.screen_epochs) == (2, 2)
-    history = {name: {m.step: m.value for m in client.get_metric_history(run.info.run_id, f"schedule.{name}")} for name in ("lr", "lamb")}
+    history = {
+        name: {m.step: m.value for m in client.get_metric_history(run.info.run_id, f"schedule.{name}")}
+        for name in ("lr", "lamb")
+    }
     assert config.values_at(3)["lr"] == history["lr"][3] and config.values_at(3)["lamb"] == history["lamb"][3]
     seeds = json.loads(run.data.params["seeds"])
     replayed = replay(path, seeds, threads=1, out=tmp_path / "replay")  # half a CPU: one thread
@@ -74,10 +114,16 @@ def test_pbt_search_records_schedules_that_export_replays(ray_session, tmp_path,
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--scheduler", "pbt", "--num-samples", "8"], "--num-samples: under --scheduler pbt the trials are the population; give --population instead"),
+        (
+            ["--scheduler", "pbt", "--num-samples", "8"],
+            "--num-samples: under --scheduler pbt the trials are the population; give --population instead",
+        ),
         (["--population", "4"], "--population: only population-based training has one; add --scheduler pbt"),
         (["--scheduler", "pbt", "--population", "1"], "pbt.population: a population needs at least 2 trials"),
-        (["--scheduler", "pbt", "--set", "schedule=[{epoch: 2, values: {hue: 0.1}}]"], "config.schedule: under PBT every trial's schedule"),
+        (
+            ["--scheduler", "pbt", "--set", "schedule=[{epoch: 2, values: {hue: 0.1}}]"],
+            "config.schedule: under PBT every trial's schedule",
+        ),
     ],
 )
 def test_bad_pbt_input_fails_fast_with_a_clear_message(ray_session, tmp_path, state_dir, capsys, extra, message):
@@ -123,23 +169,41 @@ def test_a_population_waiting_for_a_trial_that_ended_early_ends_the_search(ray_s
         for epoch in range(1, 4):
             with tempfile.TemporaryDirectory() as folder:
                 (Path(folder) / "epoch").write_text(str(epoch))
-                tune.report({"epoch": epoch, "status": "running", "cluster_accuracy": 0.1}, checkpoint=tune.Checkpoint.from_directory(folder))
+                tune.report(
+                    {"epoch": epoch, "status": "running", "cluster_accuracy": 0.1},
+                    checkpoint=tune.Checkpoint.from_directory(folder),
+                )
 
     stalled = StalledPopulation(patience_s=5)
     marker = tmp_path / "long-is-paused"
     tuner = tune.Tuner(
         tune.with_resources(long_or_short_trial, {"cpu": 1}),
         param_space={"role": tune.grid_search(["long", "short"]), "marker": str(marker), "lr": 1e-3},
-        tune_config=tune.TuneConfig(scheduler=PopulationBasedTraining(
-            time_attr="training_iteration", perturbation_interval=1, hyperparam_mutations={"lr": [1e-3, 3e-3]}, synch=True),
-            metric="cluster_accuracy", mode="max", time_budget_s=120),  # without the guard: fail, not hang
-        run_config=tune.RunConfig(name="stalled", storage_path=str(tmp_path), stop=stalled,
-                                  callbacks=[stalled, _MarkWhenPaused(marker)], verbose=0),
+        tune_config=tune.TuneConfig(
+            scheduler=PopulationBasedTraining(
+                time_attr="training_iteration",
+                perturbation_interval=1,
+                hyperparam_mutations={"lr": [1e-3, 3e-3]},
+                synch=True,
+            ),
+            metric="cluster_accuracy",
+            mode="max",
+            time_budget_s=120,
+        ),  # without the guard: fail, not hang
+        run_config=tune.RunConfig(
+            name="stalled",
+            storage_path=str(tmp_path),
+            stop=stalled,
+            callbacks=[stalled, _MarkWhenPaused(marker)],
+            verbose=0,
+        ),
     )
     results = {result.config["role"]: result for result in tuner.fit()}
     assert "every trial of the population has waited 5 s for one that ended early" in capsys.readouterr().err
     assert list(results["short"].metrics_dataframe["status"]) == ["completed"]
-    assert list(results["long"].metrics_dataframe["epoch"]) == [1]  # it waited at the perturbation point until the search ended
+    assert list(results["long"].metrics_dataframe["epoch"]) == [
+        1
+    ]  # it waited at the perturbation point until the search ended
 
 
 def test_configs_with_gates_and_schedules_pass_through_tunes_variant_generator_unchanged(ray_session, tmp_path):
@@ -153,12 +217,20 @@ def test_configs_with_gates_and_schedules_pass_through_tunes_variant_generator_u
     preset = Preset.load("digits")
     points = preset.population(seeds=[1, 2], seed=0)[:2]
     points[0]["gate"]["overclustering"], points[1]["gate"]["overclustering"] = True, False
-    schedules = [[{"epoch": 2, "values": {"lr": 1e-3}}], [{"epoch": 3, "values": {"lr": 2e-3, "hue": 0.1}}, {"epoch": 4, "values": {"lamb": 1.0}}]]
-    points += [{**points[0], **trial_config_values(trial_iic_config(points[0]).replace(schedule=schedule))} for schedule in schedules]
+    schedules = [
+        [{"epoch": 2, "values": {"lr": 1e-3}}],
+        [{"epoch": 3, "values": {"lr": 2e-3, "hue": 0.1}}, {"epoch": 4, "values": {"lamb": 1.0}}],
+    ]
+    points += [
+        {**points[0], **trial_config_values(trial_iic_config(points[0]).replace(schedule=schedule))}
+        for schedule in schedules
+    ]
     tuner = tune.Tuner(
         lambda config: tune.report({"done": 1}),
         param_space=space_of(points),
-        tune_config=tune.TuneConfig(search_alg=BasicVariantGenerator(points_to_evaluate=points), num_samples=len(points)),
+        tune_config=tune.TuneConfig(
+            search_alg=BasicVariantGenerator(points_to_evaluate=points), num_samples=len(points)
+        ),
         run_config=tune.RunConfig(name="points", storage_path=str(tmp_path), verbose=0),
     )
     configs = sorted((result.config for result in tuner.fit()), key=lambda config: json.dumps(config, sort_keys=True))

@@ -23,9 +23,29 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _command(tmp_path, *extra):
     return [
-        sys.executable, str(ROOT / "search" / "run.py"), "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db",
-        "--storage-path", str(tmp_path / "ray"), "--num-samples", "3", "--max-concurrent", "1", "--epochs", "4", "--seeds-per-trial", "1", "--confirm-top", "0",
-        "--set", "max_samples=200", "--set", "backbone_width=4", "--set", "screen_inits=1", *extra,
+        sys.executable,
+        str(ROOT / "search" / "run.py"),
+        "--tracking-uri",
+        f"sqlite:///{tmp_path}/mlflow.db",
+        "--storage-path",
+        str(tmp_path / "ray"),
+        "--num-samples",
+        "3",
+        "--max-concurrent",
+        "1",
+        "--epochs",
+        "4",
+        "--seeds-per-trial",
+        "1",
+        "--confirm-top",
+        "0",
+        "--set",
+        "max_samples=200",
+        "--set",
+        "backbone_width=4",
+        "--set",
+        "screen_inits=1",
+        *extra,
     ]
 
 
@@ -39,8 +59,14 @@ def _logged_epochs(db: Path) -> int:
 
 def test_killed_driver_resumes_without_duplicates(tmp_path):
     env = {**os.environ, "IIC_STATE_DIR": str(tmp_path / "state"), "PYTHONUNBUFFERED": "1"}
-    driver = subprocess.Popen(_command(tmp_path), env=env, cwd=tmp_path, start_new_session=True,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    driver = subprocess.Popen(
+        _command(tmp_path),
+        env=env,
+        cwd=tmp_path,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 240
     while _logged_epochs(tmp_path / "mlflow.db") < 5 and time.time() < deadline and driver.poll() is None:
         time.sleep(0.5)
@@ -49,7 +75,9 @@ def test_killed_driver_resumes_without_duplicates(tmp_path):
     driver.wait()
     assert _logged_epochs(tmp_path / "mlflow.db") < 12  # interrupted before the end
 
-    resumed = subprocess.run(_command(tmp_path, "--resume"), env=env, cwd=tmp_path, capture_output=True, text=True, timeout=400)
+    resumed = subprocess.run(
+        _command(tmp_path, "--resume"), env=env, cwd=tmp_path, capture_output=True, text=True, timeout=400
+    )
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
 
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")

@@ -17,8 +17,20 @@ from search.mlflow_runs import CONFIRMS_TAG, PARENT_TAG, ROLE_TAG, STATUS_TAG, T
 
 # One seed per trial, no screening of initialisations (the preset's at epoch 10 needs longer trials)
 # and no confirmation stage, unless a test is about them: tests stay fast.
-TINY = ["--set", "max_samples=200", "--set", "backbone_width=4", "--set", "screen_inits=1", "--epochs", "2", "--seeds-per-trial", "1",
-        "--confirm-top", "0"]
+TINY = [
+    "--set",
+    "max_samples=200",
+    "--set",
+    "backbone_width=4",
+    "--set",
+    "screen_inits=1",
+    "--epochs",
+    "2",
+    "--seeds-per-trial",
+    "1",
+    "--confirm-top",
+    "0",
+]
 
 
 def _args(tmp_path, *extra):
@@ -48,7 +60,20 @@ def _worker_pid(tmp_path, trial_id: str, experiment="iic-digits") -> int:
 
 @pytest.mark.slow
 def test_small_search_records_every_trial_in_mlflow(ray_session, tmp_path, state_dir, capsys, replay):
-    extra = ["--num-samples", "3", "--max-concurrent", "2", "--seeds-per-trial", "2", "--confirm-top", "2", "--confirm-seeds", "2", "--seed", "5"]
+    extra = [
+        "--num-samples",
+        "3",
+        "--max-concurrent",
+        "2",
+        "--seeds-per-trial",
+        "2",
+        "--confirm-top",
+        "2",
+        "--confirm-seeds",
+        "2",
+        "--seed",
+        "5",
+    ]
     assert main(_args(tmp_path, *extra)) == 0
     client, experiment, trials, parents = _runs(tmp_path)
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
@@ -69,18 +94,33 @@ def test_small_search_records_every_trial_in_mlflow(ray_session, tmp_path, state
         # per-epoch metrics with step = epoch; config values are params, never metrics
         history = client.get_metric_history(run.info.run_id, "cluster_accuracy")
         assert sorted(m.step for m in history) == list(range(1, len(history) + 1)) and len(history) >= 1
-        for key in ("majority_accuracy", "nmi", "ari", "loss", "mutual_information", "largest_cluster_share",
-                    "cluster_accuracy_min", "cluster_accuracy_sd", "label_free_pick_accuracy", "consensus_accuracy", "cluster_accuracy/seed_1"):
+        for key in (
+            "majority_accuracy",
+            "nmi",
+            "ari",
+            "loss",
+            "mutual_information",
+            "largest_cluster_share",
+            "cluster_accuracy_min",
+            "cluster_accuracy_sd",
+            "label_free_pick_accuracy",
+            "consensus_accuracy",
+            "cluster_accuracy/seed_1",
+        ):
             assert key in run.data.metrics
         metrics = run.data.metrics
-        assert metrics["cluster_accuracy"] == pytest.approx((metrics["cluster_accuracy/seed_0"] + metrics["cluster_accuracy/seed_1"]) / 2)
+        assert metrics["cluster_accuracy"] == pytest.approx(
+            (metrics["cluster_accuracy/seed_0"] + metrics["cluster_accuracy/seed_1"]) / 2
+        )
         assert not any(key.startswith("config") or key in params for key in run.data.metrics)
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert {"config.yaml", "confusion_matrix.png", "cluster_gallery.png"} <= artifacts
     # The trials (two CPUs each: one at a time) took turns in one worker process, and a trial there
     # trains as in a new one: the last one's export retrains to its figures
     last = max(trials, key=lambda r: r.info.start_time)
-    assert _worker_pid(tmp_path, last.data.tags[TRIAL_TAG]) in {_worker_pid(tmp_path, r.data.tags[TRIAL_TAG]) for r in trials if r is not last}
+    assert _worker_pid(tmp_path, last.data.tags[TRIAL_TAG]) in {
+        _worker_pid(tmp_path, r.data.tags[TRIAL_TAG]) for r in trials if r is not last
+    }
     exported = export_best(f"sqlite:///{tmp_path}/mlflow.db", "iic-digits", top=3, out=tmp_path / "best")
     [path] = [p for p in exported if p.stem.endswith(last.data.tags[TRIAL_TAG])]
     replayed = replay(path, search_seeds, threads=2, out=tmp_path / "replay")  # two CPUs: two threads
@@ -101,9 +141,13 @@ def test_small_search_records_every_trial_in_mlflow(ray_session, tmp_path, state
     assert parent.info.status == "FINISHED"
     best_mean = max(r.data.metrics["cluster_accuracy"] for r in confirms)
     best_confirmed = {r.data.tags[CONFIRMS_TAG] for r in confirms if r.data.metrics["cluster_accuracy"] == best_mean}
-    assert parent.data.tags["iic.best_trial_id"] in best_confirmed  # the best by the confirmed mean (ties: the search's order)
+    assert (
+        parent.data.tags["iic.best_trial_id"] in best_confirmed
+    )  # the best by the confirmed mean (ties: the search's order)
     assert parent.data.metrics["best_confirmed_cluster_accuracy"] == pytest.approx(best_mean)
-    assert {"best_config.yaml", "trials.csv", "confirmed.csv", "optuna_history.png"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"best_config.yaml", "trials.csv", "confirmed.csv", "optuna_history.png"} <= {
+        a.path for a in client.list_artifacts(parent.info.run_id)
+    }
     # 3 trials are too few for parameter importances to mean anything
     assert "optuna_importance.png" not in {a.path for a in client.list_artifacts(parent.info.run_id)}
     # the preset's own config trained first; a trial that beats it by less than two standard errors
@@ -126,31 +170,63 @@ def test_small_search_records_every_trial_in_mlflow(ray_session, tmp_path, state
 
 
 @pytest.mark.slow
-def test_a_trial_the_time_budget_stops_is_closed_with_its_status_and_artifacts(ray_session, tmp_path, state_dir, steady_preset):
+def test_a_trial_the_time_budget_stops_is_closed_with_its_status_and_artifacts(
+    ray_session, tmp_path, state_dir, steady_preset
+):
     # one long trial and a budget that ends the search while it trains
-    args = _args(tmp_path, *steady_preset, "--num-samples", "1", "--epochs", "500", "--time-budget", "20", "--experiment", "budget")
+    args = _args(
+        tmp_path,
+        *steady_preset,
+        "--num-samples",
+        "1",
+        "--epochs",
+        "500",
+        "--time-budget",
+        "20",
+        "--experiment",
+        "budget",
+    )
     assert main(args) == 0
     client, _, [trial], [parent] = _runs(tmp_path, "budget")
     assert trial.info.status == "FINISHED" and trial.data.tags[STATUS_TAG] == "stopped_by_budget"
     assert 1 <= len(client.get_metric_history(trial.info.run_id, "cluster_accuracy")) < 500
-    assert {"config.yaml", "confusion_matrix.png", "cluster_gallery.png"} <= {a.path for a in client.list_artifacts(trial.info.run_id)}
+    assert {"config.yaml", "confusion_matrix.png", "cluster_gallery.png"} <= {
+        a.path for a in client.list_artifacts(trial.info.run_id)
+    }
     assert client.get_run(parent.info.run_id).info.status == "FINISHED"
 
 
 @pytest.mark.slow
 def test_confirm_command_confirms_a_finished_search(ray_session, tmp_path, state_dir, capsys):
     assert main(_args(tmp_path, "--num-samples", "2", "--experiment", "later")) == 0
-    args = ["--experiment", "later", "--top", "1", "--seeds", "2", "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db",
-            "--storage-path", str(tmp_path / "ray"), "--cpus-per-trial", "1"]
+    args = [
+        "--experiment",
+        "later",
+        "--top",
+        "1",
+        "--seeds",
+        "2",
+        "--tracking-uri",
+        f"sqlite:///{tmp_path}/mlflow.db",
+        "--storage-path",
+        str(tmp_path / "ray"),
+        "--cpus-per-trial",
+        "1",
+    ]
     assert confirm_main(args) == 0
     client, experiment, trials, [parent] = _runs(tmp_path, "later")
     [confirm] = [r for r in client.search_runs([experiment.experiment_id]) if r.data.tags.get(ROLE_TAG) == "confirm"]
     ranked = sorted(trials, key=lambda r: -r.data.metrics["cluster_accuracy"])
     counted = [r for r in ranked if r.data.tags[STATUS_TAG] not in ("collapsed", "diverged", "error")]
     assert confirm.data.tags[CONFIRMS_TAG] == counted[0].data.tags[TRIAL_TAG]
-    assert len(eval(confirm.data.params["seeds"])) == 2 and trials[0].data.params["seeds"] not in confirm.data.params["seeds"]
+    assert (
+        len(eval(confirm.data.params["seeds"])) == 2
+        and trials[0].data.params["seeds"] not in confirm.data.params["seeds"]
+    )
     parent = client.get_run(parent.info.run_id)
-    assert parent.data.metrics["best_confirmed_cluster_accuracy"] == pytest.approx(confirm.data.metrics["cluster_accuracy"])
+    assert parent.data.metrics["best_confirmed_cluster_accuracy"] == pytest.approx(
+        confirm.data.metrics["cluster_accuracy"]
+    )
     assert "Confirmed on 2 fresh seeds" in capsys.readouterr().out
     assert confirm_main(args[:2] + ["--top", "0", "--seeds", "2"] + args[6:]) == 2
 
@@ -163,7 +239,9 @@ def test_warm_start_evaluates_the_given_configs_first_then_the_presets_own(ray_s
     trials.sort(key=lambda t: t.info.start_time)
     # the digits preset starts from its config (search.start_from_config): IICConfig's lr and the rest
     assert [float(t.data.params["lr"]) for t in trials] == [0.00567, IICConfig().lr]
-    assert float(trials[1].data.params["lamb"]) == IICConfig().lamb and trials[1].data.params["repeats"] == str(IICConfig().repeats)
+    assert float(trials[1].data.params["lamb"]) == IICConfig().lamb and trials[1].data.params["repeats"] == str(
+        IICConfig().repeats
+    )
     assert all(t.data.params["gate.overclustering"] == "False" for t in trials)
 
 
@@ -199,21 +277,44 @@ def test_bad_input_fails_fast_with_a_clear_message(ray_session, tmp_path, state_
 
 def test_invalid_ranges_in_a_preset_file_are_refused(ray_session, tmp_path, state_dir, capsys):
     preset = tmp_path / "mine.yaml"
-    preset.write_text(yaml.safe_dump({"config": {"dataset": "digits"}, "space": {"rotation_degrees": {"low": 0, "high": 270}}}))
+    preset.write_text(
+        yaml.safe_dump({"config": {"dataset": "digits"}, "space": {"rotation_degrees": {"low": 0, "high": 270}}})
+    )
     assert main(_args(tmp_path, "--config", str(preset))) == 2
     assert "space.rotation_degrees: value 270 is invalid" in capsys.readouterr().err
 
 
-def test_existing_search_name_needs_resume_and_resume_continues_the_stored_search(ray_session, tmp_path, state_dir, capsys):
+def test_existing_search_name_needs_resume_and_resume_continues_the_stored_search(
+    ray_session, tmp_path, state_dir, capsys
+):
     assert main(_args(tmp_path, "--num-samples", "1", "--experiment", "again", "--seed", "3")) == 0
     assert main(_args(tmp_path, "--num-samples", "1", "--experiment", "again")) == 2
     assert "continue it with --resume" in capsys.readouterr().err
     # A flag that would change the stored search is refused, naming the stored value ...
     assert main(_args(tmp_path, "--experiment", "again", "--resume", "--num-samples", "4", "--seed", "5")) == 2
     refused = capsys.readouterr().err
-    assert "--num-samples 4: the search was started with 1" in refused and "--seed 5: the search was started with 3" in refused
-    assert main(["--experiment", "again", "--resume", "--storage-path", str(tmp_path / "ray"), "--tracking-uri", "sqlite:///elsewhere.db"]) == 2
-    assert f"--tracking-uri 'sqlite:///elsewhere.db': the search was started with 'sqlite:///{tmp_path}/mlflow.db'" in capsys.readouterr().err
+    assert (
+        "--num-samples 4: the search was started with 1" in refused
+        and "--seed 5: the search was started with 3" in refused
+    )
+    assert (
+        main(
+            [
+                "--experiment",
+                "again",
+                "--resume",
+                "--storage-path",
+                str(tmp_path / "ray"),
+                "--tracking-uri",
+                "sqlite:///elsewhere.db",
+            ]
+        )
+        == 2
+    )
+    assert (
+        f"--tracking-uri 'sqlite:///elsewhere.db': the search was started with 'sqlite:///{tmp_path}/mlflow.db'"
+        in capsys.readouterr().err
+    )
     # ... and the same search, given only what names it (and what may change), continues as stored.
     assert main(["--experiment", "again", "--resume", "--storage-path", str(tmp_path / "ray"), "--top", "1"]) == 0
     _, _, trials, [parent] = _runs(tmp_path, "again")
@@ -262,7 +363,9 @@ def test_ceiling_trains_the_supervised_ceiling_beside_the_search(ray_session, tm
     assert main(_args(tmp_path, "--num-samples", "1", "--experiment", "ceiling", "--ceiling")) == 0
     client, experiment, trials, [parent] = _runs(tmp_path, "ceiling")
     [ceiling] = client.search_runs([experiment.experiment_id], f"tags.`{ROLE_TAG}` = 'ceiling'")
-    assert len(trials) == 1 and ceiling.info.status == "FINISHED" and ceiling.data.tags[PARENT_TAG] == parent.info.run_id
+    assert (
+        len(trials) == 1 and ceiling.info.status == "FINISHED" and ceiling.data.tags[PARENT_TAG] == parent.info.run_id
+    )
     accuracy = ceiling.data.metrics["supervised_accuracy"]
     assert [m.step for m in client.get_metric_history(ceiling.info.run_id, "supervised_accuracy")] == [1, 2]
     parent = client.get_run(parent.info.run_id)

@@ -47,7 +47,9 @@ def test_gated_fields_are_proposed_only_when_the_gate_is_on():
 
 def test_through_rays_optuna_searcher_the_trial_config_is_complete():
     space = _preset(GATED).space(seeds=[7, 11])
-    searcher = OptunaSearch(space=space, metric="cluster_accuracy", mode="max", sampler=optuna.samplers.RandomSampler(seed=1))
+    searcher = OptunaSearch(
+        space=space, metric="cluster_accuracy", mode="max", sampler=optuna.samplers.RandomSampler(seed=1)
+    )
     configs = [searcher.suggest(f"t{i}") for i in range(6)]
     for config in configs:
         iic = trial_iic_config(config)  # a valid IICConfig: every field present, gate and seeds stripped
@@ -67,7 +69,13 @@ PRETRAINED = {
 def test_pretrained_frozen_and_sobel_are_proposed_only_where_they_fit(preset):
     """Pretrained: frozen or not, never Sobel (ImageNet weights read RGB); from scratch: never frozen,
     Sobel or not. Every proposed config is valid."""
-    loaded = Preset.load(preset) if preset else _preset(PRETRAINED, {"dataset": "digits", "backbone": "resnet18", "input_size": 64, "backbone_weights": "imagenet"})
+    loaded = (
+        Preset.load(preset)
+        if preset
+        else _preset(
+            PRETRAINED, {"dataset": "digits", "backbone": "resnet18", "input_size": 64, "backbone_weights": "imagenet"}
+        )
+    )
     space = loaded.space()
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     arms = set()
@@ -90,8 +98,10 @@ def test_unless_names_a_gate_listed_anywhere_and_is_checked_with_the_gate_off():
     with pytest.raises(PresetError, match="space.sobel: 'unless: pretrained' names no gate"):
         _preset({"sobel": PRETRAINED["sobel"]})
     # a gate listed after the fields that name it (as a YAML writer that sorts keys leaves it) is the same space
-    reordered = _preset({"sobel": PRETRAINED["sobel"], "pretrained": PRETRAINED["pretrained"]}, {"dataset": "digits", "backbone": "resnet18",
-                                                                                                   "input_size": 64, "backbone_weights": "imagenet"})
+    reordered = _preset(
+        {"sobel": PRETRAINED["sobel"], "pretrained": PRETRAINED["pretrained"]},
+        {"dataset": "digits", "backbone": "resnet18", "input_size": 64, "backbone_weights": "imagenet"},
+    )
     assert [param.name for param in reordered.params] == ["pretrained", "sobel"]
     config = {"dataset": "digits", "backbone": "resnet18", "input_size": 64, "backbone_weights": "imagenet"}
     _preset(PRETRAINED, config)  # sobel is valid with the weights off
@@ -111,7 +121,9 @@ def test_point_reproduces_a_trials_parameters():
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
     for _ in range(6):
         trial = study.ask()
-        config = {**trial_iic_config({**space(trial), **{k: v for k, v in trial.params.items() if "/" not in k}}).to_dict()}
+        config = {
+            **trial_iic_config({**space(trial), **{k: v for k, v in trial.params.items() if "/" not in k}}).to_dict()
+        }
         assert space.point(config) == trial.params
 
 
@@ -121,7 +133,10 @@ def test_point_reproduces_a_trials_parameters():
         ({"lr": {"low": 0.1, "high": 0.01}}, r"space.lr: low \(0.1\) must be below high"),
         ({"learning_rate": {"low": 0.1, "high": 0.2}}, "not an IICConfig field"),
         ({"hflip_prob": {"low": 0.0, "high": 1.5}}, r"space.hflip_prob: value 1.5 is invalid"),
-        ({"overcluster_k": {"low": 5, "high": 50}}, r"space.overcluster_k: value 5 is invalid .*must exceed num_clusters"),
+        (
+            {"overcluster_k": {"low": 5, "high": 50}},
+            r"space.overcluster_k: value 5 is invalid .*must exceed num_clusters",
+        ),
         ({"lr": {"low": 0.0, "high": 0.1, "log": True}}, "log range needs low > 0"),
         ({"overcluster_k": {"low": 20, "high": 40, "when": "oc"}}, "names no gate"),
         ({"batch_size": {"low": 32.5, "high": 64}}, "integer field"),
@@ -155,15 +170,24 @@ def test_malformed_extended_config_names_that_file(tmp_path):
     extended.write_text("dataset: digits\nlr: [0.001\n")
     preset = tmp_path / "preset.yaml"
     preset.write_text("extends: base.yaml\nspace:\n  lr: {low: 0.001, high: 0.01}\n")
-    with pytest.raises(PresetError, match=rf"^{re.escape(str(extended.resolve()))} line 3 column 1: expected ',' or '\]'"):
+    with pytest.raises(
+        PresetError, match=rf"^{re.escape(str(extended.resolve()))} line 3 column 1: expected ',' or '\]'"
+    ):
         Preset.load(str(preset))
 
 
 def _pbt_preset(space: dict, pbt: dict | None = None) -> Preset:
-    return Preset.from_dict("test", {"config": {"dataset": "digits"}, "space": space, "search": {"scheduler": "pbt"}, "pbt": pbt or {}})
+    return Preset.from_dict(
+        "test", {"config": {"dataset": "digits"}, "space": space, "search": {"scheduler": "pbt"}, "pbt": pbt or {}}
+    )
 
 
-PBT_SPACE = {**GATED, "hflip_prob": {"choices": [0.0, 0.5]}, "brightness": {"low": 0.1, "high": 0.9}, "repeats": {"low": 2, "high": 5}}
+PBT_SPACE = {
+    **GATED,
+    "hflip_prob": {"choices": [0.0, 0.5]},
+    "brightness": {"low": 0.1, "high": 0.9},
+    "repeats": {"low": 2, "high": 5},
+}
 
 
 def test_pbt_mutates_the_spaces_schedulable_fields_within_their_ranges():
@@ -176,7 +200,13 @@ def test_pbt_mutates_the_spaces_schedulable_fields_within_their_ranges():
     assert [p.name for p in _pbt_preset(PBT_SPACE, {"mutate": ["brightness"]}).mutated_params()] == ["brightness"]
     clip = preset.clip_to_ranges()
     explored = clip({"lr": 0.02, "brightness": 0.05, "hflip_prob": 0.5, "repeats": 3, "gate": {"overclustering": True}})
-    assert explored == {"lr": 1e-2, "brightness": 0.1, "hflip_prob": 0.5, "repeats": 3, "gate": {"overclustering": True}}
+    assert explored == {
+        "lr": 1e-2,
+        "brightness": 0.1,
+        "hflip_prob": 0.5,
+        "repeats": 3,
+        "gate": {"overclustering": True},
+    }
     assert pickle.loads(pickle.dumps(clip)) == clip  # Tune stores the scheduler with the experiment
 
 
@@ -202,7 +232,10 @@ def test_pbt_population_is_drawn_from_the_space_with_its_gates():
         ({"perturbation_interval": 0}, r"pbt.perturbation_interval: give a whole number of epochs, at least 1"),
         ({"quantile_fraction": 0.75}, r"pbt.quantile_fraction: must lie in \(0, 0.5\]"),
         ({"resample_probability": 1.5}, r"pbt.resample_probability: a probability must lie in \[0, 1\]"),
-        ({"mutate": ["repeats"]}, "pbt.mutate: repeats cannot change while a trial trains; PBT may mutate crop_min_scale, .*, lr, lamb"),
+        (
+            {"mutate": ["repeats"]},
+            "pbt.mutate: repeats cannot change while a trial trains; PBT may mutate crop_min_scale, .*, lr, lamb",
+        ),
         ({"mutate": ["hue"]}, "pbt.mutate: hue is not searched; give it a range under space"),
         ({"mutations": ["lr"]}, "pbt section: unknown setting.*mutations; valid: mutate, perturbation_interval"),
     ],
@@ -214,7 +247,9 @@ def test_bad_pbt_settings_are_named(pbt, message):
 
 def test_pbt_needs_something_to_mutate_outside_a_gate():
     gated_lr = {"warm": {"gate": True, "otherwise": {"lr": 1e-3}}, "lr": {"low": 1e-3, "high": 1e-2, "when": "warm"}}
-    with pytest.raises(PresetError, match="pbt.mutate: lr is proposed only when warm is on; PBT cannot mutate a gated field"):
+    with pytest.raises(
+        PresetError, match="pbt.mutate: lr is proposed only when warm is on; PBT cannot mutate a gated field"
+    ):
         _pbt_preset(gated_lr, {"mutate": ["lr"]})
     with pytest.raises(PresetError, match="pbt: nothing to mutate; the space searches none of"):
         _pbt_preset({"repeats": {"low": 2, "high": 5}})
@@ -224,10 +259,23 @@ def test_pbt_needs_something_to_mutate_outside_a_gate():
 def test_start_from_config_puts_the_configs_values_first_and_refuses_one_outside_the_space():
     preset = Preset.load("digits")
     assert preset.search.start_from_config
-    assert preset.start_point() == {"gate/overclustering": False, "lr": 3e-3, "lamb": 1.3, "repeats": 4, "crop_min_scale": 0.5,
-                                    "rotation_degrees": 15.0, "brightness": 0.3, "contrast": 0.3}
-    raw = {"config": {"lr": 1e-2, "overcluster_k": 0}, "space": {"lr": {"low": 1e-3, "high": 5e-3}},
-           "search": {"start_from_config": True}}
-    with pytest.raises(PresetError, match=r"search.start_from_config: lr is 0.01 in the config, outside the space's \[0.001, 0.005\]"):
+    assert preset.start_point() == {
+        "gate/overclustering": False,
+        "lr": 3e-3,
+        "lamb": 1.3,
+        "repeats": 4,
+        "crop_min_scale": 0.5,
+        "rotation_degrees": 15.0,
+        "brightness": 0.3,
+        "contrast": 0.3,
+    }
+    raw = {
+        "config": {"lr": 1e-2, "overcluster_k": 0},
+        "space": {"lr": {"low": 1e-3, "high": 5e-3}},
+        "search": {"start_from_config": True},
+    }
+    with pytest.raises(
+        PresetError, match=r"search.start_from_config: lr is 0.01 in the config, outside the space's \[0.001, 0.005\]"
+    ):
         Preset.from_dict("mine", raw)
     Preset.from_dict("mine", {**raw, "search": {"start_from_config": False}})  # not asked for: any config will do

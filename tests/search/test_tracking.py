@@ -13,7 +13,14 @@ from ray.tune.experiment import Trial
 
 from iic.status import RunStatus
 from search.mlflow_runs import (
-    ROLE_TAG, SEARCH_TAG, STATUS_TAG, TRIAL_TAG, SearchRecord, create_trial_run, prepare_experiment, send_epochs,
+    ROLE_TAG,
+    SEARCH_TAG,
+    STATUS_TAG,
+    TRIAL_TAG,
+    SearchRecord,
+    create_trial_run,
+    prepare_experiment,
+    send_epochs,
 )
 from search.reconcile import main as reconcile_main
 from search.reconcile import reconcile, restored_trials
@@ -25,8 +32,14 @@ EPOCHS = 3
 def _reporting(config):
     """A trainable as small as can be: three epochs of made-up figures, the last one 'completed'."""
     for epoch in range(1, EPOCHS + 1):
-        tune.report({"epoch": epoch, "loss": -0.5 * epoch - config["lr"], "cluster_accuracy": 0.2 * epoch + config["lr"],
-                     "status": "completed" if epoch == EPOCHS else "running"})
+        tune.report(
+            {
+                "epoch": epoch,
+                "loss": -0.5 * epoch - config["lr"],
+                "cluster_accuracy": 0.2 * epoch + config["lr"],
+                "status": "completed" if epoch == EPOCHS else "running",
+            }
+        )
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +47,11 @@ def experiment(ray_session, tmp_path_factory) -> tuple[str, str]:
     """(storage path, name) of a finished Tune experiment of three trials."""
     storage = tmp_path_factory.mktemp("ray")
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray's workers cannot import this test module
-    tune.Tuner(_reporting, param_space={"lr": tune.grid_search([0.001, 0.002, 0.003]), "epochs": EPOCHS},
-               run_config=tune.RunConfig(name="exp", storage_path=str(storage), verbose=0)).fit()
+    tune.Tuner(
+        _reporting,
+        param_space={"lr": tune.grid_search([0.001, 0.002, 0.003]), "epochs": EPOCHS},
+        run_config=tune.RunConfig(name="exp", storage_path=str(storage), verbose=0),
+    ).fit()
     return str(storage), "exp"
 
 
@@ -43,7 +59,11 @@ def experiment(ray_session, tmp_path_factory) -> tuple[str, str]:
 def search(tmp_path) -> SearchRecord:
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     experiment_id = prepare_experiment(uri, "iic-test")
-    parent = MlflowClient(uri).create_run(experiment_id, run_name="exp", tags={SEARCH_TAG: "exp", ROLE_TAG: "search"}).info.run_id
+    parent = (
+        MlflowClient(uri)
+        .create_run(experiment_id, run_name="exp", tags={SEARCH_TAG: "exp", ROLE_TAG: "search"})
+        .info.run_id
+    )
     return SearchRecord(uri, experiment_id, "exp", parent, "test")
 
 
@@ -53,7 +73,10 @@ def _results(trial) -> list[dict]:
 
 def _runs(search: SearchRecord) -> dict:
     client = MlflowClient(search.tracking_uri)
-    return {run.data.tags[TRIAL_TAG]: run for run in client.search_runs([search.experiment_id], f"tags.`{ROLE_TAG}` = 'trial'")}
+    return {
+        run.data.tags[TRIAL_TAG]: run
+        for run in client.search_runs([search.experiment_id], f"tags.`{ROLE_TAG}` = 'trial'")
+    }
 
 
 def _steps(search: SearchRecord, run, key: str = "loss") -> list[int]:
@@ -67,15 +90,20 @@ def test_a_killed_drivers_gaps_are_filled_once_and_its_lost_runs_closed(experime
     driver = MLflowTrialLogger(search, "unused.json", quiet=True)
     for trial in (first, second, lost):
         driver.on_trial_start(0, [], trial)
-        driver.on_trial_result(0, [], trial, _results(trial)[0] if trial is not lost else {"epoch": 1, "loss": 0.0, "timestamp": 1})
+        driver.on_trial_result(
+            0, [], trial, _results(trial)[0] if trial is not lost else {"epoch": 1, "loss": 0.0, "timestamp": 1}
+        )
     # The driver is killed here: MLflow has epoch 1 of three trials (one of which Tune never
     # recorded), no run for the third, and every run open; Tune's records have all three trials ended.
     report = reconcile(MlflowClient(search.tracking_uri), search, trials)
 
     runs = _runs(search)
     assert {trial_id: (run.info.status, run.data.tags[STATUS_TAG]) for trial_id, run in runs.items()} == {
-        first.trial_id: ("FINISHED", "completed"), second.trial_id: ("FINISHED", "completed"),
-        third.trial_id: ("FINISHED", "completed"), "lost0001": ("KILLED", RunStatus.LOST_WITH_DRIVER)}
+        first.trial_id: ("FINISHED", "completed"),
+        second.trial_id: ("FINISHED", "completed"),
+        third.trial_id: ("FINISHED", "completed"),
+        "lost0001": ("KILLED", RunStatus.LOST_WITH_DRIVER),
+    }
     assert report.sent == {first.trial_id: [2, 3], second.trial_id: [2, 3], third.trial_id: [1, 2, 3]}
     assert report.closed_lost == ["lost0001"] and report.failures == []
     for trial in trials:
@@ -96,7 +124,11 @@ def test_the_logger_skips_an_epoch_a_restored_trial_reports_again(experiment, se
     logger = MLflowTrialLogger(search, "unused.json", quiet=True)
     first, second, _ = _results(trial)
     logger.on_trial_start(0, [], trial)
-    for result in (first, second, {**second, "loss": 99.0, "timestamp": second["timestamp"] + 7}):  # a replay of epoch 2
+    for result in (
+        first,
+        second,
+        {**second, "loss": 99.0, "timestamp": second["timestamp"] + 7},
+    ):  # a replay of epoch 2
         logger.on_trial_result(0, [], trial, result)
     [run] = _runs(search).values()
     history = MlflowClient(search.tracking_uri).get_metric_history(run.info.run_id, "loss")
@@ -109,10 +141,14 @@ def test_an_epoch_sent_twice_is_stored_once(search):
     result = {"epoch": 4, "loss": -1.25, "cluster_accuracy": 0.5, "timestamp": 1_800_000_000, "status": "running"}
     send_epochs(client, run_id, [result])
     send_epochs(client, run_id, [result])  # a write whose reply was lost, sent again
-    assert [(m.step, m.value, m.timestamp) for m in client.get_metric_history(run_id, "loss")] == [(4, -1.25, 1_800_000_000_000)]
+    assert [(m.step, m.value, m.timestamp) for m in client.get_metric_history(run_id, "loss")] == [
+        (4, -1.25, 1_800_000_000_000)
+    ]
 
 
-def test_with_mlflow_down_the_report_lists_every_epoch_and_where_tune_keeps_it(experiment, tmp_path, monkeypatch, capsys):
+def test_with_mlflow_down_the_report_lists_every_epoch_and_where_tune_keeps_it(
+    experiment, tmp_path, monkeypatch, capsys
+):
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     search = SearchRecord("http://127.0.0.1:9", "0", "exp", "parent", "test")  # nothing listens on port 9
     trials = restored_trials(f"{experiment[0]}/{experiment[1]}")
@@ -125,8 +161,12 @@ def test_with_mlflow_down_the_report_lists_every_epoch_and_where_tune_keeps_it(e
     logger.on_experiment_end(trials)
 
     report = json.loads((tmp_path / "report.json").read_text())
-    assert {trial_id: entry["epochs"] for trial_id, entry in report["unlogged"].items()} == {t.trial_id: [1, 2, 3] for t in trials}
-    assert all(entry["ending"] and entry["tune_results"].endswith("result.json") for entry in report["unlogged"].values())
+    assert {trial_id: entry["epochs"] for trial_id, entry in report["unlogged"].items()} == {
+        t.trial_id: [1, 2, 3] for t in trials
+    }
+    assert all(
+        entry["ending"] and entry["tune_results"].endswith("result.json") for entry in report["unlogged"].values()
+    )
     assert report["statuses"] == {t.trial_id: "completed" for t in trials}
     assert any("python search/reconcile.py --name exp" in failure for failure in report["failures"])
     assert capsys.readouterr().out.count("does not answer") == 1  # said once, not per write
@@ -137,7 +177,9 @@ def test_reconcile_command_completes_a_search_from_its_tune_records(experiment, 
     assert reconcile_main(["--name", name, "--storage-path", storage, "--tracking-uri", search.tracking_uri]) == 0
     assert capsys.readouterr().out.count("sent epochs 1-3") == 3
     runs = _runs(search)
-    assert len(runs) == 3 and all(run.info.status == "FINISHED" and _steps(search, run) == [1, 2, 3] for run in runs.values())
+    assert len(runs) == 3 and all(
+        run.info.status == "FINISHED" and _steps(search, run) == [1, 2, 3] for run in runs.values()
+    )
     assert reconcile_main(["--name", name, "--storage-path", storage, "--tracking-uri", search.tracking_uri]) == 0
     assert "already held everything" in capsys.readouterr().out
     assert reconcile_main(["--name", "nope", "--storage-path", storage, "--tracking-uri", search.tracking_uri]) == 2

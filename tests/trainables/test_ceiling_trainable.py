@@ -11,7 +11,9 @@ def _fit(tmp_path, trainable, config: dict, name: str, retries: int = 0):
     tuner = tune.Tuner(
         tune.with_resources(trainable, {"cpu": 1}),
         param_space=config,
-        run_config=tune.RunConfig(name=name, storage_path=str(tmp_path), verbose=0, failure_config=tune.FailureConfig(max_failures=retries)),
+        run_config=tune.RunConfig(
+            name=name, storage_path=str(tmp_path), verbose=0, failure_config=tune.FailureConfig(max_failures=retries)
+        ),
     )
     return tuner.fit()[0]
 

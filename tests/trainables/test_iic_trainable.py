@@ -9,8 +9,18 @@ from ray.tune.schedulers import PopulationBasedTraining
 import torch
 
 from trainables.iic_trainable import (
-    CHECKPOINT_FILE, EXPLOIT_EPOCH_KEY, EXPLOITED_FROM_KEY, SCHEDULE_KEY, PBT_KEY, SEEDS_KEY, SUMMARY_FILE, TrialSettings, has_collapsed,
-    train_iic, trial_finished, trial_iic_config,
+    CHECKPOINT_FILE,
+    EXPLOIT_EPOCH_KEY,
+    EXPLOITED_FROM_KEY,
+    SCHEDULE_KEY,
+    PBT_KEY,
+    SEEDS_KEY,
+    SUMMARY_FILE,
+    TrialSettings,
+    has_collapsed,
+    train_iic,
+    trial_finished,
+    trial_iic_config,
 )
 
 
@@ -66,13 +76,23 @@ def test_reports_every_epoch_with_a_checkpoint(ray_session, tmp_path, tiny_confi
 
 def test_collapsed_trial_stops_itself_and_says_so(ray_session, tmp_path, tiny_config):
     # every clustering holds >= 0% in its largest cluster: "collapsed" after 2 epochs of 5
-    result = _fit(tmp_path, tiny_config.replace(epochs=5).to_dict(), TrialSettings(collapse_share=0.0, collapse_patience=2), "collapse")
+    result = _fit(
+        tmp_path,
+        tiny_config.replace(epochs=5).to_dict(),
+        TrialSettings(collapse_share=0.0, collapse_patience=2),
+        "collapse",
+    )
     assert result.metrics["status"] == "collapsed"
     assert result.metrics["epoch"] == 2
 
 
 def test_a_collapse_in_the_last_epoch_is_a_collapse(ray_session, tmp_path, tiny_config):
-    result = _fit(tmp_path, tiny_config.replace(epochs=1).to_dict(), TrialSettings(collapse_share=0.0, collapse_patience=1), "last")
+    result = _fit(
+        tmp_path,
+        tiny_config.replace(epochs=1).to_dict(),
+        TrialSettings(collapse_share=0.0, collapse_patience=1),
+        "last",
+    )
     assert result.metrics["status"] == "collapsed" and result.metrics["epoch"] == 1
 
 
@@ -83,7 +103,9 @@ def test_a_trial_trains_its_seeds_at_once_and_reports_their_spread(ray_session, 
     per_seed = [metrics[f"cluster_accuracy/seed_{i}"] for i in range(3)]
     assert metrics["num_seeds"] == 3 and metrics["status"] == "completed"
     assert metrics["cluster_accuracy"] == pytest.approx(np.mean(per_seed))
-    assert metrics["cluster_accuracy_min"] == min(per_seed) and metrics["cluster_accuracy_sd"] == pytest.approx(np.std(per_seed, ddof=1))
+    assert metrics["cluster_accuracy_min"] == min(per_seed) and metrics["cluster_accuracy_sd"] == pytest.approx(
+        np.std(per_seed, ddof=1)
+    )
     assert metrics["label_free_pick_seed"] in (4, 9, 13)
     with result.checkpoint.as_directory() as folder:
         assert torch.load(f"{folder}/{CHECKPOINT_FILE}", weights_only=False)["seeds"] == [4, 9, 13]
@@ -101,7 +123,9 @@ class ReportsByTrial(tune.Callback, dict):
 
 
 @pytest.mark.slow  # a real two-trial PBT run
-def test_a_trial_takes_over_another_trials_checkpoint_with_new_values_and_refuses_other_changes(ray_session, tmp_path, tiny_config):
+def test_a_trial_takes_over_another_trials_checkpoint_with_new_values_and_refuses_other_changes(
+    ray_session, tmp_path, tiny_config
+):
     # Two trials, a real PBT exploit after every epoch (synchronous: both trials at the same epoch):
     # the first gives the weaker trial the stronger one's checkpoint with a new lr and augmentation,
     # the second changes the batch size.
@@ -111,19 +135,30 @@ def test_a_trial_takes_over_another_trials_checkpoint_with_new_values_and_refuse
         explored.append(config)
         return {**config, "lr": 1e-3, "brightness": 0.1} if len(explored) == 1 else {**config, "batch_size": 16}
 
-    pbt = PopulationBasedTraining(time_attr="training_iteration", perturbation_interval=1, quantile_fraction=0.5,
-                                  custom_explore_fn=explore, synch=True)
+    pbt = PopulationBasedTraining(
+        time_attr="training_iteration",
+        perturbation_interval=1,
+        quantile_fraction=0.5,
+        custom_explore_fn=explore,
+        synch=True,
+    )
     reports = ReportsByTrial()
     tuner = tune.Tuner(
         tune.with_resources(tune.with_parameters(train_iic, settings=TrialSettings(collapse_share=1.1)), {"cpu": 1}),
         param_space={**tiny_config.replace(epochs=3).to_dict(), "lr": tune.grid_search([3e-3, 5e-3]), PBT_KEY: True},
         tune_config=tune.TuneConfig(scheduler=pbt, metric="mutual_information", mode="max"),
-        run_config=tune.RunConfig(name="pbt", storage_path=str(tmp_path), stop=trial_finished, verbose=0, callbacks=[reports]),
+        run_config=tune.RunConfig(
+            name="pbt", storage_path=str(tmp_path), stop=trial_finished, verbose=0, callbacks=[reports]
+        ),
     )
     results = list(tuner.fit())
     assert len(explored) == 2
-    [(recipient, row)] = [(trial_id, report) for trial_id, history in reports.items() for report in history
-                          if report.get(EXPLOIT_EPOCH_KEY) == 1]
+    [(recipient, row)] = [
+        (trial_id, report)
+        for trial_id, history in reports.items()
+        for report in history
+        if report.get(EXPLOIT_EPOCH_KEY) == 1
+    ]
     [donor] = set(reports) - {recipient}
     # the recipient went on from the donor's epoch 1 with the new values, and said so
     assert row[EXPLOITED_FROM_KEY] == donor and row["epoch"] == 2 and row["status"] in ("running", "completed")
@@ -133,10 +168,15 @@ def test_a_trial_takes_over_another_trials_checkpoint_with_new_values_and_refuse
     assert schedule[0]["epoch"] == 1 and schedule[0]["values"]["lr"] == donor_lr  # epoch 1 was the donor's
     assert schedule[1] == {"epoch": 2, "values": {"lr": 1e-3, "brightness": 0.1}}
     assert trial_iic_config(explored[0], {SCHEDULE_KEY: row[SCHEDULE_KEY]}) == tiny_config.replace(
-        epochs=3, lr=donor_lr, schedule=[{"epoch": 2, "values": {"lr": 1e-3, "brightness": 0.1}}])
+        epochs=3, lr=donor_lr, schedule=[{"epoch": 2, "values": {"lr": 1e-3, "brightness": 0.1}}]
+    )
     # the second exploit changed the batch size: refused, naming it
     errors = [str(result.error) for result in results if result.error is not None]
-    assert len(errors) == 1 and "batch_size differ" in errors[0] and "which then change from the restored epoch on" in errors[0]
+    assert (
+        len(errors) == 1
+        and "batch_size differ" in errors[0]
+        and "which then change from the restored epoch on" in errors[0]
+    )
 
 
 def test_an_unscheduled_trial_reports_no_schedule(ray_session, tmp_path, tiny_config):
