@@ -39,7 +39,8 @@ class IICLoss(nn.Module):
     def forward(self, p: torch.Tensor, p_twin: torch.Tensor) -> torch.Tensor:
         if p.shape != p_twin.shape or p.dim() < 2:
             raise ValueError(
-                f"IICLoss expects two (..., N, k) tensors of equal shape, got {tuple(p.shape)} and {tuple(p_twin.shape)}"
+                "IICLoss expects two (..., N, k) tensors of equal "
+                f"shape, got {tuple(p.shape)} and {tuple(p_twin.shape)}"
             )
         # Log of tiny probabilities needs full precision even under autocast.
         joint = joint_distribution(p.float(), p_twin.float())

@@ -105,7 +105,8 @@ def _load_matching(net: nn.Module, architecture: str, path: str | Path, adapted:
         ) from None
     if not isinstance(loaded, dict):
         raise WeightsError(
-            f"{path} holds a {type(loaded).__name__}, not a state dict; save one with torch.save(model.state_dict(), path)"
+            f"{path} holds a {type(loaded).__name__}, not a state "
+            "dict; save one with torch.save(model.state_dict(), path)"
         )
     # Files saved before batch norm counted its batches lack num_batches_tracked; it is bookkeeping only.
     lacking = [
@@ -118,7 +119,8 @@ def _load_matching(net: nn.Module, architecture: str, path: str | Path, adapted:
     if lacking:
         shown = ", ".join(lacking[:3]) + (f" and {len(lacking) - 3} more" if len(lacking) > 3 else "")
         raise WeightsError(
-            f"{path} is not a {architecture} state dict in torchvision's layout: it lacks {shown} (or holds them in other shapes)"
+            f"{path} is not a {architecture} state dict in torchvision's "
+            f"layout: it lacks {shown} (or holds them in other shapes)"
         )
     own.update({name: value for name, value in loaded.items() if name in own and name not in adapted})
     net.load_state_dict(own)
@@ -219,7 +221,8 @@ def stack_backbones(backbones: list[nn.Module]) -> nn.Module:
             stacked.set_submodule(name, _stacked_batch_norm(twins))
         elif not isinstance(module, _CHANNELWISE):
             raise ValueError(
-                f"cannot stack backbone layer {name} ({type(module).__name__}): only convolutions, batch norms and channel-wise layers"
+                f"cannot stack backbone layer {name} ({type(module).__name__}): "
+                "only convolutions, batch norms and channel-wise layers"
             )
     return stacked
 
@@ -233,7 +236,8 @@ def shared_backbone(backbones: list[nn.Module]) -> nn.Module:
         differing = [name for name, value in backbone.state_dict().items() if not torch.equal(value, first[name])]
         if differing:
             raise ValueError(
-                f"frozen backbones must be identical to be shared; {differing[0]} differs (a layer the weights do not hold?)"
+                "frozen backbones must be identical to be shared; "
+                f"{differing[0]} differs (a layer the weights do not hold?)"
             )
     shared = backbones[0].requires_grad_(False)
     return shared.eval()
@@ -257,7 +261,7 @@ class StackedClusterHead(nn.Module):
     def forward(self, features: torch.Tensor) -> list[torch.Tensor]:
         return [
             (torch.einsum("snf,skf->snk", features, weight) + bias.unsqueeze(1)).float().softmax(dim=-1)
-            for weight, bias in zip(self.weights, self.biases)
+            for weight, bias in zip(self.weights, self.biases, strict=True)
         ]
 
 

@@ -57,8 +57,10 @@ def fetch_imagenet_weights(backbone: str) -> Path:
         except OSError as err:  # urllib's URLError: no network, no DNS, refused
             reason = getattr(err, "reason", err)
             raise WeightsError(
-                f"{backbone}'s ImageNet weights ({weights}) are not in torch's cache and could not be downloaded ({reason}). "
-                f"Without network, copy {weights.url} (downloaded on a machine that is online, or by `python -m iic.pretrained` there) "
+                f"{backbone}'s ImageNet weights ({weights}) are not in "
+                f"torch's cache and could not be downloaded ({reason}). "
+                f"Without network, copy {weights.url} (downloaded on a machine "
+                "that is online, or by `python -m iic.pretrained` there) "
                 f"to {path} (torch's cache: $TORCH_HOME/hub/checkpoints/{path.name}), or give a local file: "
                 f"backbone_weights: /path/to/state_dict.pt"
             ) from None

@@ -8,8 +8,11 @@ and what a user who trains it several times and keeps the run with the highest l
 
 import itertools
 import math
+from typing import Sequence
 
 import numpy as np
+
+from iic.config import ConfigError
 
 # Metrics whose spread over seeds is reported beside their mean.
 SPREAD_METRICS = ("cluster_accuracy", "nmi", "mutual_information", "largest_cluster_share")
@@ -21,7 +24,6 @@ LABEL_FREE_PICK = "label_free_pick_accuracy"
 INIT_SEED = "init_seed"
 # Seeds are drawn from [0, SEED_RANGE): any of them is a valid torch/numpy seed.
 SEED_RANGE = 2**31 - 1
-_SCREENING_STREAM = 1  # a seed's screening candidates come from its own stream, not draw_seeds(seed)'s
 
 
 def draw_seeds(search_seed: int, count: int, skip: int = 0) -> list[int]:
@@ -35,23 +37,6 @@ def draw_seeds(search_seed: int, count: int, skip: int = 0) -> list[int]:
         if seed not in seeds:
             seeds.append(seed)
     return seeds[skip:]
-
-
-def screening_candidates(seeds: list[int], inits: int) -> list[list[int]]:
-    """Each seed's ``inits`` initialisations: the seed itself, then seeds drawn from it (none
-    repeating another of the run's, so every model of a stack is its own run)."""
-    taken = set(seeds)
-    groups = []
-    for seed in seeds:
-        rng = np.random.default_rng([seed, _SCREENING_STREAM])
-        group = [seed]
-        while len(group) < inits:
-            candidate = int(rng.integers(SEED_RANGE))
-            if candidate not in taken:
-                taken.add(candidate)
-                group.append(candidate)
-        groups.append(group)
-    return groups
 
 
 def label_free_ranking(per_seed: list[dict]) -> list[int]:
@@ -114,3 +99,14 @@ def label_free_best_of_every(per_seed: list[dict], group: int = 3) -> float:
 
 def _mean_pick_accuracy(groups: list[list[dict]]) -> float:
     return float(np.mean([g[label_free_pick(g)]["cluster_accuracy"] for g in groups])) if groups else float("nan")
+
+
+def check_seeds(seeds: Sequence[int]) -> list[int]:
+    seeds = list(seeds)
+    if (
+        not seeds
+        or len(set(seeds)) != len(seeds)
+        or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)
+    ):
+        raise ConfigError(f"seeds: give one or more distinct non-negative integers (got {seeds})")
+    return seeds

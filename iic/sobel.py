@@ -12,8 +12,7 @@ from iic.colour import luma_weights, to_grey
 
 
 class Sobel(nn.Module):
-    """Greyscale, then x/y Sobel filters: (N, C, H, W) in [0, 1] -> (N, 2, H, W), or
-    (N, C + 2, H, W) with ``keep_input=True`` (the grey/RGB channels followed by the gradients).
+    """Greyscale, then x/y Sobel filters: (N, C, H, W) in [0, 1] -> (N, 2, H, W).
 
     Example:
         >>> sobel = Sobel()
@@ -21,20 +20,17 @@ class Sobel(nn.Module):
         torch.Size([8, 2, 32, 32])
     """
 
-    def __init__(self, keep_input: bool = False):
+    OUTPUT_CHANNELS = 2
+
+    def __init__(self):
         super().__init__()
-        self.keep_input = keep_input
         gx = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
         kernels = torch.stack([gx, gx.t()]).unsqueeze(1)  # (2, 1, 3, 3)
         self.register_buffer("kernels", kernels, persistent=False)
         # A buffer, so that the weights move with the module and no step copies them to the device.
         self.register_buffer("luma", luma_weights(), persistent=False)
 
-    @staticmethod
-    def output_channels(input_channels: int, keep_input: bool) -> int:
-        return 2 + (input_channels if keep_input else 0)
-
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         grey = to_grey(images, self.luma.to(images.dtype))
         gradients = F.conv2d(grey, self.kernels.to(images.dtype), padding=1)
-        return torch.cat([images, gradients], dim=1) if self.keep_input else gradients
+        return gradients

@@ -9,14 +9,11 @@ images drawn from the seed. IIC-only fields (heads, clusters, lamb, repeats, pas
 an epoch is one pass over the training images.
 
 ``train_supervised(config, on_epoch=...)`` runs it with the epoch loop and callback of
-``iic.train.train``; ``python -m iic.train --supervised ...`` writes the same files as an IIC run.
+``iic.trainer.train``; ``python -m iic.train --supervised ...`` writes the same files as an IIC run.
 """
 
-import argparse
 import functools
-import json
 import math
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,31 +25,22 @@ from torch import nn
 from torch.nn import functional as F
 
 from iic.augment import BatchAugment
+from iic.checkpoint import check_resumable, load_state, save_state
 from iic.config import ConfigError, IICConfig
-from iic.data import DATASET_SPECS, DatasetError, ImageData, check_dataset_source, load_dataset
-from iic.metrics import clustering_metrics, confusion_matrix
-from iic.status import RunStatus
-from iic.train import (
+from iic.data import DATASET_SPECS, ImageData, check_dataset_source, load_dataset
+from iic.inputs import (
     AUGMENT_SEED_OFFSET,
-    EpochCallback,
     batch_bounds,
-    check_resumable,
-    check_seeds,
-    checkpoint_and_print,
-    cli_error,
-    config_from_args,
     input_transform,
-    load_state,
-    mark_diverged,
     new_backbone,
     prepare_images,
     resolve_device,
-    run_epochs,
-    save_state,
     seed_everything,
-    start_output,
-    write_metrics,
 )
+from iic.loop import EpochCallback, mark_diverged, run_epochs
+from iic.metrics import clustering_metrics, confusion_matrix
+from iic.seeds import check_seeds
+from iic.status import RunStatus
 
 ACCURACY = "supervised_accuracy"  # accuracy on the held-out split
 TEST_SPLIT = "test"
@@ -121,7 +109,8 @@ def _check_stratifiable(labels: np.ndarray, class_names: list[str], config: IICC
             else f"{len(labels)} images are too few for {len(present)} classes"
         )
         raise ConfigError(
-            f"the supervised ceiling holds out a stratified {HELD_OUT_SHARE:.0%} of {config.dataset} split {config.split!r}, which "
+            f"the supervised ceiling holds out a stratified {HELD_OUT_SHARE:.0%} "
+            f"of {config.dataset} split {config.split!r}, which "
             f"needs every class twice and one image of each class on both sides; {problem}: raise max_samples "
             f"(now {config.max_samples}) or leave it out"
         )
@@ -168,7 +157,8 @@ class SupervisedTrainer:
         split = held_out_split(config, self.seed)
         if len(split.train) < 2:
             raise ConfigError(
-                f"the supervised ceiling has {len(split.train)} training image(s) of {config.dataset}; it needs at least 2: raise max_samples"
+                f"the supervised ceiling has {len(split.train)} training image(s) "
+                f"of {config.dataset}; it needs at least 2: raise max_samples"
             )
         self.held_out_split = split.name
         self.class_names = split.train.class_names
@@ -328,57 +318,3 @@ def train_supervised(
     """Train the ceiling of ``config`` on ``seed`` (default ``config.seed``) to ``config.epochs``
     epochs. ``on_epoch``, ``resume_from`` and the statuses work as in ``iic.train.train``."""
     return run_epochs(SupervisedTrainer(config, seed), on_epoch, resume_from)
-
-
-def main(args: argparse.Namespace) -> int:
-    """``python -m iic.train --supervised``: the options of an IIC run, one seed (``--seed``, or
-    one ``--seeds``); writes config.yaml, checkpoint.pt, metrics.json and confusion_matrix.png."""
-    out = Path(args.out)
-    try:
-        config, resume_from = config_from_args(args)
-        if args.seeds and len(args.seeds) > 1:
-            raise ConfigError(
-                f"--seeds {' '.join(map(str, args.seeds))}: --supervised trains one seed; give one with --seed S (or --seeds S)"
-            )
-        # A resumed run keeps the seed its checkpoint was trained on unless --seeds says otherwise.
-        seed = (
-            args.seeds[0] if args.seeds else SupervisedTrainer.saved_seed(resume_from) if resume_from else config.seed
-        )
-        trainer = SupervisedTrainer(config, seed)  # loads the data: every check before anything is written
-    except (ConfigError, DatasetError) as err:
-        return cli_error(err)
-    start_output(
-        out,
-        config,
-        f"training a supervised {config.backbone} on {config.dataset} for {config.epochs} epochs (seed {trainer.seed}), "
-        f"held out: {trainer.held_out_split}",
-    )
-    started = time.perf_counter()
-    try:
-        result = run_epochs(trainer, checkpoint_and_print(out, config.epochs, ACCURACY), resume_from)
-    except ConfigError as err:  # a checkpoint of another config
-        return cli_error(err)
-    summary = {
-        **result.metrics,
-        "status": result.status,
-        "epochs": len(result.history),
-        "seconds": time.perf_counter() - started,
-        "per_seed": [result.metrics],
-        "class_names": result.class_names,
-        "confusion_matrix": result.confusion.tolist() if result.confusion is not None else None,
-    }  # predicted x true
-    write_metrics(
-        out,
-        summary,
-        result.confusion,
-        result.class_names,
-        f"predicted (rows) vs true classes, held out: {result.held_out_split}",
-    )
-    if result.status == RunStatus.DIVERGED:
-        print(
-            f"diverged: the loss became NaN/inf at epoch {len(result.history)}; lower lr (now {config.lr})",
-            file=sys.stderr,
-        )
-        return 1
-    print(json.dumps({k: summary[k] for k in (ACCURACY, "held_out_split", "status") if k in summary}))
-    return 0

@@ -34,10 +34,12 @@ import numpy as np
 import ray
 from ray import tune
 
+from iic.checkpoint import CHECKPOINT_FILE
 from iic.config import IICConfig
+from iic.loop import StopReason
 from iic.plots import cluster_samples
 from iic.status import RunStatus
-from iic.train import CHECKPOINT_FILE, StopReason, Trainer, train
+from iic.trainer import Trainer, train
 
 SUMMARY_FILE = "clusters.npz"
 WRITER_FILE = "writer.json"  # which trial wrote the checkpoint, after which epoch

@@ -47,7 +47,7 @@ def test_rotation_of_180_degrees_turns_the_image_over():
     out = BatchAugment(rotation_degrees=180)(images, _generator())
     turned = images.flip(-1).flip(-2)
     # angles are uniform in ±180°, so some images come out close to upside down
-    closest = min(((o - t).abs().mean().item() for o, t in zip(out, turned)))
+    closest = min(((o - t).abs().mean().item() for o, t in zip(out, turned, strict=True)))
     assert closest < 0.05
 
 

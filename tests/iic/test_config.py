@@ -1,9 +1,10 @@
+import dataclasses
 import pickle
 from pathlib import Path
 
 import pytest
 
-from iic.config import ConfigError, IICConfig
+from iic.config import ConfigError, IICConfig, field_docs, field_reference
 from iic.data import HAR_MERGED_9, HAR_REDUCED_3
 from iic.train import main
 
@@ -53,12 +54,7 @@ def test_wrong_types_are_rejected_and_ints_become_floats():
         ({"dataset": "har"}, "data_root: .*har"),
         ({"dataset": "image_folder", "data_root": "/no/such/folder"}, "data_root: .*/no/such/folder"),
         ({"device": "tpu"}, "device: 'tpu'"),
-        (
-            {"epochs": 10, "self_label_epochs": 10},
-            "self_label_epochs: must be from 0 to epochs - 1 = 9 .*IIC's clusters to start from",
-        ),
-        ({"self_label_epochs": -1}, "self_label_epochs: must be from 0"),
-        ({"self_label_threshold": 1.0}, "self_label_threshold: must be between 0 and 1, exclusive .* SCAN uses 0.99"),
+        ({"overcluster_passes": -1}, "overcluster_passes: must be 0 or more"),
         (
             {"backbone": "resnet18", "input_size": 32, "backbone_weights": "/no/weights.pt"},
             "backbone_weights: file /no/weights.pt does not exist",
@@ -164,7 +160,8 @@ def test_pretrained_and_frozen_backbones_refuse_what_does_not_fit(tmp_path):
         ({"backbone": "clusternet"}, "backbone_weights: only resnet18 or resnet50 load weights"),
         (
             {"sobel": True},
-            "sobel: pretrained weights read RGB images, and Sobel replaces them with 2 gradient channels; set sobel: false",
+            "sobel: pretrained weights read RGB images, and Sobel "
+            "replaces them with 2 gradient channels; set sobel: false",
         ),
         (
             {"freeze_backbone": True, "backbone_weights": None},
@@ -202,7 +199,8 @@ def test_a_schedule_round_trips_through_yaml_and_says_what_is_in_force(tmp_path)
     [
         (
             [{"epoch": 2, "values": {"batch_size": 32}}],
-            r"schedule\[0\]: batch_size cannot change while a run trains; a schedule may change only crop_min_scale, .*lr, lamb",
+            r"schedule\[0\]: batch_size cannot change while a run trains; "
+            r"a schedule may change only crop_min_scale, .*lr, lamb",
         ),
         (
             [{"epoch": 2, "values": {"hflip_prob": 1.5}}],
@@ -248,24 +246,13 @@ def test_a_malformed_schedule_in_a_file_is_refused_with_its_shape(tmp_path, sche
     assert message in str(caught.value)
 
 
-def test_self_labelling_takes_the_last_epochs_and_a_truncated_run_keeps_those_it_trained():
-    config = IICConfig(epochs=10, self_label_epochs=3)
-    assert [epoch for epoch in range(1, 11) if config.self_labels_at(epoch)] == [8, 9, 10]
-    assert config.truncated(9).self_label_epochs == 2  # stopped after epoch 9: self-labelled 8 and 9
-    assert config.truncated(7).self_label_epochs == 0  # stopped before self-labelling began
-    assert not any(IICConfig(epochs=10).self_labels_at(epoch) for epoch in range(1, 11))
+def test_the_field_reference_in_the_docs_is_the_one_the_code_generates():
+    # docs/training.md carries field_reference() between its markers: regenerate with `python -m iic.config`.
+    docs = (Path(__file__).parents[2] / "docs" / "training.md").read_text()
+    start, end = "<!-- config-reference -->\n", "\n<!-- /config-reference -->"
+    assert start in docs and end in docs, "docs/training.md lost its config-reference markers"
+    assert docs[docs.index(start) + len(start) : docs.index(end)] == field_reference()
 
 
-def test_model_epochs_count_every_initialisation_while_it_trains():
-    config = IICConfig(epochs=45)
-    assert config.model_epochs() == 45
-    assert config.replace(screen_inits=3, screen_epochs=20).model_epochs() == 3 * 20 + 25
-    # six to epoch 10, the two highest in MI to epoch 20, one to the end
-    assert (
-        config.replace(screen_inits=6, screen_cut_epochs=10, screen_cut_keep=2, screen_epochs=20).model_epochs()
-        == 60 + 20 + 25
-    )
-    # and through an epoch: what a run has cost so far
-    cut = config.replace(screen_inits=6, screen_cut_epochs=10, screen_cut_keep=2, screen_epochs=20)
-    assert [cut.model_epochs(through=e) for e in (0, 10, 11, 20, 21, 45)] == [0, 60, 62, 80, 81, 105]
-    assert [cut.models_training(e) for e in (1, 10, 11, 20, 21)] == [6, 6, 2, 2, 1]
+def test_every_field_has_its_docstring():
+    assert set(field_docs()) == {field.name for field in dataclasses.fields(IICConfig)}

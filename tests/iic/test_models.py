@@ -67,7 +67,7 @@ def test_a_stack_of_models_computes_what_each_model_computes(backbone, channels,
     for head in ("main", "overcluster"):
         outputs = stacked(images, head)
         for index, model in enumerate(models):
-            for together, alone in zip(outputs, model(images[index], head)):
+            for together, alone in zip(outputs, model(images[index], head), strict=True):
                 assert torch.allclose(together[index], alone, atol=1e-5)
     # batch norm statistics stay per model too (both were in training mode)
     stacked_mean = next(m for m in stacked.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)).running_mean
@@ -130,7 +130,7 @@ def test_a_frozen_stack_shares_one_backbone_and_computes_what_each_model_compute
         outputs = stacked(images, head)
         for index, model in enumerate(models):
             model.eval()  # a frozen backbone keeps its batch-norm statistics
-            for together, alone in zip(outputs, model(images[index], head)):
+            for together, alone in zip(outputs, model(images[index], head), strict=True):
                 assert torch.allclose(together[index], alone, atol=1e-5)
     stacked(images)[0][:, :, 0].sum().backward()  # gradients reach the heads only
     assert stacked.heads["main"].weights[0].grad.abs().sum() > 0

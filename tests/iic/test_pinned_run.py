@@ -9,7 +9,7 @@ redesign of iic/ (same config, same seeds); on the same machine a run gives them
 import pytest
 
 from iic.config import IICConfig
-from iic.train import train
+from iic.trainer import train
 
 SEEDS = [3, 7]
 CONFIG = IICConfig(
@@ -43,7 +43,9 @@ def _history(result):
 
 def _check(result):
     assert [epoch for epoch, _, _ in _history(result)] == [1, 2, 3, 4]
-    for (epoch, loss, accuracy), (_, pinned_loss, pinned_accuracy) in zip(_history(result), PINNED_HISTORY):
+    for (epoch, loss, accuracy), (_, pinned_loss, pinned_accuracy) in zip(
+        _history(result), PINNED_HISTORY, strict=True
+    ):
         assert loss == pytest.approx(pinned_loss, rel=1e-4, abs=1e-5), f"epoch {epoch}: loss"
         assert accuracy == pytest.approx(pinned_accuracy, abs=1e-9), f"epoch {epoch}: cluster_accuracy"
     assert [run.metrics["cluster_accuracy"] for run in result.seeds] == pytest.approx(PINNED_SEED_ACCURACY, abs=1e-9)

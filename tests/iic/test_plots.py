@@ -12,7 +12,7 @@ def test_cluster_samples_take_at_most_per_cluster_members_of_each_cluster():
     assert samples["cluster_sizes"].tolist() == [20, 0, 10]
     assert np.bincount(samples["sample_clusters"], minlength=3).tolist() == [8, 0, 8]
     # each sample is an image of its own cluster (pixel value = image index)
-    for image, cluster in zip(samples["sample_images"], samples["sample_clusters"]):
+    for image, cluster in zip(samples["sample_images"], samples["sample_clusters"], strict=True):
         assert clusters[image[0, 0, 0]] == cluster
 
 

@@ -11,7 +11,6 @@ from iic.seeds import (
     label_free_best_of_every,
     label_free_pick,
     label_free_ranking,
-    screening_candidates,
 )
 
 
@@ -114,14 +113,3 @@ def test_label_free_best_of_every_triple_averages_all_of_them():
     assert label_free_best_of_every(per_seed) == pytest.approx((0.4 + 0.6 * 3) / 4)
     assert label_free_best_of(per_seed) == pytest.approx(0.4)  # consecutive triples: only the first
     assert math.isnan(label_free_best_of_every(per_seed[:2]))
-
-
-def test_screening_candidates_start_with_the_seed_and_never_repeat_one_of_the_run():
-    groups = screening_candidates([3, 5], 3)
-    assert [group[0] for group in groups] == [3, 5] and all(len(group) == 3 for group in groups)
-    assert len({seed for group in groups for seed in group}) == 6
-    assert screening_candidates([3, 5], 3) == groups  # reproducible
-    assert screening_candidates([5], 2) == [groups[1][:2]]  # a seed's candidates depend on it alone, not the count
-    assert screening_candidates([3, 5], 1) == [[3], [5]]
-    taken = screening_candidates([3], 2)[0][1]
-    assert taken not in screening_candidates([3, taken], 2)[0]  # another of the run's seeds is skipped

@@ -3,12 +3,11 @@ import torch
 from iic.sobel import Sobel
 
 
-def test_shapes_with_and_without_input_channels():
+def test_colour_and_grey_images_give_two_gradient_channels():
     rgb = torch.rand(4, 3, 12, 12)
     assert Sobel()(rgb).shape == (4, 2, 12, 12)
-    assert Sobel(keep_input=True)(rgb).shape == (4, 5, 12, 12)
-    assert Sobel(keep_input=True)(torch.rand(2, 1, 8, 8)).shape == (2, 3, 8, 8)
-    assert Sobel.output_channels(3, keep_input=True) == 5 and Sobel.output_channels(1, keep_input=False) == 2
+    assert Sobel()(torch.rand(2, 1, 8, 8)).shape == (2, 2, 8, 8)
+    assert Sobel.OUTPUT_CHANNELS == 2
 
 
 def test_vertical_edge_shows_in_x_gradient_only():

@@ -3,13 +3,15 @@ import json
 import numpy as np
 import pytest
 import torch
+from test_data import ids, write_mnist  # tests/iic/test_data.py: real idx files
 
+from iic.checkpoint import CHECKPOINT_FILE
 from iic.config import ConfigError
 from iic.data import load_dataset
 from iic.status import RunStatus
 from iic.supervised import ACCURACY, SupervisedTrainer, held_out_split, train_supervised
-from iic.train import CHECKPOINT_FILE, Trainer, main
-from test_data import ids, write_mnist  # tests/iic/test_data.py: real idx files
+from iic.train import main
+from iic.trainer import Trainer
 
 
 @pytest.fixture

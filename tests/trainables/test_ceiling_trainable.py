@@ -2,7 +2,7 @@ import pytest
 import torch
 from ray import tune
 
-from iic.train import CHECKPOINT_FILE
+from iic.checkpoint import CHECKPOINT_FILE
 from trainables.ceiling_trainable import train_ceiling
 from trainables.iic_trainable import GATE_KEY, SEEDS_KEY
 

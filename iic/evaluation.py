@@ -1,0 +1,68 @@
+"""How a stack of models is scored after each epoch, without labels choosing anything.
+
+Each model reports its sub-head with the lowest training loss, that sub-head's clusters, the
+clustering metrics where labels exist, and the mutual information it reaches between the images
+and their held-out augmented views: the label-free score that screening and searches may rank by.
+"""
+
+import torch
+
+from iic.loss import mutual_information
+from iic.metrics import clustering_metrics
+from iic.seeds import INIT_SEED
+
+
+def evaluate(trainer, subhead_losses: torch.Tensor) -> list[dict]:
+    """Each model's metrics, of its sub-head with the lowest training loss (chosen without
+    labels), with the mutual information it reaches on held-out augmented views (a label-free
+    objective). ``subhead_losses``: (sub-heads, models)."""
+    probabilities = predict(trainer, held_out_views=False)
+    twin_probabilities = predict(trainer, held_out_views=True)
+    num_clusters, num_classes = trainer.config.num_clusters, trainer.data.num_classes
+    per_model = []
+    for index, init in enumerate(trainer.inits):
+        chosen = int(subhead_losses[:, index].argmin())
+        clusters = probabilities[chosen][index].argmax(dim=1).cpu().numpy()
+        metrics = {
+            "seed": trainer.seed_of_model[index],
+            "loss": float(subhead_losses[chosen, index]),
+            "mutual_information": mutual_information(probabilities[chosen][index], twin_probabilities[chosen][index]),
+            "chosen_subhead": chosen,
+            **clustering_metrics(clusters, trainer.labels, num_clusters, num_classes),
+        }
+        if trainer.config.screen_inits > 1:
+            metrics[INIT_SEED] = init
+        if "cluster_accuracy" in metrics and len(probabilities) > 1:
+            # Picks a sub-head by looking at labels: a diagnostic of sub-head spread, never the result.
+            metrics["diagnostic_best_subhead_accuracy"] = max(
+                clustering_metrics(p[index].argmax(dim=1).cpu().numpy(), trainer.labels, num_clusters, num_classes)[
+                    "cluster_accuracy"
+                ]
+                for p in probabilities
+            )
+        trainer.last_clusters[index] = clusters
+        per_model.append(metrics)
+    return per_model
+
+
+@torch.no_grad()
+def predict(trainer, held_out_views: bool) -> list[torch.Tensor]:
+    """Main-head probabilities of every image, (S, N, k) per sub-head: of the images
+    themselves, or of each model's held-out augmented views of them."""
+    trainer.model.eval()
+    outputs = []
+    count = len(trainer.inits)
+    for start in range(0, len(trainer.images), trainer.config.eval_batch_size):
+        stop = min(start + trainer.config.eval_batch_size, len(trainer.images))
+        with torch.autocast(trainer.device.type, dtype=torch.bfloat16, enabled=trainer.amp):
+            if trainer.cached_features is not None:  # held-out views without augmentation are the images
+                features = trainer.cached_features[start:stop].expand(count, -1, -1)
+            elif held_out_views:
+                draws = [draw[start:stop] for draw in trainer.held_out_draws]
+                batch = trainer.prepare(trainer.images[start:stop].repeat(count, 1, 1, 1), draws)
+                features = trainer.model.features(batch.unflatten(0, (count, stop - start)))
+            else:
+                features = trainer.model.features_of_same_images(trainer.prepare(trainer.images[start:stop], None))
+            outputs.append(trainer.model.classify(features, "main"))
+    trainer.model.train()
+    return [torch.cat(per_subhead, dim=1) for per_subhead in zip(*outputs, strict=True)]
