@@ -228,9 +228,13 @@ def epochs_of(tokens: tuple[str, ...]) -> int | None:
     return int(tokens[tokens.index("--epochs") + 1]) if "--epochs" in tokens else None
 
 
+def is_help(command: Command) -> bool:
+    return "--help" in command.tokens or "-h" in command.tokens
+
+
 def runs_cheaply(command: Command) -> bool:
     tokens = command.tokens
-    if "--help" in tokens or "-h" in tokens:
+    if is_help(command):
         return tokens[0] == "python"
     epochs = epochs_of(tokens)
     return kind(tokens) == RUNS_CHEAPLY and epochs is not None and epochs <= CHEAP_EPOCHS and "--resume" not in tokens
@@ -290,7 +294,14 @@ def test_command_parses(command: Command):
     assert not problems, f"{command.source}: {command}\n  " + "\n  ".join(problems)
 
 
-@pytest.mark.parametrize("command", RUN, ids=ids(RUN))
+# Printing help takes seconds; a training run starts torch and trains (30-45 s on 2 busy cores): slow.
+RUN_PARAMS = [
+    pytest.param(command, id=name, marks=() if is_help(command) else pytest.mark.slow)
+    for command, name in zip(RUN, ids(RUN), strict=True)
+]
+
+
+@pytest.mark.parametrize("command", RUN_PARAMS)
 def test_cheap_command_runs(command: Command, tmp_path: Path):
     argv = arguments(command.tokens)
     if "--out" in argv:
