@@ -182,7 +182,12 @@ class _Parsed(Exception):
 def parse_with(target: str, argv: list[str]) -> argparse.Namespace:
     """``argv`` parsed by the parser of ``target`` ("module:function"); stops right after parsing."""
     module_name, _, name = target.partition(":")
-    function = getattr(importlib.import_module(module_name), name)
+    try:
+        function = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError) as err:
+        pytest.fail(
+            f"the parser {target} cannot be reached ({type(err).__name__}: {err}); update PARSERS in {__file__}"
+        )
     original = argparse.ArgumentParser.parse_known_args
 
     def intercept(parser, args=None, namespace=None):
