@@ -11,7 +11,8 @@ checked with the command they carry.
   ``IICConfig`` field, ``--preset`` a bundled preset, ``--dataset`` a data set, and paths into the
   repository must exist. Cheap ones run: ``--help``, and ``python -m iic.train`` for at most
   ``CHEAP_EPOCHS`` epochs (its ``--out`` redirected to a temporary folder).
-- ``pip``, ``ray``, ``bash``, ``mlflow``: shape only (the extras, files and scripts they name exist).
+- ``pip``, ``ray``, ``bash``, ``mlflow`` and ``python -m pytest``: shape only (the extras, files and
+  scripts they name exist).
 
 Also: README.md is at most 250 lines, every environment variable the code reads is in README.md,
 the console scripts the docs name are declared in pyproject.toml, relative links resolve, Python
