@@ -48,7 +48,7 @@ PARSERS: dict[str, str | None] = {
     "python search/confirm.py": "search.confirm:parse_args",
     "python search/export.py": "search.export:parse_args",
     "python search/reconcile.py": "search.reconcile:parse_args",
-    "python -m iic.train": "iic.train:_parse_args",
+    "python -m iic.train": "iic.train:build_parser",
     "python -m iic.pretrained": None,
     "python benchmarks/digits_quality.py": "benchmarks.digits_quality:main",
     "python benchmarks/ceiling_quality.py": "benchmarks.ceiling_quality:main",
