@@ -336,7 +336,7 @@ def run_settings(args, configs: dict, facts: dict, mps_control: str | None, head
                 rows.append(run_setting(workload, config, facts[workload], trials, args, mps_control))
                 add_speedups(rows)
                 rate, error = rows[-1].get("aggregate_images_per_second", math.nan), rows[-1].get("error", "")
-                print(f"  {workload} N={trials}: {rate:,.0f} images/s aggregate {error}", flush=True)
+                print(f"  {workload} N={trials}: {rate:,.0f} images/s aggregate {error}".rstrip(), flush=True)
                 if args.out:
                     write_json(args.out, header, rows)
     finally:
