@@ -1,76 +1,53 @@
-"""Throughput of a training step, the share of it spent preparing the views, and what training
-several seeds at once costs.
+"""Throughput of a training step, the share spent preparing the views, and what stacking seeds costs.
 
-    python benchmarks/step_profile.py                 # CPU (or CUDA with AMP when present)
-    python benchmarks/step_profile.py --device cuda --no-amp
-    python benchmarks/step_profile.py --seeds 1 2 4   # S seeds stacked vs the same seeds one after another
-    python benchmarks/step_profile.py --set channels_last=true --set compile_mode=reduce-overhead
+    python -m benchmarks.step_profile                 # CPU (or CUDA with AMP when present)
+    python -m benchmarks.step_profile --device cuda --no-amp
+    python -m benchmarks.step_profile --seeds 1 2 4   # S seeds stacked vs the same seeds one after another
+    python -m benchmarks.step_profile --set channels_last=true --set compile_mode=reduce-overhead
 
-Two setups: the default config (digits, ClusterNet, 16 px) and ResNet18 at 64 px on RGB images
-with the full augmentation (crop, flip, rotation, colour jitter) and Sobel. For each it prints
-images per second through a training step (source images, and all views: each image plus its
-``repeats`` twins) and the share of the step spent slicing the batch from the device tensor,
-augmenting and applying Sobel. The goal is a preparation share of at most 15% on CPU.
-
-With ``--seeds``, each setup is also timed with S seeds trained as one stacked model (one step
-trains all S) and as S runs of one seed each stepping in turn: the wall time of one step of all S
-seeds either way. Goals: stacked no slower than in turn on CPU; on a GPU, S = 4 at most 1.3x S = 1.
+Two setups: IICConfig's defaults (digits, ClusterNet, 16 px) and ResNet18 at 64 px on RGB with Sobel
+and every augmentation. With ``--seeds``, S seeds trained as one stacked model against S one-seed runs
+stepping in turn: milliseconds per step of all S either way.
 """
 
 import argparse
-import shlex
-import sys
 import time
 
 import torch
 
+from benchmarks.common import command, table
 from iic.config import IICConfig
 from iic.data import ImageData
 from iic.train import Trainer
 
 
 def setups(device: str, amp: bool) -> dict[str, IICConfig]:
-    default = IICConfig(device=device, amp=amp)
-    resnet = IICConfig(
-        backbone="resnet18",
-        input_size=64,
-        batch_size=64,
-        repeats=3,
-        sobel=True,
-        overcluster_k=0,
-        crop_min_scale=0.5,
-        hflip_prob=0.5,
-        rotation_degrees=15,
-        brightness=0.4,
-        contrast=0.4,
-        saturation=0.4,
-        hue=0.1,
-        device=device,
-        amp=amp,
-    )
-    return {"default (digits, clusternet 16px)": default, "resnet18 64px RGB + sobel": resnet}
+    """IICConfig's defaults, and ResNet18 at 64 px on RGB images with Sobel and every augmentation."""
+    model = dict(backbone="resnet18", input_size=64, batch_size=64, repeats=3, sobel=True, overcluster_k=0)
+    augment = dict(crop_min_scale=0.5, hflip_prob=0.5, rotation_degrees=15, brightness=0.4, contrast=0.4)
+    resnet = IICConfig(**model, **augment, saturation=0.4, hue=0.1, device=device, amp=amp)
+    return {"default (digits, clusternet 16px)": IICConfig(device=device, amp=amp), "resnet18 64px RGB + sobel": resnet}
 
 
-def synthetic_rgb(size: int, count: int = 512) -> ImageData:
-    """Random RGB images: step timing does not depend on what the pixels show."""
+def setup_data(config: IICConfig, count: int = 512) -> ImageData | None:
+    """The bundled digits for ClusterNet, else random RGB images: a step's time does not depend on the pixels."""
+    if config.backbone == "clusternet":
+        return None
+    size = config.input_size
     images = torch.randint(
         0, 256, (count, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
     )
     return ImageData(images=images, labels=torch.zeros(count, dtype=torch.int64), class_names=["x"], name="synthetic")
 
 
-def setup_data(config: IICConfig) -> ImageData | None:
-    return None if config.backbone == "clusternet" else synthetic_rgb(config.input_size)
-
-
-def timed_step(trainer: Trainer, index: int, sync) -> tuple[float, float]:
-    """One training step of all the trainer's seeds: (seconds preparing views, seconds in all)."""
+def timed_step(trainer: Trainer, seeds: int, index: int) -> tuple[float, float]:
+    """One training step of the trainer's ``seeds`` stacked seeds: (seconds preparing views, seconds in all)."""
+    sync = torch.cuda.synchronize if trainer.device.type == "cuda" else (lambda: None)
     batch_size = trainer.config.batch_size
     start = (index * batch_size) % (len(trainer.images) - batch_size)
     sync()
     began = time.perf_counter()
-    batches = torch.stack([trainer.images[start : start + batch_size]] * len(trainer.seeds))
-    views = trainer.make_views(batches)
+    views = trainer.make_views(torch.stack([trainer.images[start : start + batch_size]] * seeds))
     sync()
     prepared = time.perf_counter()
     trainer.step(*views, "main")
@@ -78,96 +55,59 @@ def timed_step(trainer: Trainer, index: int, sync) -> tuple[float, float]:
     return prepared - began, time.perf_counter() - began
 
 
-def profile(config: IICConfig, steps: int, warmup: int) -> dict:
-    trainer = Trainer(config, setup_data(config))
-    sync = torch.cuda.synchronize if trainer.device.type == "cuda" else (lambda: None)
-    prepare_seconds = total_seconds = 0.0
+def measure(ways: list[list[tuple[Trainer, int]]], steps: int, warmup: int) -> list[tuple[float, float]]:
+    """Mean seconds (preparing views, in all) of a step of each way of training: its (trainer, seeds)
+    stepped in turn. The ways alternate step by step, so that all see the same machine load."""
+    totals = [[0.0, 0.0] for _ in ways]
     for index in range(warmup + steps):
-        prepare, total = timed_step(trainer, index, sync)
-        if index >= warmup:
-            prepare_seconds += prepare
-            total_seconds += total
-    return {
-        "images_per_second": steps * config.batch_size / total_seconds,
-        "views_per_second": steps * config.batch_size * (1 + config.repeats) / total_seconds,
-        "prepare_share": prepare_seconds / total_seconds,
-        "step_ms": 1000 * total_seconds / steps,
-        "device": str(trainer.device) + (" (bf16 autocast)" if trainer.amp else ""),
-    }
+        for total, way in zip(totals, ways, strict=True):
+            for trainer, seeds in way:
+                prepare, step = timed_step(trainer, seeds, index)
+                if index >= warmup:
+                    total[0] += prepare / steps
+                    total[1] += step / steps
+    return [tuple(total) for total in totals]
 
 
-def seeds_profile(config: IICConfig, count: int, steps: int, warmup: int) -> dict:
-    """Milliseconds per step of ``count`` seeds: stacked in one trainer, and one trainer per seed in turn."""
-    data = setup_data(config)
-    stacked = Trainer(config, data, seeds=list(range(count)))
-    in_turn = [Trainer(config, data, seeds=[seed]) for seed in range(count)]
-    sync = torch.cuda.synchronize if stacked.device.type == "cuda" else (lambda: None)
-    stacked_seconds = in_turn_seconds = 0.0
-    for index in range(warmup + steps):  # alternate, so that both see the same machine load
-        stacked_step = timed_step(stacked, index, sync)[1]
-        in_turn_step = sum(timed_step(trainer, index, sync)[1] for trainer in in_turn)
-        if index >= warmup:
-            stacked_seconds += stacked_step
-            in_turn_seconds += in_turn_step
-    return {"stacked_ms": 1000 * stacked_seconds / steps, "in_turn_ms": 1000 * in_turn_seconds / steps}
-
-
-def print_seeds_table(configs: dict[str, IICConfig], counts: list[int], steps: int, warmup: int) -> None:
-    print(
-        f"\n{'setup':<36} {'seeds':>5} {'stacked ms':>10} {'in turn ms':>10} {'stacked/in turn':>15} {'vs 1 seed':>9}"
-    )
-    for name, config in configs.items():
-        single = None
-        for count in counts:
-            r = seeds_profile(config, count, steps, warmup)
-            single = single or r["stacked_ms"] if count == 1 else single
-            versus = f"{r['stacked_ms'] / single:>8.2f}x" if single else f"{'':>9}"
-            print(
-                f"{name:<36} {count:>5} {r['stacked_ms']:>10.1f} {r['in_turn_ms']:>10.1f} {r['stacked_ms'] / r['in_turn_ms']:>14.2f}x {versus}",
-                flush=True,
-            )
-
-
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--no-amp", action="store_true")
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument(
-        "--seeds", type=int, nargs="+", metavar="S", help="also time S seeds stacked vs in turn, e.g. --seeds 1 2 4"
-    )
+    parser.add_argument("--warmup", type=int, default=3, help="steps left out (compiling happens in them)")
+    parser.add_argument("--seeds", type=int, nargs="+", metavar="S", help="also time S seeds stacked vs in turn")
     parser.add_argument("--only", choices=["default", "resnet18"], help="profile one setup only")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="an IICConfig field for both setups, e.g. --set channels_last=true or "
-        "--set compile_mode=reduce-overhead (compiling happens in the warm-up steps)",
-    )
-    args = parser.parse_args()
-    print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads"
-        + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else "")
-    )
-    print(f"{'setup':<36} {'device':<22} {'images/s':>9} {'views/s':>9} {'step ms':>8} {'prep share':>10}")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    args = parser.parse_args(argv)
+    gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads{gpu}, amp {not args.no_amp}")
     configs = {
         name: config.with_overrides(args.overrides)
         for name, config in setups(args.device, not args.no_amp).items()
         if not args.only or name.startswith(args.only)
     }
+    rows = []
     for name, config in configs.items():
-        r = profile(config, args.steps, args.warmup)
-        print(
-            f"{name:<36} {r['device']:<22} {r['images_per_second']:>9.0f} {r['views_per_second']:>9.0f} "
-            f"{r['step_ms']:>8.1f} {100 * r['prepare_share']:>9.1f}%",
-            flush=True,
-        )
-    if args.seeds:
-        print_seeds_table(configs, args.seeds, args.steps, args.warmup)
-    print("command: python " + " ".join(shlex.quote(a) for a in sys.argv))
+        trainer = Trainer(config, setup_data(config))
+        [(prepare, step)] = measure([[(trainer, 1)]], args.steps, args.warmup)
+        views = config.batch_size * (1 + config.repeats)
+        rows.append([name, trainer.device, f"{config.batch_size / step:.0f}", f"{views / step:.0f}"])
+        rows[-1] += [f"{1000 * step:.1f}", f"{100 * prepare / step:.1f}%"]
+    print(table(["setup", "device", "images/s", "views/s", "step ms", "prep share"], rows))
+    rows = []
+    for name, config in configs.items() if args.seeds else ():
+        data, single = setup_data(config), None
+        for count in args.seeds:
+            stacked = [(Trainer(config, data, seeds=list(range(count))), count)]
+            in_turn = [(Trainer(config, data, seeds=[seed]), 1) for seed in range(count)]
+            (_, stacked_step), (_, in_turn_step) = measure([stacked, in_turn], args.steps, args.warmup)
+            single = stacked_step if count == 1 else single
+            versus = f"{stacked_step / single:.2f}x" if single else ""
+            rows.append([name, count, f"{1000 * stacked_step:.1f}", f"{1000 * in_turn_step:.1f}"])
+            rows[-1] += [f"{stacked_step / in_turn_step:.2f}x", versus]
+    if rows:
+        print("\n" + table(["setup", "seeds", "stacked ms", "in turn ms", "stacked/in turn", "vs 1 seed"], rows))
+    print("command: " + command("step_profile", argv))
 
 
 if __name__ == "__main__":

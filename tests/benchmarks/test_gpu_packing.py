@@ -71,7 +71,7 @@ def test_smoke_run_packs_two_real_trials_onto_one_fake_gpu(tmp_path):
     out = tmp_path / "packing.json"
     env = {**os.environ, "PYTHONPATH": str(REPOSITORY)}
     finished = subprocess.run(
-        [sys.executable, "benchmarks/gpu_packing.py", "--smoke", "--seconds-per-setting", "1.5", "--out", str(out)],
+        [sys.executable, "-m", "benchmarks.gpu_packing", "--smoke", "--seconds-per-setting", "1.5", "--out", str(out)],
         cwd=REPOSITORY,
         env=env,
         capture_output=True,
@@ -80,7 +80,7 @@ def test_smoke_run_packs_two_real_trials_onto_one_fake_gpu(tmp_path):
     )
     assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
     report = json.loads(out.read_text())
-    assert report["command"].startswith("python benchmarks/gpu_packing.py --smoke")
+    assert report["command"].startswith("python -m benchmarks.gpu_packing --smoke")
     rows = {row["trials_per_gpu"]: row for row in report["rows"]}
     assert sorted(rows) == [1, 2]
     for trials, row in rows.items():

@@ -154,7 +154,7 @@ def test_the_command_prints_its_figures_and_itself(tmp_path, capsys):
     assert [(row[0], row[1]) for row in rows] == [(b, s) for b in ("16", "400") for s in STRATEGIES]
     assert all(row[2:5] == ["0.500", "0.000", "0.500"] for row in rows if row[0] == "400")  # mean, sd, min
     assert (
-        f"command: python benchmarks/search_strategies.py --table {path} --budgets 16 400 --searches 3 --grace-period 2"
+        f"command: python -m benchmarks.search_strategies --table {path} --budgets 16 400 --searches 3 --grace-period 2"
         in out
     )
 
