@@ -5,15 +5,6 @@ import sys
 
 import numpy as np
 
-from iic.config import IICConfig
-from iic.data import ImageData, load_dataset
-
-
-def load_data(config: IICConfig, input_size: int | None = None) -> ImageData:
-    """The images a run of ``config`` trains on (at ``input_size`` instead, if given)."""
-    options = {key: getattr(config, key) for key in ("split", "greyscale", "class_map", "max_samples", "seed")}
-    return load_dataset(config.dataset, config.data_root, input_size=input_size or config.input_size, **options)
-
 
 def spread(values) -> dict[str, float]:
     """Mean, minimum, sample sd (0 for one value) and standard error of the mean; NaN in, NaN out."""

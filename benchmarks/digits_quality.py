@@ -17,11 +17,12 @@ from pathlib import Path
 import torch
 from sklearn.cluster import KMeans
 
-from benchmarks.common import command, load_data, spread_line
+from benchmarks.common import command, spread_line
 from iic.config import IICConfig
+from iic.inputs import load_config_data
 from iic.metrics import clustering_metrics
 from iic.supervised import ACCURACY, train_supervised
-from iic.train import train
+from iic.trainer import train
 
 NATIVE_SIZE = {"digits": 8, "mnist5k": 28}
 TUNING_SEEDS = frozenset({0, 1, 2, *range(100, 110)})  # the defaults were chosen on these
@@ -31,7 +32,7 @@ DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "digits.yaml"
 
 def kmeans_accuracy(config: IICConfig, seed: int = 0) -> float:
     """k-means (10 restarts) on the raw pixels, at the data's native size where it has one."""
-    data = load_data(config, NATIVE_SIZE.get(config.dataset, config.input_size))
+    data = load_config_data(config.replace(input_size=NATIVE_SIZE.get(config.dataset, config.input_size)))
     pixels = data.images.flatten(1).float().numpy() / 255
     clusters = KMeans(config.num_clusters, n_init=10, random_state=seed).fit_predict(pixels)
     return clustering_metrics(clusters, data.labels.numpy(), config.num_clusters, data.num_classes)["cluster_accuracy"]
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
     if tuned_on:
         print(f"warning: seeds {tuned_on} were used to choose the defaults; figures on them are optimistic")
     started = time.perf_counter()
-    result = train(config, data=load_data(config), seeds=args.seeds)
+    result = train(config, data=load_config_data(config), seeds=args.seeds)
     seconds = time.perf_counter() - started
     print(f"\nat epoch {len(result.history)} (status {result.status}):")
     print_figures([run.metrics for run in result.seeds])

@@ -33,10 +33,11 @@ import torch
 from ray import tune
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks.common import command, load_data, table
+from benchmarks.common import command, table
 from iic.config import IICConfig
+from iic.inputs import load_config_data
 from iic.models import IICModel, build_backbone
-from iic.train import train
+from iic.trainer import train
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 WORKLOADS = {
@@ -313,7 +314,7 @@ def workload_config(workload: str, args: argparse.Namespace) -> IICConfig:
 
 def workload_facts(workload: str, config: IICConfig, smoke: bool) -> dict:
     """Images per epoch, channels into the model (Sobel: two gradients) and FLOPs per image, printed."""
-    data = load_data(config)
+    data = load_config_data(config)
     channels = 2 if config.sobel else data.channels
     facts = {"overrides": {**WORKLOADS[workload], **(SMOKE_OVERRIDES if smoke else {})}, "images": len(data)}
     facts.update(channels=channels, flops_per_image=flops_per_image(config, channels))

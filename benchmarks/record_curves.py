@@ -36,7 +36,7 @@ import torch
 from benchmarks.common import command
 from iic.config import ConfigError, IICConfig
 from iic.status import RunStatus
-from iic.train import train
+from iic.trainer import train
 from search.preset_file import assign, config_changes, draw, parse_space, read_preset
 
 REPOSITORY = Path(__file__).resolve().parents[1]

@@ -18,7 +18,7 @@ import torch
 from benchmarks.common import command, table
 from iic.config import IICConfig
 from iic.data import ImageData
-from iic.train import Trainer
+from iic.trainer import Trainer
 
 
 def setups(device: str, amp: bool) -> dict[str, IICConfig]:

@@ -24,7 +24,7 @@ from ray.tune.schedulers import ASHAScheduler
 
 from benchmarks.common import command, table
 from iic.config import IICConfig
-from iic.train import train
+from iic.trainer import train
 from search.mlflow_runs import SearchRecord, open_search_run, prepare_experiment
 from search.space import Preset
 from search.tracking import MLflowTrialLogger

@@ -6,7 +6,6 @@ and what a user who trains it several times and keeps the run with the highest l
 (held-out mutual information) would get.
 """
 
-import itertools
 import math
 from typing import Sequence
 
@@ -78,27 +77,6 @@ def combine_seeds(per_seed: list[dict]) -> dict:
     if "cluster_accuracy" in per_seed[pick]:
         combined[LABEL_FREE_PICK] = float(per_seed[pick]["cluster_accuracy"])
     return combined
-
-
-def label_free_best_of(per_seed: list[dict], group: int = 3) -> float:
-    """Mean accuracy a user without labels gets by training ``group`` seeds and keeping the one with
-    the highest held-out mutual information: over consecutive groups of the seeds (a remainder
-    smaller than a group is left out)."""
-    groups = [per_seed[i : i + group] for i in range(0, len(per_seed) - group + 1, group)]
-    return _mean_pick_accuracy(groups)
-
-
-def label_free_best_of_every(per_seed: list[dict], group: int = 3) -> float:
-    """The same over every ``group`` of the seeds (``C(n, group)`` of them), not only consecutive
-    ones: its expected value for a user drawing ``group`` of these seeds, which does not hang on
-    how the seeds happen to be grouped (with ten seeds, three consecutive triples against 120)."""
-    return _mean_pick_accuracy(
-        [[per_seed[i] for i in chosen] for chosen in itertools.combinations(range(len(per_seed)), group)]
-    )
-
-
-def _mean_pick_accuracy(groups: list[list[dict]]) -> float:
-    return float(np.mean([g[label_free_pick(g)]["cluster_accuracy"] for g in groups])) if groups else float("nan")
 
 
 def check_seeds(seeds: Sequence[int]) -> list[int]:

@@ -2,8 +2,7 @@ import math
 
 import pytest
 
-from benchmarks.common import command, load_data, spread, spread_line, table
-from iic.config import IICConfig
+from benchmarks.common import command, spread, spread_line, table
 
 
 def test_spread_is_mean_min_sample_sd_and_standard_error():
@@ -24,9 +23,3 @@ def test_table_aligns_columns_to_their_widest_cell():
 
 def test_command_reruns_the_tool_with_its_arguments_quoted():
     assert command("step_profile", ["--set", "a=b c"]) == "python -m benchmarks.step_profile --set 'a=b c'"
-
-
-def test_load_data_reads_what_the_config_trains_on():
-    data = load_data(IICConfig(dataset="digits", max_samples=100, input_size=12))
-    assert tuple(data.images.shape) == (100, 1, 12, 12)
-    assert tuple(load_data(IICConfig(dataset="digits", max_samples=100), input_size=8).images.shape[2:]) == (8, 8)

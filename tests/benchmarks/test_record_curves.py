@@ -7,7 +7,7 @@ import pytest
 
 from benchmarks.record_curves import CURVE_METRICS, main, read_table, sample_configs
 from iic.config import IICConfig
-from iic.train import train
+from iic.trainer import train
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 

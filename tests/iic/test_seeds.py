@@ -7,8 +7,6 @@ from iic.seeds import (
     LABEL_FREE_PICK,
     combine_seeds,
     draw_seeds,
-    label_free_best_of,
-    label_free_best_of_every,
     label_free_pick,
     label_free_ranking,
 )
@@ -92,24 +90,3 @@ def test_the_label_free_ranking_orders_by_held_out_mi_with_ties_in_order_and_los
     ]
     assert label_free_ranking(per_seed) == [2, 0, 4, 1, 3]
     assert label_free_pick(per_seed) == 2
-
-
-def test_label_free_best_of_three_keeps_the_highest_information_seed_of_each_three():
-    per_seed = [
-        {"cluster_accuracy": a, "mutual_information": mi}
-        for a, mi in [(0.9, 1.0), (0.5, 2.0), (0.7, 0.5), (0.8, 1.5), (0.6, 1.0), (0.4, 0.1), (0.99, 9.0)]
-    ]
-    # triples (0.5 picked), (0.8 picked); the seventh seed makes no triple
-    assert label_free_best_of(per_seed) == pytest.approx(0.65)
-    assert math.isnan(label_free_best_of(per_seed[:2]))
-
-
-def test_label_free_best_of_every_triple_averages_all_of_them():
-    # Four seeds by rising information; the pick of a triple is its seed with the highest information.
-    per_seed = [
-        {"cluster_accuracy": a, "mutual_information": mi} for a, mi in [(0.2, 1.0), (0.9, 2.0), (0.4, 3.0), (0.6, 4.0)]
-    ]
-    # triples {0,1,2} -> 0.4, {0,1,3} -> 0.6, {0,2,3} -> 0.6, {1,2,3} -> 0.6
-    assert label_free_best_of_every(per_seed) == pytest.approx((0.4 + 0.6 * 3) / 4)
-    assert label_free_best_of(per_seed) == pytest.approx(0.4)  # consecutive triples: only the first
-    assert math.isnan(label_free_best_of_every(per_seed[:2]))
