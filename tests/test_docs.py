@@ -6,11 +6,13 @@ A command is a line of a fenced shell block (or of an unlabelled one) that start
 ``#`` starts a comment. ``ray job submit ... -- CMD`` and ``ray exec cluster.yaml 'CMD'`` are
 checked with the command they carry.
 
-- ``python``/``iic-`` commands: parsed by the parser that ``PARSERS`` names for them. A command with
-  no entry there, or whose parser cannot be imported, fails. ``--set KEY=VALUE`` must name an
-  ``IICConfig`` field, ``--preset`` a bundled preset, ``--dataset`` a data set, and paths into the
-  repository must exist. Cheap ones run: ``--help``, and ``python -m iic.train`` for at most
-  ``CHEAP_EPOCHS`` epochs (its ``--out`` redirected to a temporary folder).
+- ``python``/``iic-`` commands: parsed by the parser that ``PARSERS`` names for them (``python -m
+  MODULE`` is keyed by its module, so the tools are ``python -m benchmarks.NAME``; the old
+  ``python benchmarks/NAME.py`` form fails). A command with no entry there, or whose parser cannot be
+  imported, fails. ``--set KEY=VALUE`` must name an ``IICConfig`` field, ``--preset`` a bundled
+  preset, ``--dataset`` a data set, and paths into the repository must exist. Cheap ones run:
+  ``--help``, and ``python -m iic.train`` for at most ``CHEAP_EPOCHS`` epochs (its ``--out``
+  redirected to a temporary folder).
 - ``pip``, ``ray``, ``bash``, ``mlflow`` and ``python -m pytest``: shape only (the extras, files and
   scripts they name exist).
 
@@ -50,14 +52,13 @@ PARSERS: dict[str, str | None] = {
     "python search/reconcile.py": "search.reconcile:parse_args",
     "python -m iic.train": "iic.train:build_parser",
     "python -m iic.pretrained": None,
-    "python benchmarks/digits_quality.py": "benchmarks.digits_quality:main",
-    "python benchmarks/ceiling_quality.py": "benchmarks.ceiling_quality:main",
-    "python benchmarks/search_strategies.py": "benchmarks.search_strategies:parse_args",
-    "python benchmarks/step_profile.py": "benchmarks.step_profile:main",
-    "python benchmarks/gpu_packing.py": "benchmarks.gpu_packing:parse_args",
-    "python benchmarks/mlflow_logging.py": "benchmarks.mlflow_logging:main",
-    "python benchmarks/tune_driver.py": "benchmarks.tune_driver:main",
-    "python benchmarks/decode_cache.py": "benchmarks.decode_cache:main",
+    # The measuring tools run as modules from the repository root (benchmarks/README.md).
+    "python -m benchmarks.digits_quality": "benchmarks.digits_quality:main",
+    "python -m benchmarks.step_profile": "benchmarks.step_profile:main",
+    "python -m benchmarks.gpu_packing": "benchmarks.gpu_packing:parse_args",
+    "python -m benchmarks.tune_driver": "benchmarks.tune_driver:main",
+    "python -m benchmarks.record_curves": "benchmarks.record_curves:parse_args",
+    "python -m benchmarks.search_strategies": "benchmarks.search_strategies:parse_args",
 }
 # Console scripts read their arguments with the same parser as the Python form.
 CONSOLE_SCRIPTS = {
@@ -284,6 +285,9 @@ def test_command_parses(command: Command):
         for token in arguments(tokens):
             assert token.startswith("-") or token == "not slow" or (ROOT / token).exists(), f"{command}: {token}"
         return
+    assert not key.startswith("python benchmarks/"), (
+        f"{command.source}: {command}\n  the tools run as modules: python -m benchmarks.NAME (benchmarks/README.md)"
+    )
     assert key in PARSERS, f"{command.source}: no parser known for {key!r}; add it to PARSERS in {__file__}"
     target = PARSERS[key]
     if target is None:
