@@ -32,12 +32,11 @@ from ray import tune
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from iic.config import IICConfig
-from iic.consensus import CONSENSUS_ACCURACY
 from iic.seeds import LABEL_FREE_PICK, draw_seeds
+from search.challenger import Margin, figures_from_metrics, start_ahead_of_noise
 from search.driver import (
     SearchError,
     code_version,
-    trial_dirname,
     default_storage_path,
     default_tracking_uri,
     make_trainable,
@@ -46,8 +45,9 @@ from search.driver import (
     set_driver_environment,
     start_ray,
     state_dir,
+    trial_dirname,
 )
-from search.challenger import Margin, figures_from_metrics, start_ahead_of_noise
+from search.mlflow_runs import CONFIRM_ROLE, START_TRIAL_TAG, TRIAL_TAG, SearchRecord
 from search.ranking import best_first, trial_status
 from search.records import (
     RecordsError,
@@ -62,7 +62,6 @@ from search.records import (
     trial_runs,
 )
 from search.space import COLLAPSE_SETTINGS, OBJECTIVES, Preset, SearchDefaults
-from search.mlflow_runs import CONFIRM_ROLE, START_TRIAL_TAG, TRIAL_TAG, SearchRecord
 from search.tracking import MLflowTrialLogger
 from trainables.iic_trainable import SEEDS_KEY, SOURCE_KEY, trial_config_values, trial_iic_config, trial_seeds
 
@@ -72,7 +71,6 @@ CONFIRMED_FIGURES = (
     "cluster_accuracy_min",
     "cluster_accuracy_sd",
     LABEL_FREE_PICK,
-    CONSENSUS_ACCURACY,
     "mutual_information",
     "nmi",
 )
@@ -304,7 +302,8 @@ def print_confirmed(confirmed: list[Confirmation], objective: str) -> None:
     table = pd.DataFrame([confirmed_row(c, objective) for c in confirmed]).drop(columns=["confirm_seeds"])
     with pd.option_context("display.width", 220, "display.max_columns", 24, "display.float_format", "{:.3f}".format):
         print(
-            f"\nConfirmed on {len(confirmed[0].seeds)} fresh seeds ({' '.join(map(str, confirmed[0].seeds))}), best first:"
+            f"\nConfirmed on {len(confirmed[0].seeds)} fresh seeds "
+            f"({' '.join(map(str, confirmed[0].seeds))}), best first:"
         )
         print(table.to_string(index=False))
 
@@ -417,7 +416,8 @@ def main(argv: list[str] | None = None) -> int:
             raise SearchError(f"--top and --seeds must be at least 1 (got {args.top} and {args.seeds})")
         if args.challenger_margin is not None and not args.challenger_margin >= 0:
             raise SearchError(
-                f"--challenger-margin must be 0 or more standard errors (got {args.challenger_margin}); 0 ranks trials by their figures alone"
+                f"--challenger-margin must be 0 or more standard errors (got {args.challenger_margin}); "
+                "0 ranks trials by their figures alone"
             )
         client, tracking_uri = connect(args.tracking_uri)
         experiment_id = find_experiment_id(client, args.experiment)
@@ -454,7 +454,8 @@ def main(argv: list[str] | None = None) -> int:
     if choice.note():
         print(choice.note(), flush=True)
     print(
-        f"confirming the best {len(candidates)} config(s) of {search!r} on {len(seeds)} fresh seeds ({' '.join(map(str, seeds))})",
+        f"confirming the best {len(candidates)} config(s) of {search!r} on {len(seeds)} fresh seeds "
+        f"({' '.join(map(str, seeds))})",
         flush=True,
     )
     results = run_confirmation(candidates, seeds, preset, name, storage_path, logger)

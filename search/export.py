@@ -27,7 +27,10 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from iic.config import ConfigError, IICConfig
+from iic.seeds import LABEL_FREE_PICK
+from search.confirm import CONFIRMED_FIGURES
 from search.driver import default_tracking_uri
+from search.mlflow_runs import CONFIRM_ROLE, CONFIRMS_TAG, SEARCH_TAG, TRIAL_TAG
 from search.records import (
     RecordsError,
     connect,
@@ -39,11 +42,7 @@ from search.records import (
     seeds_param,
     trial_runs,
 )
-from iic.consensus import CONSENSUS_ACCURACY
-from iic.seeds import LABEL_FREE_PICK
-from search.confirm import CONFIRMED_FIGURES
 from search.space import OBJECTIVES
-from search.mlflow_runs import CONFIRM_ROLE, CONFIRMS_TAG, SEARCH_TAG, TRIAL_TAG
 
 SETTINGS = ("lr", "batch_size", "lamb", "repeats", "sobel", "overcluster_k")
 RANK_FILE = re.compile(r"rank\d+_.+\.yaml")
@@ -75,7 +74,8 @@ def best_unique_trials(
             config = retrainable_config(client, tracking_uri, run, objective)
         except (MlflowException, OSError, ConfigError, ValueError) as err:
             print(
-                f"warning: run {run.info.run_id}: could not rebuild its config from config.yaml ({str(err).splitlines()[0][:200]}); skipped",
+                f"warning: run {run.info.run_id}: could not rebuild its config from config.yaml "
+                f"({str(err).splitlines()[0][:200]}); skipped",
                 file=sys.stderr,
             )
             continue
@@ -173,7 +173,6 @@ def write_config(path: Path, trial: ExportedTrial, row: dict) -> Path:
                     ("min", "cluster_accuracy_min"),
                     ("sd", "cluster_accuracy_sd"),
                     ("label-free pick", LABEL_FREE_PICK),
-                    ("consensus of the seeds", CONSENSUS_ACCURACY),
                 )
                 if row.get(f"confirmed_{name}") is not None and objective == "cluster_accuracy"
             )
@@ -191,7 +190,7 @@ def write_export(out: Path, trials: list[ExportedTrial], rows: list[dict]) -> li
     for stale in out.iterdir():
         if RANK_FILE.fullmatch(stale.name) or stale.name in SUMMARY_FILES:
             stale.unlink()
-    paths = [write_config(out / row["file"], trial, row) for trial, row in zip(trials, rows)]
+    paths = [write_config(out / row["file"], trial, row) for trial, row in zip(trials, rows, strict=True)]
     with open(out / "summary.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()

@@ -18,10 +18,8 @@ import numpy as np
 from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.tracking import MlflowClient
 
-from iic.consensus import CONSENSUS_ACCURACY
 from iic.plots import plot_cluster_gallery, plot_confusion_matrix
 from iic.seeds import INIT_SEED, LABEL_FREE_PICK, PER_SEED_METRICS, SPREAD_METRICS
-from iic.self_label import SELF_LABEL_SHARE
 from iic.status import RunStatus
 from search.ranking import trial_status
 from trainables.iic_trainable import (
@@ -51,8 +49,6 @@ TRIAL_METRICS = (
     "diagnostic_best_subhead_accuracy",
     "epoch_seconds",
     LABEL_FREE_PICK,
-    CONSENSUS_ACCURACY,
-    SELF_LABEL_SHARE,
     "supervised_accuracy",
     "train_accuracy",
     "held_out_loss",

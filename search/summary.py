@@ -17,13 +17,12 @@ from matplotlib import pyplot as plt
 from mlflow.tracking import MlflowClient
 from scipy.stats import spearmanr
 
-from iic.consensus import CONSENSUS_ACCURACY
 from iic.seeds import LABEL_FREE_PICK
 from search.ceiling import Ceiling, ceiling_line, record_ceiling
 from search.confirm import Candidate, Choice, Confirmation, print_confirmed, record_confirmed
+from search.mlflow_runs import ROLE_TAG, START_TRIAL_TAG, TRIAL_ROLE
 from search.ranking import best_first, counts, trial_status
 from search.space import OBJECTIVES, Preset
-from search.mlflow_runs import ROLE_TAG, START_TRIAL_TAG, TRIAL_ROLE
 from trainables.iic_trainable import trial_iic_config
 
 TABLE_PARAMS = ("lr", "batch_size", "lamb", "repeats", "sobel", "overcluster_k", "crop_min_scale", "rotation_degrees")
@@ -48,7 +47,6 @@ def trial_table(results, objective: str, statuses: dict[str, str]) -> pd.DataFra
                 "cluster_accuracy": metrics.get("cluster_accuracy", math.nan),
                 "mutual_information": metrics.get("mutual_information", math.nan),
                 LABEL_FREE_PICK: metrics.get(LABEL_FREE_PICK, math.nan),
-                CONSENSUS_ACCURACY: metrics.get(CONSENSUS_ACCURACY, math.nan),
                 "largest_cluster_share": metrics.get("largest_cluster_share", math.nan),
                 "epochs": metrics.get("epoch", 0),
                 "status": str(statuses.get(trial_id) or trial_status(metrics, result.error is not None)),
@@ -62,7 +60,7 @@ def trial_table(results, objective: str, statuses: dict[str, str]) -> pd.DataFra
 
 
 def completed_trials(table: pd.DataFrame, objective: str) -> pd.DataFrame:
-    return table[[counts(status, value) for status, value in zip(table["status"], table[objective])]]
+    return table[[counts(status, value) for status, value in zip(table["status"], table[objective], strict=True)]]
 
 
 def optuna_study(results, preset: Preset, objective: str, trial_ids: set[str]) -> optuna.Study:
@@ -151,7 +149,9 @@ def best_accuracy(table: pd.DataFrame, confirmed: list[Confirmation] | None) -> 
     best counted trial's (over the search's seeds)."""
     if confirmed and confirmed[0].metrics.get("cluster_accuracy") is not None:
         return float(confirmed[0].metrics["cluster_accuracy"]), "the best config, confirmed on fresh seeds"
-    counted = table[[counts(status, value) for status, value in zip(table["status"], table["cluster_accuracy"])]]
+    counted = table[
+        [counts(status, value) for status, value in zip(table["status"], table["cluster_accuracy"], strict=True)]
+    ]
     return (
         (float(counted["cluster_accuracy"].max()), "the best trial, over the search's seeds")
         if len(counted)
@@ -228,7 +228,8 @@ def summarise(
             client.set_terminated(parent_run_id, "FINISHED")
     except Exception as err:  # noqa: BLE001 - the trials are done; say what could not be recorded
         failures.append(
-            f"search: could not record the summary in the parent run: {type(err).__name__}: {str(err).splitlines()[0][:200]}"
+            "search: could not record the summary in the parent run: "
+            f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
         )
     print_summary(table, confirmed or [], objective, name, top, (correlation, correlated))
     if ceiling is not None:
@@ -253,7 +254,7 @@ def print_summary(
     seeds_note = "mean over each trial's seeds"
     with pd.option_context("display.width", 220, "display.max_columns", 24, "display.float_format", "{:.3f}".format):
         print(f"\nBest {min(top, len(table))} of {len(table)} trials by {objective} ({name}; {seeds_note}):")
-        # a figure no trial has (a consensus of one seed, accuracy without labels) is left out
+        # a figure no trial has (the spread of one seed, a label-free pick without screening) is left out
         print(table.head(top).dropna(axis=1, how="all").to_string(index=False))
     if confirmed:
         print_confirmed(confirmed, objective)

@@ -6,14 +6,14 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+import search.run
 from iic.config import IICConfig
 from iic.seeds import draw_seeds
 from search.confirm import confirmation_seeds
 from search.confirm import main as confirm_main
 from search.export import export_best
-import search.run
-from search.run import main
 from search.mlflow_runs import CONFIRMS_TAG, PARENT_TAG, ROLE_TAG, STATUS_TAG, TRIAL_TAG
+from search.run import main
 
 # One seed per trial, no screening of initialisations (the preset's at epoch 10 needs longer trials)
 # and no confirmation stage, unless a test is about them: tests stay fast.
@@ -104,7 +104,6 @@ def test_small_search_records_every_trial_in_mlflow(ray_session, tmp_path, state
             "cluster_accuracy_min",
             "cluster_accuracy_sd",
             "label_free_pick_accuracy",
-            "consensus_accuracy",
             "cluster_accuracy/seed_1",
         ):
             assert key in run.data.metrics
@@ -165,7 +164,10 @@ def test_small_search_records_every_trial_in_mlflow(ray_session, tmp_path, state
     out = capsys.readouterr().out
     assert "Best 3 of 3 trials by cluster_accuracy" in out and "Confirmed on 2 fresh seeds" in out
     assert f"mlflow ui --backend-store-uri sqlite:///{tmp_path}/mlflow.db" in out
-    link = f"#/experiments/{experiment.experiment_id}/runs?searchFilter=tags.%60iic.role%60%20%3D%20%27trial%27&orderByKey=metrics.%60cluster_accuracy%60&orderByAsc=false&compareRunsMode=CHART"
+    link = (
+        f"#/experiments/{experiment.experiment_id}/runs?searchFilter=tags.%60iic.role%60%20%3D%20%27trial%27"
+        "&orderByKey=metrics.%60cluster_accuracy%60&orderByAsc=false&compareRunsMode=CHART"
+    )
     assert link in out
 
 
