@@ -11,8 +11,9 @@ clustering collapses stop themselves, and every trial is one MLflow run under th
 run. With ``--scheduler pbt`` a population drawn at random from the space trains instead, and Ray
 Tune's population-based training gives its weakest trials the best ones' checkpoints with perturbed
 augmentation strengths, lr and lamb: each trial learns a schedule of them (recorded as
-``schedule.<field>`` metrics, and in its config.yaml, which ``python -m iic.train`` replays). Then the best ``confirm_top`` distinct configs are trained again on ``confirm_seeds`` fresh
-seeds (``search/confirm.py``), and the search's result is the best of them by that confirmed mean.
+``schedule.<field>`` metrics, and in its config.yaml, which ``python -m iic.train`` replays). Then
+the best ``confirm_top`` distinct configs are trained again on ``confirm_seeds`` fresh seeds
+(``search/confirm.py``), and the search's result is the best of them by that confirmed mean.
 Everything the command line can get wrong is checked before Ray starts a trial.
 """
 
@@ -22,8 +23,8 @@ import json
 import os
 import random
 import sys
-from pathlib import Path
 import time
+from pathlib import Path
 
 import optuna
 import pyarrow.fs
@@ -37,23 +38,23 @@ from ray.tune.search.optuna import OptunaSearch
 
 from iic.config import ConfigError, IICConfig
 from iic.data import DatasetError
-from iic.supervised import check_held_out_source
 from iic.seeds import draw_seeds
-from search.deadline import ConfirmationDeadline
+from iic.supervised import check_held_out_source
+from search.ceiling import run_ceiling
 from search.confirm import (
-    logged_statuses,
     candidates_from_results,
     confirmation_seeds,
     confirmations,
+    logged_statuses,
     ranked_confirmations,
     run_confirmation,
     space_of,
 )
+from search.deadline import ConfirmationDeadline
 from search.driver import (
     SearchError,
     check_tracking_uri,
     code_version,
-    trial_dirname,
     default_storage_path,
     default_tracking_uri,
     make_trainable,
@@ -62,10 +63,8 @@ from search.driver import (
     set_driver_environment,
     start_ray,
     state_dir,
+    trial_dirname,
 )
-from search.space import OBJECTIVES, SCHEDULERS, Preset, PresetError, available_presets
-from search.summary import summarise
-from search.ceiling import run_ceiling
 from search.mlflow_runs import (
     CEILING_ROLE,
     CONFIRM_ROLE,
@@ -76,6 +75,8 @@ from search.mlflow_runs import (
     prepare_experiment,
 )
 from search.reconcile import reconcile, restored_trials
+from search.space import OBJECTIVES, SCHEDULERS, Preset, PresetError, available_presets
+from search.summary import summarise
 from search.tracking import MLflowTrialLogger
 from search.warm_start import load_warm_start
 from trainables.iic_trainable import trial_finished
@@ -175,13 +176,15 @@ def build_parser(given_only: bool = False) -> argparse.ArgumentParser:
         "--challenger-margin",
         type=float,
         help="standard errors by which a trial must beat the preset's own config "
-        "(start_from_config) on the search's seeds to be confirmed instead of it (0: the plain ranking; default: the preset's)",
+        "(start_from_config) on the search's seeds to be confirmed instead of it (0: the plain ranking; default: the "
+        "preset's)",
     )
     parser.add_argument(
         "--ceiling",
         action="store_true",
         default=default(False),
-        help="also train the supervised ceiling (the same backbone on the labels) once, to read the search's accuracy against",
+        help="also train the supervised ceiling (the same backbone on the labels) once, "
+        "to read the search's accuracy against",
     )
     parser.add_argument("--top", type=int, default=default(5), help="best trials to print at the end")
     return parser
@@ -196,8 +199,14 @@ def explicit_flags(argv: list[str] | None) -> dict:
     return vars(build_parser(given_only=True).parse_args(argv))
 
 
-def load_preset(args: argparse.Namespace) -> Preset:
-    """The preset with the command line applied, validated (ranges, resources, data) up front."""
+# IICConfig fields that say which images a search clusters: a preset's config holds its place as the
+# incumbent (start_from_config, guarded by the challenger margin) only on the data it was tuned on.
+DATA_FIELDS = ("dataset", "data_root", "split", "class_map", "max_samples")
+
+
+def load_preset(args: argparse.Namespace) -> tuple[Preset, list[str]]:
+    """The preset with the command line applied, validated (ranges, resources, data) up front, and
+    notes for the user on what the command line changed beyond its own flags."""
     preset = Preset.load(args.config or args.preset)
     config = dict(preset.config)
     if args.epochs is not None:
@@ -211,8 +220,10 @@ def load_preset(args: argparse.Namespace) -> Preset:
     searched = {p.name for p in preset.params} & overridden
     if searched:
         raise SearchError(
-            f"--set {', '.join(sorted(searched))}: searched by the preset; edit its space (or copy it with --config) to fix them"
+            f"--set {', '.join(sorted(searched))}: searched by the preset; edit its space (or copy it with --config) "
+            "to fix them"
         )
+    other_data = [name for name in DATA_FIELDS if name in overridden]
     base = base.with_absolute_paths()  # trials run in folders of their own, not here
     overridden |= {name for name in ("data_root", "backbone_weights") if getattr(base, name) is not None}
     changes = {"config": {k: v for k, v in base.to_dict().items() if k in config or k in overridden}}
@@ -235,6 +246,13 @@ def load_preset(args: argparse.Namespace) -> Preset:
         search, **{field: getattr(args, flag) for flag, field in flags.items() if getattr(args, flag) is not None}
     )
     pbt = preset.pbt if args.population is None else dataclasses.replace(preset.pbt, population=args.population)
+    notes = []
+    if other_data and search.start_from_config:
+        search = dataclasses.replace(search, start_from_config=False)
+        notes.append(
+            f"--set {', '.join(other_data)}: the preset's config was tuned on other data, so the search starts "
+            "without it as the incumbent (no first trial of it, no challenger margin)"
+        )
     problems = []
     if search.scheduler == "pbt":
         if args.num_samples is not None:
@@ -243,7 +261,8 @@ def load_preset(args: argparse.Namespace) -> Preset:
             )
         if args.warm_start:
             problems.append(
-                "--warm-start: its configs seed Optuna's TPE, which PBT does not use (its population is drawn at random); drop one of them"
+                "--warm-start: its configs seed Optuna's TPE, which PBT does not use (its population is drawn at "
+                "random); drop one of them"
             )
         search = dataclasses.replace(search, num_samples=pbt.population)
     elif args.population is not None:
@@ -271,16 +290,19 @@ def load_preset(args: argparse.Namespace) -> Preset:
         o.partition("=")[0].strip() for o in args.overrides
     }:
         problems.append(
-            f"seed is fixed (--set seed or the preset's config) but each trial trains on {search.seeds_per_trial} seeds; "
+            f"seed is fixed (--set seed or the preset's config) but each trial trains on {search.seeds_per_trial} "
+            "seeds; "
             "fix the seed with --seeds-per-trial 1, or drop it to let the search draw seeds"
         )
     if search.confirm_top < 0 or (search.confirm_top and search.confirm_seeds < 1):
         problems.append(
-            f"--confirm-top must be 0 or more, with --confirm-seeds at least 1 (got {search.confirm_top} and {search.confirm_seeds})"
+            f"--confirm-top must be 0 or more, with --confirm-seeds at least 1 (got {search.confirm_top} and "
+            f"{search.confirm_seeds})"
         )
     if not search.challenger_margin >= 0:
         problems.append(
-            f"--challenger-margin must be 0 or more standard errors (got {search.challenger_margin}); 0 ranks trials by their figures alone"
+            f"--challenger-margin must be 0 or more standard errors (got {search.challenger_margin}); 0 ranks trials "
+            "by their figures alone"
         )
     if problems:
         raise SearchError("invalid search:\n  " + "\n  ".join(problems))
@@ -289,7 +311,7 @@ def load_preset(args: argparse.Namespace) -> Preset:
         base.validate()  # the data exists, the fixed settings are sound
     except (PresetError, ConfigError) as err:
         raise SearchError(str(err)) from None
-    return preset
+    return preset, notes
 
 
 def search_seeds(preset: Preset, search_seed: int) -> list[int]:
@@ -463,6 +485,7 @@ class SearchPlan:
     storage_path: str
     trial_seeds: list[int]
     warm_points: list[dict] = dataclasses.field(default_factory=list)  # configs to try first (a new search only)
+    notes: list[str] = dataclasses.field(default_factory=list)  # said once when the search starts, not stored
 
     @property
     def experiment_dir(self) -> str:
@@ -487,7 +510,7 @@ def first_points(preset: Preset, warm_start: str | None) -> list[dict]:
 
 def new_plan(args: argparse.Namespace) -> SearchPlan:
     """A new search's plan from the command line, checked; refuses a name already taken."""
-    preset = load_preset(args)
+    preset, notes = load_preset(args)
     if args.ceiling:
         try:
             check_held_out_source(IICConfig.from_dict(preset.config))
@@ -504,10 +527,12 @@ def new_plan(args: argparse.Namespace) -> SearchPlan:
         resolve_storage_path(args.storage_path),
         search_seeds(preset, args.seed),
         first_points(preset, args.warm_start),
+        notes,
     )
     if tune.Tuner.can_restore(plan.experiment_dir):
         raise SearchError(
-            f"a search named {plan.name!r} already exists at {plan.experiment_dir}; continue it with --resume, or choose another --name"
+            f"a search named {plan.name!r} already exists at {plan.experiment_dir}; continue it with --resume, or "
+            "choose another --name"
         )
     return plan
 
@@ -518,12 +543,14 @@ def resumed_plan(args: argparse.Namespace, given: dict) -> SearchPlan:
     experiment_dir = f"{resolve_storage_path(args.storage_path).rstrip('/')}/{args.name or experiment}"
     if not tune.Tuner.can_restore(experiment_dir):
         raise SearchError(
-            f"--resume: no search to resume at {experiment_dir}; run without --resume (same --name and --storage-path) to start it"
+            f"--resume: no search to resume at {experiment_dir}; run without --resume (same --name and --storage-path) "
+            "to start it"
         )
     stored = read_record(experiment_dir)
     if stored is None:
         raise SearchError(
-            f"--resume: {experiment_dir} has no {SEARCH_RECORD_FILE} (a search started by an older version); start a new search"
+            f"--resume: {experiment_dir} has no {SEARCH_RECORD_FILE} (a search started by an older version); start a "
+            "new search"
         )
     conflicts = [
         f"--{flag.replace('_', '-')} {value!r}: the search was started with {stored['arguments'].get(flag)!r}"
@@ -599,14 +626,18 @@ def run_search(plan: SearchPlan, search: SearchRecord, started: float) -> None:
     )
     print(
         f"search {plan.name!r}: preset {preset.name}, {how} of {settings.seeds_per_trial} seed(s) each, "
-        f"objective {settings.objective}, MLflow {plan.tracking_uri} (experiment {plan.experiment!r}), storage {plan.experiment_dir}",
+        f"objective {settings.objective}, MLflow {plan.tracking_uri} (experiment {plan.experiment!r}), storage "
+        f"{plan.experiment_dir}",
         flush=True,
     )
+    for note in plan.notes:
+        print(note, flush=True)
     if args.resume:
         # Tune brings its own stored logger back; first MLflow gets what the last driver could not send.
         report = reconcile(MlflowClient(plan.tracking_uri), search, restored_trials(plan.experiment_dir))
         print(
-            f"resuming: MLflow got {sum(map(len, report.sent.values()))} epoch(s) it lacked; {len(report.closed_lost)} run(s) of trials "
+            f"resuming: MLflow got {sum(map(len, report.sent.values()))} epoch(s) it lacked; {len(report.closed_lost)} "
+            "run(s) of trials "
             "Tune never recorded closed as lost",
             flush=True,
         )
@@ -639,7 +670,8 @@ def run_search(plan: SearchPlan, search: SearchRecord, started: float) -> None:
     if settings.confirm_top and candidates:
         seeds = confirmation_seeds(args.seed, plan.trial_seeds, settings.confirm_seeds)
         print(
-            f"\nconfirming the best {len(candidates)} config(s) on {len(seeds)} fresh seeds ({' '.join(map(str, seeds))})",
+            f"\nconfirming the best {len(candidates)} config(s) on {len(seeds)} fresh seeds "
+            f"({' '.join(map(str, seeds))})",
             flush=True,
         )
         confirm_report = state_dir(plan.name) / "mlflow_report_confirm.json"

@@ -8,8 +8,8 @@ A preset has three sections:
   is a yes/no choice that switches a group of fields on or off (overclustering: its
   ``overcluster_k`` and ``overcluster_passes`` are proposed only when it is on, and ``otherwise:
   {overcluster_k: 0}`` says what the fields are when it is off). Gates are decided before the
-  fields that name them, wherever the file lists them. ``unless`` searches what only fits the gate's off state (``sobel`` unless
-  ``pretrained``: ImageNet weights do not read Sobel's gradients);
+  fields that name them, wherever the file lists them. ``unless`` searches what only fits the gate's
+  off state (``sobel`` unless ``pretrained``: ImageNet weights do not read Sobel's gradients);
 - ``search``: the defaults of the search itself (budget, concurrency, resources, early stopping,
   ``scheduler``: ``asha`` or ``pbt``);
 - ``pbt``: how population-based training runs it (``--scheduler pbt``): the population, the epochs
@@ -153,7 +153,8 @@ class Preset:
         bad = set(raw.get("search") or {}) - search_fields
         if bad:
             raise PresetError(
-                f"search section: unknown setting(s) {', '.join(sorted(bad))}; valid: {', '.join(sorted(search_fields))}"
+                f"search section: unknown setting(s) {', '.join(sorted(bad))}; valid: "
+                f"{', '.join(sorted(search_fields))}"
             )
         pbt_fields = {f.name for f in dataclasses.fields(PBTSettings)}
         bad = set(raw.get("pbt") or {}) - pbt_fields
@@ -196,13 +197,15 @@ class Preset:
             if param.kind == "gate":
                 gates[param.name] = param
         base = IICConfig.from_dict(self.config)
+        # The fixed config's own problems are reported once, as its own; a searched value is blamed
+        # only for the problems it adds.
+        fixed = problems_of(base)
+        problems += [f"config: {problem}" for problem in fixed]
         for param in self.params:
             if param.kind == "gate" and param.off:
-                try:
-                    base.replace(**dict(param.off)).validate(check_data=False)
-                except ConfigError as err:
-                    detail = "\n  ".join(err.problems)
-                    problems.append(f"space.{param.name}.otherwise: {detail}")
+                added = [p for p in problems_of(base, **dict(param.off)) if p not in fixed]
+                if added:
+                    problems.append(f"space.{param.name}.otherwise: " + "\n  ".join(added))
         # Every extreme of every range must make a valid config on its own (with its gate off for ``unless``).
         for param in self.params:
             if param.kind == "gate":
@@ -210,10 +213,9 @@ class Preset:
             values = param.choices if param.kind == "categorical" else (param.low, param.high)
             off = dict(gates[param.unless].off) if param.unless in gates else {}
             for value in values:
-                try:
-                    base.replace(**{**off, param.name: value}).validate(check_data=False)
-                except ConfigError as err:
-                    detail = "\n  ".join(err.problems)
+                added = [p for p in problems_of(base, **{**off, param.name: value}) if p not in fixed]
+                if added:
+                    detail = "\n  ".join(added)
                     problems.append(f"space.{param.name}: value {value!r} is invalid ({detail})")
         if self.search.objective not in OBJECTIVES:
             problems.append(f"search.objective: {self.search.objective!r} is not one of {', '.join(OBJECTIVES)}")
@@ -222,7 +224,7 @@ class Preset:
         problems += self._pbt_problems()
         problems += self._start_problems()
         if problems:
-            raise PresetError("invalid search space:\n  " + "\n  ".join(problems))
+            raise PresetError("invalid preset:\n  " + "\n  ".join(problems))
 
     def start_point(self) -> dict:
         """The Optuna parameters of the preset's own config (``search.start_from_config``)."""
@@ -258,11 +260,13 @@ class Preset:
             )
         if not (isinstance(pbt.perturbation_interval, int) and pbt.perturbation_interval >= 1):
             problems.append(
-                f"pbt.perturbation_interval: give a whole number of epochs, at least 1 (got {pbt.perturbation_interval!r}); PBA used 3"
+                "pbt.perturbation_interval: give a whole number of epochs, at least 1 (got "
+                f"{pbt.perturbation_interval!r}); PBA used 3"
             )
         if not (isinstance(pbt.quantile_fraction, (int, float)) and 0 < pbt.quantile_fraction <= 0.5):
             problems.append(
-                f"pbt.quantile_fraction: must lie in (0, 0.5] (got {pbt.quantile_fraction!r}): the bottom share that takes over the top share"
+                f"pbt.quantile_fraction: must lie in (0, 0.5] (got {pbt.quantile_fraction!r}): the bottom share that "
+                "takes over the top share"
             )
         if not (isinstance(pbt.resample_probability, (int, float)) and 0 <= pbt.resample_probability <= 1):
             problems.append(
@@ -281,13 +285,15 @@ class Preset:
                 )
             elif params[name].when is not None:
                 problems.append(
-                    f"pbt.mutate: {name} is proposed only when {params[name].when} is on; PBT cannot mutate a gated field"
+                    f"pbt.mutate: {name} is proposed only when {params[name].when} is on; PBT cannot mutate a gated "
+                    "field"
                 )
         if not self.mutated_params():
             problems.append(f"pbt: nothing to mutate; the space searches none of {schedulable} (outside a gate)")
         if "schedule" in self.config:
             problems.append(
-                "config.schedule: under PBT every trial's schedule is what the population makes of it; remove the fixed schedule"
+                "config.schedule: under PBT every trial's schedule is what the population makes of it; remove the "
+                "fixed schedule"
             )
         return problems
 
@@ -323,6 +329,15 @@ class Preset:
 
     def space(self, seeds: list[int] | None = None) -> "SearchSpace":
         return SearchSpace(self.config, self.params, seeds)
+
+
+def problems_of(config: IICConfig, **changes) -> list[str]:
+    """What IICConfig's own checks find wrong with ``config`` with ``changes`` made (the data unchecked)."""
+    try:
+        config.replace(**changes).validate(check_data=False)
+    except ConfigError as err:
+        return err.problems
+    return []
 
 
 @dataclass(frozen=True)

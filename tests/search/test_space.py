@@ -279,3 +279,14 @@ def test_start_from_config_puts_the_configs_values_first_and_refuses_one_outside
     ):
         Preset.from_dict("mine", raw)
     Preset.from_dict("mine", {**raw, "search": {"start_from_config": False}})  # not asked for: any config will do
+
+
+def test_a_problem_of_the_fixed_config_is_named_once_and_values_only_for_what_they_add():
+    with pytest.raises(PresetError) as caught:
+        _preset({**GATED, "overcluster_k": {"low": 5, "high": 60}}, {"dataset": "digits", "num_subheads": 0})
+    message = str(caught.value)
+    assert message.count("num_subheads: must be at least 1") == 1
+    assert "config: num_subheads: must be at least 1" in message
+    # the value that is wrong by itself is blamed for its own problem only
+    assert re.search(r"space.overcluster_k: value 5 is invalid \(overcluster_k: must exceed num_clusters=10", message)
+    assert "value 60" not in message and "space.lr" not in message
