@@ -65,7 +65,8 @@ class Margin:
 
     def describe(self) -> str:
         return (
-            f"{self.value:.3f} ({self.standard_errors:g} standard errors of the difference of two means over {self.seeds} seeds; "
+            f"{self.value:.3f} ({self.standard_errors:g} standard errors of the difference of two means over "
+            f"{self.seeds} seeds; "
             f"seed sd {self.seed_sd:.3f} from the median of {self.trials} trials' sds)"
         )
 

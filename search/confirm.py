@@ -13,7 +13,6 @@ Confirmed figures are what ``search/export.py`` and the search's summary rank by
 """
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -39,6 +38,7 @@ from search.driver import (
     code_version,
     default_storage_path,
     default_tracking_uri,
+    experiment_dir,
     make_trainable,
     progress_reporter,
     resolve_storage_path,
@@ -47,9 +47,11 @@ from search.driver import (
     state_dir,
     trial_dirname,
 )
-from search.mlflow_runs import CONFIRM_ROLE, START_TRIAL_TAG, TRIAL_TAG, SearchRecord
 from search.ranking import best_first, trial_status
-from search.records import (
+from search.space import COLLAPSE_SETTINGS, OBJECTIVES, Preset, SearchDefaults
+from search.tracking.logger import MLflowTrialLogger
+from search.tracking.reconcile import logged_statuses
+from search.tracking.records import (
     RecordsError,
     connect,
     find_experiment_id,
@@ -61,8 +63,7 @@ from search.records import (
     seeds_param,
     trial_runs,
 )
-from search.space import COLLAPSE_SETTINGS, OBJECTIVES, Preset, SearchDefaults
-from search.tracking import MLflowTrialLogger
+from search.tracking.runs import CONFIRM_ROLE, START_TRIAL_TAG, TRIAL_TAG, SearchRecord
 from trainables.iic_trainable import SEEDS_KEY, SOURCE_KEY, trial_config_values, trial_iic_config, trial_seeds
 
 # Figures of a confirmation run, each over its seeds.
@@ -214,10 +215,10 @@ def run_confirmation(
     """Train every candidate on ``seeds`` as Ray trials (``preset.search``'s concurrency and
     resources, no early stopping but the collapse rule); returns Tune's ResultGrid. An interrupted
     confirmation stage of the same ``name`` continues with ``resume``."""
-    experiment_dir = f"{storage_path.rstrip('/')}/{name}"
-    if resume and tune.Tuner.can_restore(experiment_dir):
+    folder = experiment_dir(storage_path, name)
+    if resume and tune.Tuner.can_restore(folder):
         return tune.Tuner.restore(
-            experiment_dir, trainable=make_trainable(preset), resume_unfinished=True, resume_errored=True
+            folder, trainable=make_trainable(preset), resume_unfinished=True, resume_errored=True
         ).fit()
     points = [{**trial_config_values(c.config), SEEDS_KEY: seeds, SOURCE_KEY: c.trial_id} for c in candidates]
     search = preset.search
@@ -449,7 +450,9 @@ def main(argv: list[str] | None = None) -> int:
     name = f"{search}-confirm-{time.strftime('%Y%m%d-%H%M%S')}"
     report = state_dir(name) / "mlflow_report.json"
     logger = MLflowTrialLogger(
-        SearchRecord(tracking_uri, experiment_id, search, parent.info.run_id, code_version(), CONFIRM_ROLE), report
+        SearchRecord(tracking_uri, experiment_id, search, parent.info.run_id, code_version(), CONFIRM_ROLE),
+        report,
+        experiment_dir(storage_path, name),
     )
     if choice.note():
         print(choice.note(), flush=True)
@@ -465,11 +468,6 @@ def main(argv: list[str] | None = None) -> int:
     if started_ray:
         ray.shutdown()
     return 0
-
-
-def logged_statuses(report_path: Path) -> dict[str, str]:
-    """The final status the MLflow logger gave each trial it ended (see MLflowTrialLogger)."""
-    return json.loads(report_path.read_text()).get("statuses", {}) if report_path.is_file() else {}
 
 
 if __name__ == "__main__":

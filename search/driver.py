@@ -12,11 +12,9 @@ import yaml
 from ray import tune
 from ray.tune import CLIReporter
 
-from search.space import Preset
-from search.mlflow_runs import server_unreachable
-from search.space import COLLAPSE_SETTINGS
+from search.space import COLLAPSE_SETTINGS, Preset
+from search.tracking.runs import server_unreachable
 from trainables.iic_trainable import TrialSettings, train_iic
-
 
 # Where a search's records and checkpoints go unless the command line or the environment says.
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -49,7 +47,8 @@ def check_tracking_uri(uri: str) -> str:
         if reason is not None:
             raise SearchError(
                 f"--tracking-uri {uri}: the MLflow server does not answer ({reason}); "
-                f"start it (mlflow server --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000) or fix the address"
+                "start it (mlflow server --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000) or fix "
+                "the address"
             )
         return uri
     raise SearchError(
@@ -114,7 +113,8 @@ def start_ray(address: str | None, preset: Preset, storage_path: str) -> bool:
             f"--storage-path {storage_path}: this Ray cluster has {len(nodes)} nodes"
             + (" and an autoscaler that adds more" if launchable else "")
             + ", and trials on other nodes cannot write checkpoints to a local folder; give shared storage such as "
-            "s3://BUCKET/iic-search (Ray needs it since 2.7), or file:///PATH for a network filesystem mounted at PATH on every node"
+            "s3://BUCKET/iic-search (Ray needs it since 2.7), or file:///PATH for a network filesystem mounted at "
+            "PATH on every node"
         )
     if problems:
         if started:
@@ -163,6 +163,11 @@ def trial_dirname(trial) -> str:
 def resolve_storage_path(path: str) -> str:
     """Tune's storage: a URI as it is (s3://, file://), a local folder made absolute."""
     return path if "://" in path else str(Path(path).expanduser().resolve())
+
+
+def experiment_dir(storage_path: str, name: str) -> str:
+    """The folder of Tune's experiment ``name`` in the storage (a local folder or a URI)."""
+    return f"{storage_path.rstrip('/')}/{name}"
 
 
 def state_dir(name: str) -> Path:

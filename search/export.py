@@ -30,8 +30,8 @@ from iic.config import ConfigError, IICConfig
 from iic.seeds import LABEL_FREE_PICK
 from search.confirm import CONFIRMED_FIGURES
 from search.driver import default_tracking_uri
-from search.mlflow_runs import CONFIRM_ROLE, CONFIRMS_TAG, SEARCH_TAG, TRIAL_TAG
-from search.records import (
+from search.space import OBJECTIVES
+from search.tracking.records import (
     RecordsError,
     connect,
     find_experiment_id,
@@ -42,7 +42,7 @@ from search.records import (
     seeds_param,
     trial_runs,
 )
-from search.space import OBJECTIVES
+from search.tracking.runs import CONFIRM_ROLE, CONFIRMS_TAG, SEARCH_TAG, TRIAL_TAG
 
 SETTINGS = ("lr", "batch_size", "lamb", "repeats", "sobel", "overcluster_k")
 RANK_FILE = re.compile(r"rank\d+_.+\.yaml")

@@ -112,7 +112,8 @@ def parse_param(name: str, spec) -> Param:
     unknown = set(spec) - {"low", "high", "log", "choices", "when", "unless", "gate", "otherwise"}
     if unknown:
         raise PresetError(
-            f"space.{name}: unknown key(s) {', '.join(sorted(map(str, unknown)))}; use low/high/log, choices, when or unless, or gate and otherwise"
+            f"space.{name}: unknown key(s) {', '.join(sorted(map(str, unknown)))}; use low/high/log, choices, when or "
+            "unless, or gate and otherwise"
         )
     when, unless = spec.get("when"), spec.get("unless")
     if spec.get("gate"):
@@ -121,7 +122,8 @@ def parse_param(name: str, spec) -> Param:
         off = spec.get("otherwise") or {}
         if not isinstance(off, dict) or any(key not in fields for key in off):
             raise PresetError(
-                f"space.{name}: otherwise must map IICConfig fields to their values when the gate is off, e.g. {{overcluster_k: 0}}"
+                f"space.{name}: otherwise must map IICConfig fields to their values when the gate is off, e.g. "
+                f"{{overcluster_k: 0}}"
             )
         return Param(name, "gate", off=tuple(off.items()))
     if name not in fields:

@@ -45,7 +45,6 @@ from search.confirm import (
     candidates_from_results,
     confirmation_seeds,
     confirmations,
-    logged_statuses,
     ranked_confirmations,
     run_confirmation,
     space_of,
@@ -57,6 +56,7 @@ from search.driver import (
     code_version,
     default_storage_path,
     default_tracking_uri,
+    experiment_dir,
     make_trainable,
     progress_reporter,
     resolve_storage_path,
@@ -65,7 +65,11 @@ from search.driver import (
     state_dir,
     trial_dirname,
 )
-from search.mlflow_runs import (
+from search.space import OBJECTIVES, SCHEDULERS, Preset, PresetError, available_presets
+from search.summary import summarise
+from search.tracking.logger import MLflowTrialLogger
+from search.tracking.reconcile import logged_statuses, reconcile, restored_trials
+from search.tracking.runs import (
     CEILING_ROLE,
     CONFIRM_ROLE,
     STAGE_SUFFIXES,
@@ -74,10 +78,6 @@ from search.mlflow_runs import (
     open_search_run,
     prepare_experiment,
 )
-from search.reconcile import reconcile, restored_trials
-from search.space import OBJECTIVES, SCHEDULERS, Preset, PresetError, available_presets
-from search.summary import summarise
-from search.tracking import MLflowTrialLogger
 from search.warm_start import load_warm_start
 from trainables.iic_trainable import trial_finished
 
@@ -489,7 +489,7 @@ class SearchPlan:
 
     @property
     def experiment_dir(self) -> str:
-        return f"{self.storage_path.rstrip('/')}/{self.name}"
+        return experiment_dir(self.storage_path, self.name)
 
     def record(self) -> dict:
         return {
@@ -540,17 +540,16 @@ def new_plan(args: argparse.Namespace) -> SearchPlan:
 def resumed_plan(args: argparse.Namespace, given: dict) -> SearchPlan:
     """The stored plan of the search to resume; refuses flags that would change it."""
     experiment = args.experiment or f"iic-{Preset.load(args.config or args.preset).name}"
-    experiment_dir = f"{resolve_storage_path(args.storage_path).rstrip('/')}/{args.name or experiment}"
-    if not tune.Tuner.can_restore(experiment_dir):
+    folder = experiment_dir(resolve_storage_path(args.storage_path), args.name or experiment)
+    if not tune.Tuner.can_restore(folder):
         raise SearchError(
-            f"--resume: no search to resume at {experiment_dir}; run without --resume (same --name and --storage-path) "
+            f"--resume: no search to resume at {folder}; run without --resume (same --name and --storage-path) "
             "to start it"
         )
-    stored = read_record(experiment_dir)
+    stored = read_record(folder)
     if stored is None:
         raise SearchError(
-            f"--resume: {experiment_dir} has no {SEARCH_RECORD_FILE} (a search started by an older version); start a "
-            "new search"
+            f"--resume: {folder} has no {SEARCH_RECORD_FILE} (a search started by an older version); start a new search"
         )
     conflicts = [
         f"--{flag.replace('_', '-')} {value!r}: the search was started with {stored['arguments'].get(flag)!r}"
@@ -634,7 +633,9 @@ def run_search(plan: SearchPlan, search: SearchRecord, started: float) -> None:
         print(note, flush=True)
     if args.resume:
         # Tune brings its own stored logger back; first MLflow gets what the last driver could not send.
-        report = reconcile(MlflowClient(plan.tracking_uri), search, restored_trials(plan.experiment_dir))
+        report = reconcile(
+            MlflowClient(plan.tracking_uri), search, plan.experiment_dir, restored_trials(plan.experiment_dir)
+        )
         print(
             f"resuming: MLflow got {sum(map(len, report.sent.values()))} epoch(s) it lacked; {len(report.closed_lost)} "
             "run(s) of trials "
@@ -651,7 +652,9 @@ def run_search(plan: SearchPlan, search: SearchRecord, started: float) -> None:
             if settings.deadline_s
             else None
         )
-        logger = MLflowTrialLogger(search, report_path, time_budget_s=settings.time_budget_s, deadline=deadline)
+        logger = MLflowTrialLogger(
+            search, report_path, plan.experiment_dir, time_budget_s=settings.time_budget_s, deadline=deadline
+        )
         tuner = build_tuner(preset, args, plan.name, plan.storage_path, logger, plan.warm_points, plan.trial_seeds)
     results = tuner.fit()
     statuses = logged_statuses(report_path)
@@ -675,12 +678,17 @@ def run_search(plan: SearchPlan, search: SearchRecord, started: float) -> None:
             flush=True,
         )
         confirm_report = state_dir(plan.name) / "mlflow_report_confirm.json"
-        confirm_logger = MLflowTrialLogger(dataclasses.replace(search, role=CONFIRM_ROLE), confirm_report)
+        confirm_name = plan.name + STAGE_SUFFIXES[CONFIRM_ROLE]
+        confirm_logger = MLflowTrialLogger(
+            dataclasses.replace(search, role=CONFIRM_ROLE),
+            confirm_report,
+            experiment_dir(plan.storage_path, confirm_name),
+        )
         confirm_results = run_confirmation(
             candidates,
             seeds,
             preset,
-            plan.name + STAGE_SUFFIXES[CONFIRM_ROLE],
+            confirm_name,
             plan.storage_path,
             confirm_logger,
             resume=args.resume,
@@ -691,13 +699,16 @@ def run_search(plan: SearchPlan, search: SearchRecord, started: float) -> None:
     ceiling = None
     if args.ceiling:
         print("\ntraining the supervised ceiling: the same backbone on the labels", flush=True)
+        ceiling_name = plan.name + STAGE_SUFFIXES[CEILING_ROLE]
         ceiling_logger = MLflowTrialLogger(
-            dataclasses.replace(search, role=CEILING_ROLE), state_dir(plan.name) / "mlflow_report_ceiling.json"
+            dataclasses.replace(search, role=CEILING_ROLE),
+            state_dir(plan.name) / "mlflow_report_ceiling.json",
+            experiment_dir(plan.storage_path, ceiling_name),
         )
         ceiling = run_ceiling(
             preset,
             plan.trial_seeds,
-            plan.name + STAGE_SUFFIXES[CEILING_ROLE],
+            ceiling_name,
             plan.storage_path,
             ceiling_logger,
             resume=args.resume,

@@ -20,9 +20,9 @@ from scipy.stats import spearmanr
 from iic.seeds import LABEL_FREE_PICK
 from search.ceiling import Ceiling, ceiling_line, record_ceiling
 from search.confirm import Candidate, Choice, Confirmation, print_confirmed, record_confirmed
-from search.mlflow_runs import ROLE_TAG, START_TRIAL_TAG, TRIAL_ROLE
 from search.ranking import best_first, counts, trial_status
 from search.space import OBJECTIVES, Preset
+from search.tracking.runs import ROLE_TAG, START_TRIAL_TAG, TRIAL_ROLE
 from trainables.iic_trainable import trial_iic_config
 
 TABLE_PARAMS = ("lr", "batch_size", "lamb", "repeats", "sobel", "overcluster_k", "crop_min_scale", "rotation_degrees")

@@ -2,7 +2,6 @@
 
 from pathlib import Path
 
-
 from iic.config import ConfigError, IICConfig
 from search.space import Preset, PresetError
 

@@ -22,7 +22,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from search.mlflow_runs import ROLE_TAG, TRIAL_TAG
+from search.tracking.runs import ROLE_TAG, TRIAL_TAG
 
 # Multi-process fault tests: real Ray clusters, servers and drivers killed on purpose.
 pytestmark = pytest.mark.slow

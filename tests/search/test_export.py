@@ -1,5 +1,5 @@
 """search/export.py against a real MLflow store holding really trained tiny trials, laid out as
-search.tracking.MLflowTrialLogger lays them out."""
+search.tracking.logger.MLflowTrialLogger lays them out."""
 
 import csv
 import json
@@ -18,7 +18,7 @@ from iic.train import train
 from search.confirm import CONFIRMED_FIGURES
 from search.export import export_best
 from search.export import main as export_main
-from search.mlflow_runs import (
+from search.tracking.runs import (
     CONFIRMS_TAG,
     ROLE_TAG,
     SEARCH_TAG,

@@ -15,7 +15,7 @@ from iic.config import IICConfig
 from iic.seeds import screening_candidates
 from search.export import export_best
 from search.run import StalledPopulation, main
-from search.mlflow_runs import ROLE_TAG, STATUS_TAG, TRIAL_TAG
+from search.tracking.runs import ROLE_TAG, STATUS_TAG, TRIAL_TAG
 
 TINY = [
     "--set",

@@ -13,7 +13,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from iic.status import RunStatus
-from search.mlflow_runs import ROLE_TAG, STATUS_TAG
+from search.tracking.runs import ROLE_TAG, STATUS_TAG
 
 # Multi-process fault tests: real Ray clusters, servers and drivers killed on purpose.
 pytestmark = pytest.mark.slow

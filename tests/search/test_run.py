@@ -12,8 +12,8 @@ from iic.seeds import draw_seeds
 from search.confirm import confirmation_seeds
 from search.confirm import main as confirm_main
 from search.export import export_best
-from search.mlflow_runs import CONFIRMS_TAG, PARENT_TAG, ROLE_TAG, STATUS_TAG, TRIAL_TAG
 from search.run import main
+from search.tracking.runs import CONFIRMS_TAG, PARENT_TAG, ROLE_TAG, STATUS_TAG, TRIAL_TAG
 
 # One seed per trial, no screening of initialisations (the preset's at epoch 10 needs longer trials)
 # and no confirmation stage, unless a test is about them: tests stay fast.

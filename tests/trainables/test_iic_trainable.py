@@ -3,17 +3,16 @@ import os
 
 import numpy as np
 import pytest
+import torch
 from ray import tune
 from ray.tune.schedulers import PopulationBasedTraining
-
-import torch
 
 from trainables.iic_trainable import (
     CHECKPOINT_FILE,
     EXPLOIT_EPOCH_KEY,
     EXPLOITED_FROM_KEY,
-    SCHEDULE_KEY,
     PBT_KEY,
+    SCHEDULE_KEY,
     SEEDS_KEY,
     SUMMARY_FILE,
     TrialSettings,

@@ -11,7 +11,7 @@ from iic.config import IICConfig
 from search.driver import SearchError, check_tracking_uri
 from search.ranking import best_first, counts
 from search.space import OBJECTIVES
-from search.mlflow_runs import ROLE_TAG, SEARCH_ROLE, SEARCH_TAG, STATUS_TAG, TRIAL_ROLE
+from search.tracking.runs import ROLE_TAG, SEARCH_ROLE, SEARCH_TAG, STATUS_TAG, TRIAL_ROLE
 from trainables.iic_trainable import SEEDS_KEY
 
 
@@ -58,7 +58,8 @@ def trial_runs(client: MlflowClient, experiment_id: str, role: str = TRIAL_ROLE)
 def runs_of_search(runs: list[Run], experiment: str, search: str | None) -> list[Run]:
     if not runs:
         raise RecordsError(
-            f"experiment {experiment!r} has no trial runs; run a search first (python search/run.py --experiment {experiment})"
+            f"experiment {experiment!r} has no trial runs; run a search first (python search/run.py --experiment "
+            f"{experiment})"
         )
     if search is None:
         return runs

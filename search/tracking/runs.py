@@ -2,8 +2,8 @@
 
 Names (tags, roles), filters, and the writes, each idempotent: an epoch's metrics carry the step
 (epoch) and timestamp of Tune's result, so an epoch sent twice is stored once; tags, params and
-artifacts are written again with equal values. ``search.tracking`` sends them as a search runs,
-``search.reconcile`` afterwards from Tune's records.
+artifacts are written again with equal values. ``search.tracking.logger`` sends them as a search runs,
+``search.tracking.reconcile`` afterwards from Tune's records.
 """
 
 import json
@@ -127,11 +127,17 @@ def epoch_metrics(result: dict) -> list[Metric]:
 
 
 def result_tags(result: dict) -> list[RunTag]:
-    return [
-        RunTag(tag, ",".join(map(str, result[key])) if isinstance(result[key], list) else str(result[key]))
-        for key, tag in RESULT_TAGS.items()
-        if key in result
-    ]
+    return [RunTag(tag, tag_text(result[key])) for key, tag in RESULT_TAGS.items() if key in result]
+
+
+def tag_text(value) -> str:
+    """A result's value as a tag: lists comma-separated, whole numbers without a decimal point (a
+    result read back from Tune's table holds an integer column with gaps as floats)."""
+    if isinstance(value, list):
+        return ",".join(map(tag_text, value))
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
 
 
 def flat_params(config: dict, prefix: str = "") -> dict[str, str]:
