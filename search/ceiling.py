@@ -17,7 +17,7 @@ from ray import tune
 from iic.config import IICConfig
 from iic.supervised import ACCURACY
 from search.driver import experiment_dir, trial_dirname, trial_resources
-from search.space import Preset
+from search.preset import Preset
 from search.tracking.logger import MLflowTrialLogger
 from trainables.ceiling_trainable import train_ceiling
 from trainables.iic_trainable import SEEDS_KEY

@@ -47,8 +47,8 @@ from search.driver import (
     state_dir,
     trial_dirname,
 )
+from search.preset import COLLAPSE_SETTINGS, OBJECTIVES, Preset, SearchDefaults
 from search.ranking import best_first, trial_status
-from search.space import COLLAPSE_SETTINGS, OBJECTIVES, Preset, SearchDefaults
 from search.tracking.logger import MLflowTrialLogger
 from search.tracking.reconcile import logged_statuses
 from search.tracking.records import (

@@ -22,7 +22,7 @@ from typing import ClassVar
 
 from ray import tune
 
-from search.space import SearchDefaults
+from search.preset import SearchDefaults
 from search.tracking.runs import result_epoch
 
 # A confirmation epoch took this much longer, per model, than the search's own epochs of the same

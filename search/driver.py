@@ -12,7 +12,7 @@ import yaml
 from ray import tune
 from ray.tune import CLIReporter
 
-from search.space import COLLAPSE_SETTINGS, Preset
+from search.preset import COLLAPSE_SETTINGS, Preset
 from search.tracking.runs import server_unreachable
 from trainables.iic_trainable import TrialSettings, train_iic
 

@@ -30,7 +30,7 @@ from iic.config import ConfigError, IICConfig
 from iic.seeds import LABEL_FREE_PICK
 from search.confirm import CONFIRMED_FIGURES
 from search.driver import default_tracking_uri
-from search.space import OBJECTIVES
+from search.preset import OBJECTIVES
 from search.tracking.records import (
     RecordsError,
     connect,

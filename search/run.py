@@ -65,7 +65,8 @@ from search.driver import (
     state_dir,
     trial_dirname,
 )
-from search.space import OBJECTIVES, SCHEDULERS, Preset, PresetError, available_presets
+from search.preset import OBJECTIVES, SCHEDULERS, Preset, PresetError, available_presets
+from search.space import clip_to_ranges, mutations, population, search_space, start_point
 from search.summary import summarise
 from search.tracking.logger import MLflowTrialLogger
 from search.tracking.reconcile import logged_statuses, reconcile, restored_trials
@@ -361,7 +362,7 @@ def tpe_with_asha(
     epochs = IICConfig.from_dict(preset.config).epochs
     sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, max(3, search.num_samples // 3)))
     searcher = OptunaSearch(
-        space=preset.space(trial_seeds),
+        space=search_space(preset, trial_seeds),
         metric=search.objective,
         mode=OBJECTIVES[search.objective],
         points_to_evaluate=warm_points or None,
@@ -400,7 +401,7 @@ def population_based_training(preset: Preset, seed: int, trial_seeds: list[int])
     ``StalledPopulation`` ends the search should one end early otherwise (diverged, failed)."""
     search, pbt = preset.search, preset.pbt
     random.seed(seed)  # PBT draws its exploits and perturbations from Python's random
-    population = preset.population(trial_seeds, seed)
+    members = population(preset, trial_seeds, seed)
     scheduler = PopulationBasedTraining(
         time_attr="training_iteration",
         metric=search.objective,
@@ -408,14 +409,14 @@ def population_based_training(preset: Preset, seed: int, trial_seeds: list[int])
         perturbation_interval=pbt.perturbation_interval,
         quantile_fraction=pbt.quantile_fraction,
         resample_probability=pbt.resample_probability,
-        hyperparam_mutations=preset.mutations(),
-        custom_explore_fn=preset.clip_to_ranges(),
+        hyperparam_mutations=mutations(preset),
+        custom_explore_fn=clip_to_ranges(preset),
         synch=True,
     )
     tune_config = tune.TuneConfig(
-        search_alg=BasicVariantGenerator(points_to_evaluate=population),
+        search_alg=BasicVariantGenerator(points_to_evaluate=members),
         scheduler=scheduler,
-        num_samples=len(population),
+        num_samples=len(members),
         time_budget_s=search.time_budget_s,
         trial_dirname_creator=trial_dirname,
         # A trial paused at a perturbation point continues in a waiting process instead of a new one.
@@ -428,7 +429,7 @@ def population_based_training(preset: Preset, seed: int, trial_seeds: list[int])
         # Every checkpoint is kept: a trial may take over another's after that one has trained on.
         "checkpoint_config": tune.CheckpointConfig(num_to_keep=None),
     }
-    return tune_config, space_of(population), run_options
+    return tune_config, space_of(members), run_options
 
 
 class StalledPopulation(tune.Callback, tune.Stopper):
@@ -504,7 +505,7 @@ class SearchPlan:
 def first_points(preset: Preset, warm_start: str | None) -> list[dict]:
     """The trials TPE evaluates before it proposes: the exported configs of ``--warm-start`` (the
     user's own choice), then the preset's config (``start_from_config``)."""
-    start = [preset.start_point()] if preset.search.start_from_config and preset.search.scheduler != "pbt" else []
+    start = [start_point(preset)] if preset.search.start_from_config and preset.search.scheduler != "pbt" else []
     return (load_warm_start(warm_start, preset) if warm_start else []) + start
 
 

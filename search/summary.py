@@ -20,8 +20,9 @@ from scipy.stats import spearmanr
 from iic.seeds import LABEL_FREE_PICK
 from search.ceiling import Ceiling, ceiling_line, record_ceiling
 from search.confirm import Candidate, Choice, Confirmation, print_confirmed, record_confirmed
+from search.preset import OBJECTIVES, Preset
 from search.ranking import best_first, counts, trial_status
-from search.space import OBJECTIVES, Preset
+from search.space import search_space
 from search.tracking.runs import ROLE_TAG, START_TRIAL_TAG, TRIAL_ROLE
 from trainables.iic_trainable import trial_iic_config
 
@@ -65,7 +66,7 @@ def completed_trials(table: pd.DataFrame, objective: str) -> pd.DataFrame:
 
 def optuna_study(results, preset: Preset, objective: str, trial_ids: set[str]) -> optuna.Study:
     """The search's trials (those in ``trial_ids``) as an Optuna study, for its plots."""
-    space = preset.space()
+    space = search_space(preset)
     distributions = space.distributions()
     study = optuna.create_study(direction="maximize" if OBJECTIVES[objective] == "max" else "minimize")
     for result in results:

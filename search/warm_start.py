@@ -3,7 +3,8 @@
 from pathlib import Path
 
 from iic.config import ConfigError, IICConfig
-from search.space import Preset, PresetError
+from search.preset import Preset, PresetError
+from search.space import search_space
 
 
 def load_warm_start(folder: str | Path, preset: Preset) -> list[dict]:
@@ -15,7 +16,7 @@ def load_warm_start(folder: str | Path, preset: Preset) -> list[dict]:
         raise PresetError(
             f"--warm-start {folder}: no *.yaml configs there; point it at the --out folder of search/export.py"
         )
-    space = preset.space()
+    space = search_space(preset)
     points = []
     for path in files:
         try:

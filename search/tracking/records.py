@@ -9,8 +9,8 @@ from mlflow.tracking import MlflowClient
 
 from iic.config import IICConfig
 from search.driver import SearchError, check_tracking_uri
+from search.preset import OBJECTIVES
 from search.ranking import best_first, counts
-from search.space import OBJECTIVES
 from search.tracking.runs import ROLE_TAG, SEARCH_ROLE, SEARCH_TAG, STATUS_TAG, TRIAL_ROLE
 from trainables.iic_trainable import SEEDS_KEY
 

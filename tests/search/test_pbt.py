@@ -211,11 +211,12 @@ def test_configs_with_gates_and_schedules_pass_through_tunes_variant_generator_u
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     from search.confirm import space_of
-    from search.space import Preset
+    from search.preset import Preset
+    from search.space import population
     from trainables.iic_trainable import trial_config_values, trial_iic_config
 
     preset = Preset.load("digits")
-    points = preset.population(seeds=[1, 2], seed=0)[:2]
+    points = population(preset, seeds=[1, 2], seed=0)[:2]
     points[0]["gate"]["overclustering"], points[1]["gate"]["overclustering"] = True, False
     schedules = [
         [{"epoch": 2, "values": {"lr": 1e-3}}],

@@ -3,6 +3,7 @@
 import pytest
 
 from search.run import new_plan, parse_args
+from search.space import start_point
 
 
 def _plan(tmp_path, *flags):
@@ -13,7 +14,7 @@ def _plan(tmp_path, *flags):
 
 def test_the_digits_preset_starts_from_its_own_config_on_its_own_data(tmp_path):
     plan = _plan(tmp_path, "--set", "batch_size=64")  # not a setting of the data
-    assert plan.preset.search.start_from_config and plan.warm_points == [plan.preset.start_point()]
+    assert plan.preset.search.start_from_config and plan.warm_points == [start_point(plan.preset)]
     assert plan.notes == []
 
 
