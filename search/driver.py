@@ -205,3 +205,17 @@ def progress_reporter(preset: Preset) -> CLIReporter:
         max_report_frequency=60,
         max_progress_rows=12,
     )
+
+
+def space_of(points: list[dict]) -> dict:
+    """A param space that holds every point: Tune fills a point's values into the space's keys, and
+    warns where a point differs from a constant, so keys that differ are choices among the points'
+    (within nested mappings such as the gates, key by key)."""
+    space = {}
+    for key, value in points[0].items():
+        values = [point[key] for point in points]
+        if all(isinstance(v, dict) for v in values) and not all(v == value for v in values):
+            space[key] = space_of(values)
+        else:
+            space[key] = value if all(v == value for v in values) else tune.choice(values)
+    return space

@@ -19,7 +19,7 @@ from scipy.stats import spearmanr
 
 from iic.seeds import LABEL_FREE_PICK
 from search.ceiling import Ceiling, ceiling_line, record_ceiling
-from search.confirm import Candidate, Choice, Confirmation, print_confirmed, record_confirmed
+from search.confirmation import Candidate, Choice, Confirmation, print_confirmed, record_confirmed
 from search.preset import OBJECTIVES, Preset
 from search.ranking import best_first, counts, trial_status
 from search.space import search_space
@@ -192,7 +192,7 @@ def summarise(
 ) -> pd.DataFrame:
     """Print and record the end of a search. ``confirmed``: the confirmation stage's results, best
     first; ``choice``: the configs the search's own figures put forward, best first, with its start
-    config and challenger margin (search.confirm.Choice); ``ceiling``: the supervised ceiling, when
+    config and challenger margin (search.confirmation.Choice); ``ceiling``: the supervised ceiling, when
     it was trained."""
     best_candidate = choice.candidates[0] if choice and choice.candidates else None
     objective = preset.search.objective

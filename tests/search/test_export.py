@@ -15,8 +15,8 @@ from mlflow.tracking import MlflowClient
 from iic.config import IICConfig
 from iic.train import main as train_main
 from iic.train import train
-from search.confirm import CONFIRMED_FIGURES
-from search.export import export_best
+from search.best_configs import export_best
+from search.confirmation import CONFIRMED_FIGURES
 from search.export import main as export_main
 from search.tracking.runs import (
     CONFIRMS_TAG,

@@ -13,9 +13,10 @@ from ray.tune.schedulers import PopulationBasedTraining
 
 from iic.config import IICConfig
 from iic.seeds import screening_candidates
-from search.export import export_best
-from search.run import StalledPopulation, main
+from search.best_configs import export_best
+from search.run import main
 from search.tracking.runs import ROLE_TAG, STATUS_TAG, TRIAL_TAG
+from search.tuning import StalledPopulation
 
 TINY = [
     "--set",
@@ -210,7 +211,7 @@ def test_configs_with_gates_and_schedules_pass_through_tunes_variant_generator_u
     # The PBT population (nested gates) and confirmation points (schedules) start as Tune's points.
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
-    from search.confirm import space_of
+    from search.driver import space_of
     from search.preset import Preset
     from search.space import population
     from trainables.iic_trainable import trial_config_values, trial_iic_config

@@ -2,7 +2,8 @@
 
 import pytest
 
-from search.run import new_plan, parse_args
+from search.plan import new_plan
+from search.run import parse_args
 from search.space import start_point
 
 

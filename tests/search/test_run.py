@@ -6,12 +6,12 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-import search.run
+import search.pipeline
 from iic.config import IICConfig
 from iic.seeds import draw_seeds
-from search.confirm import confirmation_seeds
+from search.best_configs import export_best
 from search.confirm import main as confirm_main
-from search.export import export_best
+from search.confirmation import confirmation_seeds
 from search.run import main
 from search.tracking.runs import CONFIRMS_TAG, PARENT_TAG, ROLE_TAG, STATUS_TAG, TRIAL_TAG
 
@@ -333,7 +333,7 @@ def test_a_search_that_fails_after_its_parent_run_opened_marks_it_failed(ray_ses
     def broken_summary(*args, **kwargs):
         raise OSError("No space left on device")  # the summary's artifacts cannot be written
 
-    monkeypatch.setattr(search.run, "summarise", broken_summary)
+    monkeypatch.setattr(search.pipeline, "summarise", broken_summary)
     with pytest.raises(OSError, match="No space left"):
         main(_args(tmp_path, "--num-samples", "1", "--experiment", "broken"))
     _, _, [trial], [parent] = _runs(tmp_path, "broken")
