@@ -23,7 +23,7 @@ from mlflow.tracking import MlflowClient
 from iic.config import ConfigError, IICConfig
 from iic.seeds import LABEL_FREE_PICK
 from search.confirmation import CONFIRMED_FIGURES
-from search.preset import OBJECTIVES
+from search.preset import OBJECTIVES, SearchDefaults
 from search.tracking.records import (
     RecordsError,
     connect,
@@ -194,7 +194,7 @@ def export_best(
     experiment: str,
     top: int,
     out: str | Path,
-    objective: str = "cluster_accuracy",
+    objective: str = SearchDefaults.objective,
     search: str | None = None,
 ) -> list[Path]:
     """Write the ``top`` best distinct trial configs of ``experiment`` (optionally of one search)

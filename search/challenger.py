@@ -71,6 +71,16 @@ class Margin:
         )
 
 
+def margin_problem(standard_errors: float) -> str | None:
+    """Why a challenger margin of ``standard_errors`` cannot be used (None: it can)."""
+    if standard_errors >= 0:
+        return None
+    return (
+        f"--challenger-margin must be 0 or more standard errors (got {standard_errors}); "
+        "0 ranks trials by their figures alone"
+    )
+
+
 def margin(start: SeedFigures, trials: Sequence[SeedFigures], standard_errors: float) -> Margin | None:
     """The margin over ``start`` from the seed sds of ``trials`` (those over as many seeds as it),
     or None when there is none to estimate (one seed a trial) or none is asked for."""

@@ -17,6 +17,7 @@ import ray
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 
+from search.challenger import margin_problem
 from search.confirmation import (
     candidates_from_runs,
     confirmation_seeds,
@@ -32,10 +33,10 @@ from search.driver import (
     default_storage_path,
     default_tracking_uri,
     experiment_dir,
+    report_path,
     resolve_storage_path,
     set_driver_environment,
     start_ray,
-    state_dir,
 )
 from search.preset import COLLAPSE_SETTINGS, OBJECTIVES, Preset, SearchDefaults
 from search.tracking.logger import MLflowTrialLogger
@@ -49,7 +50,7 @@ from search.tracking.records import (
     search_run,
     trial_runs,
 )
-from search.tracking.runs import CONFIRM_ROLE, START_TRIAL_TAG, SearchRecord
+from search.tracking.runs import CONFIRM_ROLE, STAGE_SUFFIXES, START_TRIAL_TAG, SearchRecord
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -62,7 +63,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--top", type=int, required=True, help="distinct configs to confirm")
     parser.add_argument("--seeds", type=int, required=True, help="fresh seeds each config trains on")
-    parser.add_argument("--objective", choices=sorted(OBJECTIVES), default="cluster_accuracy")
+    parser.add_argument("--objective", choices=sorted(OBJECTIVES), default=SearchDefaults.objective)
     parser.add_argument("--tracking-uri", default=default_tracking_uri())
     parser.add_argument(
         "--storage-path", default=default_storage_path(), help="Ray Tune storage for the confirmation trials"
@@ -115,11 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.top < 1 or args.seeds < 1:
             raise SearchError(f"--top and --seeds must be at least 1 (got {args.top} and {args.seeds})")
-        if args.challenger_margin is not None and not args.challenger_margin >= 0:
-            raise SearchError(
-                f"--challenger-margin must be 0 or more standard errors (got {args.challenger_margin}); "
-                "0 ranks trials by their figures alone"
-            )
+        if args.challenger_margin is not None and margin_problem(args.challenger_margin):
+            raise SearchError(margin_problem(args.challenger_margin))
         client, tracking_uri = connect(args.tracking_uri)
         experiment_id = find_experiment_id(client, args.experiment)
         runs = runs_of_search(trial_runs(client, experiment_id), args.experiment, args.search)
@@ -147,8 +145,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     search_seed = int(parent.data.params.get("cli.seed", 0))
     seeds = confirmation_seeds(search_seed, sorted({s for c in candidates for s in c.search_seeds}), args.seeds)
-    name = f"{search}-confirm-{time.strftime('%Y%m%d-%H%M%S')}"
-    report = state_dir(name) / "mlflow_report.json"
+    name = f"{search}{STAGE_SUFFIXES[CONFIRM_ROLE]}-{time.strftime('%Y%m%d-%H%M%S')}"
+    report = report_path(name)
     logger = MLflowTrialLogger(
         SearchRecord(tracking_uri, experiment_id, search, parent.info.run_id, code_version(), CONFIRM_ROLE),
         report,

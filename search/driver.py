@@ -13,7 +13,7 @@ from ray import tune
 from ray.tune import CLIReporter
 
 from search.preset import COLLAPSE_SETTINGS, Preset
-from search.tracking.runs import server_unreachable
+from search.tracking.runs import TRIAL_ROLE, server_unreachable
 from trainables.iic_trainable import TrialSettings, train_iic
 
 # Where a search's records and checkpoints go unless the command line or the environment says.
@@ -173,6 +173,11 @@ def experiment_dir(storage_path: str, name: str) -> str:
 def state_dir(name: str) -> Path:
     """A local folder of the driver's own for this search (the storage path may be remote)."""
     return Path(os.environ.get("IIC_STATE_DIR", Path.home() / ".iic-search")) / name
+
+
+def report_path(name: str, role: str = TRIAL_ROLE) -> Path:
+    """Where the MLflow logger of a search's stage reports what it could not record, and each trial's status."""
+    return state_dir(name) / ("mlflow_report.json" if role == TRIAL_ROLE else f"mlflow_report_{role}.json")
 
 
 def set_driver_environment() -> None:

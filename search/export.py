@@ -18,7 +18,7 @@ from pathlib import Path
 
 from search.best_configs import export_best
 from search.driver import default_tracking_uri
-from search.preset import OBJECTIVES
+from search.preset import OBJECTIVES, SearchDefaults
 from search.tracking.records import RecordsError
 
 
@@ -41,7 +41,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--objective",
         choices=sorted(OBJECTIVES),
-        default="cluster_accuracy",
+        default=SearchDefaults.objective,
         help="metric to rank by (default: cluster_accuracy)",
     )
     return parser.parse_args(argv)

@@ -16,7 +16,7 @@ from search.confirmation import (
     run_confirmation,
 )
 from search.deadline import ConfirmationDeadline
-from search.driver import experiment_dir, make_trainable, state_dir
+from search.driver import experiment_dir, make_trainable, report_path
 from search.plan import SearchPlan, start_config
 from search.preset import OBJECTIVES
 from search.summary import summarise
@@ -30,7 +30,7 @@ def run_search(plan: SearchPlan, search: SearchRecord, started: float) -> None:
     """Tune's trials, the confirmation stage and the summary of a search whose parent run is open;
     ``started``: the driver's start (``time.monotonic()``), which a deadline counts from."""
     args, preset = argparse.Namespace(**plan.arguments), plan.preset
-    report_path = state_dir(plan.name) / "mlflow_report.json"
+    trials_report = report_path(plan.name)
     settings = preset.search
     how = (
         f"population-based training of {settings.num_samples} trials"
@@ -67,11 +67,11 @@ def run_search(plan: SearchPlan, search: SearchRecord, started: float) -> None:
             else None
         )
         logger = MLflowTrialLogger(
-            search, report_path, plan.experiment_dir, time_budget_s=settings.time_budget_s, deadline=deadline
+            search, trials_report, plan.experiment_dir, time_budget_s=settings.time_budget_s, deadline=deadline
         )
         tuner = build_tuner(plan, logger)
     results = tuner.fit()
-    statuses = logged_statuses(report_path)
+    statuses = logged_statuses(trials_report)
     choice = candidates_from_results(
         results,
         settings.objective,
@@ -91,7 +91,7 @@ def run_search(plan: SearchPlan, search: SearchRecord, started: float) -> None:
             f"({' '.join(map(str, seeds))})",
             flush=True,
         )
-        confirm_report = state_dir(plan.name) / "mlflow_report_confirm.json"
+        confirm_report = report_path(plan.name, CONFIRM_ROLE)
         confirm_name = plan.name + STAGE_SUFFIXES[CONFIRM_ROLE]
         confirm_logger = MLflowTrialLogger(
             dataclasses.replace(search, role=CONFIRM_ROLE),
@@ -116,7 +116,7 @@ def run_search(plan: SearchPlan, search: SearchRecord, started: float) -> None:
         ceiling_name = plan.name + STAGE_SUFFIXES[CEILING_ROLE]
         ceiling_logger = MLflowTrialLogger(
             dataclasses.replace(search, role=CEILING_ROLE),
-            state_dir(plan.name) / "mlflow_report_ceiling.json",
+            report_path(plan.name, CEILING_ROLE),
             experiment_dir(plan.storage_path, ceiling_name),
         )
         ceiling = run_ceiling(
@@ -139,7 +139,7 @@ def run_search(plan: SearchPlan, search: SearchRecord, started: float) -> None:
         search.experiment_id,
         search.parent_run_id,
         plan.name,
-        report_path,
+        trials_report,
         top=args.top,
         confirmed=confirmed,
         choice=choice,

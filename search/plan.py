@@ -14,6 +14,7 @@ from iic.config import ConfigError, IICConfig
 from iic.data import DatasetError
 from iic.seeds import draw_seeds
 from iic.supervised import check_held_out_source
+from search.challenger import margin_problem
 from search.driver import SearchError, check_tracking_uri, experiment_dir, resolve_storage_path
 from search.preset import Preset, PresetError
 from search.space import search_space, start_point
@@ -131,11 +132,8 @@ def flag_problems(args: argparse.Namespace, preset: Preset) -> list[str]:
             f"--confirm-top must be 0 or more, with --confirm-seeds at least 1 (got {search.confirm_top} and "
             f"{search.confirm_seeds})"
         )
-    if not search.challenger_margin >= 0:
-        problems.append(
-            f"--challenger-margin must be 0 or more standard errors (got {search.challenger_margin}); 0 ranks trials "
-            "by their figures alone"
-        )
+    if margin_problem(search.challenger_margin):
+        problems.append(margin_problem(search.challenger_margin))
     return problems
 
 

@@ -23,7 +23,7 @@ from search.confirmation import Candidate, Choice, Confirmation, print_confirmed
 from search.preset import OBJECTIVES, Preset
 from search.ranking import best_first, counts, trial_status
 from search.space import search_space
-from search.tracking.runs import ROLE_TAG, START_TRIAL_TAG, TRIAL_ROLE
+from search.tracking.runs import START_TRIAL_TAG, TRIAL_ROLE, role_filter
 from trainables.iic_trainable import trial_iic_config
 
 TABLE_PARAMS = ("lr", "batch_size", "lamb", "repeats", "sobel", "overcluster_k", "crop_min_scale", "rotation_degrees")
@@ -132,7 +132,7 @@ def ui_hint(tracking_uri: str, experiment_id: str, objective: str, role: str = T
     base = tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
     query = urllib.parse.urlencode(
         {
-            "searchFilter": f"tags.`{ROLE_TAG}` = '{role}'",
+            "searchFilter": role_filter(role),
             "orderByKey": f"metrics.`{objective}`",
             "orderByAsc": "false",
             "compareRunsMode": "CHART",

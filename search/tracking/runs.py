@@ -94,9 +94,14 @@ class SearchRecord:
         return search_run_filter(self.search_name, self.role, trial_id, status)
 
 
+def role_filter(role: str) -> str:
+    """MLflow filter for the runs of one role, of every search."""
+    return f"tags.`{ROLE_TAG}` = '{role}'"
+
+
 def search_run_filter(search_name: str, role: str, trial_id: str | None = None, status: str | None = None) -> str:
     """MLflow filter for a search's runs of one role, optionally one trial's or those in one status."""
-    query = f"tags.`{SEARCH_TAG}` = '{search_name}' and tags.`{ROLE_TAG}` = '{role}'"
+    query = f"tags.`{SEARCH_TAG}` = '{search_name}' and {role_filter(role)}"
     query += f" and tags.`{TRIAL_TAG}` = '{trial_id}'" if trial_id else ""
     return query + (f" and attributes.status = '{status}'" if status else "")
 
