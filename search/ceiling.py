@@ -1,8 +1,8 @@
 """The supervised ceiling of a search: the same backbone trained on the labels, once, as a Ray
 trial, so that the search's best clustering accuracy can be read against what the images allow.
 
-The seed study set IIC's 12.2% beside a supervised ResNet18's 95% on the same images; that gap is
-what says a clustering failed rather than the data being hard. ``run_ceiling`` trains
+A clustering accuracy far below what a supervised model reaches on the same images says the
+clustering failed, rather than the data being hard. ``run_ceiling`` trains
 ``trainables.ceiling_trainable.train_ceiling`` on the search's base config (the preset's fixed
 settings, IICConfig's defaults for what the search varies) and first seed, as its own Tune
 experiment ``<search>-ceiling`` logged as an MLflow child run tagged ``iic.role=ceiling``.

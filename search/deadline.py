@@ -25,8 +25,8 @@ from ray import tune
 from search.preset import SearchDefaults
 from search.tracking.runs import result_epoch
 
-# A confirmation epoch took this much longer, per model, than the search's own epochs of the same
-# config on 2 cores (measured 1.05 on 2026-11-28, 1.32 and about 1.05 on 2026-12-03: README, The default search).
+# A confirmation epoch takes up to this much longer, per model, than the search's own epochs of the
+# same config on 2 cores (measured between 1.05 and 1.32).
 CONFIRMATION_SLOWDOWN = 1.3
 
 

@@ -25,7 +25,7 @@ class TrialSettings:
 
 def has_collapsed(history: list[dict], share: float, patience: int, information: float = 0.0, warmup: int = 0) -> bool:
     """For the last ``patience`` epochs, either one cluster has held ``share`` or more of the data
-    (the seed study's failure: a single cluster taking most images), or — judged only on epochs
+    (the usual failure: a single cluster taking most images), or — judged only on epochs
     after the first ``warmup``, while the heads are still soft — the assignments have carried less
     than ``information`` nats about the image (every image given the same soft, near-uniform
     prediction: a degenerate optimum that λ > 1 rewards). Neither tends to recover."""
