@@ -65,7 +65,8 @@ def completed_trials(table: pd.DataFrame, objective: str) -> pd.DataFrame:
 
 
 def optuna_study(results, preset: Preset, objective: str, trial_ids: set[str]) -> optuna.Study:
-    """The search's trials (those in ``trial_ids``) as an Optuna study, for its plots."""
+    """The search's trials (those in ``trial_ids``) as an Optuna study, for its plots; a trial whose
+    values lie outside the space (a --warm-start config from a search with other ranges) is left out."""
     space = search_space(preset)
     distributions = space.distributions()
     study = optuna.create_study(direction="maximize" if OBJECTIVES[objective] == "max" else "minimize")
@@ -74,11 +75,14 @@ def optuna_study(results, preset: Preset, objective: str, trial_ids: set[str]) -
         if metrics.get("trial_id") not in trial_ids:
             continue
         params = space.point(trial_iic_config(result.config).to_dict())
-        study.add_trial(
-            optuna.trial.create_trial(
-                params=params, distributions={k: distributions[k] for k in params}, value=metrics[objective]
+        try:
+            study.add_trial(
+                optuna.trial.create_trial(
+                    params=params, distributions={k: distributions[k] for k in params}, value=metrics[objective]
+                )
             )
-        )
+        except ValueError:  # Optuna refuses a value outside its distribution
+            continue
     return study
 
 

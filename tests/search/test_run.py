@@ -59,8 +59,11 @@ def _worker_pid(tmp_path, trial_id: str, experiment="iic-digits") -> int:
 
 
 @pytest.mark.slow
-def test_small_search_records_every_trial_in_mlflow(ray_session, tmp_path, state_dir, capsys, replay):
+def test_small_search_records_every_trial_in_mlflow(
+    ray_session, tmp_path, state_dir, capsys, replay, small_digits_preset
+):
     extra = [
+        *small_digits_preset,
         "--num-samples",
         "3",
         "--max-concurrent",
@@ -233,11 +236,19 @@ def test_confirm_command_confirms_a_finished_search(ray_session, tmp_path, state
     assert confirm_main(args[:2] + ["--top", "0", "--seeds", "2"] + args[6:]) == 2
 
 
-def test_warm_start_evaluates_the_given_configs_first_then_the_presets_own(ray_session, tmp_path, state_dir):
+def test_warm_start_evaluates_the_given_configs_first_then_the_presets_own(
+    ray_session, tmp_path, state_dir, small_digits_preset
+):
     warm = tmp_path / "warm"
     IICConfig(lr=0.00567, batch_size=32, overcluster_k=0).to_yaml(warm / "rank01.yaml")
-    assert main(_args(tmp_path, "--num-samples", "2", "--warm-start", str(warm), "--experiment", "warm")) == 0
-    _, _, trials, _ = _runs(tmp_path, "warm")
+    args = _args(
+        tmp_path, *small_digits_preset, "--num-samples", "2", "--warm-start", str(warm), "--experiment", "warm"
+    )
+    assert main(args) == 0
+    client, _, trials, [parent] = _runs(tmp_path, "warm")
+    # the summary is recorded though the warm-start config's lr lies outside the preset's range
+    assert parent.info.status == "FINISHED"
+    assert "trials.csv" in {a.path for a in client.list_artifacts(parent.info.run_id)}
     trials.sort(key=lambda t: t.info.start_time)
     # the digits preset starts from its config (search.start_from_config): IICConfig's lr and the rest
     assert [float(t.data.params["lr"]) for t in trials] == [0.00567, IICConfig().lr]
