@@ -110,7 +110,8 @@ def _command(cluster, tmp_path, *extra):
 
 
 def _env(tmp_path):
-    return {**os.environ, "IIC_STATE_DIR": str(tmp_path / "state"), "PYTHONUNBUFFERED": "1"}
+    # PYTHONPATH: the drivers import this checkout's search/, as the tests do, not an installed one
+    return {**os.environ, "IIC_STATE_DIR": str(tmp_path / "state"), "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)}
 
 
 def _token_outside(home: Path) -> dict:

@@ -58,7 +58,8 @@ def _logged_epochs(db: Path) -> int:
 
 
 def test_killed_driver_resumes_without_duplicates(tmp_path):
-    env = {**os.environ, "IIC_STATE_DIR": str(tmp_path / "state"), "PYTHONUNBUFFERED": "1"}
+    # PYTHONPATH: the drivers import this checkout's search/, as the tests do, not an installed one
+    env = {**os.environ, "IIC_STATE_DIR": str(tmp_path / "state"), "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)}
     driver = subprocess.Popen(
         _command(tmp_path),
         env=env,
