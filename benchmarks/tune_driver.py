@@ -21,11 +21,11 @@ from pathlib import Path
 import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
+from search.mlflow_runs import SearchRecord, open_search_run, prepare_experiment
 
 from benchmarks.common import command, table
 from iic.config import IICConfig
 from iic.trainer import train
-from search.mlflow_runs import SearchRecord, open_search_run, prepare_experiment
 from search.space import Preset
 from search.tracking import MLflowTrialLogger
 from trainables.iic_trainable import SUMMARY_FILE, write_cluster_summary

@@ -1,8 +1,8 @@
 """The supervised ceiling of a search: the same backbone trained on the labels, once, as a Ray
 trial, so that the search's best clustering accuracy can be read against what the images allow.
 
-The seed study set IIC's 12.2% beside a supervised ResNet18's 95% on the same images; that gap is
-what says a clustering failed rather than the data being hard. ``run_ceiling`` trains
+A clustering accuracy far below what a supervised model reaches on the same images says the
+clustering failed, rather than the data being hard. ``run_ceiling`` trains
 ``trainables.ceiling_trainable.train_ceiling`` on the search's base config (the preset's fixed
 settings, IICConfig's defaults for what the search varies) and first seed, as its own Tune
 experiment ``<search>-ceiling`` logged as an MLflow child run tagged ``iic.role=ceiling``.
@@ -16,9 +16,9 @@ from ray import tune
 
 from iic.config import IICConfig
 from iic.supervised import ACCURACY
-from search.driver import trial_dirname, trial_resources
-from search.space import Preset
-from search.tracking import MLflowTrialLogger
+from search.driver import experiment_dir, trial_dirname, trial_resources
+from search.preset import Preset
+from search.tracking.logger import MLflowTrialLogger
 from trainables.ceiling_trainable import train_ceiling
 from trainables.iic_trainable import SEEDS_KEY
 
@@ -38,12 +38,10 @@ def run_ceiling(
     preset: Preset, seeds: list[int], name: str, storage_path: str, logger: MLflowTrialLogger, resume: bool = False
 ) -> Ceiling | None:
     """Train the supervised ceiling of ``preset``'s base config on ``seeds[0]``; None if it failed."""
-    experiment_dir = f"{storage_path.rstrip('/')}/{name}"
+    folder = experiment_dir(storage_path, name)
     trainable = tune.with_resources(train_ceiling, trial_resources(preset))
-    if resume and tune.Tuner.can_restore(experiment_dir):
-        results = tune.Tuner.restore(
-            experiment_dir, trainable=trainable, resume_unfinished=True, resume_errored=True
-        ).fit()
+    if resume and tune.Tuner.can_restore(folder):
+        results = tune.Tuner.restore(folder, trainable=trainable, resume_unfinished=True, resume_errored=True).fit()
     else:
         config = {**IICConfig.from_dict(preset.config).to_dict(), SEEDS_KEY: list(seeds)}
         results = tune.Tuner(
@@ -77,4 +75,5 @@ def record_ceiling(client: MlflowClient, run_id: str, ceiling: Ceiling, best: fl
 def ceiling_line(ceiling: Ceiling, best: float | None, best_label: str) -> str:
     ratio = ceiling.ratio(best)
     against = f"; best IIC accuracy {best:.3f} ({best_label}) is {ratio:.0%} of it" if ratio is not None else ""
-    return f"Supervised ceiling (same backbone on the labels, held out: {ceiling.held_out_split}): {ceiling.accuracy:.3f}{against}"
+    held_out = f"same backbone on the labels, held out: {ceiling.held_out_split}"
+    return f"Supervised ceiling ({held_out}): {ceiling.accuracy:.3f}{against}"

@@ -2,20 +2,16 @@
 
 A search that starts from the preset's config (``start_from_config``) ranks every trial against it
 on the same few seeds. The best of a dozen trials beats it on those seeds by luck alone (the
-winner's curse). In two default digits searches the best trial beat the start config by 0.006 and
-0.015 on the search's two seeds, less than the seed noise, and then confirmed 0.919 and 0.931 on
-fresh seeds. The start config read 0.975 and 0.935 on those same fresh seeds
-(benchmarks/data/digits_quality_default_px12_on_confirmation_seeds_of_search_seeds0_4.txt).
+winner's curse): on digits, trials that beat the start config by less than the seed noise
+confirmed below it on fresh seeds (docs/results.md).
 
 So a trial goes ahead of the start config only when its mean over the search seeds beats the start
 config's by ``challenger_margin`` standard errors of the difference of two such means. The seeds'
 sd comes from every trial that counts: the median of their sample sds, scaled to the sd it
-estimates. Each trial's sd rests on a few seeds (two on digits: one degree of freedom), so pooling
-only the trials that trained as long as the start config, often two of them, left the margin to
-chance (0.004 to 0.084 over five searches; the digits default's sd is 0.020 over twenty seeds);
-the median of a dozen is steady and ignores the few configs whose seeds split, one of them
-collapsing (their sds of 0.1-0.3 would set the margin alone). With one seed a trial there is no
-sd, and the plain ranking stands.
+estimates. Each trial's sd rests on a few seeds (two on digits: one degree of freedom), so the sds
+of the few trials as long as the start config would leave the margin to chance; the median of a
+dozen is steady and ignores the few configs whose seeds split, one of them collapsing (their sds
+would set the margin alone). With one seed a trial there is no sd, and the plain ranking stands.
 """
 
 import math
@@ -65,9 +61,20 @@ class Margin:
 
     def describe(self) -> str:
         return (
-            f"{self.value:.3f} ({self.standard_errors:g} standard errors of the difference of two means over {self.seeds} seeds; "
+            f"{self.value:.3f} ({self.standard_errors:g} standard errors of the difference of two means over "
+            f"{self.seeds} seeds; "
             f"seed sd {self.seed_sd:.3f} from the median of {self.trials} trials' sds)"
         )
+
+
+def margin_problem(standard_errors: float) -> str | None:
+    """Why a challenger margin of ``standard_errors`` cannot be used (None: it can)."""
+    if standard_errors >= 0:
+        return None
+    return (
+        f"--challenger-margin must be 0 or more standard errors (got {standard_errors}); "
+        "0 ranks trials by their figures alone"
+    )
 
 
 def margin(start: SeedFigures, trials: Sequence[SeedFigures], standard_errors: float) -> Margin | None:

@@ -1,315 +1,56 @@
-"""Confirm the best configs of a search on seeds it never saw.
+"""Confirm the best configs of a finished search on seeds it never saw (search.confirmation).
 
     python search/confirm.py --experiment iic-digits --top 3 --seeds 5
     python search/confirm.py --experiment iic-har --search har-1 --top 2 --seeds 4 --gpus-per-trial 0.25 --address auto
 
-A search ranks configs by their mean over the seeds every trial trains on; the best of many noisy
-trials is flattered by those seeds. Confirmation trains the ``top`` distinct configs again on
-``seeds`` fresh seeds (drawn from the search's seed, never the search's own), one Ray trial per
-config with all its seeds stacked, each an MLflow child run of the search tagged
-``iic.role=confirm`` and ``iic.confirms=<trial id>``. ``search/run.py`` runs this stage at the end
-of every search (``confirm_top``, ``confirm_seeds``); this command runs it for a finished search.
-Confirmed figures are what ``search/export.py`` and the search's summary rank by.
+Each config trains on ``seeds`` fresh seeds as one Ray trial, recorded as an MLflow child run of the
+search (``iic.role=confirm``); the search's parent run gets the confirmed best (``confirmed.csv``,
+``best_config.yaml``, ``best_confirmed_*``), which ``search/export.py`` ranks by.
 """
 
 import argparse
-import json
-import math
 import os
 import sys
-import tempfile
 import time
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable
 
-import pandas as pd
 import ray
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
-from mlflow.tracking import MlflowClient
-from ray import tune
-from ray.tune.search.basic_variant import BasicVariantGenerator
 
-from iic.config import IICConfig
-from iic.consensus import CONSENSUS_ACCURACY
-from iic.seeds import LABEL_FREE_PICK, draw_seeds
+from search.challenger import margin_problem
+from search.confirmation import (
+    candidates_from_runs,
+    confirmation_seeds,
+    confirmations,
+    print_confirmed,
+    ranked_confirmations,
+    record_confirmed,
+    run_confirmation,
+)
 from search.driver import (
     SearchError,
     code_version,
-    trial_dirname,
     default_storage_path,
     default_tracking_uri,
-    make_trainable,
-    progress_reporter,
+    experiment_dir,
+    report_path,
     resolve_storage_path,
     set_driver_environment,
     start_ray,
-    state_dir,
 )
-from search.challenger import Margin, figures_from_metrics, start_ahead_of_noise
-from search.ranking import best_first, trial_status
-from search.records import (
+from search.preset import COLLAPSE_SETTINGS, OBJECTIVES, Preset, SearchDefaults
+from search.tracking.logger import MLflowTrialLogger
+from search.tracking.reconcile import logged_statuses
+from search.tracking.records import (
     RecordsError,
     connect,
     find_experiment_id,
     only_search,
-    ranked_runs,
-    retrainable_config,
     runs_of_search,
     search_run,
-    seeds_param,
     trial_runs,
 )
-from search.space import COLLAPSE_SETTINGS, OBJECTIVES, Preset, SearchDefaults
-from search.mlflow_runs import CONFIRM_ROLE, START_TRIAL_TAG, TRIAL_TAG, SearchRecord
-from search.tracking import MLflowTrialLogger
-from trainables.iic_trainable import SEEDS_KEY, SOURCE_KEY, trial_config_values, trial_iic_config, trial_seeds
-
-# Figures of a confirmation run, each over its seeds.
-CONFIRMED_FIGURES = (
-    "cluster_accuracy",
-    "cluster_accuracy_min",
-    "cluster_accuracy_sd",
-    LABEL_FREE_PICK,
-    CONSENSUS_ACCURACY,
-    "mutual_information",
-    "nmi",
-)
-
-
-@dataclass
-class Candidate:
-    """A config a search found, to be confirmed: as it trained (``epochs`` = the epochs it ran)."""
-
-    trial_id: str
-    config: IICConfig
-    search_value: float  # the objective over the search's seeds
-    search_seeds: list[int]
-
-
-@dataclass
-class Confirmation:
-    """A candidate trained on fresh seeds: its final figures over them, and how it ended."""
-
-    candidate: Candidate
-    seeds: list[int]
-    status: str
-    metrics: dict
-
-    def value(self, objective: str) -> float | None:
-        return self.metrics.get(objective)
-
-
-@dataclass
-class Choice:
-    """What a search's trials put forward for confirmation: the ``top`` distinct configs, best
-    first, with the start config ahead of trials that beat it by less than the seed noise; the
-    trial of the start config, and that margin (None: the plain ranking)."""
-
-    candidates: list[Candidate]
-    start_trial_id: str | None = None
-    margin: Margin | None = None
-    best_trial_id: str | None = None  # the best by the search's own figures, before the margin
-
-    def note(self) -> str | None:
-        """Why the start config is confirmed though a trial read higher on the search's seeds."""
-        if (
-            self.margin is None
-            or not self.candidates
-            or self.candidates[0].trial_id != self.start_trial_id
-            or self.best_trial_id == self.start_trial_id
-        ):
-            return None
-        return (
-            f"no trial beat the start config (trial {self.start_trial_id}) by more than the seed noise: "
-            f"the best, trial {self.best_trial_id}, fell within the margin of {self.margin.describe()}"
-        )
-
-
-def distinct_candidates(ranked: list, candidate: Callable[[object], Candidate], top: int) -> list[Candidate]:
-    """The first ``top`` distinct configs of ``ranked``."""
-    chosen: list[Candidate] = []
-    for item in ranked:
-        found = candidate(item)
-        if all(found.config != kept.config for kept in chosen):
-            chosen.append(found)
-        if len(chosen) == top:
-            break
-    return chosen
-
-
-def candidates_from_results(
-    results,
-    objective: str,
-    statuses: dict[str, str],
-    top: int,
-    start_config: IICConfig | None = None,
-    challenger_margin: float = 0.0,
-) -> Choice:
-    """The ``top`` best distinct configs among a search's trials (by the shared ranking rule); a
-    trial of ``start_config`` goes ahead of those that beat it by less than ``challenger_margin``
-    standard errors (search/challenger.py)."""
-
-    def status(result) -> str:
-        trial_id = (result.metrics or {}).get("trial_id")
-        return statuses.get(trial_id) or trial_status(result.metrics, result.error is not None)
-
-    def config(result) -> IICConfig:
-        return trial_iic_config(result.config, result.metrics).truncated(int(result.metrics["epoch"]))
-
-    ranked = best_first(list(results), lambda r: (r.metrics or {}).get(objective), status, OBJECTIVES[objective])
-    start = next((r for r in ranked if start_config is not None and trial_iic_config(r.config) == start_config), None)
-    reordered, found = start_ahead_of_noise(
-        ranked,
-        start,
-        lambda r: figures_from_metrics(r.metrics, objective, len(trial_seeds(r.config))),
-        challenger_margin,
-        OBJECTIVES[objective],
-    )
-    candidates = distinct_candidates(
-        reordered,
-        lambda r: Candidate(r.metrics["trial_id"], config(r), r.metrics[objective], trial_seeds(r.config)),
-        top,
-    )
-    return Choice(
-        candidates,
-        start.metrics["trial_id"] if start else None,
-        found,
-        ranked[0].metrics["trial_id"] if ranked else None,
-    )
-
-
-def confirmation_seeds(search_seed: int, search_seeds: list[int], count: int) -> list[int]:
-    """``count`` seeds drawn from the search's seed, none of them a seed the search trained on."""
-    seeds: list[int] = []
-    skip = 0
-    while len(seeds) < count:  # draw past the search's own seeds, which come first from the same stream
-        seeds = [s for s in draw_seeds(search_seed, count + skip) if s not in search_seeds][:count]
-        skip += 1
-    return seeds
-
-
-def space_of(points: list[dict]) -> dict:
-    """A param space that holds every point: Tune fills a point's values into the space's keys, and
-    warns where a point differs from a constant, so keys that differ are choices among the points'
-    (within nested mappings such as the gates, key by key)."""
-    space = {}
-    for key, value in points[0].items():
-        values = [point[key] for point in points]
-        if all(isinstance(v, dict) for v in values) and not all(v == value for v in values):
-            space[key] = space_of(values)
-        else:
-            space[key] = value if all(v == value for v in values) else tune.choice(values)
-    return space
-
-
-def run_confirmation(
-    candidates: list[Candidate],
-    seeds: list[int],
-    preset: Preset,
-    name: str,
-    storage_path: str,
-    logger: MLflowTrialLogger,
-    resume: bool = False,
-):
-    """Train every candidate on ``seeds`` as Ray trials (``preset.search``'s concurrency and
-    resources, no early stopping but the collapse rule); returns Tune's ResultGrid. An interrupted
-    confirmation stage of the same ``name`` continues with ``resume``."""
-    experiment_dir = f"{storage_path.rstrip('/')}/{name}"
-    if resume and tune.Tuner.can_restore(experiment_dir):
-        return tune.Tuner.restore(
-            experiment_dir, trainable=make_trainable(preset), resume_unfinished=True, resume_errored=True
-        ).fit()
-    points = [{**trial_config_values(c.config), SEEDS_KEY: seeds, SOURCE_KEY: c.trial_id} for c in candidates]
-    search = preset.search
-    tuner = tune.Tuner(
-        make_trainable(preset),
-        param_space=space_of(points),
-        tune_config=tune.TuneConfig(
-            search_alg=BasicVariantGenerator(points_to_evaluate=points, max_concurrent=search.max_concurrent),
-            num_samples=len(points),
-            trial_dirname_creator=trial_dirname,
-            reuse_actors=True,  # as in the search: a candidate waiting for a slot skips the start-up of a new process
-        ),
-        run_config=tune.RunConfig(
-            name=name,
-            storage_path=storage_path,
-            callbacks=[logger],
-            progress_reporter=progress_reporter(preset),
-            failure_config=tune.FailureConfig(max_failures=search.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-            verbose=1,
-        ),
-    )
-    return tuner.fit()
-
-
-def confirmations(
-    candidates: list[Candidate], results, seeds: list[int], statuses: dict[str, str]
-) -> list[Confirmation]:
-    """Each candidate with what its confirmation trial ended with."""
-    by_source = {result.config.get(SOURCE_KEY): result for result in results}
-    confirmed = []
-    for candidate in candidates:
-        result = by_source.get(candidate.trial_id)
-        metrics = (result.metrics or {}) if result is not None else {}
-        status = statuses.get(metrics.get("trial_id")) or trial_status(
-            metrics, result is None or result.error is not None
-        )
-        confirmed.append(Confirmation(candidate, seeds, str(status), metrics))
-    return confirmed
-
-
-def ranked_confirmations(confirmed: list[Confirmation], objective: str) -> list[Confirmation]:
-    """Confirmed configs best first by their mean over the confirmation seeds; those whose
-    confirmation failed or degenerated come last, in the search's order."""
-    ranked = best_first(confirmed, lambda c: c.value(objective), lambda c: c.status, OBJECTIVES[objective])
-    return ranked + [c for c in confirmed if c not in ranked]
-
-
-def confirmed_row(confirmation: Confirmation, objective: str) -> dict:
-    """One row of a confirmed-configs table."""
-    metrics = confirmation.metrics
-    row = {"trial_id": confirmation.candidate.trial_id, f"search_{objective}": confirmation.candidate.search_value}
-    row.update({f"confirmed_{name}": metrics.get(name, math.nan) for name in CONFIRMED_FIGURES})
-    row.update(
-        confirm_status=confirmation.status,
-        confirm_seeds=" ".join(map(str, confirmation.seeds)),
-        search_seeds=" ".join(map(str, confirmation.candidate.search_seeds)),
-        epochs=confirmation.candidate.config.epochs,
-    )
-    return row
-
-
-def record_confirmed(client: MlflowClient, run_id: str, confirmed: list[Confirmation], objective: str) -> None:
-    """The parent run's record of a confirmation stage: confirmed.csv, the confirmed best's
-    best_config.yaml and figures (``best_confirmed_*``), the confirmation seeds."""
-    best = confirmed[0]
-    with tempfile.TemporaryDirectory() as folder:
-        pd.DataFrame([confirmed_row(c, objective) for c in confirmed]).to_csv(
-            Path(folder) / "confirmed.csv", index=False
-        )
-        best.candidate.config.to_yaml(Path(folder) / "best_config.yaml")
-        for name in ("confirmed.csv", "best_config.yaml"):
-            client.log_artifact(run_id, str(Path(folder) / name))
-    client.set_tag(run_id, "iic.best_trial_id", best.candidate.trial_id)
-    client.set_tag(run_id, "iic.confirm_seeds", " ".join(map(str, best.seeds)))
-    for name, value in confirmed_row(best, objective).items():
-        if name.startswith("confirmed_") and isinstance(value, float) and math.isfinite(value):
-            client.log_metric(run_id, f"best_{name}", value)
-
-
-def print_confirmed(confirmed: list[Confirmation], objective: str) -> None:
-    table = pd.DataFrame([confirmed_row(c, objective) for c in confirmed]).drop(columns=["confirm_seeds"])
-    with pd.option_context("display.width", 220, "display.max_columns", 24, "display.float_format", "{:.3f}".format):
-        print(
-            f"\nConfirmed on {len(confirmed[0].seeds)} fresh seeds ({' '.join(map(str, confirmed[0].seeds))}), best first:"
-        )
-        print(table.to_string(index=False))
-
-
-# ---- command line: confirm a finished search ----------------------------------------------------
+from search.tracking.runs import CONFIRM_ROLE, STAGE_SUFFIXES, START_TRIAL_TAG, SearchRecord
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -322,7 +63,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--top", type=int, required=True, help="distinct configs to confirm")
     parser.add_argument("--seeds", type=int, required=True, help="fresh seeds each config trains on")
-    parser.add_argument("--objective", choices=sorted(OBJECTIVES), default="cluster_accuracy")
+    parser.add_argument("--objective", choices=sorted(OBJECTIVES), default=SearchDefaults.objective)
     parser.add_argument("--tracking-uri", default=default_tracking_uri())
     parser.add_argument(
         "--storage-path", default=default_storage_path(), help="Ray Tune storage for the confirmation trials"
@@ -340,46 +81,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cpus-per-trial", type=float, default=1.0)
     parser.add_argument("--gpus-per-trial", type=float, default=0.0)
     return parser.parse_args(argv)
-
-
-def candidates_from_runs(
-    client: MlflowClient,
-    tracking_uri: str,
-    runs: list[Run],
-    objective: str,
-    top: int,
-    start_trial_id: str | None = None,
-    challenger_margin: float = 0.0,
-) -> Choice:
-    """The ``top`` best distinct configs among a search's recorded trial runs; the run of trial
-    ``start_trial_id`` goes ahead of those that beat it by less than ``challenger_margin`` standard
-    errors (search/challenger.py)."""
-    ranked = [run for run, _ in ranked_runs(runs, objective)]
-    start = next(
-        (run for run in ranked if start_trial_id is not None and run.data.tags.get(TRIAL_TAG) == start_trial_id), None
-    )
-    reordered, found = start_ahead_of_noise(
-        ranked,
-        start,
-        lambda run: figures_from_metrics(run.data.metrics, objective, len(seeds_param(run))),
-        challenger_margin,
-        OBJECTIVES[objective],
-    )
-
-    def candidate(run: Run) -> Candidate:
-        return Candidate(
-            run.data.tags[TRIAL_TAG],
-            retrainable_config(client, tracking_uri, run, objective),
-            run.data.metrics[objective],
-            [int(s) for s in seeds_param(run)],
-        )
-
-    return Choice(
-        distinct_candidates(reordered, candidate, top),
-        start_trial_id if start else None,
-        found,
-        ranked[0].data.tags[TRIAL_TAG] if ranked else None,
-    )
 
 
 def searched_margin(parent: Run, args: argparse.Namespace) -> float:
@@ -415,10 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.top < 1 or args.seeds < 1:
             raise SearchError(f"--top and --seeds must be at least 1 (got {args.top} and {args.seeds})")
-        if args.challenger_margin is not None and not args.challenger_margin >= 0:
-            raise SearchError(
-                f"--challenger-margin must be 0 or more standard errors (got {args.challenger_margin}); 0 ranks trials by their figures alone"
-            )
+        if args.challenger_margin is not None and margin_problem(args.challenger_margin):
+            raise SearchError(margin_problem(args.challenger_margin))
         client, tracking_uri = connect(args.tracking_uri)
         experiment_id = find_experiment_id(client, args.experiment)
         runs = runs_of_search(trial_runs(client, experiment_id), args.experiment, args.search)
@@ -446,15 +145,18 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     search_seed = int(parent.data.params.get("cli.seed", 0))
     seeds = confirmation_seeds(search_seed, sorted({s for c in candidates for s in c.search_seeds}), args.seeds)
-    name = f"{search}-confirm-{time.strftime('%Y%m%d-%H%M%S')}"
-    report = state_dir(name) / "mlflow_report.json"
+    name = f"{search}{STAGE_SUFFIXES[CONFIRM_ROLE]}-{time.strftime('%Y%m%d-%H%M%S')}"
+    report = report_path(name)
     logger = MLflowTrialLogger(
-        SearchRecord(tracking_uri, experiment_id, search, parent.info.run_id, code_version(), CONFIRM_ROLE), report
+        SearchRecord(tracking_uri, experiment_id, search, parent.info.run_id, code_version(), CONFIRM_ROLE),
+        report,
+        experiment_dir(storage_path, name),
     )
     if choice.note():
         print(choice.note(), flush=True)
     print(
-        f"confirming the best {len(candidates)} config(s) of {search!r} on {len(seeds)} fresh seeds ({' '.join(map(str, seeds))})",
+        f"confirming the best {len(candidates)} config(s) of {search!r} on {len(seeds)} fresh seeds "
+        f"({' '.join(map(str, seeds))})",
         flush=True,
     )
     results = run_confirmation(candidates, seeds, preset, name, storage_path, logger)
@@ -464,11 +166,6 @@ def main(argv: list[str] | None = None) -> int:
     if started_ray:
         ray.shutdown()
     return 0
-
-
-def logged_statuses(report_path: Path) -> dict[str, str]:
-    """The final status the MLflow logger gave each trial it ended (see MLflowTrialLogger)."""
-    return json.loads(report_path.read_text()).get("statuses", {}) if report_path.is_file() else {}
 
 
 if __name__ == "__main__":

@@ -22,11 +22,11 @@ from typing import ClassVar
 
 from ray import tune
 
-from search.mlflow_runs import result_epoch
-from search.space import SearchDefaults
+from search.preset import SearchDefaults
+from search.tracking.runs import result_epoch
 
-# A confirmation epoch took this much longer, per model, than the search's own epochs of the same
-# config on 2 cores (measured 1.05 on 2026-11-28, 1.32 and about 1.05 on 2026-12-03: README, The default search).
+# A confirmation epoch takes up to this much longer, per model, than the search's own epochs of the
+# same config on 2 cores (measured between 1.05 and 1.32).
 CONFIRMATION_SLOWDOWN = 1.3
 
 
@@ -106,7 +106,8 @@ class ConfirmationDeadline(tune.Stopper):
         if not self.fired and self.elapsed_s() + self.confirmation_s() >= self.deadline_s:
             self._fired_tokens.add(self.token)
             print(
-                f"the search stage ends at {self.elapsed_s():.0f} s: the confirmation, about {self.confirmation_s():.0f} s "
+                f"the search stage ends at {self.elapsed_s():.0f} s: the confirmation, about "
+                f"{self.confirmation_s():.0f} s "
                 f"at the speed this search's trials measured, must end by its {self.deadline_s:.0f} s deadline",
                 flush=True,
             )

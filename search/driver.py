@@ -12,11 +12,9 @@ import yaml
 from ray import tune
 from ray.tune import CLIReporter
 
-from search.space import Preset
-from search.mlflow_runs import server_unreachable
-from search.space import COLLAPSE_SETTINGS
+from search.preset import COLLAPSE_SETTINGS, Preset
+from search.tracking.runs import TRIAL_ROLE, server_unreachable
 from trainables.iic_trainable import TrialSettings, train_iic
-
 
 # Where a search's records and checkpoints go unless the command line or the environment says.
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -49,7 +47,8 @@ def check_tracking_uri(uri: str) -> str:
         if reason is not None:
             raise SearchError(
                 f"--tracking-uri {uri}: the MLflow server does not answer ({reason}); "
-                f"start it (mlflow server --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000) or fix the address"
+                "start it (mlflow server --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000) or fix "
+                "the address"
             )
         return uri
     raise SearchError(
@@ -114,7 +113,8 @@ def start_ray(address: str | None, preset: Preset, storage_path: str) -> bool:
             f"--storage-path {storage_path}: this Ray cluster has {len(nodes)} nodes"
             + (" and an autoscaler that adds more" if launchable else "")
             + ", and trials on other nodes cannot write checkpoints to a local folder; give shared storage such as "
-            "s3://BUCKET/iic-search (Ray needs it since 2.7), or file:///PATH for a network filesystem mounted at PATH on every node"
+            "s3://BUCKET/iic-search (Ray needs it since 2.7), or file:///PATH for a network filesystem mounted at "
+            "PATH on every node"
         )
     if problems:
         if started:
@@ -165,9 +165,19 @@ def resolve_storage_path(path: str) -> str:
     return path if "://" in path else str(Path(path).expanduser().resolve())
 
 
+def experiment_dir(storage_path: str, name: str) -> str:
+    """The folder of Tune's experiment ``name`` in the storage (a local folder or a URI)."""
+    return f"{storage_path.rstrip('/')}/{name}"
+
+
 def state_dir(name: str) -> Path:
     """A local folder of the driver's own for this search (the storage path may be remote)."""
     return Path(os.environ.get("IIC_STATE_DIR", Path.home() / ".iic-search")) / name
+
+
+def report_path(name: str, role: str = TRIAL_ROLE) -> Path:
+    """Where the MLflow logger of a search's stage reports what it could not record, and each trial's status."""
+    return state_dir(name) / ("mlflow_report.json" if role == TRIAL_ROLE else f"mlflow_report_{role}.json")
 
 
 def set_driver_environment() -> None:
@@ -200,3 +210,17 @@ def progress_reporter(preset: Preset) -> CLIReporter:
         max_report_frequency=60,
         max_progress_rows=12,
     )
+
+
+def space_of(points: list[dict]) -> dict:
+    """A param space that holds every point: Tune fills a point's values into the space's keys, and
+    warns where a point differs from a constant, so keys that differ are choices among the points'
+    (within nested mappings such as the gates, key by key)."""
+    space = {}
+    for key, value in points[0].items():
+        values = [point[key] for point in points]
+        if all(isinstance(v, dict) for v in values) and not all(v == value for v in values):
+            space[key] = space_of(values)
+        else:
+            space[key] = value if all(v == value for v in values) else tune.choice(values)
+    return space

@@ -11,74 +11,35 @@ clustering collapses stop themselves, and every trial is one MLflow run under th
 run. With ``--scheduler pbt`` a population drawn at random from the space trains instead, and Ray
 Tune's population-based training gives its weakest trials the best ones' checkpoints with perturbed
 augmentation strengths, lr and lamb: each trial learns a schedule of them (recorded as
-``schedule.<field>`` metrics, and in its config.yaml, which ``python -m iic.train`` replays). Then the best ``confirm_top`` distinct configs are trained again on ``confirm_seeds`` fresh
-seeds (``search/confirm.py``), and the search's result is the best of them by that confirmed mean.
+``schedule.<field>`` metrics, and in its config.yaml, which ``python -m iic.train`` replays). Then
+the best ``confirm_top`` distinct configs are trained again on ``confirm_seeds`` fresh seeds
+(``search.confirmation``), and the search's result is the best of them by that confirmed mean.
 Everything the command line can get wrong is checked before Ray starts a trial.
+
+The stages, in order: ``search.plan`` (flags and preset, checked and stored), ``search.tuning``
+(the trials), ``search.confirmation``, ``search.summary``; ``search.pipeline`` runs them.
 """
 
 import argparse
-import dataclasses
-import json
 import os
-import random
 import sys
-from pathlib import Path
 import time
 
-import optuna
-import pyarrow.fs
 import ray
-from mlflow.tracking import MlflowClient
-from ray import tune
-from ray.tune.schedulers import ASHAScheduler, PopulationBasedTraining
-from ray.tune.search import ConcurrencyLimiter
-from ray.tune.search.basic_variant import BasicVariantGenerator
-from ray.tune.search.optuna import OptunaSearch
 
-from iic.config import ConfigError, IICConfig
-from iic.data import DatasetError
-from iic.supervised import check_held_out_source
-from iic.seeds import draw_seeds
-from search.deadline import ConfirmationDeadline
-from search.confirm import (
-    logged_statuses,
-    candidates_from_results,
-    confirmation_seeds,
-    confirmations,
-    ranked_confirmations,
-    run_confirmation,
-    space_of,
-)
+from iic.config import ConfigError
 from search.driver import (
     SearchError,
-    check_tracking_uri,
     code_version,
-    trial_dirname,
     default_storage_path,
     default_tracking_uri,
-    make_trainable,
-    progress_reporter,
-    resolve_storage_path,
     set_driver_environment,
     start_ray,
-    state_dir,
 )
-from search.space import OBJECTIVES, SCHEDULERS, Preset, PresetError, available_presets
-from search.summary import summarise
-from search.ceiling import run_ceiling
-from search.mlflow_runs import (
-    CEILING_ROLE,
-    CONFIRM_ROLE,
-    STAGE_SUFFIXES,
-    SearchRecord,
-    fail_search_run,
-    open_search_run,
-    prepare_experiment,
-)
-from search.reconcile import reconcile, restored_trials
-from search.tracking import MLflowTrialLogger
-from search.warm_start import load_warm_start
-from trainables.iic_trainable import trial_finished
+from search.pipeline import run_search
+from search.plan import new_plan, resumed_plan, write_record
+from search.preset import OBJECTIVES, SCHEDULERS, PresetError, available_presets
+from search.tracking.runs import SearchRecord, fail_search_run, open_search_run, prepare_experiment
 
 
 def build_parser(given_only: bool = False) -> argparse.ArgumentParser:
@@ -175,13 +136,15 @@ def build_parser(given_only: bool = False) -> argparse.ArgumentParser:
         "--challenger-margin",
         type=float,
         help="standard errors by which a trial must beat the preset's own config "
-        "(start_from_config) on the search's seeds to be confirmed instead of it (0: the plain ranking; default: the preset's)",
+        "(start_from_config) on the search's seeds to be confirmed instead of it (0: the plain ranking; default: the "
+        "preset's)",
     )
     parser.add_argument(
         "--ceiling",
         action="store_true",
         default=default(False),
-        help="also train the supervised ceiling (the same backbone on the labels) once, to read the search's accuracy against",
+        help="also train the supervised ceiling (the same backbone on the labels) once, "
+        "to read the search's accuracy against",
     )
     parser.add_argument("--top", type=int, default=default(5), help="best trials to print at the end")
     return parser
@@ -196,500 +159,6 @@ def explicit_flags(argv: list[str] | None) -> dict:
     return vars(build_parser(given_only=True).parse_args(argv))
 
 
-def load_preset(args: argparse.Namespace) -> Preset:
-    """The preset with the command line applied, validated (ranges, resources, data) up front."""
-    preset = Preset.load(args.config or args.preset)
-    config = dict(preset.config)
-    if args.epochs is not None:
-        config["epochs"] = args.epochs
-    try:
-        before = IICConfig.from_dict(config)
-        base = before.with_overrides(args.overrides)
-    except ConfigError as err:
-        raise SearchError(str(err)) from None
-    overridden = {name for name in base.to_dict() if getattr(base, name) != getattr(before, name)}
-    searched = {p.name for p in preset.params} & overridden
-    if searched:
-        raise SearchError(
-            f"--set {', '.join(sorted(searched))}: searched by the preset; edit its space (or copy it with --config) to fix them"
-        )
-    base = base.with_absolute_paths()  # trials run in folders of their own, not here
-    overridden |= {name for name in ("data_root", "backbone_weights") if getattr(base, name) is not None}
-    changes = {"config": {k: v for k, v in base.to_dict().items() if k in config or k in overridden}}
-    search = preset.search
-    flags = {
-        "num_samples": "num_samples",
-        "max_concurrent": "max_concurrent",
-        "time_budget": "time_budget_s",
-        "deadline": "deadline_s",
-        "objective": "objective",
-        "cpus_per_trial": "cpus_per_trial",
-        "gpus_per_trial": "gpus_per_trial",
-        "seeds_per_trial": "seeds_per_trial",
-        "confirm_top": "confirm_top",
-        "confirm_seeds": "confirm_seeds",
-        "scheduler": "scheduler",
-        "challenger_margin": "challenger_margin",
-    }
-    search = dataclasses.replace(
-        search, **{field: getattr(args, flag) for flag, field in flags.items() if getattr(args, flag) is not None}
-    )
-    pbt = preset.pbt if args.population is None else dataclasses.replace(preset.pbt, population=args.population)
-    problems = []
-    if search.scheduler == "pbt":
-        if args.num_samples is not None:
-            problems.append(
-                "--num-samples: under --scheduler pbt the trials are the population; give --population instead"
-            )
-        if args.warm_start:
-            problems.append(
-                "--warm-start: its configs seed Optuna's TPE, which PBT does not use (its population is drawn at random); drop one of them"
-            )
-        search = dataclasses.replace(search, num_samples=pbt.population)
-    elif args.population is not None:
-        problems.append(
-            "--population: only population-based training has one; add --scheduler pbt or use --num-samples"
-        )
-    preset = dataclasses.replace(preset, search=search, pbt=pbt, **changes)
-    if search.num_samples < 1:
-        problems.append(f"--num-samples must be at least 1 (got {search.num_samples})")
-    if search.max_concurrent < 1:
-        problems.append(f"--max-concurrent must be at least 1 (got {search.max_concurrent})")
-    if search.cpus_per_trial <= 0:
-        problems.append(f"--cpus-per-trial must be positive (got {search.cpus_per_trial})")
-    if search.gpus_per_trial < 0 or (search.gpus_per_trial > 1 and not float(search.gpus_per_trial).is_integer()):
-        problems.append(
-            f"--gpus-per-trial must be a fraction of one GPU or a whole number (got {search.gpus_per_trial})"
-        )
-    if search.time_budget_s is not None and search.time_budget_s <= 0:
-        problems.append(f"--time-budget must be positive seconds (got {search.time_budget_s})")
-    if search.deadline_s is not None and search.deadline_s <= 0:
-        problems.append(f"--deadline must be positive seconds (got {search.deadline_s})")
-    if search.seeds_per_trial < 1:
-        problems.append(f"--seeds-per-trial must be at least 1 (got {search.seeds_per_trial})")
-    if search.seeds_per_trial > 1 and "seed" in set(preset.config) | {
-        o.partition("=")[0].strip() for o in args.overrides
-    }:
-        problems.append(
-            f"seed is fixed (--set seed or the preset's config) but each trial trains on {search.seeds_per_trial} seeds; "
-            "fix the seed with --seeds-per-trial 1, or drop it to let the search draw seeds"
-        )
-    if search.confirm_top < 0 or (search.confirm_top and search.confirm_seeds < 1):
-        problems.append(
-            f"--confirm-top must be 0 or more, with --confirm-seeds at least 1 (got {search.confirm_top} and {search.confirm_seeds})"
-        )
-    if not search.challenger_margin >= 0:
-        problems.append(
-            f"--challenger-margin must be 0 or more standard errors (got {search.challenger_margin}); 0 ranks trials by their figures alone"
-        )
-    if problems:
-        raise SearchError("invalid search:\n  " + "\n  ".join(problems))
-    try:
-        preset.validate()
-        base.validate()  # the data exists, the fixed settings are sound
-    except (PresetError, ConfigError) as err:
-        raise SearchError(str(err)) from None
-    return preset
-
-
-def search_seeds(preset: Preset, search_seed: int) -> list[int]:
-    """The seeds every trial trains on: drawn from the search's seed, or the one fixed seed."""
-    if preset.search.seeds_per_trial == 1 and "seed" in preset.config:
-        return [preset.config["seed"]]
-    return draw_seeds(search_seed, preset.search.seeds_per_trial)
-
-
-def build_tuner(
-    preset: Preset,
-    args,
-    name: str,
-    storage_path: str,
-    logger: MLflowTrialLogger,
-    warm_points: list[dict],
-    trial_seeds: list[int],
-) -> tune.Tuner:
-    if preset.search.scheduler == "pbt":
-        tune_config, param_space, run_options = population_based_training(preset, args.seed, trial_seeds)
-    else:
-        tune_config, param_space, run_options = tpe_with_asha(preset, args.seed, warm_points, trial_seeds)
-    callbacks = [logger, *run_options.pop("callbacks", [])]
-    if logger.deadline is not None:
-        run_options["stop"] = tune.stopper.CombinedStopper(*filter(None, [run_options.get("stop"), logger.deadline]))
-    return tune.Tuner(
-        make_trainable(preset),
-        param_space=param_space,
-        tune_config=tune_config,
-        run_config=tune.RunConfig(
-            name=name,
-            storage_path=storage_path,
-            callbacks=callbacks,
-            progress_reporter=progress_reporter(preset),
-            failure_config=tune.FailureConfig(max_failures=preset.search.max_failures),
-            verbose=1,
-            **run_options,
-        ),
-    )
-
-
-def tpe_with_asha(
-    preset: Preset, seed: int, warm_points: list[dict], trial_seeds: list[int]
-) -> tuple[tune.TuneConfig, None, dict]:
-    """Tune's config, param space (none: the searcher's) and run options of a TPE + ASHA search."""
-    search = preset.search
-    epochs = IICConfig.from_dict(preset.config).epochs
-    sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, max(3, search.num_samples // 3)))
-    searcher = OptunaSearch(
-        space=preset.space(trial_seeds),
-        metric=search.objective,
-        mode=OBJECTIVES[search.objective],
-        points_to_evaluate=warm_points or None,
-        sampler=sampler,
-    )
-    scheduler = ASHAScheduler(
-        time_attr="training_iteration",
-        metric=search.objective,
-        mode=OBJECTIVES[search.objective],
-        max_t=epochs,
-        grace_period=min(search.grace_period, epochs),
-        reduction_factor=search.reduction_factor,
-    )
-    tune_config = tune.TuneConfig(
-        search_alg=ConcurrencyLimiter(searcher, max_concurrent=search.max_concurrent),
-        scheduler=scheduler,
-        num_samples=search.num_samples,
-        time_budget_s=search.time_budget_s,
-        trial_dirname_creator=trial_dirname,
-        # The next trial starts in the process the last one ended in, not a new one that imports torch again.
-        reuse_actors=True,
-    )
-    return tune_config, None, {"checkpoint_config": tune.CheckpointConfig(num_to_keep=2)}
-
-
-def population_based_training(preset: Preset, seed: int, trial_seeds: list[int]) -> tuple[tune.TuneConfig, dict, dict]:
-    """Tune's config, param space and run options of a PBT search. The population, drawn from the
-    space, starts through Tune's variant generator (no searcher: PBT refuses one, and every member
-    must exist at once, so no concurrency limit either: the trials take turns on the resources).
-
-    Synchronous PBT: every trial trains to the same epoch before any exploit, so scores are compared
-    at equal epochs, a trial continues from a checkpoint of its own epoch (its records never step
-    back), and trials that take turns on the resources all get them (asynchronous PBT may keep giving
-    the turn to the weak trials that took over paused ones). It waits for every live trial at each
-    perturbation point, so PBT trials do not stop themselves when they collapse, and
-    ``StalledPopulation`` ends the search should one end early otherwise (diverged, failed)."""
-    search, pbt = preset.search, preset.pbt
-    random.seed(seed)  # PBT draws its exploits and perturbations from Python's random
-    population = preset.population(trial_seeds, seed)
-    scheduler = PopulationBasedTraining(
-        time_attr="training_iteration",
-        metric=search.objective,
-        mode=OBJECTIVES[search.objective],
-        perturbation_interval=pbt.perturbation_interval,
-        quantile_fraction=pbt.quantile_fraction,
-        resample_probability=pbt.resample_probability,
-        hyperparam_mutations=preset.mutations(),
-        custom_explore_fn=preset.clip_to_ranges(),
-        synch=True,
-    )
-    tune_config = tune.TuneConfig(
-        search_alg=BasicVariantGenerator(points_to_evaluate=population),
-        scheduler=scheduler,
-        num_samples=len(population),
-        time_budget_s=search.time_budget_s,
-        trial_dirname_creator=trial_dirname,
-        # A trial paused at a perturbation point continues in a waiting process instead of a new one.
-        reuse_actors=True,
-    )
-    stalled = StalledPopulation()
-    run_options = {
-        "stop": stalled,
-        "callbacks": [stalled],
-        # Every checkpoint is kept: a trial may take over another's after that one has trained on.
-        "checkpoint_config": tune.CheckpointConfig(num_to_keep=None),
-    }
-    return tune_config, space_of(population), run_options
-
-
-class StalledPopulation(tune.Callback, tune.Stopper):
-    """Stops a trial whose result says it ended (``trial_finished``: not paused and restarted by
-    PBT), and the whole search when every live trial has been paused for ``patience_s``: synchronous
-    PBT then waits for a trial that ended before the perturbation point, and would wait for ever."""
-
-    def __init__(self, patience_s: float = 60.0):
-        self.patience_s = patience_s
-        self._stalled_since: float | None = None
-
-    def __getstate__(self):
-        return {**self.__dict__, "_stalled_since": None}  # pickled with the experiment
-
-    def __call__(self, trial_id: str, result: dict) -> bool:
-        return trial_finished(trial_id, result)
-
-    def on_step_end(self, iteration, trials, **info):
-        live = [trial for trial in trials if not trial.is_finished()]
-        if live and all(trial.status == trial.PAUSED for trial in live):
-            if self._stalled_since is None:
-                self._stalled_since = time.monotonic()
-        else:
-            self._stalled_since = None
-
-    def stop_all(self) -> bool:
-        if self._stalled_since is None or time.monotonic() - self._stalled_since < self.patience_s:
-            return False
-        print(
-            f"error: every trial of the population has waited {self.patience_s:.0f} s for one that ended early "
-            "(diverged or failed); the search ends here",
-            file=sys.stderr,
-            flush=True,
-        )
-        return True
-
-
-# Flags that may differ from the stored search on --resume (which cluster to join, how much to
-# print), and those that say which search to resume; every other flag must match what is stored.
-SAFE_ON_RESUME = ("address", "top")
-RESUME_IDENTITY = ("resume", "name", "storage_path")
-SEARCH_RECORD_FILE = "iic_search.json"  # in the search's Ray experiment folder: what --resume continues
-
-
-@dataclasses.dataclass
-class SearchPlan:
-    """Everything a search runs with, settled before anything starts (stored for --resume)."""
-
-    arguments: dict  # the command line's flags, defaults filled in
-    preset: Preset
-    tracking_uri: str
-    experiment: str  # MLflow experiment
-    name: str  # the search: Ray experiment folder and MLflow tag
-    storage_path: str
-    trial_seeds: list[int]
-    warm_points: list[dict] = dataclasses.field(default_factory=list)  # configs to try first (a new search only)
-
-    @property
-    def experiment_dir(self) -> str:
-        return f"{self.storage_path.rstrip('/')}/{self.name}"
-
-    def record(self) -> dict:
-        return {
-            "arguments": self.arguments,
-            "preset": {"name": self.preset.name, **self.preset.to_dict()},
-            "tracking_uri": self.tracking_uri,
-            "experiment": self.experiment,
-            "trial_seeds": self.trial_seeds,
-        }
-
-
-def first_points(preset: Preset, warm_start: str | None) -> list[dict]:
-    """The trials TPE evaluates before it proposes: the exported configs of ``--warm-start`` (the
-    user's own choice), then the preset's config (``start_from_config``)."""
-    start = [preset.start_point()] if preset.search.start_from_config and preset.search.scheduler != "pbt" else []
-    return (load_warm_start(warm_start, preset) if warm_start else []) + start
-
-
-def new_plan(args: argparse.Namespace) -> SearchPlan:
-    """A new search's plan from the command line, checked; refuses a name already taken."""
-    preset = load_preset(args)
-    if args.ceiling:
-        try:
-            check_held_out_source(IICConfig.from_dict(preset.config))
-        except DatasetError as err:
-            raise SearchError(f"--ceiling: {err}") from None
-    tracking_uri = check_tracking_uri(args.tracking_uri)
-    experiment = args.experiment or f"iic-{preset.name}"
-    plan = SearchPlan(
-        vars(args),
-        preset,
-        tracking_uri,
-        experiment,
-        args.name or experiment,
-        resolve_storage_path(args.storage_path),
-        search_seeds(preset, args.seed),
-        first_points(preset, args.warm_start),
-    )
-    if tune.Tuner.can_restore(plan.experiment_dir):
-        raise SearchError(
-            f"a search named {plan.name!r} already exists at {plan.experiment_dir}; continue it with --resume, or choose another --name"
-        )
-    return plan
-
-
-def resumed_plan(args: argparse.Namespace, given: dict) -> SearchPlan:
-    """The stored plan of the search to resume; refuses flags that would change it."""
-    experiment = args.experiment or f"iic-{Preset.load(args.config or args.preset).name}"
-    experiment_dir = f"{resolve_storage_path(args.storage_path).rstrip('/')}/{args.name or experiment}"
-    if not tune.Tuner.can_restore(experiment_dir):
-        raise SearchError(
-            f"--resume: no search to resume at {experiment_dir}; run without --resume (same --name and --storage-path) to start it"
-        )
-    stored = read_record(experiment_dir)
-    if stored is None:
-        raise SearchError(
-            f"--resume: {experiment_dir} has no {SEARCH_RECORD_FILE} (a search started by an older version); start a new search"
-        )
-    conflicts = [
-        f"--{flag.replace('_', '-')} {value!r}: the search was started with {stored['arguments'].get(flag)!r}"
-        for flag, value in given.items()
-        if flag not in SAFE_ON_RESUME + RESUME_IDENTITY and stored["arguments"].get(flag) != value
-    ]
-    if conflicts:
-        raise SearchError(
-            "--resume continues the search as it was started; drop these flags (only "
-            f"{', '.join('--' + f for f in SAFE_ON_RESUME)} may change):\n  " + "\n  ".join(conflicts)
-        )
-    raw = dict(stored["preset"])
-    preset = Preset.from_dict(raw.pop("name"), raw)
-    arguments = {
-        **stored["arguments"],
-        **{flag: given[flag] for flag in SAFE_ON_RESUME if flag in given},
-        "resume": True,
-    }
-    return SearchPlan(
-        arguments,
-        preset,
-        check_tracking_uri(stored["tracking_uri"]),
-        stored["experiment"],
-        args.name or experiment,
-        resolve_storage_path(args.storage_path),
-        stored["trial_seeds"],
-    )
-
-
-def record_file(experiment_dir: str) -> tuple[pyarrow.fs.FileSystem, str]:
-    """Where a search's record is: beside Tune's experiment state, on the storage's own filesystem."""
-    filesystem, folder = pyarrow.fs.FileSystem.from_uri(
-        experiment_dir if "://" in experiment_dir else Path(experiment_dir).as_uri()
-    )
-    return filesystem, f"{folder}/{SEARCH_RECORD_FILE}"
-
-
-def read_record(experiment_dir: str) -> dict | None:
-    filesystem, path = record_file(experiment_dir)
-    try:
-        with filesystem.open_input_stream(path) as stream:
-            return json.loads(stream.readall())
-    except FileNotFoundError:
-        return None
-
-
-def write_record(plan: SearchPlan) -> None:
-    filesystem, path = record_file(plan.experiment_dir)
-    filesystem.create_dir(path.rpartition("/")[0], recursive=True)
-    with filesystem.open_output_stream(path) as stream:
-        stream.write(json.dumps(plan.record(), indent=2).encode())
-
-
-def start_config(preset: Preset) -> IICConfig | None:
-    """The config of the search's first trial when it starts from the preset's own (TPE only)."""
-    return (
-        IICConfig.from_dict(preset.config)
-        if preset.search.start_from_config and preset.search.scheduler != "pbt"
-        else None
-    )
-
-
-def run_search(plan: SearchPlan, search: SearchRecord, started: float) -> None:
-    """Tune's trials, the confirmation stage and the summary of a search whose parent run is open;
-    ``started``: the driver's start (``time.monotonic()``), which a deadline counts from."""
-    args, preset = argparse.Namespace(**plan.arguments), plan.preset
-    report_path = state_dir(plan.name) / "mlflow_report.json"
-    settings = preset.search
-    how = (
-        f"population-based training of {settings.num_samples} trials"
-        if settings.scheduler == "pbt"
-        else f"{settings.num_samples} trials"
-    )
-    print(
-        f"search {plan.name!r}: preset {preset.name}, {how} of {settings.seeds_per_trial} seed(s) each, "
-        f"objective {settings.objective}, MLflow {plan.tracking_uri} (experiment {plan.experiment!r}), storage {plan.experiment_dir}",
-        flush=True,
-    )
-    if args.resume:
-        # Tune brings its own stored logger back; first MLflow gets what the last driver could not send.
-        report = reconcile(MlflowClient(plan.tracking_uri), search, restored_trials(plan.experiment_dir))
-        print(
-            f"resuming: MLflow got {sum(map(len, report.sent.values()))} epoch(s) it lacked; {len(report.closed_lost)} run(s) of trials "
-            "Tune never recorded closed as lost",
-            flush=True,
-        )
-        # Finished trials stay finished; unfinished and errored ones continue from their checkpoints.
-        tuner = tune.Tuner.restore(
-            plan.experiment_dir, trainable=make_trainable(preset), resume_unfinished=True, resume_errored=True
-        )
-    else:
-        deadline = (
-            ConfirmationDeadline(settings.deadline_s, settings, OBJECTIVES[settings.objective], started)
-            if settings.deadline_s
-            else None
-        )
-        logger = MLflowTrialLogger(search, report_path, time_budget_s=settings.time_budget_s, deadline=deadline)
-        tuner = build_tuner(preset, args, plan.name, plan.storage_path, logger, plan.warm_points, plan.trial_seeds)
-    results = tuner.fit()
-    statuses = logged_statuses(report_path)
-    choice = candidates_from_results(
-        results,
-        settings.objective,
-        statuses,
-        max(settings.confirm_top, 1),
-        start_config(preset),
-        settings.challenger_margin,
-    )
-    if choice.note():  # why the start config is confirmed though a trial read higher
-        print(f"\n{choice.note()}", flush=True)
-    candidates = choice.candidates
-    confirmed = []
-    if settings.confirm_top and candidates:
-        seeds = confirmation_seeds(args.seed, plan.trial_seeds, settings.confirm_seeds)
-        print(
-            f"\nconfirming the best {len(candidates)} config(s) on {len(seeds)} fresh seeds ({' '.join(map(str, seeds))})",
-            flush=True,
-        )
-        confirm_report = state_dir(plan.name) / "mlflow_report_confirm.json"
-        confirm_logger = MLflowTrialLogger(dataclasses.replace(search, role=CONFIRM_ROLE), confirm_report)
-        confirm_results = run_confirmation(
-            candidates,
-            seeds,
-            preset,
-            plan.name + STAGE_SUFFIXES[CONFIRM_ROLE],
-            plan.storage_path,
-            confirm_logger,
-            resume=args.resume,
-        )
-        confirmed = ranked_confirmations(
-            confirmations(candidates, confirm_results, seeds, logged_statuses(confirm_report)), settings.objective
-        )
-    ceiling = None
-    if args.ceiling:
-        print("\ntraining the supervised ceiling: the same backbone on the labels", flush=True)
-        ceiling_logger = MLflowTrialLogger(
-            dataclasses.replace(search, role=CEILING_ROLE), state_dir(plan.name) / "mlflow_report_ceiling.json"
-        )
-        ceiling = run_ceiling(
-            preset,
-            plan.trial_seeds,
-            plan.name + STAGE_SUFFIXES[CEILING_ROLE],
-            plan.storage_path,
-            ceiling_logger,
-            resume=args.resume,
-        )
-        if ceiling is None:
-            print(
-                "the supervised ceiling failed: its error is in its MLflow run (iic.role=ceiling) and Tune's error.txt",
-                flush=True,
-            )
-    summarise(
-        results,
-        preset,
-        plan.tracking_uri,
-        search.experiment_id,
-        search.parent_run_id,
-        plan.name,
-        report_path,
-        top=args.top,
-        confirmed=confirmed,
-        choice=choice,
-        ceiling=ceiling,
-    )
-
-
 def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     args = parse_args(argv)
@@ -697,9 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         plan = resumed_plan(args, explicit_flags(argv)) if args.resume else new_plan(args)
         experiment_id = prepare_experiment(plan.tracking_uri, plan.experiment)
-        started_ray = start_ray(
-            plan.arguments["address"], plan.preset, plan.storage_path
-        )  # last: nothing above has started anything
+        # last: nothing above has started anything
+        started_ray = start_ray(plan.arguments["address"], plan.preset, plan.storage_path)
     except (SearchError, PresetError, ConfigError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -17,13 +17,13 @@ from matplotlib import pyplot as plt
 from mlflow.tracking import MlflowClient
 from scipy.stats import spearmanr
 
-from iic.consensus import CONSENSUS_ACCURACY
 from iic.seeds import LABEL_FREE_PICK
 from search.ceiling import Ceiling, ceiling_line, record_ceiling
-from search.confirm import Candidate, Choice, Confirmation, print_confirmed, record_confirmed
+from search.confirmation import Candidate, Choice, Confirmation, print_confirmed, record_confirmed
+from search.preset import OBJECTIVES, Preset
 from search.ranking import best_first, counts, trial_status
-from search.space import OBJECTIVES, Preset
-from search.mlflow_runs import ROLE_TAG, START_TRIAL_TAG, TRIAL_ROLE
+from search.space import search_space
+from search.tracking.runs import START_TRIAL_TAG, TRIAL_ROLE, role_filter
 from trainables.iic_trainable import trial_iic_config
 
 TABLE_PARAMS = ("lr", "batch_size", "lamb", "repeats", "sobel", "overcluster_k", "crop_min_scale", "rotation_degrees")
@@ -48,7 +48,6 @@ def trial_table(results, objective: str, statuses: dict[str, str]) -> pd.DataFra
                 "cluster_accuracy": metrics.get("cluster_accuracy", math.nan),
                 "mutual_information": metrics.get("mutual_information", math.nan),
                 LABEL_FREE_PICK: metrics.get(LABEL_FREE_PICK, math.nan),
-                CONSENSUS_ACCURACY: metrics.get(CONSENSUS_ACCURACY, math.nan),
                 "largest_cluster_share": metrics.get("largest_cluster_share", math.nan),
                 "epochs": metrics.get("epoch", 0),
                 "status": str(statuses.get(trial_id) or trial_status(metrics, result.error is not None)),
@@ -62,12 +61,13 @@ def trial_table(results, objective: str, statuses: dict[str, str]) -> pd.DataFra
 
 
 def completed_trials(table: pd.DataFrame, objective: str) -> pd.DataFrame:
-    return table[[counts(status, value) for status, value in zip(table["status"], table[objective])]]
+    return table[[counts(status, value) for status, value in zip(table["status"], table[objective], strict=True)]]
 
 
 def optuna_study(results, preset: Preset, objective: str, trial_ids: set[str]) -> optuna.Study:
-    """The search's trials (those in ``trial_ids``) as an Optuna study, for its plots."""
-    space = preset.space()
+    """The search's trials (those in ``trial_ids``) as an Optuna study, for its plots; a trial whose
+    values lie outside the space (a --warm-start config from a search with other ranges) is left out."""
+    space = search_space(preset)
     distributions = space.distributions()
     study = optuna.create_study(direction="maximize" if OBJECTIVES[objective] == "max" else "minimize")
     for result in results:
@@ -75,11 +75,14 @@ def optuna_study(results, preset: Preset, objective: str, trial_ids: set[str]) -
         if metrics.get("trial_id") not in trial_ids:
             continue
         params = space.point(trial_iic_config(result.config).to_dict())
-        study.add_trial(
-            optuna.trial.create_trial(
-                params=params, distributions={k: distributions[k] for k in params}, value=metrics[objective]
+        try:
+            study.add_trial(
+                optuna.trial.create_trial(
+                    params=params, distributions={k: distributions[k] for k in params}, value=metrics[objective]
+                )
             )
-        )
+        except ValueError:  # Optuna refuses a value outside its distribution
+            continue
     return study
 
 
@@ -133,7 +136,7 @@ def ui_hint(tracking_uri: str, experiment_id: str, objective: str, role: str = T
     base = tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
     query = urllib.parse.urlencode(
         {
-            "searchFilter": f"tags.`{ROLE_TAG}` = '{role}'",
+            "searchFilter": role_filter(role),
             "orderByKey": f"metrics.`{objective}`",
             "orderByAsc": "false",
             "compareRunsMode": "CHART",
@@ -151,7 +154,9 @@ def best_accuracy(table: pd.DataFrame, confirmed: list[Confirmation] | None) -> 
     best counted trial's (over the search's seeds)."""
     if confirmed and confirmed[0].metrics.get("cluster_accuracy") is not None:
         return float(confirmed[0].metrics["cluster_accuracy"]), "the best config, confirmed on fresh seeds"
-    counted = table[[counts(status, value) for status, value in zip(table["status"], table["cluster_accuracy"])]]
+    counted = table[
+        [counts(status, value) for status, value in zip(table["status"], table["cluster_accuracy"], strict=True)]
+    ]
     return (
         (float(counted["cluster_accuracy"].max()), "the best trial, over the search's seeds")
         if len(counted)
@@ -191,7 +196,7 @@ def summarise(
 ) -> pd.DataFrame:
     """Print and record the end of a search. ``confirmed``: the confirmation stage's results, best
     first; ``choice``: the configs the search's own figures put forward, best first, with its start
-    config and challenger margin (search.confirm.Choice); ``ceiling``: the supervised ceiling, when
+    config and challenger margin (search.confirmation.Choice); ``ceiling``: the supervised ceiling, when
     it was trained."""
     best_candidate = choice.candidates[0] if choice and choice.candidates else None
     objective = preset.search.objective
@@ -228,7 +233,8 @@ def summarise(
             client.set_terminated(parent_run_id, "FINISHED")
     except Exception as err:  # noqa: BLE001 - the trials are done; say what could not be recorded
         failures.append(
-            f"search: could not record the summary in the parent run: {type(err).__name__}: {str(err).splitlines()[0][:200]}"
+            "search: could not record the summary in the parent run: "
+            f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
         )
     print_summary(table, confirmed or [], objective, name, top, (correlation, correlated))
     if ceiling is not None:
@@ -253,7 +259,7 @@ def print_summary(
     seeds_note = "mean over each trial's seeds"
     with pd.option_context("display.width", 220, "display.max_columns", 24, "display.float_format", "{:.3f}".format):
         print(f"\nBest {min(top, len(table))} of {len(table)} trials by {objective} ({name}; {seeds_note}):")
-        # a figure no trial has (a consensus of one seed, accuracy without labels) is left out
+        # a figure no trial has (the spread of one seed, a label-free pick without screening) is left out
         print(table.head(top).dropna(axis=1, how="all").to_string(index=False))
     if confirmed:
         print_confirmed(confirmed, objective)

@@ -27,7 +27,6 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +39,7 @@ from iic.loop import StopReason
 from iic.plots import cluster_samples
 from iic.status import RunStatus
 from iic.trainer import Trainer, train
+from trainables.collapse import TrialSettings
 
 SUMMARY_FILE = "clusters.npz"
 WRITER_FILE = "writer.json"  # which trial wrote the checkpoint, after which epoch
@@ -58,22 +58,6 @@ SCHEDULE_METRIC_PREFIX = "schedule."
 SCHEDULE_KEY = "schedule"  # also IICConfig's field
 EXPLOITED_FROM_KEY = "exploited_from"
 EXPLOIT_EPOCH_KEY = "exploit_epoch"
-
-
-@dataclass(frozen=True)
-class TrialSettings:
-    """Search-level policy for each trial (not part of the model's config)."""
-
-    collapse_share: float = 0.6  # a cluster holding at least this share of the data ...
-    collapse_patience: int = 5  # ... for this many epochs in a row: the trial has collapsed
-    collapse_information: float = 0.01  # so has one whose held-out mutual information (nats) stays below this
-    collapse_warmup: int = 10  # ... for collapse_patience epochs after these first epochs
-    gallery_per_cluster: int = 8
-
-    def collapsed(self, history: list[dict]) -> bool:
-        return has_collapsed(
-            history, self.collapse_share, self.collapse_patience, self.collapse_information, self.collapse_warmup
-        )
 
 
 def trial_iic_config(trial_config: dict, result: dict | None = None) -> IICConfig:
@@ -105,22 +89,6 @@ def trial_seeds(trial_config: dict) -> list[int]:
 def trial_finished(trial_id: str, result: dict) -> bool:
     """Tune stopper: a result whose status is final (completed, collapsed, diverged) ends the trial."""
     return result.get("status", RunStatus.RUNNING) != RunStatus.RUNNING
-
-
-def has_collapsed(history: list[dict], share: float, patience: int, information: float = 0.0, warmup: int = 0) -> bool:
-    """For the last ``patience`` epochs, either one cluster has held ``share`` or more of the data
-    (the seed study's failure: a single cluster taking most images), or — judged only on epochs
-    after the first ``warmup``, while the heads are still soft — the assignments have carried less
-    than ``information`` nats about the image (every image given the same soft, near-uniform
-    prediction: a degenerate optimum that λ > 1 rewards). Neither tends to recover."""
-    recent = history[-patience:]
-    if len(recent) < patience:
-        return False
-    if all(m.get("largest_cluster_share", 0.0) >= share for m in recent):
-        return True
-    return len(history) >= warmup + patience and all(
-        m.get("mutual_information", float("inf")) < information for m in recent
-    )
 
 
 def write_cluster_summary(trainer: Trainer, path: Path, per_cluster: int) -> None:
@@ -173,7 +141,7 @@ def restored_state() -> Iterator[Path | None]:
         yield state
 
 
-def train_iic(config: dict, settings: TrialSettings = TrialSettings()) -> None:
+def train_iic(config: dict, settings: TrialSettings = TrialSettings()) -> None:  # noqa: B008 - frozen, immutable
     """Ray Tune function trainable: ``tune.with_parameters(train_iic, settings=...)``."""
     iic_config, seeds = trial_iic_config(config), trial_seeds(config)
     trial_id = tune.get_context().get_trial_id()

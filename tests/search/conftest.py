@@ -23,6 +23,13 @@ def edited_digits_preset(tmp_path, edit) -> list[str]:
 
 
 @pytest.fixture
+def small_digits_preset(tmp_path) -> list[str]:
+    """The digits preset with the 200 images the tests train on as its own data: its config stays the
+    search's incumbent (start_from_config), which other data given with --set would switch off."""
+    return edited_digits_preset(tmp_path, lambda preset: preset["config"].update(max_samples=200))
+
+
+@pytest.fixture
 def steady_preset(tmp_path) -> list[str]:
     """The digits preset with its trials never stopping early (no collapse stop, no ASHA rung
     before the last epoch): a fault injected, or a budget running out, at an early epoch then

@@ -5,8 +5,8 @@ from ray.tune import Result
 
 from iic.config import IICConfig
 from search.challenger import SeedFigures, margin, median_sd_ratio, start_ahead_of_noise
-from search.confirm import candidates_from_results, candidates_from_runs
-from search.mlflow_runs import ROLE_TAG, STATUS_TAG, TRIAL_TAG
+from search.confirmation import candidates_from_results, candidates_from_runs
+from search.tracking.runs import ROLE_TAG, STATUS_TAG, TRIAL_TAG
 
 START = IICConfig(dataset="digits", lr=0.003, lamb=1.3, epochs=45)
 SEEDS = [11, 12]

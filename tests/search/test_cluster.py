@@ -22,7 +22,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from search.mlflow_runs import ROLE_TAG, TRIAL_TAG
+from search.tracking.runs import ROLE_TAG, TRIAL_TAG
 
 # Multi-process fault tests: real Ray clusters, servers and drivers killed on purpose.
 pytestmark = pytest.mark.slow
@@ -110,7 +110,8 @@ def _command(cluster, tmp_path, *extra):
 
 
 def _env(tmp_path):
-    return {**os.environ, "IIC_STATE_DIR": str(tmp_path / "state"), "PYTHONUNBUFFERED": "1"}
+    # PYTHONPATH: the drivers import this checkout's search/, as the tests do, not an installed one
+    return {**os.environ, "IIC_STATE_DIR": str(tmp_path / "state"), "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)}
 
 
 def _token_outside(home: Path) -> dict:

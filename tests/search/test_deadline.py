@@ -8,9 +8,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from search.deadline import CONFIRMATION_SLOWDOWN, ConfirmationDeadline
-from search.mlflow_runs import CONFIRMS_TAG, ROLE_TAG, STATUS_TAG, TRIAL_TAG
+from search.preset import SearchDefaults
 from search.run import main
-from search.space import SearchDefaults
+from search.tracking.runs import CONFIRMS_TAG, ROLE_TAG, STATUS_TAG, TRIAL_TAG
 
 TWO_SEEDS_CONFIRMED_ON_THREE = SearchDefaults(seeds_per_trial=2, confirm_top=1, confirm_seeds=3, max_concurrent=1)
 SLOWER = CONFIRMATION_SLOWDOWN

@@ -9,8 +9,8 @@ import torchvision
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from search.mlflow_runs import ROLE_TAG
 from search.run import main
+from search.tracking.runs import ROLE_TAG
 
 # Multi-trial end-to-end search with ResNet18 trials: a minute or more on 2 cores.
 pytestmark = pytest.mark.slow

@@ -21,7 +21,7 @@ from mlflow.tracking import MlflowClient
 
 from search.reconcile import main as reconcile_main
 from search.run import main
-from search.mlflow_runs import ROLE_TAG, TRIAL_TAG
+from search.tracking.runs import ROLE_TAG, TRIAL_TAG
 
 # Multi-process fault tests: real Ray clusters, servers and drivers killed on purpose.
 pytestmark = pytest.mark.slow

@@ -12,10 +12,11 @@ from ray import tune
 from ray.tune.schedulers import PopulationBasedTraining
 
 from iic.config import IICConfig
-from iic.seeds import screening_candidates
-from search.export import export_best
-from search.run import StalledPopulation, main
-from search.mlflow_runs import ROLE_TAG, STATUS_TAG, TRIAL_TAG
+from iic.screening import initialisations
+from search.best_configs import export_best
+from search.run import main
+from search.tracking.runs import ROLE_TAG, STATUS_TAG, TRIAL_TAG
+from search.tuning import StalledPopulation
 
 TINY = [
     "--set",
@@ -76,7 +77,7 @@ def test_pbt_search_records_schedules_that_export_replays(
     for run in trials:
         assert run.info.status == "FINISHED" and run.data.tags[STATUS_TAG] == "completed"
         assert run.data.params["pbt"] == "True"
-        [candidates] = screening_candidates(json.loads(run.data.params["seeds"]), 2)
+        [candidates] = initialisations(json.loads(run.data.params["seeds"]), 2)
         assert (
             int(run.data.tags["iic.init_seed"]) in candidates
         )  # the initialisation kept, its own or an exploited one's
@@ -210,12 +211,13 @@ def test_configs_with_gates_and_schedules_pass_through_tunes_variant_generator_u
     # The PBT population (nested gates) and confirmation points (schedules) start as Tune's points.
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
-    from search.confirm import space_of
-    from search.space import Preset
+    from search.driver import space_of
+    from search.preset import Preset
+    from search.space import population
     from trainables.iic_trainable import trial_config_values, trial_iic_config
 
     preset = Preset.load("digits")
-    points = preset.population(seeds=[1, 2], seed=0)[:2]
+    points = population(preset, seeds=[1, 2], seed=0)[:2]
     points[0]["gate"]["overclustering"], points[1]["gate"]["overclustering"] = True, False
     schedules = [
         [{"epoch": 2, "values": {"lr": 1e-3}}],

@@ -13,7 +13,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from iic.status import RunStatus
-from search.mlflow_runs import ROLE_TAG, STATUS_TAG
+from search.tracking.runs import ROLE_TAG, STATUS_TAG
 
 # Multi-process fault tests: real Ray clusters, servers and drivers killed on purpose.
 pytestmark = pytest.mark.slow
@@ -58,7 +58,8 @@ def _logged_epochs(db: Path) -> int:
 
 
 def test_killed_driver_resumes_without_duplicates(tmp_path):
-    env = {**os.environ, "IIC_STATE_DIR": str(tmp_path / "state"), "PYTHONUNBUFFERED": "1"}
+    # PYTHONPATH: the drivers import this checkout's search/, as the tests do, not an installed one
+    env = {**os.environ, "IIC_STATE_DIR": str(tmp_path / "state"), "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)}
     driver = subprocess.Popen(
         _command(tmp_path),
         env=env,

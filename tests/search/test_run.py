@@ -6,14 +6,14 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+import search.pipeline
 from iic.config import IICConfig
 from iic.seeds import draw_seeds
-from search.confirm import confirmation_seeds
+from search.best_configs import export_best
 from search.confirm import main as confirm_main
-from search.export import export_best
-import search.run
+from search.confirmation import confirmation_seeds
 from search.run import main
-from search.mlflow_runs import CONFIRMS_TAG, PARENT_TAG, ROLE_TAG, STATUS_TAG, TRIAL_TAG
+from search.tracking.runs import CONFIRMS_TAG, PARENT_TAG, ROLE_TAG, STATUS_TAG, TRIAL_TAG
 
 # One seed per trial, no screening of initialisations (the preset's at epoch 10 needs longer trials)
 # and no confirmation stage, unless a test is about them: tests stay fast.
@@ -59,8 +59,11 @@ def _worker_pid(tmp_path, trial_id: str, experiment="iic-digits") -> int:
 
 
 @pytest.mark.slow
-def test_small_search_records_every_trial_in_mlflow(ray_session, tmp_path, state_dir, capsys, replay):
+def test_small_search_records_every_trial_in_mlflow(
+    ray_session, tmp_path, state_dir, capsys, replay, small_digits_preset
+):
     extra = [
+        *small_digits_preset,
         "--num-samples",
         "3",
         "--max-concurrent",
@@ -104,7 +107,6 @@ def test_small_search_records_every_trial_in_mlflow(ray_session, tmp_path, state
             "cluster_accuracy_min",
             "cluster_accuracy_sd",
             "label_free_pick_accuracy",
-            "consensus_accuracy",
             "cluster_accuracy/seed_1",
         ):
             assert key in run.data.metrics
@@ -165,7 +167,10 @@ def test_small_search_records_every_trial_in_mlflow(ray_session, tmp_path, state
     out = capsys.readouterr().out
     assert "Best 3 of 3 trials by cluster_accuracy" in out and "Confirmed on 2 fresh seeds" in out
     assert f"mlflow ui --backend-store-uri sqlite:///{tmp_path}/mlflow.db" in out
-    link = f"#/experiments/{experiment.experiment_id}/runs?searchFilter=tags.%60iic.role%60%20%3D%20%27trial%27&orderByKey=metrics.%60cluster_accuracy%60&orderByAsc=false&compareRunsMode=CHART"
+    link = (
+        f"#/experiments/{experiment.experiment_id}/runs?searchFilter=tags.%60iic.role%60%20%3D%20%27trial%27"
+        "&orderByKey=metrics.%60cluster_accuracy%60&orderByAsc=false&compareRunsMode=CHART"
+    )
     assert link in out
 
 
@@ -231,11 +236,19 @@ def test_confirm_command_confirms_a_finished_search(ray_session, tmp_path, state
     assert confirm_main(args[:2] + ["--top", "0", "--seeds", "2"] + args[6:]) == 2
 
 
-def test_warm_start_evaluates_the_given_configs_first_then_the_presets_own(ray_session, tmp_path, state_dir):
+def test_warm_start_evaluates_the_given_configs_first_then_the_presets_own(
+    ray_session, tmp_path, state_dir, small_digits_preset
+):
     warm = tmp_path / "warm"
     IICConfig(lr=0.00567, batch_size=32, overcluster_k=0).to_yaml(warm / "rank01.yaml")
-    assert main(_args(tmp_path, "--num-samples", "2", "--warm-start", str(warm), "--experiment", "warm")) == 0
-    _, _, trials, _ = _runs(tmp_path, "warm")
+    args = _args(
+        tmp_path, *small_digits_preset, "--num-samples", "2", "--warm-start", str(warm), "--experiment", "warm"
+    )
+    assert main(args) == 0
+    client, _, trials, [parent] = _runs(tmp_path, "warm")
+    # the summary is recorded though the warm-start config's lr lies outside the preset's range
+    assert parent.info.status == "FINISHED"
+    assert "trials.csv" in {a.path for a in client.list_artifacts(parent.info.run_id)}
     trials.sort(key=lambda t: t.info.start_time)
     # the digits preset starts from its config (search.start_from_config): IICConfig's lr and the rest
     assert [float(t.data.params["lr"]) for t in trials] == [0.00567, IICConfig().lr]
@@ -260,8 +273,6 @@ def test_warm_start_evaluates_the_given_configs_first_then_the_presets_own(ray_s
         (["--resume"], "no search to resume"),
         (["--warm-start", "/no/such/folder"], "no \\*.yaml configs there"),
         (["--set", "dataset=har", "--set", "data_root=/no/har"], "/no/har"),
-        # --epochs 2 leaves no epoch after the config's screening: refused, naming both ways out
-        (["--set", "screen_inits=2"], "screen_epochs: must be from 1 to epochs = 2 \\(got 20\\).*screen_inits: 1"),
     ],
 )
 def test_bad_input_fails_fast_with_a_clear_message(ray_session, tmp_path, state_dir, capsys, extra, message):
@@ -273,6 +284,14 @@ def test_bad_input_fails_fast_with_a_clear_message(ray_session, tmp_path, state_
     assert main(args) == 2
     assert re.search(message, capsys.readouterr().err)
     assert not (tmp_path / "ray").exists()  # no trial started
+
+
+def test_a_problem_of_the_fixed_config_is_reported_once_as_the_configs(tmp_path, state_dir, capsys):
+    assert main(_args(tmp_path, "--set", "num_subheads=0")) == 2
+    err = capsys.readouterr().err
+    assert err.count("num_subheads: must be at least 1") == 1 and "config: num_subheads" in err
+    assert "space." not in err  # no searched value is blamed for it
+    assert not (tmp_path / "ray").exists()
 
 
 def test_invalid_ranges_in_a_preset_file_are_refused(ray_session, tmp_path, state_dir, capsys):
@@ -325,7 +344,7 @@ def test_a_search_that_fails_after_its_parent_run_opened_marks_it_failed(ray_ses
     def broken_summary(*args, **kwargs):
         raise OSError("No space left on device")  # the summary's artifacts cannot be written
 
-    monkeypatch.setattr(search.run, "summarise", broken_summary)
+    monkeypatch.setattr(search.pipeline, "summarise", broken_summary)
     with pytest.raises(OSError, match="No space left"):
         main(_args(tmp_path, "--num-samples", "1", "--experiment", "broken"))
     _, _, [trial], [parent] = _runs(tmp_path, "broken")

@@ -5,7 +5,8 @@ import optuna
 import pytest
 from ray.tune.search.optuna import OptunaSearch
 
-from search.space import Preset, PresetError, available_presets
+from search.preset import Preset, PresetError, available_presets
+from search.space import clip_to_ranges, mutations, population, search_space, start_point
 from trainables.iic_trainable import trial_iic_config, trial_seeds
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -30,7 +31,7 @@ def test_bundled_presets_load_with_their_datasets():
 
 
 def test_gated_fields_are_proposed_only_when_the_gate_is_on():
-    space = _preset(GATED, {"dataset": "digits", "overcluster_k": 50}).space()
+    space = search_space(_preset(GATED, {"dataset": "digits", "overcluster_k": 50}))
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     seen = set()
     for _ in range(12):
@@ -46,7 +47,7 @@ def test_gated_fields_are_proposed_only_when_the_gate_is_on():
 
 
 def test_through_rays_optuna_searcher_the_trial_config_is_complete():
-    space = _preset(GATED).space(seeds=[7, 11])
+    space = search_space(_preset(GATED), seeds=[7, 11])
     searcher = OptunaSearch(
         space=space, metric="cluster_accuracy", mode="max", sampler=optuna.samplers.RandomSampler(seed=1)
     )
@@ -76,7 +77,7 @@ def test_pretrained_frozen_and_sobel_are_proposed_only_where_they_fit(preset):
             PRETRAINED, {"dataset": "digits", "backbone": "resnet18", "input_size": 64, "backbone_weights": "imagenet"}
         )
     )
-    space = loaded.space()
+    space = search_space(loaded)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     arms = set()
     for _ in range(30):
@@ -110,14 +111,14 @@ def test_unless_names_a_gate_listed_anywhere_and_is_checked_with_the_gate_off():
 
 
 def test_space_pickles_for_experiment_checkpoints():
-    space = pickle.loads(pickle.dumps(_preset(GATED).space()))
+    space = pickle.loads(pickle.dumps(search_space(_preset(GATED))))
     trial = optuna.create_study().ask()
     constants = space(trial)
     assert "lr" in trial.params and constants["dataset"] == "digits"
 
 
 def test_point_reproduces_a_trials_parameters():
-    space = _preset(GATED).space()
+    space = search_space(_preset(GATED))
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
     for _ in range(6):
         trial = study.ask()
@@ -194,11 +195,11 @@ def test_pbt_mutates_the_spaces_schedulable_fields_within_their_ranges():
     preset = _pbt_preset(PBT_SPACE)
     # repeats shapes each batch and overcluster_k the model: never mutated; a gate may switch a field off
     assert [p.name for p in preset.mutated_params()] == ["lr", "hflip_prob", "brightness"]
-    mutations = preset.mutations()
-    assert mutations["hflip_prob"] == [0.0, 0.5]  # choices: PBT shifts to a neighbour
-    assert (mutations["lr"].lower, mutations["lr"].upper) == (1e-3, 1e-2) and mutations["brightness"].upper == 0.9
+    mutated = mutations(preset)
+    assert mutated["hflip_prob"] == [0.0, 0.5]  # choices: PBT shifts to a neighbour
+    assert (mutated["lr"].lower, mutated["lr"].upper) == (1e-3, 1e-2) and mutated["brightness"].upper == 0.9
     assert [p.name for p in _pbt_preset(PBT_SPACE, {"mutate": ["brightness"]}).mutated_params()] == ["brightness"]
-    clip = preset.clip_to_ranges()
+    clip = clip_to_ranges(preset)
     explored = clip({"lr": 0.02, "brightness": 0.05, "hflip_prob": 0.5, "repeats": 3, "gate": {"overclustering": True}})
     assert explored == {
         "lr": 1e-2,
@@ -212,11 +213,11 @@ def test_pbt_mutates_the_spaces_schedulable_fields_within_their_ranges():
 
 def test_pbt_population_is_drawn_from_the_space_with_its_gates():
     preset = _pbt_preset(PBT_SPACE, {"population": 12})
-    population = preset.population(seeds=[7, 11], seed=5)
-    assert len(population) == 12 and population == preset.population(seeds=[7, 11], seed=5)  # seeded
-    assert population != preset.population(seeds=[7, 11], seed=6)
+    members = population(preset, seeds=[7, 11], seed=5)
+    assert len(members) == 12 and members == population(preset, seeds=[7, 11], seed=5)  # seeded
+    assert members != population(preset, seeds=[7, 11], seed=6)
     gates = set()
-    for member in population:
+    for member in members:
         config = trial_iic_config(member)
         assert member["pbt"] is True and trial_seeds(member) == [7, 11]
         assert 1e-3 <= config.lr <= 1e-2 and config.hflip_prob in (0.0, 0.5) and 2 <= config.repeats <= 5
@@ -259,7 +260,7 @@ def test_pbt_needs_something_to_mutate_outside_a_gate():
 def test_start_from_config_puts_the_configs_values_first_and_refuses_one_outside_the_space():
     preset = Preset.load("digits")
     assert preset.search.start_from_config
-    assert preset.start_point() == {
+    assert start_point(preset) == {
         "gate/overclustering": False,
         "lr": 3e-3,
         "lamb": 1.3,
@@ -279,3 +280,14 @@ def test_start_from_config_puts_the_configs_values_first_and_refuses_one_outside
     ):
         Preset.from_dict("mine", raw)
     Preset.from_dict("mine", {**raw, "search": {"start_from_config": False}})  # not asked for: any config will do
+
+
+def test_a_problem_of_the_fixed_config_is_named_once_and_values_only_for_what_they_add():
+    with pytest.raises(PresetError) as caught:
+        _preset({**GATED, "overcluster_k": {"low": 5, "high": 60}}, {"dataset": "digits", "num_subheads": 0})
+    message = str(caught.value)
+    assert message.count("num_subheads: must be at least 1") == 1
+    assert "config: num_subheads: must be at least 1" in message
+    # the value that is wrong by itself is blamed for its own problem only
+    assert re.search(r"space.overcluster_k: value 5 is invalid \(overcluster_k: must exceed num_clusters=10", message)
+    assert "value 60" not in message and "space.lr" not in message

@@ -6,21 +6,21 @@ from search.summary import print_summary
 
 
 def test_the_printed_trials_table_leaves_out_figures_no_trial_has(capsys):
-    # one seed per trial: no consensus of seeds; everything else is printed, best first as given
+    # one seed per trial: no spread over seeds; everything else is printed, best first as given
     table = pd.DataFrame(
         [
             {
                 "trial_id": "b",
                 "cluster_accuracy": 0.91,
                 "label_free_pick_accuracy": 0.91,
-                "consensus_accuracy": math.nan,
+                "cluster_accuracy_sd": math.nan,
                 "lr": 0.003,
             },
             {
                 "trial_id": "a",
                 "cluster_accuracy": 0.42,
                 "label_free_pick_accuracy": 0.42,
-                "consensus_accuracy": math.nan,
+                "cluster_accuracy_sd": math.nan,
                 "lr": 0.01,
             },
         ]

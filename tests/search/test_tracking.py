@@ -12,7 +12,10 @@ from ray import cloudpickle, tune
 from ray.tune.experiment import Trial
 
 from iic.status import RunStatus
-from search.mlflow_runs import (
+from search.reconcile import main as reconcile_main
+from search.tracking.logger import MLflowTrialLogger
+from search.tracking.reconcile import TUNE_RESULTS_FILE, reconcile, restored_trials, tune_results
+from search.tracking.runs import (
     ROLE_TAG,
     SEARCH_TAG,
     STATUS_TAG,
@@ -22,9 +25,6 @@ from search.mlflow_runs import (
     prepare_experiment,
     send_epochs,
 )
-from search.reconcile import main as reconcile_main
-from search.reconcile import reconcile, restored_trials
-from search.tracking import MLflowTrialLogger
 
 EPOCHS = 3
 
@@ -67,8 +67,30 @@ def search(tmp_path) -> SearchRecord:
     return SearchRecord(uri, experiment_id, "exp", parent, "test")
 
 
+def _folder(experiment: tuple[str, str]) -> str:
+    storage, name = experiment
+    return f"{storage}/{name}"
+
+
 def _results(trial) -> list[dict]:
-    return [json.loads(line) for line in (Path(trial.path) / "result.json").read_text().splitlines()]
+    """A trial's results as Ray 2.60 lays them out: one JSON line per report in the trial folder's result.json."""
+    return [json.loads(line) for line in (Path(trial.path) / TUNE_RESULTS_FILE).read_text().splitlines()]
+
+
+def test_tunes_public_records_of_a_finished_experiment_hold_every_epoch_of_every_trial(experiment):
+    # What reconcile reads (ExperimentAnalysis) must be what Tune wrote: should a Ray upgrade move or
+    # reshape a trial's results, this fails here, not as epochs silently missing from MLflow.
+    trials = restored_trials(_folder(experiment))
+    recorded = tune_results(_folder(experiment), trials)
+    assert len(trials) == 3 and set(recorded) == {trial.trial_id for trial in trials}
+    for trial in trials:
+        written = _results(trial)
+        assert [result["epoch"] for result in recorded[trial.trial_id]] == list(range(1, EPOCHS + 1))
+        for read, raw in zip(recorded[trial.trial_id], written, strict=True):
+            for key in ("epoch", "loss", "cluster_accuracy", "status", "timestamp", "trial_id", "training_iteration"):
+                assert read[key] == raw[key] and type(read[key]) is type(raw[key]), key
+    # only the trials asked for
+    assert tune_results(_folder(experiment), trials[:1]) == {trials[0].trial_id: recorded[trials[0].trial_id]}
 
 
 def _runs(search: SearchRecord) -> dict:
@@ -84,10 +106,10 @@ def _steps(search: SearchRecord, run, key: str = "loss") -> list[int]:
 
 
 def test_a_killed_drivers_gaps_are_filled_once_and_its_lost_runs_closed(experiment, search):
-    trials = restored_trials(f"{experiment[0]}/{experiment[1]}")
+    trials = restored_trials(_folder(experiment))
     first, second, third = trials
     lost = Trial("train_iic", config={"lr": 0.004, "epochs": EPOCHS}, trial_id="lost0001", stub=True)
-    driver = MLflowTrialLogger(search, "unused.json", quiet=True)
+    driver = MLflowTrialLogger(search, "unused.json", _folder(experiment), quiet=True)
     for trial in (first, second, lost):
         driver.on_trial_start(0, [], trial)
         driver.on_trial_result(
@@ -95,7 +117,7 @@ def test_a_killed_drivers_gaps_are_filled_once_and_its_lost_runs_closed(experime
         )
     # The driver is killed here: MLflow has epoch 1 of three trials (one of which Tune never
     # recorded), no run for the third, and every run open; Tune's records have all three trials ended.
-    report = reconcile(MlflowClient(search.tracking_uri), search, trials)
+    report = reconcile(MlflowClient(search.tracking_uri), search, _folder(experiment), trials)
 
     runs = _runs(search)
     assert {trial_id: (run.info.status, run.data.tags[STATUS_TAG]) for trial_id, run in runs.items()} == {
@@ -114,14 +136,16 @@ def test_a_killed_drivers_gaps_are_filled_once_and_its_lost_runs_closed(experime
         assert float(run.data.params["lr"]) == trial.config["lr"]
         assert [a.path for a in MlflowClient(search.tracking_uri).list_artifacts(run.info.run_id)] == ["config.yaml"]
 
-    again = reconcile(MlflowClient(search.tracking_uri), search, trials)  # idempotent: nothing left to do
+    again = reconcile(
+        MlflowClient(search.tracking_uri), search, _folder(experiment), trials
+    )  # idempotent: nothing left to do
     assert again.sent == {} and again.closed_lost == [] and again.failures == []
     assert all(_steps(search, run) == [1, 2, 3] for trial_id, run in _runs(search).items() if trial_id != "lost0001")
 
 
 def test_the_logger_skips_an_epoch_a_restored_trial_reports_again(experiment, search):
-    trial = restored_trials(f"{experiment[0]}/{experiment[1]}")[0]
-    logger = MLflowTrialLogger(search, "unused.json", quiet=True)
+    trial = restored_trials(_folder(experiment))[0]
+    logger = MLflowTrialLogger(search, "unused.json", _folder(experiment), quiet=True)
     first, second, _ = _results(trial)
     logger.on_trial_start(0, [], trial)
     for result in (
@@ -151,8 +175,8 @@ def test_with_mlflow_down_the_report_lists_every_epoch_and_where_tune_keeps_it(
 ):
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     search = SearchRecord("http://127.0.0.1:9", "0", "exp", "parent", "test")  # nothing listens on port 9
-    trials = restored_trials(f"{experiment[0]}/{experiment[1]}")
-    logger = MLflowTrialLogger(search, tmp_path / "report.json", retry_seconds=60, quiet=True)
+    trials = restored_trials(_folder(experiment))
+    logger = MLflowTrialLogger(search, tmp_path / "report.json", _folder(experiment), retry_seconds=60, quiet=True)
     for trial in trials:
         logger.on_trial_start(0, [], trial)
         for result in _results(trial):

@@ -7,6 +7,7 @@ import torch
 from ray import tune
 from ray.tune.schedulers import PopulationBasedTraining
 
+from trainables.collapse import TrialSettings, has_collapsed
 from trainables.iic_trainable import (
     CHECKPOINT_FILE,
     EXPLOIT_EPOCH_KEY,
@@ -15,8 +16,6 @@ from trainables.iic_trainable import (
     SCHEDULE_KEY,
     SEEDS_KEY,
     SUMMARY_FILE,
-    TrialSettings,
-    has_collapsed,
     train_iic,
     trial_finished,
     trial_iic_config,

@@ -2,8 +2,8 @@
 
 Names (tags, roles), filters, and the writes, each idempotent: an epoch's metrics carry the step
 (epoch) and timestamp of Tune's result, so an epoch sent twice is stored once; tags, params and
-artifacts are written again with equal values. ``search.tracking`` sends them as a search runs,
-``search.reconcile`` afterwards from Tune's records.
+artifacts are written again with equal values. ``search.tracking.logger`` sends them as a search runs,
+``search.tracking.reconcile`` afterwards from Tune's records.
 """
 
 import json
@@ -18,10 +18,8 @@ import numpy as np
 from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.tracking import MlflowClient
 
-from iic.consensus import CONSENSUS_ACCURACY
 from iic.plots import plot_cluster_gallery, plot_confusion_matrix
 from iic.seeds import INIT_SEED, LABEL_FREE_PICK, PER_SEED_METRICS, SPREAD_METRICS
-from iic.self_label import SELF_LABEL_SHARE
 from iic.status import RunStatus
 from search.ranking import trial_status
 from trainables.iic_trainable import (
@@ -51,8 +49,6 @@ TRIAL_METRICS = (
     "diagnostic_best_subhead_accuracy",
     "epoch_seconds",
     LABEL_FREE_PICK,
-    CONSENSUS_ACCURACY,
-    SELF_LABEL_SHARE,
     "supervised_accuracy",
     "train_accuracy",
     "held_out_loss",
@@ -98,9 +94,14 @@ class SearchRecord:
         return search_run_filter(self.search_name, self.role, trial_id, status)
 
 
+def role_filter(role: str) -> str:
+    """MLflow filter for the runs of one role, of every search."""
+    return f"tags.`{ROLE_TAG}` = '{role}'"
+
+
 def search_run_filter(search_name: str, role: str, trial_id: str | None = None, status: str | None = None) -> str:
     """MLflow filter for a search's runs of one role, optionally one trial's or those in one status."""
-    query = f"tags.`{SEARCH_TAG}` = '{search_name}' and tags.`{ROLE_TAG}` = '{role}'"
+    query = f"tags.`{SEARCH_TAG}` = '{search_name}' and {role_filter(role)}"
     query += f" and tags.`{TRIAL_TAG}` = '{trial_id}'" if trial_id else ""
     return query + (f" and attributes.status = '{status}'" if status else "")
 
@@ -131,11 +132,17 @@ def epoch_metrics(result: dict) -> list[Metric]:
 
 
 def result_tags(result: dict) -> list[RunTag]:
-    return [
-        RunTag(tag, ",".join(map(str, result[key])) if isinstance(result[key], list) else str(result[key]))
-        for key, tag in RESULT_TAGS.items()
-        if key in result
-    ]
+    return [RunTag(tag, tag_text(result[key])) for key, tag in RESULT_TAGS.items() if key in result]
+
+
+def tag_text(value) -> str:
+    """A result's value as a tag: lists comma-separated, whole numbers without a decimal point (a
+    result read back from Tune's table holds an integer column with gaps as floats)."""
+    if isinstance(value, list):
+        return ",".join(map(tag_text, value))
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
 
 
 def flat_params(config: dict, prefix: str = "") -> dict[str, str]:

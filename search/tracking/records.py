@@ -9,9 +9,16 @@ from mlflow.tracking import MlflowClient
 
 from iic.config import IICConfig
 from search.driver import SearchError, check_tracking_uri
+from search.preset import OBJECTIVES
 from search.ranking import best_first, counts
-from search.space import OBJECTIVES
-from search.mlflow_runs import ROLE_TAG, SEARCH_ROLE, SEARCH_TAG, STATUS_TAG, TRIAL_ROLE
+from search.tracking.runs import (
+    SEARCH_ROLE,
+    SEARCH_TAG,
+    STATUS_TAG,
+    TRIAL_ROLE,
+    role_filter,
+    search_run_filter,
+)
 from trainables.iic_trainable import SEEDS_KEY
 
 
@@ -46,9 +53,7 @@ def trial_runs(client: MlflowClient, experiment_id: str, role: str = TRIAL_ROLE)
     """Every run of the experiment with this role (trial, confirm or search), all pages."""
     runs, page_token = [], None
     while True:
-        page = client.search_runs(
-            [experiment_id], f"tags.`{ROLE_TAG}` = '{role}'", max_results=1000, page_token=page_token
-        )
+        page = client.search_runs([experiment_id], role_filter(role), max_results=1000, page_token=page_token)
         runs.extend(page)
         page_token = page.token
         if not page_token:
@@ -58,7 +63,8 @@ def trial_runs(client: MlflowClient, experiment_id: str, role: str = TRIAL_ROLE)
 def runs_of_search(runs: list[Run], experiment: str, search: str | None) -> list[Run]:
     if not runs:
         raise RecordsError(
-            f"experiment {experiment!r} has no trial runs; run a search first (python search/run.py --experiment {experiment})"
+            f"experiment {experiment!r} has no trial runs; run a search first (python search/run.py --experiment "
+            f"{experiment})"
         )
     if search is None:
         return runs
@@ -109,9 +115,7 @@ def seeds_param(run: Run) -> list[str]:
 
 def search_run(client: MlflowClient, experiment_id: str, search: str) -> Run:
     """The parent run of a search."""
-    runs = client.search_runs(
-        [experiment_id], f"tags.`{SEARCH_TAG}` = '{search}' and tags.`{ROLE_TAG}` = '{SEARCH_ROLE}'", max_results=1
-    )
+    runs = client.search_runs([experiment_id], search_run_filter(search, SEARCH_ROLE), max_results=1)
     if not runs:
         raise RecordsError(f"search {search!r} has no parent run in this experiment; was it recorded by search/run.py?")
     return runs[0]

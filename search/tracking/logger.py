@@ -4,10 +4,10 @@
 again) one run per trial when the trial starts, sends each new epoch as one batch of metrics with
 the trial's status tags, and when the trial ends logs its figures, config and final status and
 closes its run on a background thread (figures take seconds; Tune's event loop must not wait).
-Every write is idempotent (``search.mlflow_runs``). While the tracking server does not answer, the
+Every write is idempotent (``search.tracking.runs``). While the tracking server does not answer, the
 logger skips its writes (the trials train on) and probes it every ``retry_seconds``: nothing waits
 in memory, since Tune keeps every result in the trial's ``result.json``. When the search ends,
-``search.reconcile`` sends what MLflow lacks, and the report (``report_path``) says what it could not.
+``search.tracking.reconcile`` sends what MLflow lacks, and the report (``report_path``) says what it could not.
 """
 
 import time
@@ -19,7 +19,9 @@ from ray import tune
 
 from iic.status import RunStatus
 from search.deadline import ConfirmationDeadline
-from search.mlflow_runs import (
+from search.ranking import trial_status
+from search.tracking.reconcile import reconcile, write_report
+from search.tracking.runs import (
     SearchRecord,
     create_trial_run,
     end_trial_run,
@@ -30,8 +32,6 @@ from search.mlflow_runs import (
     send_epochs,
     server_unreachable,
 )
-from search.ranking import trial_status
-from search.reconcile import reconcile, write_report
 
 # Shown in the one line printed when a trial starts.
 SHOWN_SETTINGS = ("lr", "lamb", "batch_size", "repeats", "overcluster_k", "sobel", "crop_min_scale", "rotation_degrees")
@@ -39,12 +39,14 @@ SHOWN_SETTINGS = ("lr", "lamb", "batch_size", "repeats", "overcluster_k", "sobel
 
 class MLflowTrialLogger(tune.Callback):
     """Records a search's trials in MLflow from the Tune driver (see the module docstring); with
-    ``quiet`` off it also prints one line when a trial starts and one when it ends."""
+    ``quiet`` off it also prints one line when a trial starts and one when it ends. ``experiment_dir``:
+    the folder of the Tune experiment it logs (storage path and name), whose records it reconciles."""
 
     def __init__(
         self,
         search: SearchRecord,
         report_path: str | Path,
+        experiment_dir: str,
         retry_seconds: float = 30.0,
         time_budget_s: float | None = None,
         quiet: bool = False,
@@ -52,6 +54,7 @@ class MLflowTrialLogger(tune.Callback):
     ):
         self.search = search
         self.report_path = str(report_path)
+        self.experiment_dir = experiment_dir
         self.retry_seconds = retry_seconds
         self.time_budget_s = time_budget_s
         self.deadline = deadline  # the stopper that may end the search stage early (a budget stop too)
@@ -73,11 +76,19 @@ class MLflowTrialLogger(tune.Callback):
         # Pickled with the experiment for Tuner.restore: settings only.
         return {
             key: getattr(self, key)
-            for key in ("search", "report_path", "retry_seconds", "time_budget_s", "quiet", "deadline")
+            for key in (
+                "search",
+                "report_path",
+                "experiment_dir",
+                "retry_seconds",
+                "time_budget_s",
+                "quiet",
+                "deadline",
+            )
         }
 
     def __setstate__(self, state):
-        self.__dict__.update({"deadline": None, **state})  # searches recorded before deadlines existed have none
+        self.__dict__.update(state)
         self._reset()
 
     def setup(self, **info):
@@ -200,6 +211,6 @@ class MLflowTrialLogger(tune.Callback):
                 # ending them one by one): the time budget ran out, or the search was stopped.
                 self._record_end(trial, RunStatus.STOPPED_BY_BUDGET if budget_spent else RunStatus.STOPPED, "FINISHED")
         closed = {trial_id for trial_id, done in self._closed.items() if done.done() and done.result()}
-        report = reconcile(self._client, self.search, trials, self._ended, self._sent, closed)
+        report = reconcile(self._client, self.search, self.experiment_dir, trials, self._ended, self._sent, closed)
         report.failures[:0] = self.failures
         write_report(report, self.report_path)

@@ -1,0 +1,450 @@
+"""Search presets: editable YAML files that say which IIC settings a search varies, and how.
+
+A preset (``search/presets/NAME.yaml``, or a file of your own) has these sections:
+
+- ``extends``: a training config file (``configs/*.yaml``) read under the preset's own ``config``;
+- ``config``: IICConfig fields shared by every trial (defaults of ``iic/config.py`` fill the rest);
+- ``space``: the searched fields, each a range (``low``/``high``, optional ``log``) or a list of
+  ``choices``, optionally only ``when`` a gate is on, or ``unless`` it is; a gate (``{gate: true}``)
+  is a yes/no choice that switches a group of fields on or off (overclustering: its
+  ``overcluster_k`` and ``overcluster_passes`` are proposed only when it is on, and ``otherwise:
+  {overcluster_k: 0}`` says what the fields are when it is off). Gates are decided before the
+  fields that name them, wherever the file lists them. ``unless`` searches what only fits the gate's
+  off state (``sobel`` unless ``pretrained``: ImageNet weights do not read Sobel's gradients);
+- ``search``: the defaults of the search itself (``SearchDefaults``: budget, concurrency, resources,
+  early stopping, confirmation, ``scheduler``: ``asha`` or ``pbt``);
+- ``pbt``: how population-based training runs it (``PBTSettings``).
+
+This module is the format: reading, checking every range against IICConfig's own validation, and
+the gated walk over the space (``assign``). ``search/space.py`` turns a preset into Optuna's and
+Tune's objects. It imports neither Optuna nor Ray, so that a machine with torch alone can read
+presets and draw configs from them (``draw``).
+"""
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from iic.config import ConfigError, IICConfig, read_yaml
+from trainables.collapse import TrialSettings
+
+PRESETS_DIR = Path(__file__).resolve().parent / "presets"
+PRESET_SECTIONS = ("description", "extends", "config", "space", "search", "pbt")
+OBJECTIVES = {"cluster_accuracy": "max", "mutual_information": "max"}
+SCHEDULERS = ("asha", "pbt")  # ASHA stops TPE's weak trials early; PBT evolves a population's schedules
+# The collapse rule's settings: a trial's TrialSettings, searchable per preset under the same names.
+COLLAPSE_SETTINGS = tuple(f.name for f in dataclasses.fields(TrialSettings) if f.name.startswith("collapse_"))
+
+
+class PresetError(ValueError):
+    """A preset that cannot be searched; the message names the entry and the fix."""
+
+
+@dataclass(frozen=True)
+class Param:
+    """One searched field: a float/int range or a list of choices, or a gate."""
+
+    name: str
+    kind: str  # "float", "int", "categorical" or "gate"
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    choices: tuple = ()
+    when: str | None = None  # proposed only while this gate is on ...
+    unless: str | None = None  # ... or only while this gate is off
+    off: tuple = ()  # a gate's (field, value) pairs for when it is off
+
+    @property
+    def options(self) -> list:
+        """The values of a categorical field or a gate."""
+        return list(self.choices) if self.kind == "categorical" else [False, True]
+
+    def active(self, gates: dict[str, bool]) -> bool:
+        """Whether the field is proposed, given the gates decided so far."""
+        if self.when is not None and not gates.get(self.when, False):
+            return False
+        return self.unless is None or not gates.get(self.unless, True)
+
+    def spec(self) -> dict:
+        """The param as a preset's ``space`` entry (``parse_space`` reads it back)."""
+        if self.kind == "gate":
+            return {"gate": True, "otherwise": dict(self.off)}
+        spec = (
+            {"choices": list(self.choices)}
+            if self.kind == "categorical"
+            else {"low": self.low, "high": self.high, "log": self.log}
+        )
+        return spec | {key: gate for key, gate in (("when", self.when), ("unless", self.unless)) if gate}
+
+
+@dataclass
+class SearchDefaults:
+    """How a preset is searched unless the command line says otherwise."""
+
+    num_samples: int = 12
+    max_concurrent: int = 2
+    objective: str = "cluster_accuracy"
+    # Every trial trains its config on these many seeds (the same for all trials, drawn from the
+    # search's --seed) and reports their mean: IIC's result swings with the seed.
+    seeds_per_trial: int = 3
+    # After the search, the best confirm_top distinct configs are trained again on confirm_seeds
+    # fresh seeds (never those of the search), and ranked by that: 0 switches it off.
+    confirm_top: int = 3
+    confirm_seeds: int = 5
+    scheduler: str = "asha"  # or "pbt": population-based training (the preset's pbt section)
+    grace_period: int = 10  # epochs before ASHA may stop a trial
+    reduction_factor: int = 3
+    time_budget_s: float | None = None  # for the search; the confirmation stage runs after it
+    # For the whole search, confirmation included: the search stage ends when the confirmation, at
+    # the speed the trials measured, would not end by then (search/deadline.py).
+    deadline_s: float | None = None
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    collapse_share: float = TrialSettings.collapse_share
+    collapse_patience: int = TrialSettings.collapse_patience
+    collapse_information: float = TrialSettings.collapse_information
+    collapse_warmup: int = TrialSettings.collapse_warmup
+    max_failures: int = 2  # retries of a crashed trial, from its last checkpoint
+    # TPE's first trial is the preset's config itself (each searched field at its config value): a
+    # search too short to explore then still ends no lower than the config it starts from. PBT's
+    # population is drawn at random and ignores it.
+    start_from_config: bool = False
+    # A trial is confirmed instead of that start config only when it beats it on the search's seeds
+    # by this many standard errors of the difference (the seeds' sd from the median of the trials'): the best of a
+    # dozen trials beats it by luck alone otherwise (search/challenger.py). 0: the plain ranking.
+    challenger_margin: float = 2.0
+
+
+@dataclass
+class PBTSettings:
+    """How population-based training runs a preset (``--scheduler pbt``): Population Based
+    Augmentation (Ho et al., ICML 2019) ran 16 trials and exploited every 3 epochs."""
+
+    population: int = 8  # trials trained side by side (the search's num_samples)
+    perturbation_interval: int = 3  # epochs between a trial's chances to take over a better one's checkpoint
+    quantile_fraction: float = 0.25  # the bottom share of trials takes over the top share's checkpoints
+    resample_probability: float = 0.25  # a mutated value drawn afresh from its range, else scaled by 0.8 or 1.2
+    mutate: list[str] | None = None  # fields PBT changes; default: the space's schedulable fields
+
+
+@dataclass
+class Preset:
+    name: str
+    description: str
+    config: dict
+    params: list[Param]
+    search: SearchDefaults = field(default_factory=SearchDefaults)
+    pbt: PBTSettings = field(default_factory=PBTSettings)
+
+    @classmethod
+    def load(cls, name_or_path: str) -> "Preset":
+        """A bundled preset by name (``search/presets/NAME.yaml``) or a YAML file by path."""
+        path, raw = read_preset(name_or_path)
+        try:
+            return cls.from_dict(path.stem, raw)
+        except PresetError as err:
+            raise PresetError(f"{path}: {err}") from None
+
+    @classmethod
+    def from_dict(cls, name: str, raw: dict) -> "Preset":
+        check_sections(raw)
+        try:
+            IICConfig.from_dict(raw.get("config") or {})
+        except ConfigError as err:
+            raise PresetError(f"config section: {err}") from None
+        search_fields = {f.name for f in dataclasses.fields(SearchDefaults)}
+        bad = set(raw.get("search") or {}) - search_fields
+        if bad:
+            raise PresetError(
+                f"search section: unknown setting(s) {', '.join(sorted(bad))}; valid: "
+                f"{', '.join(sorted(search_fields))}"
+            )
+        pbt_fields = {f.name for f in dataclasses.fields(PBTSettings)}
+        bad = set(raw.get("pbt") or {}) - pbt_fields
+        if bad:
+            raise PresetError(
+                f"pbt section: unknown setting(s) {', '.join(sorted(bad))}; valid: {', '.join(sorted(pbt_fields))}"
+            )
+        preset = cls(
+            name=name,
+            description=raw.get("description", ""),
+            config=dict(raw.get("config") or {}),
+            params=parse_space(raw.get("space")),
+            search=SearchDefaults(**(raw.get("search") or {})),
+            pbt=PBTSettings(**(raw.get("pbt") or {})),
+        )
+        preset.validate()
+        return preset
+
+    def to_dict(self) -> dict:
+        """The preset as a preset file's sections (``from_dict`` reads it back): what a search stores
+        so that ``--resume`` continues it as it was, whatever became of the file."""
+        return {
+            "description": self.description,
+            "config": dict(self.config),
+            "space": {p.name: p.spec() for p in self.params},
+            "search": dataclasses.asdict(self.search),
+            "pbt": dataclasses.asdict(self.pbt),
+        }
+
+    def validate(self) -> None:
+        """Check every range against IICConfig's own validation, before any trial starts."""
+        problems = []
+        gates = {}
+        for param in self.params:
+            for key, gate in (("when", param.when), ("unless", param.unless)):
+                if gate is not None and gate not in gates:
+                    problems.append(
+                        f"space.{param.name}: '{key}: {gate}' names no gate; declare `{gate}: {{gate: true}}`"
+                    )
+            if param.kind == "gate":
+                gates[param.name] = param
+        base = IICConfig.from_dict(self.config)
+        # The fixed config's own problems are reported once, as its own; a searched value is blamed
+        # only for the problems it adds.
+        fixed = problems_of(base)
+        problems += [f"config: {problem}" for problem in fixed]
+        for param in self.params:
+            if param.kind == "gate" and param.off:
+                added = [p for p in problems_of(base, **dict(param.off)) if p not in fixed]
+                if added:
+                    problems.append(f"space.{param.name}.otherwise: " + "\n  ".join(added))
+        # Every extreme of every range must make a valid config on its own (with its gate off for ``unless``).
+        for param in self.params:
+            if param.kind == "gate":
+                continue
+            values = param.choices if param.kind == "categorical" else (param.low, param.high)
+            off = dict(gates[param.unless].off) if param.unless in gates else {}
+            for value in values:
+                added = [p for p in problems_of(base, **{**off, param.name: value}) if p not in fixed]
+                if added:
+                    detail = "\n  ".join(added)
+                    problems.append(f"space.{param.name}: value {value!r} is invalid ({detail})")
+        if self.search.objective not in OBJECTIVES:
+            problems.append(f"search.objective: {self.search.objective!r} is not one of {', '.join(OBJECTIVES)}")
+        if self.search.scheduler not in SCHEDULERS:
+            problems.append(f"search.scheduler: {self.search.scheduler!r} is not one of {', '.join(SCHEDULERS)}")
+        problems += self._pbt_problems()
+        problems += self._start_problems()
+        if problems:
+            raise PresetError("invalid preset:\n  " + "\n  ".join(problems))
+
+    def _start_problems(self) -> list[str]:
+        if not self.search.start_from_config:
+            return []
+        # gated fields whose gate the config leaves off are not proposed
+        values = config_point(self.params, IICConfig.from_dict(self.config).to_dict())
+        problems = []
+        for param in self.params:
+            value = values.get(param.name)
+            inside = (
+                param.kind == "gate"
+                or value is None
+                or (value in param.choices if param.kind == "categorical" else param.low <= value <= param.high)
+            )
+            if not inside:
+                span = list(param.choices) if param.kind == "categorical" else f"[{param.low}, {param.high}]"
+                problems.append(
+                    f"search.start_from_config: {param.name} is {value!r} in the config, outside the space's {span}; "
+                    f"set it inside in the config section, widen the range, or set start_from_config: false"
+                )
+        return problems
+
+    def _pbt_problems(self) -> list[str]:
+        pbt, problems = self.pbt, []
+        if not (isinstance(pbt.population, int) and pbt.population >= 2):
+            problems.append(
+                f"pbt.population: a population needs at least 2 trials (got {pbt.population!r}); PBA used 16"
+            )
+        if not (isinstance(pbt.perturbation_interval, int) and pbt.perturbation_interval >= 1):
+            problems.append(
+                "pbt.perturbation_interval: give a whole number of epochs, at least 1 (got "
+                f"{pbt.perturbation_interval!r}); PBA used 3"
+            )
+        if not (isinstance(pbt.quantile_fraction, (int, float)) and 0 < pbt.quantile_fraction <= 0.5):
+            problems.append(
+                f"pbt.quantile_fraction: must lie in (0, 0.5] (got {pbt.quantile_fraction!r}): the bottom share that "
+                "takes over the top share"
+            )
+        if not (isinstance(pbt.resample_probability, (int, float)) and 0 <= pbt.resample_probability <= 1):
+            problems.append(
+                f"pbt.resample_probability: a probability must lie in [0, 1] (got {pbt.resample_probability!r})"
+            )
+        if self.search.scheduler != "pbt":
+            return problems
+        params = {p.name: p for p in self.params}
+        schedulable = ", ".join(IICConfig.SCHEDULABLE_FIELDS)
+        for name in pbt.mutate if pbt.mutate is not None else []:
+            if name not in IICConfig.SCHEDULABLE_FIELDS:
+                problems.append(f"pbt.mutate: {name} cannot change while a trial trains; PBT may mutate {schedulable}")
+            elif name not in params:
+                problems.append(
+                    f"pbt.mutate: {name} is not searched; give it a range under space (PBT draws fresh values from it)"
+                )
+            elif params[name].when is not None:
+                problems.append(
+                    f"pbt.mutate: {name} is proposed only when {params[name].when} is on; PBT cannot mutate a gated "
+                    "field"
+                )
+        if not self.mutated_params():
+            problems.append(f"pbt: nothing to mutate; the space searches none of {schedulable} (outside a gate)")
+        if "schedule" in self.config:
+            problems.append(
+                "config.schedule: under PBT every trial's schedule is what the population makes of it; remove the "
+                "fixed schedule"
+            )
+        return problems
+
+    def mutated_params(self) -> list[Param]:
+        """The searched fields PBT changes as trials train: ``pbt.mutate``, or every schedulable field
+        of the space that no gate switches off."""
+        names = self.pbt.mutate if self.pbt.mutate is not None else IICConfig.SCHEDULABLE_FIELDS
+        return [p for p in self.params if p.name in names and p.name in IICConfig.SCHEDULABLE_FIELDS and p.when is None]
+
+
+def problems_of(config: IICConfig, **changes) -> list[str]:
+    """What IICConfig's own checks find wrong with ``config`` with ``changes`` made (the data unchecked)."""
+    try:
+        config.replace(**changes).validate(check_data=False)
+    except ConfigError as err:
+        return err.problems
+    return []
+
+
+def available_presets() -> list[str]:
+    return sorted(path.stem for path in PRESETS_DIR.glob("*.yaml"))
+
+
+def read_preset(name_or_path: str) -> tuple[Path, dict]:
+    """The file of a bundled preset (by name) or of a YAML path, and its contents, with the training
+    config file it ``extends`` merged under its own ``config`` section."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = PRESETS_DIR / f"{name_or_path}.yaml"
+    if not path.is_file():
+        raise PresetError(
+            f"unknown preset {name_or_path!r}: choose one of {', '.join(available_presets())} or give a YAML file path"
+        )
+    raw = read_yaml(path, PresetError) or {}
+    if raw.get("extends"):
+        # A training config file (configs/*.yaml) under the preset's own config section.
+        extended = (path.parent / raw["extends"]).resolve()
+        if not extended.is_file():
+            raise PresetError(
+                f"{path}: extends {raw['extends']!r}, which does not exist (paths are relative to the preset)"
+            )
+        raw["config"] = {**(read_yaml(extended, PresetError) or {}), **(raw.get("config") or {})}
+    return path, raw
+
+
+def check_sections(raw: dict) -> None:
+    unknown = set(raw) - set(PRESET_SECTIONS)
+    if unknown:
+        raise PresetError(f"unknown section(s) {', '.join(sorted(unknown))}; a preset has {', '.join(PRESET_SECTIONS)}")
+
+
+def parse_space(space: dict | None) -> list[Param]:
+    """The space's params, gates first (so a field's gate is decided before it, whatever order the
+    file lists them in: a YAML writer may sort the keys), otherwise in the file's order."""
+    params = [parse_param(name, spec) for name, spec in (space or {}).items()]
+    return sorted(params, key=lambda param: param.kind != "gate")
+
+
+def parse_param(name: str, spec) -> Param:
+    fields = {f.name: f for f in dataclasses.fields(IICConfig)}
+    if not isinstance(spec, dict):
+        raise PresetError(
+            f"space.{name}: expected a mapping such as {{low: 0.1, high: 0.9}} or {{choices: [...]}}, got {spec!r}"
+        )
+    unknown = set(spec) - {"low", "high", "log", "choices", "when", "unless", "gate", "otherwise"}
+    if unknown:
+        raise PresetError(
+            f"space.{name}: unknown key(s) {', '.join(sorted(map(str, unknown)))}; use low/high/log, choices, when or "
+            "unless, or gate and otherwise"
+        )
+    when, unless = spec.get("when"), spec.get("unless")
+    if spec.get("gate"):
+        if name in fields:
+            raise PresetError(f"space.{name}: a gate cannot share its name with an IICConfig field")
+        off = spec.get("otherwise") or {}
+        if not isinstance(off, dict) or any(key not in fields for key in off):
+            raise PresetError(
+                f"space.{name}: otherwise must map IICConfig fields to their values when the gate is off, e.g. "
+                f"{{overcluster_k: 0}}"
+            )
+        return Param(name, "gate", off=tuple(off.items()))
+    if name not in fields:
+        close = difflib.get_close_matches(name, fields, n=1)
+        raise PresetError(f"space.{name}: not an IICConfig field" + (f" — did you mean {close[0]!r}?" if close else ""))
+    if "choices" in spec:
+        choices = spec["choices"]
+        if not isinstance(choices, list) or not choices:
+            raise PresetError(f"space.{name}: choices must be a non-empty list")
+        return Param(name, "categorical", choices=tuple(choices), when=when, unless=unless)
+    if "low" not in spec or "high" not in spec:
+        raise PresetError(f"space.{name}: give low and high (a range) or choices (a list)")
+    low, high = spec["low"], spec["high"]
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)):
+        raise PresetError(f"space.{name}: low and high must be numbers, got {low!r} and {high!r}")
+    if low >= high:
+        raise PresetError(
+            f"space.{name}: low ({low}) must be below high ({high}); for a fixed value put it under config"
+        )
+    log = bool(spec.get("log", False))
+    if log and low <= 0:
+        raise PresetError(f"space.{name}: a log range needs low > 0 (got {low})")
+    kind = "int" if fields[name].type is int else "float"
+    if kind == "int" and not (float(low).is_integer() and float(high).is_integer()):
+        raise PresetError(f"space.{name}: {name} is an integer field; low and high must be integers")
+    return Param(name, kind, low=low, high=high, log=log, when=when, unless=unless)
+
+
+def assign(params: list[Param], choose: Callable[[Param], Any]) -> tuple[dict, dict]:
+    """Walk the params in order and ask ``choose(param)`` for the value of each one whose gate (if
+    it has one) is on. Returns the chosen values by param name (gates included) and the IICConfig
+    fields that the gates chosen off fix (their ``otherwise``)."""
+    chosen, fixed = {}, {}
+    for param in params:
+        if not param.active(chosen):
+            continue
+        chosen[param.name] = choose(param)
+        if param.kind == "gate" and not chosen[param.name]:
+            fixed.update(param.off)
+    return chosen, fixed
+
+
+def config_point(params: list[Param], config: dict) -> dict:
+    """The values of the params, by field (and gate) name, that would reproduce ``config`` (a complete
+    IICConfig dict): searched fields at the config's values, a gate on unless the config matches its
+    ``otherwise`` values."""
+
+    def value(param: Param):
+        if param.kind == "gate":
+            return not param.off or any(config.get(k) != v for k, v in param.off)
+        return config[param.name]
+
+    return assign(params, value)[0]
+
+
+def config_changes(params: list[Param], chosen: dict, fixed: dict) -> dict:
+    """The IICConfig fields that ``assign``'s result sets (gates are not fields)."""
+    return {**{p.name: chosen[p.name] for p in params if p.kind != "gate" and p.name in chosen}, **fixed}
+
+
+def draw(param: Param, rng: np.random.Generator):
+    """A value of ``param`` drawn uniformly (log-uniformly for a log range), as Optuna's random
+    sampler draws it; plain Python types, so that it writes to JSON and YAML as it is."""
+    if param.kind in ("categorical", "gate"):
+        options = param.options
+        return options[int(rng.integers(len(options)))]
+    if param.kind == "int":
+        if param.log:
+            return int(round(float(np.exp(rng.uniform(np.log(param.low), np.log(param.high))))))
+        return int(rng.integers(int(param.low), int(param.high) + 1))
+    if param.log:
+        return float(np.exp(rng.uniform(np.log(param.low), np.log(param.high))))
+    return float(rng.uniform(param.low, param.high))
