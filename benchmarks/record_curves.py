@@ -32,12 +32,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from search.preset_file import assign, config_changes, draw, parse_space, read_preset
 
 from benchmarks.common import command
 from iic.config import ConfigError, IICConfig
 from iic.status import RunStatus
 from iic.trainer import train
+from search.preset import assign, config_changes, draw, parse_space, read_preset
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 DEFAULT_PRESET = "digits_wide"

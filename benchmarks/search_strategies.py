@@ -23,15 +23,15 @@ from pathlib import Path
 
 import numpy as np
 import optuna
-from search.preset_file import Param, assign, parse_space
 
 from benchmarks.common import command, spread
 from benchmarks.common import table as text_table
 from benchmarks.record_curves import DEFAULT_PRESET, default_table_path, read_table
 from iic.config import IICConfig
 from iic.status import RunStatus
+from search.preset import Param, PBTSettings, assign, parse_space
 from search.ranking import best_first
-from search.space import PBTSettings, suggest
+from search.space import suggest
 
 STRATEGIES = ("random", "tpe", "tpe+asha", "pbt")
 DEFAULT_BUDGETS = (100, 200, 400, 800)

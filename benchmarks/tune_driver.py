@@ -21,13 +21,14 @@ from pathlib import Path
 import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
-from search.mlflow_runs import SearchRecord, open_search_run, prepare_experiment
 
 from benchmarks.common import command, table
 from iic.config import IICConfig
 from iic.trainer import train
-from search.space import Preset
-from search.tracking import MLflowTrialLogger
+from search.driver import experiment_dir
+from search.preset import Preset
+from search.tracking.logger import MLflowTrialLogger
+from search.tracking.runs import SearchRecord, open_search_run, prepare_experiment
 from trainables.iic_trainable import SUMMARY_FILE, write_cluster_summary
 
 METRICS = (  # what a real trial reports each epoch
@@ -88,6 +89,10 @@ def timed(logger: MLflowTrialLogger, seconds: dict[str, list[float]]) -> MLflowT
     return logger
 
 
+def run_name(trials: int, tracking_uri: str | None) -> str:
+    return f"driver-{trials}-{tracking_uri is not None}"
+
+
 def run(args, trials: int, summary: bytes, storage: Path, tracking_uri: str | None) -> dict:
     arrivals, seconds = Arrivals(), {}
     callbacks, logger = [arrivals], None
@@ -96,7 +101,8 @@ def run(args, trials: int, summary: bytes, storage: Path, tracking_uri: str | No
         experiment_id = prepare_experiment(tracking_uri, f"bench-driver-{time.time_ns()}")
         parent = open_search_run(tracking_uri, experiment_id, "bench", preset, {})
         record = SearchRecord(tracking_uri, experiment_id, "bench", parent, "bench")
-        logger = timed(MLflowTrialLogger(record, storage / "report.json", quiet=True), seconds)
+        folder = experiment_dir(str(storage), run_name(trials, tracking_uri))
+        logger = timed(MLflowTrialLogger(record, storage / "report.json", folder, quiet=True), seconds)
         callbacks.append(logger)
     trainable = tune.with_parameters(
         reporting_trial, reports=args.reports, checkpoint_kb=args.checkpoint_kb, summary=summary
@@ -114,7 +120,7 @@ def run(args, trials: int, summary: bytes, storage: Path, tracking_uri: str | No
         ),
         run_config=tune.RunConfig(
             storage_path=str(storage),
-            name=f"driver-{trials}-{tracking_uri is not None}",
+            name=run_name(trials, tracking_uri),
             callbacks=callbacks,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             verbose=0,

@@ -16,7 +16,7 @@ from benchmarks.search_strategies import (
     run_pbt,
     run_search,
 )
-from search.space import PBTSettings
+from search.preset import PBTSettings
 
 EPOCHS = 8
 SEEDS = [0, 1, 2, 3, 4]
