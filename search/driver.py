@@ -1,6 +1,7 @@
 """What every command that drives trials shares (the search, its confirmation stage): checking the
-MLflow store, joining or starting Ray, the trainable with the search's resources, the driver's own
-folder, and the environment the driver runs in.
+MLflow store, joining or starting Ray, the trainable with the search's resources, Tune's param space
+of given points, where experiments and the driver's own records go, and the environment the driver
+runs in.
 """
 
 import os

@@ -53,16 +53,19 @@ def cluster():
     from ray.cluster_utils import Cluster
 
     # The head, like cluster.yaml's, runs the driver and no trial; a lost node is noticed in ~3 s.
-    # Worker nodes join in the tests (the first test plays the autoscaler).
-    cluster = Cluster(
-        initialize_head=True,
-        head_node_args={
-            "num_cpus": 0,
-            "_system_config": {"health_check_period_ms": 1000, "health_check_failure_threshold": 3},
-        },
-    )
-    yield cluster
-    cluster.shutdown()
+    # Worker nodes join in the tests (the first test plays the autoscaler). Every node's processes
+    # import this checkout, as the drivers do, not an installed one.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PYTHONPATH", str(ROOT))
+        cluster = Cluster(
+            initialize_head=True,
+            head_node_args={
+                "num_cpus": 0,
+                "_system_config": {"health_check_period_ms": 1000, "health_check_failure_threshold": 3},
+            },
+        )
+        yield cluster
+        cluster.shutdown()
     # Cluster() registered itself as "the local Ray" for ray.init(); later tests start their own.
     Path(ray._private.utils.get_ray_address_file(None)).unlink(missing_ok=True)
 
