@@ -41,7 +41,7 @@ def _history(result):
     return [(m["epoch"], m["loss"], m["cluster_accuracy"]) for m in result.history]
 
 
-def _check(result):
+def check_pinned(result):
     assert [epoch for epoch, _, _ in _history(result)] == [1, 2, 3, 4]
     for (epoch, loss, accuracy), (_, pinned_loss, pinned_accuracy) in zip(
         _history(result), PINNED_HISTORY, strict=True
@@ -52,7 +52,7 @@ def _check(result):
 
 
 def test_a_short_digits_run_trains_to_its_pinned_figures():
-    _check(train(CONFIG, seeds=SEEDS))
+    check_pinned(train(CONFIG, seeds=SEEDS))
 
 
 def test_a_run_stopped_before_the_pick_and_resumed_trains_to_the_same_figures(tmp_path):
@@ -64,4 +64,4 @@ def test_a_run_stopped_before_the_pick_and_resumed_trains_to_the_same_figures(tm
 
     stopped = train(CONFIG, on_epoch=stop_after_one, seeds=SEEDS)
     assert stopped.status == "stopped" and len(stopped.history) == 1
-    _check(train(CONFIG, resume_from=checkpoint, seeds=SEEDS))
+    check_pinned(train(CONFIG, resume_from=checkpoint, seeds=SEEDS))
