@@ -12,7 +12,7 @@ checked with the command they carry.
   imported, fails. ``--set KEY=VALUE`` must name an ``IICConfig`` field, ``--preset`` a bundled
   preset, ``--dataset`` a data set, and paths into the repository must exist. Cheap ones run:
   ``--help``, and ``python -m iic.train`` for at most ``CHEAP_EPOCHS`` epochs (its ``--out``
-  redirected to a temporary folder).
+  redirected to a temporary folder, on ``CHEAP_SAMPLES`` images to keep the suite short).
 - ``pip``, ``ray``, ``bash``, ``mlflow`` and ``python -m pytest``: shape only (the extras, files and
   scripts they name exist).
 
@@ -70,6 +70,7 @@ CONSOLE_SCRIPTS = {
 }
 RUNS_CHEAPLY = "python -m iic.train"  # run for real when it trains at most CHEAP_EPOCHS epochs
 CHEAP_EPOCHS = 2
+CHEAP_SAMPLES = 300
 PREFIXES = ("python", "iic-", "pip", "ray", "bash", "mlflow")
 RAY_SUBCOMMANDS = {"up", "down", "attach", "exec", "dashboard", "job", "rsync-down", "rsync-up", "monitor", "status"}
 MLFLOW_SUBCOMMANDS = {"ui", "server"}
@@ -304,7 +305,7 @@ def test_command_parses(command: Command):
     assert not problems, f"{command.source}: {command}\n  " + "\n  ".join(problems)
 
 
-# Printing help takes seconds; a training run starts torch and trains (30-45 s on 2 busy cores): slow.
+# Printing help takes seconds; a training run starts torch and trains (10-20 s on 2 cores): slow.
 RUN_PARAMS = [
     pytest.param(command, id=name, marks=() if is_help(command) else pytest.mark.slow)
     for command, name in zip(RUN, ids(RUN), strict=True)
@@ -318,6 +319,8 @@ def test_cheap_command_runs(command: Command, tmp_path: Path):
         argv[argv.index("--out") + 1] = str(tmp_path / "out")
     elif kind(command.tokens) == RUNS_CHEAPLY and "--help" not in argv:
         argv += ["--out", str(tmp_path / "out")]
+    if kind(command.tokens) == RUNS_CHEAPLY and "--help" not in argv:
+        argv += ["--set", f"max_samples={CHEAP_SAMPLES}"]
     prefix = kind(command.tokens).split()[1:]
     environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run(

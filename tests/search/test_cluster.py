@@ -23,28 +23,13 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from search.tracking.runs import ROLE_TAG, TRIAL_TAG
+from tests.search import flags
 
 # Multi-process fault tests: real Ray clusters, servers and drivers killed on purpose.
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
-# One seed per trial, no screening and no confirmation stage: these tests are about faults, not seeds.
-TINY = [
-    "--set",
-    "max_samples=200",
-    "--set",
-    "backbone_width=4",
-    "--set",
-    "screen_inits=1",
-    "--cpus-per-trial",
-    "1",
-    "--gpus-per-trial",
-    "0.5",
-    "--seeds-per-trial",
-    "1",
-    "--confirm-top",
-    "0",
-]
+TINY = [*flags.TINY, "--cpus-per-trial", "1", "--gpus-per-trial", "0.5"]
 
 
 @pytest.fixture(scope="module")

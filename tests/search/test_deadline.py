@@ -11,6 +11,7 @@ from search.deadline import CONFIRMATION_SLOWDOWN, ConfirmationDeadline
 from search.preset import SearchDefaults
 from search.run import main
 from search.tracking.runs import CONFIRMS_TAG, ROLE_TAG, STATUS_TAG, TRIAL_TAG
+from tests.search import flags
 
 TWO_SEEDS_CONFIRMED_ON_THREE = SearchDefaults(seeds_per_trial=2, confirm_top=1, confirm_seeds=3, max_concurrent=1)
 SLOWER = CONFIRMATION_SLOWDOWN
@@ -91,19 +92,12 @@ def test_a_deadline_ends_the_search_stage_in_time_for_the_confirmation(
         "--storage-path",
         str(tmp_path / "ray"),
         *steady_preset,
-        "--set",
-        "max_samples=200",
-        "--set",
-        "backbone_width=4",
-        "--set",
-        "screen_inits=1",
+        *flags.TINY,
         "--epochs",
         "400",
-        "--seeds-per-trial",
-        "1",
         "--num-samples",
         "2",
-        "--confirm-top",
+        "--confirm-top",  # after flags.TINY's: the later value holds
         "1",
         "--confirm-seeds",
         "1",

@@ -22,27 +22,13 @@ from mlflow.tracking import MlflowClient
 from search.reconcile import main as reconcile_main
 from search.run import main
 from search.tracking.runs import ROLE_TAG, TRIAL_TAG
+from tests.search import flags
 
 # Multi-process fault tests: real Ray clusters, servers and drivers killed on purpose.
 pytestmark = pytest.mark.slow
 
 EPOCHS = 4
-TINY = [
-    "--set",
-    "max_samples=200",
-    "--set",
-    "backbone_width=4",
-    "--set",
-    "screen_inits=1",
-    "--epochs",
-    str(EPOCHS),
-    "--cpus-per-trial",
-    "1",
-    "--seeds-per-trial",
-    "1",
-    "--confirm-top",
-    "0",
-]
+TINY = [*flags.TINY, "--epochs", str(EPOCHS), "--cpus-per-trial", "1"]
 
 
 class MlflowServer:

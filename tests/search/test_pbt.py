@@ -17,21 +17,9 @@ from search.best_configs import export_best
 from search.run import main
 from search.tracking.runs import ROLE_TAG, STATUS_TAG, TRIAL_TAG
 from search.tuning import StalledPopulation
+from tests.search import flags
 
-TINY = [
-    "--set",
-    "max_samples=200",
-    "--set",
-    "backbone_width=4",
-    "--set",
-    "screen_inits=1",
-    "--epochs",
-    "3",
-    "--seeds-per-trial",
-    "1",
-    "--confirm-top",
-    "0",
-]
+TINY = [*flags.TINY, "--epochs", "3"]
 
 
 def _args(tmp_path, *extra):

@@ -14,6 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from iic.status import RunStatus
 from search.tracking.runs import ROLE_TAG, STATUS_TAG
+from tests.search import flags
 
 # Multi-process fault tests: real Ray clusters, servers and drivers killed on purpose.
 pytestmark = pytest.mark.slow
@@ -35,16 +36,7 @@ def _command(tmp_path, *extra):
         "1",
         "--epochs",
         "4",
-        "--seeds-per-trial",
-        "1",
-        "--confirm-top",
-        "0",
-        "--set",
-        "max_samples=200",
-        "--set",
-        "backbone_width=4",
-        "--set",
-        "screen_inits=1",
+        *flags.TINY,
         *extra,
     ]
 

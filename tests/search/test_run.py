@@ -14,23 +14,9 @@ from search.confirm import main as confirm_main
 from search.confirmation import confirmation_seeds
 from search.run import main
 from search.tracking.runs import CONFIRMS_TAG, PARENT_TAG, ROLE_TAG, STATUS_TAG, TRIAL_TAG
+from tests.search import flags
 
-# One seed per trial, no screening of initialisations (the preset's at epoch 10 needs longer trials)
-# and no confirmation stage, unless a test is about them: tests stay fast.
-TINY = [
-    "--set",
-    "max_samples=200",
-    "--set",
-    "backbone_width=4",
-    "--set",
-    "screen_inits=1",
-    "--epochs",
-    "2",
-    "--seeds-per-trial",
-    "1",
-    "--confirm-top",
-    "0",
-]
+TINY = [*flags.TINY, "--epochs", "2"]
 
 
 def _args(tmp_path, *extra):
