@@ -131,9 +131,16 @@ class TimmBackbone(nn.Module):
         overlay = {"pretrained_cfg_overlay": {"file": str(weights_path)}} if weights_path else {}
         try:
             self.net = _create(backbone, input_size, pretrained=weights_path is not None, **overlay)
-        except (RuntimeError, KeyError, OSError) as err:
-            reason = " ".join(str(err).split())[:300]
-            raise WeightsError(f"{weights_path} does not hold {model_name(backbone)}'s weights ({reason})") from None
+            # timm loads loosely once the classifier is dropped: every layer of the model must be in the file.
+            held = _timm().models.load_state_dict(str(weights_path)) if weights_path else {}
+            lacking = sorted(set(self.net.state_dict()) - set(held)) if weights_path else []
+        except (RuntimeError, KeyError, OSError) as err:  # a file that is no state dict, or of other shapes
+            if not weights_path:
+                raise
+            lacking = [" ".join(str(err).split())[:300]]
+        if lacking:
+            shown = ", ".join(lacking[:3]) + (f" and {len(lacking) - 3} more" if len(lacking) > 3 else "")
+            raise WeightsError(f"{weights_path} does not hold {model_name(backbone)}'s weights: it lacks {shown}")
         self.out_features = self.net.num_features
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

@@ -27,7 +27,7 @@ def frozen_config(weights, dataset: str = "digits", **changes) -> IICConfig:
     settings = dict(
         dataset=dataset,
         input_size=32,
-        max_samples=240,
+        max_samples=120,
         backbone=TINY_VIT,
         backbone_weights=str(weights),
         freeze_backbone=True,
@@ -37,7 +37,7 @@ def frozen_config(weights, dataset: str = "digits", **changes) -> IICConfig:
         head_width=32,
         num_subheads=2,
         overcluster_k=20,
-        batch_size=60,
+        batch_size=40,
         repeats=2,
         epochs=2,
         device="cpu",
@@ -45,7 +45,7 @@ def frozen_config(weights, dataset: str = "digits", **changes) -> IICConfig:
     return IICConfig(**{**settings, **changes})
 
 
-@pytest.mark.parametrize("dataset", ["digits", "mnist5k"])
+@pytest.mark.parametrize("dataset", ["digits", pytest.param("mnist5k", marks=pytest.mark.slow)])
 def test_a_trial_on_cached_features_equals_the_same_fixed_views_computed_live(tiny_vit_weights, dataset):
     config = frozen_config(tiny_vit_weights, dataset)
     cached = train(config, seeds=[0, 1])
@@ -66,7 +66,7 @@ def test_the_features_are_computed_once_and_shared_by_later_trials(tiny_vit_weig
     second = Trainer(config.replace(lr=1e-3, head_depth=0))  # another head: the same features
     assert files[0].stat().st_mtime_ns == stamp
     assert torch.equal(first.fixed_views.table, second.fixed_views.table)
-    assert first.fixed_views.table.shape == (2 + 2, 240, first.model.backbone.out_features)
+    assert first.fixed_views.table.shape == (2 + 2, 120, first.model.backbone.out_features)
     # Other views (another seed) are other features, in a file of their own.
     other = Trainer(config.replace(feature_view_seed=8))
     assert not torch.equal(other.fixed_views.table[1:], first.fixed_views.table[1:])
