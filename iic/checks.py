@@ -9,7 +9,7 @@ from iic.augment import BatchAugment
 from iic.data import DATASETS, DatasetError, check_dataset_source
 from iic.models import BACKBONES, MIN_INPUT_SIZE, RESNET_SMALL_STEM_BELOW
 from iic.pretrained import IMAGENET, IMAGENET_WEIGHTS, WeightsError, fetch_imagenet_weights
-from iic.timm_backbones import PRETRAINED, fetch_hub_weights, is_timm_backbone, patch_size
+from iic.timm_backbones import PRETRAINED, TIMM_BACKBONES, fetch_hub_weights, is_timm_backbone, patch_size
 
 DEVICES = ("auto", "cpu", "cuda")
 # torch.compile's modes, and "off" (eager).
@@ -108,8 +108,8 @@ def config_problems(config, check_data: bool = True) -> list[str]:
         hub_name = PRETRAINED if timm_backbone else IMAGENET
         require(
             config.backbone in IMAGENET_WEIGHTS or timm_backbone,
-            f"backbone_weights: only {resnets} and the timm backbones load weights; "
-            f"set backbone: {resnets}, dinov2_vits14, ..., or backbone_weights: null",
+            f"backbone_weights: only {resnets} load weights, and the timm backbones ({', '.join(TIMM_BACKBONES)}, "
+            "timm/<model>.<tag>); set backbone to one of them, or backbone_weights: null",
         )
         if config.backbone_weights not in (IMAGENET, PRETRAINED):
             require(
