@@ -6,7 +6,9 @@ epoch's metrics; the callback may save a checkpoint or stop the run.
 The data is decoded once into a uint8 tensor that lives on the training device; each step slices a
 batch from it, makes ``repeats`` augmented twins of every image on the device, and pushes the image
 and its twins through the model in one forward pass. Runs are seeded: the same config and seed give
-the same result on CPU, and a resumed run continues exactly where its checkpoint left it.
+the same result on CPU, and a resumed run continues exactly where its checkpoint left it. With
+``feature_views``, a frozen backbone's twins are fixed views whose features were computed once
+(``iic.feature_cache``), and a step trains the heads on those tensors alone.
 
 The augmentation strengths, lr and lamb in force are set at the start of every epoch from the
 config's ``schedule``. A run resumed with other values of those fields (what population-based
