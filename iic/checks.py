@@ -103,6 +103,11 @@ def config_problems(config, check_data: bool = True) -> list[str]:
         except WeightsError as err:
             problems.append(f"backbone: {err}")
         require(not config.sobel, f"sobel: {config.backbone} reads RGB images, not Sobel's gradients; set sobel: false")
+        require(
+            config.freeze_backbone,
+            f"freeze_backbone: {config.backbone} trains frozen (only the heads train; its layers do not stack "
+            "across seeds); set freeze_backbone: true",
+        )
     if config.backbone_weights is not None:
         resnets = " or ".join(IMAGENET_WEIGHTS)
         hub_name = PRETRAINED if timm_backbone else IMAGENET

@@ -69,6 +69,7 @@ def test_input_size_must_be_a_multiple_of_the_patch_size_and_names_must_exist():
         error.value
     )
     assert "sobel: dinov2_vits14 reads RGB images" in str(error.value)
+    assert "freeze_backbone: dinov2_vits14 trains frozen" in str(error.value)
     with pytest.raises(ConfigError, match="backbone: timm/no_such_model: timm has no pretrained model"):
         IICConfig(backbone="timm/no_such_model", input_size=64).validate(check_data=False)
     with pytest.raises(ConfigError, match="backbone_weights: dinov2_vitb14 loads 'pretrained' weights, not 'imagenet'"):
