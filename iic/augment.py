@@ -158,6 +158,14 @@ class AugmentDraw:
         """Draws for consecutive blocks of images as one draw (the same transforms must be on)."""
         return draws[0]._map(lambda name: torch.cat([getattr(draw, name) for draw in draws]))
 
+    @staticmethod
+    def stack(draws: list["AugmentDraw"]) -> "AugmentDraw":
+        """Draws of the same images as one, indexed [draw, image] (the same transforms must be on)."""
+        return draws[0]._map(lambda name: torch.stack([getattr(draw, name) for draw in draws]))
+
+    def to(self, device: torch.device | str) -> "AugmentDraw":
+        return self._map(lambda name: getattr(self, name).to(device))
+
 
 def _warp(images: torch.Tensor, draw: AugmentDraw) -> torch.Tensor:
     """Crop, rotation, shear and flips as one affine warp: output pixel u samples the input at

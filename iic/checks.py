@@ -5,9 +5,11 @@
 
 import os
 
+from iic.augment import BatchAugment
 from iic.data import DATASETS, DatasetError, check_dataset_source
 from iic.models import BACKBONES, MIN_INPUT_SIZE, RESNET_SMALL_STEM_BELOW
 from iic.pretrained import IMAGENET, IMAGENET_WEIGHTS, WeightsError, fetch_imagenet_weights
+from iic.timm_backbones import PRETRAINED, TIMM_BACKBONES, fetch_hub_weights, is_timm_backbone, patch_size
 
 DEVICES = ("auto", "cpu", "cuda")
 # torch.compile's modes, and "off" (eager).
@@ -26,9 +28,11 @@ def config_problems(config, check_data: bool = True) -> list[str]:
     require(
         config.dataset in DATASETS, f"dataset: unknown dataset {config.dataset!r}; choose one of {', '.join(DATASETS)}"
     )
+    timm_backbone = is_timm_backbone(config.backbone)
     require(
-        config.backbone in BACKBONES,
-        f"backbone: unknown backbone {config.backbone!r}; choose one of {', '.join(BACKBONES)}",
+        config.backbone in BACKBONES or timm_backbone,
+        f"backbone: unknown backbone {config.backbone!r}; choose one of {', '.join(BACKBONES)} "
+        "or a timm model as timm/<model>.<tag>",
     )
     require(
         config.num_clusters >= 2,
@@ -40,6 +44,9 @@ def config_problems(config, check_data: bool = True) -> list[str]:
         f"the paper uses 3-10x the classes, or set 0 to switch overclustering off",
     )
     require(config.num_subheads >= 1, f"num_subheads: must be at least 1 (got {config.num_subheads}); the paper uses 5")
+    require(config.head_depth >= 0, f"head_depth: must be 0 (linear sub-heads) or more (got {config.head_depth})")
+    require(config.head_width >= 1, f"head_width: must be at least 1 (got {config.head_width}); try 256-2048")
+    problems += _fixed_view_problems(config)
     require(
         config.batch_size >= 2,
         f"batch_size: must be at least 2 (got {config.batch_size}); the joint distribution needs a batch",
@@ -85,21 +92,44 @@ def config_problems(config, check_data: bool = True) -> list[str]:
         config.device in DEVICES or config.device.startswith("cuda:"),
         f"device: {config.device!r} is not one of {', '.join(DEVICES)} (or cuda:N)",
     )
+    if timm_backbone:
+        try:
+            patch = patch_size(config.backbone, config.input_size)
+            require(
+                config.input_size % patch == 0,
+                f"input_size: {config.backbone} cuts images into {patch} px patches; "
+                f"set input_size to a multiple of {patch} (e.g. {max(patch, config.input_size // patch * patch)})",
+            )
+        except WeightsError as err:
+            problems.append(f"backbone: {err}")
+        require(not config.sobel, f"sobel: {config.backbone} reads RGB images, not Sobel's gradients; set sobel: false")
+        require(
+            config.freeze_backbone,
+            f"freeze_backbone: {config.backbone} trains frozen (only the heads train; its layers do not stack "
+            "across seeds); set freeze_backbone: true",
+        )
     if config.backbone_weights is not None:
         resnets = " or ".join(IMAGENET_WEIGHTS)
+        hub_name = PRETRAINED if timm_backbone else IMAGENET
         require(
-            config.backbone in IMAGENET_WEIGHTS,
-            f"backbone_weights: only {resnets} load weights; set backbone: {resnets}, or backbone_weights: null",
+            config.backbone in IMAGENET_WEIGHTS or timm_backbone,
+            f"backbone_weights: only {resnets} load weights, and the timm backbones ({', '.join(TIMM_BACKBONES)}, "
+            "timm/<model>.<tag>); set backbone to one of them, or backbone_weights: null",
         )
-        if config.backbone_weights != IMAGENET:
+        if config.backbone_weights not in (IMAGENET, PRETRAINED):
             require(
                 os.path.isfile(config.backbone_weights),
                 f"backbone_weights: file {config.backbone_weights} does not "
-                f"exist; give a local state-dict file, {IMAGENET}, or null",
+                f"exist; give a local state-dict file, {hub_name}, or null",
             )
-        elif check_data and config.backbone in IMAGENET_WEIGHTS:
+        elif config.backbone_weights != hub_name:
+            problems.append(
+                f"backbone_weights: {config.backbone} loads {hub_name!r} weights, not "
+                f"{config.backbone_weights!r}; set backbone_weights: {hub_name} (or a local state-dict file)"
+            )
+        elif check_data and (config.backbone in IMAGENET_WEIGHTS or timm_backbone):
             try:
-                fetch_imagenet_weights(config.backbone)
+                (fetch_hub_weights if timm_backbone else fetch_imagenet_weights)(config.backbone)
             except WeightsError as err:
                 problems.append(f"backbone_weights: {err}")
         require(
@@ -114,7 +144,7 @@ def config_problems(config, check_data: bool = True) -> list[str]:
             f"set backbone_weights: {IMAGENET} (or a state-dict file), or freeze_backbone: false",
         )
         require(
-            config.input_size >= RESNET_SMALL_STEM_BELOW,
+            config.input_size >= RESNET_SMALL_STEM_BELOW or config.backbone not in IMAGENET_WEIGHTS,
             f"freeze_backbone: below {RESNET_SMALL_STEM_BELOW} px (input_size: "
             f"{config.input_size}) ResNet's first layer is a new 3x3 stem "
             "the weights do not hold, which frozen would stay random; "
@@ -126,6 +156,34 @@ def config_problems(config, check_data: bool = True) -> list[str]:
             check_dataset_source(config.dataset, config.data_root, config.split)
         except DatasetError as err:
             problems.append(f"data_root: {err}")
+    return problems
+
+
+def _fixed_view_problems(config) -> list[str]:
+    """What keeps ``feature_views`` from fixing the views whose features are computed once."""
+    if config.feature_views == 0:
+        return []
+    if config.feature_views < 0:
+        return [f"feature_views: must be 0 (fresh augmentation every step) or more (got {config.feature_views})"]
+    problems = []
+    if not config.freeze_backbone:
+        problems.append(
+            "feature_views: features computed once need a frozen backbone; "
+            "set freeze_backbone: true (with pretrained weights), or feature_views: 0"
+        )
+    if BatchAugment(**config.augment_kwargs(1)).is_identity:
+        problems.append(
+            "feature_views: with every augmentation off each view is the image itself; "
+            "set feature_views: 0, or turn an augmentation on"
+        )
+    scheduled = sorted(
+        {name for entry in config.schedule or [] for name in entry["values"]} & set(config.AUGMENT_FIELDS)
+    )
+    if scheduled:
+        problems.append(
+            f"schedule: fixed views are drawn once, so {', '.join(scheduled)} cannot change while the run trains; "
+            "drop them from the schedule, or set feature_views: 0"
+        )
     return problems
 
 

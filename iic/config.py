@@ -66,11 +66,13 @@ class IICConfig:
 
     # ---- model ----
     backbone: str = "clusternet"
-    """``clusternet`` (a small VGG for 8-32 px), ``resnet18`` or ``resnet50``."""
+    """``clusternet`` (a small VGG for 8-32 px), ``resnet18``, ``resnet50``, ``dinov2_vits14``, ``dinov2_vitb14``,
+    ``clip_vitb16``, ``siglip_vitb16`` or any timm model as ``timm/<model>.<tag>``."""
     backbone_width: int = 16
     """ClusterNet's first stage width."""
     backbone_weights: str | None = None
-    """ResNets: ``imagenet`` (torchvision's, kept in torch's cache), a local state-dict file, or null for random."""
+    """``imagenet`` (ResNets, torch's cache), ``pretrained`` (timm's, Hugging Face's cache), a local state-dict file,
+    or null for random."""
     freeze_backbone: bool = False
     """Train the heads only, on the pretrained backbone's features."""
     sobel: bool = False
@@ -81,6 +83,17 @@ class IICConfig:
     """Clusters of the overclustering head (0 = none); the paper uses 3-10x the classes."""
     num_subheads: int = 5
     """Sub-heads per head; each seed reports the one with the lowest training loss."""
+    head_depth: int = 0
+    """Hidden ReLU layers of each sub-head before its linear classifier (0 = linear)."""
+    head_width: int = 512
+    """Units of each hidden layer of a sub-head."""
+    feature_views: int = 0
+    """Frozen backbone: augmented views per image whose features are computed once and cached; twins are drawn
+    from them (0 = fresh augmentation every step)."""
+    feature_view_seed: int = 0
+    """The seed the fixed views (and their held-out view) are drawn from."""
+    cache_view_features: bool = True
+    """Read the fixed views' features from the feature cache; false runs the backbone on the same views every step."""
 
     # ---- objective and schedule: each epoch trains the overclustering head, then the main head ----
     lamb: float = 1.3
@@ -163,6 +176,7 @@ class IICConfig:
         "download",
         "channels_last",
         "compile_mode",
+        "cache_view_features",
     )
 
     # ---- construction -------------------------------------------------------------------------

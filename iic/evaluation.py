@@ -57,6 +57,12 @@ def predict(trainer, held_out_views: bool) -> list[torch.Tensor]:
         with torch.autocast(trainer.device.type, dtype=torch.bfloat16, enabled=trainer.amp):
             if trainer.cached_features is not None:  # held-out views without augmentation are the images
                 features = trainer.cached_features[start:stop].expand(count, -1, -1)
+            elif trainer.fixed_views is not None:  # one fixed held-out view, shared by the models
+                indices = torch.arange(start, stop, device=trainer.device)
+                fixed = trainer.fixed_views
+                features = (fixed.held_out(indices) if held_out_views else fixed.of_images(indices)).expand(
+                    count, -1, -1
+                )
             elif held_out_views:
                 draws = [draw[start:stop] for draw in trainer.held_out_draws]
                 batch = trainer.prepare(trainer.images[start:stop].repeat(count, 1, 1, 1), draws)

@@ -10,8 +10,9 @@ from iic.augment import AugmentDraw, BatchAugment
 from iic.config import ConfigError, IICConfig
 from iic.data import ImageData, load_dataset
 from iic.models import build_backbone
-from iic.pretrained import PRETRAINED_CHANNELS, ImageNetInput
+from iic.pretrained import PRETRAINED_CHANNELS, ImageNetInput, PretrainedInput
 from iic.sobel import Sobel
+from iic.timm_backbones import is_timm_backbone, normalisation
 
 # Offsets that give a seed's augmentation and held-out-view streams their own seeds (shuffling uses the seed itself).
 AUGMENT_SEED_OFFSET = 1
@@ -51,6 +52,8 @@ def input_transform(config: IICConfig) -> torch.nn.Module | None:
     """What images go through before the backbone: Sobel, the pretrained weights' normalisation, or nothing."""
     if config.sobel:
         return Sobel()
+    if is_timm_backbone(config.backbone):  # RGB as its pretrained config says, whatever the weights
+        return PretrainedInput(*normalisation(config.backbone))
     return ImageNetInput(config.backbone) if config.backbone_weights else None
 
 
@@ -60,7 +63,8 @@ def new_backbone(config: IICConfig, channels: int) -> torch.nn.Module:
     if config.sobel:
         in_channels = Sobel.OUTPUT_CHANNELS
     else:
-        in_channels = PRETRAINED_CHANNELS if config.backbone_weights else channels
+        pretrained_input = config.backbone_weights or is_timm_backbone(config.backbone)
+        in_channels = PRETRAINED_CHANNELS if pretrained_input else channels
     return build_backbone(
         config.backbone, in_channels, config.input_size, config.backbone_width, config.backbone_weights
     )

@@ -6,8 +6,10 @@ clusters and, optionally, an overclustering head with more clusters than classes
 independent sub-heads: they start from different random weights, converge to different clusterings,
 and the one with the lowest training loss is the model's answer.
 
-Backbones: ``clusternet`` (small, for 8-32 px) and torchvision's ``resnet18`` and ``resnet50``,
-which can start from ImageNet weights (``iic.pretrained``).
+Backbones: ``clusternet`` (small, for 8-32 px), torchvision's ``resnet18`` and ``resnet50``,
+which can start from ImageNet weights (``iic.pretrained``), and timm's pretrained vision
+transformers (DINOv2, CLIP, SigLIP: ``iic.timm_backbones``). A sub-head is a linear layer, or an
+MLP of ``head_depth`` hidden ReLU layers of ``head_width`` units before it.
 
 ``StackedIICModel`` trains several such models (one per seed) as one: their convolutions become
 grouped convolutions over the models' channels side by side, so S seeds cost one launch per layer
@@ -23,6 +25,7 @@ import torch
 from torch import nn
 
 from iic.pretrained import PRETRAINED_CHANNELS, WeightsError, weights_file
+from iic.timm_backbones import PRETRAINED, TIMM_BACKBONES, TimmBackbone, fetch_hub_weights, is_timm_backbone
 
 # Below these sizes the backbone's downsampling leaves nothing to pool.
 MIN_INPUT_SIZE = {"clusternet": 8, "resnet18": 32, "resnet50": 32}
@@ -126,13 +129,25 @@ def _load_matching(net: nn.Module, architecture: str, path: str | Path, adapted:
     net.load_state_dict(own)
 
 
-class ClusterHead(nn.Module):
-    """``num_subheads`` independent linear + softmax classifiers onto ``num_clusters`` clusters.
-    Returns one (N, num_clusters) probability tensor per sub-head, in float32."""
+def _subhead(in_features: int, num_clusters: int, depth: int, width: int) -> nn.Module:
+    """A linear classifier, after ``depth`` hidden Linear + ReLU layers of ``width`` units."""
+    if depth == 0:
+        return nn.Linear(in_features, num_clusters)
+    layers: list[nn.Module] = []
+    for _ in range(depth):
+        layers += [nn.Linear(in_features, width), nn.ReLU()]
+        in_features = width
+    return nn.Sequential(*layers, nn.Linear(width, num_clusters))
 
-    def __init__(self, in_features: int, num_clusters: int, num_subheads: int):
+
+class ClusterHead(nn.Module):
+    """``num_subheads`` independent classifiers (linear, or MLPs of ``depth`` hidden layers of
+    ``width``) + softmax onto ``num_clusters`` clusters. Returns one (N, num_clusters) probability
+    tensor per sub-head, in float32."""
+
+    def __init__(self, in_features: int, num_clusters: int, num_subheads: int, depth: int = 0, width: int = 0):
         super().__init__()
-        self.subheads = nn.ModuleList(nn.Linear(in_features, num_clusters) for _ in range(num_subheads))
+        self.subheads = nn.ModuleList(_subhead(in_features, num_clusters, depth, width) for _ in range(num_subheads))
 
     def forward(self, features: torch.Tensor) -> list[torch.Tensor]:
         return [subhead(features).float().softmax(dim=1) for subhead in self.subheads]
@@ -141,30 +156,43 @@ class ClusterHead(nn.Module):
 class IICModel(nn.Module):
     """Backbone + main head (+ optional overclustering head). ``model(x, head="overcluster")``."""
 
-    def __init__(self, backbone: nn.Module, num_clusters: int, overcluster_k: int, num_subheads: int):
+    def __init__(
+        self,
+        backbone: nn.Module,
+        num_clusters: int,
+        overcluster_k: int,
+        num_subheads: int,
+        head_depth: int = 0,
+        head_width: int = 0,
+    ):
         super().__init__()
         self.backbone = backbone
-        self.heads = nn.ModuleDict({"main": ClusterHead(backbone.out_features, num_clusters, num_subheads)})
+        shape = (num_subheads, head_depth, head_width)
+        self.heads = nn.ModuleDict({"main": ClusterHead(backbone.out_features, num_clusters, *shape)})
         if overcluster_k:
-            self.heads["overcluster"] = ClusterHead(backbone.out_features, overcluster_k, num_subheads)
+            self.heads["overcluster"] = ClusterHead(backbone.out_features, overcluster_k, *shape)
 
     def forward(self, images: torch.Tensor, head: str = "main") -> list[torch.Tensor]:
         return self.heads[head](self.backbone(images))
 
 
 RESNETS = {resnet.architecture: resnet for resnet in (ResNet18, ResNet50)}
-BACKBONES = ("clusternet", *RESNETS)
+# The named backbones; any timm model also serves as timm/<model>.<tag> (iic.timm_backbones).
+BACKBONES = ("clusternet", *RESNETS, *TIMM_BACKBONES)
 
 
 def build_backbone(
     name: str, in_channels: int, input_size: int, width: int = 16, weights: str | None = None
 ) -> nn.Module:
-    """A fresh backbone; ``weights`` is a config's ``backbone_weights`` (``imagenet``, a state-dict
-    file, or None for random weights), for the ResNets."""
+    """A fresh backbone; ``weights`` is a config's ``backbone_weights`` (``imagenet`` for the
+    ResNets, ``pretrained`` for timm's, a state-dict file, or None for random weights)."""
     if name == "clusternet":
         return ClusterNet(in_channels, width)
     if name in RESNETS:
         return RESNETS[name](in_channels, input_size, weights_file(name, weights) if weights else None)
+    if is_timm_backbone(name):
+        path = (fetch_hub_weights(name) if weights == PRETRAINED else Path(weights)) if weights else None
+        return TimmBackbone(name, input_size, path)
     raise ValueError(f"unknown backbone {name!r}: choose one of {', '.join(BACKBONES)}")
 
 
@@ -243,26 +271,40 @@ def shared_backbone(backbones: list[nn.Module]) -> nn.Module:
     return shared.eval()
 
 
+def _linears(subhead: nn.Module) -> list[nn.Linear]:
+    return [module for module in subhead.modules() if isinstance(module, nn.Linear)]
+
+
 class StackedClusterHead(nn.Module):
     """S models' ``ClusterHead``s as one: features (S, N, F) -> one (S, N, k) probability tensor
-    per sub-head, in float32."""
+    per sub-head, in float32. Each linear layer's weights are the S models' stacked, listed
+    sub-head by sub-head, layer by layer (a linear sub-head's are at its own index)."""
 
     def __init__(self, heads: list[ClusterHead]):
         super().__init__()
-        self.weights = nn.ParameterList(
-            nn.Parameter(torch.stack([head.subheads[i].weight.data for head in heads]))
+        layers = [
+            list(zip(*(_linears(head.subheads[i]) for head in heads), strict=True))
             for i in range(len(heads[0].subheads))
+        ]
+        self.layers_per_subhead = len(layers[0])
+        stacked = [linears for subhead in layers for linears in subhead]
+        self.weights = nn.ParameterList(
+            nn.Parameter(torch.stack([lin.weight.data for lin in linears])) for linears in stacked
         )
         self.biases = nn.ParameterList(
-            nn.Parameter(torch.stack([head.subheads[i].bias.data for head in heads]))
-            for i in range(len(heads[0].subheads))
+            nn.Parameter(torch.stack([lin.bias.data for lin in linears])) for linears in stacked
         )
 
     def forward(self, features: torch.Tensor) -> list[torch.Tensor]:
-        return [
-            (torch.einsum("snf,skf->snk", features, weight) + bias.unsqueeze(1)).float().softmax(dim=-1)
-            for weight, bias in zip(self.weights, self.biases, strict=True)
-        ]
+        outputs = []
+        for start in range(0, len(self.weights), self.layers_per_subhead):
+            hidden = features
+            for layer in range(start, start + self.layers_per_subhead):
+                if layer > start:
+                    hidden = hidden.relu()
+                hidden = torch.einsum("snf,skf->snk", hidden, self.weights[layer]) + self.biases[layer].unsqueeze(1)
+            outputs.append(hidden.float().softmax(dim=-1))
+        return outputs
 
 
 class StackedIICModel(nn.Module):

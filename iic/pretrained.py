@@ -8,8 +8,9 @@ when set), where a machine without network finds a copied file just the same. A 
 way the backbone reads what ImageNet training gave it: three channels (grey images repeated),
 normalised with the weights' mean and std; Sobel's two gradient channels do not fit.
 
-``python -m iic.pretrained`` fetches every backbone's weights into the cache (the cluster's setup
-runs it) and prints where they are.
+``python -m iic.pretrained`` fetches every backbone's weights into the caches, torch's for the
+ResNets and Hugging Face's for the timm backbones (``iic.timm_backbones``; the cluster's setup runs
+it), and prints where they are.
 """
 
 import sys
@@ -73,9 +74,22 @@ def weights_file(backbone: str, weights: str) -> Path:
     return fetch_imagenet_weights(backbone) if weights == IMAGENET else Path(weights)
 
 
-class ImageNetInput(nn.Module):
-    """(N, 1 or 3, H, W) images in [0, 1] -> (N, 3, H, W) as the ImageNet weights were trained on
-    them: grey repeated to three channels, then normalised with the weights' mean and std.
+class PretrainedInput(nn.Module):
+    """(N, 1 or 3, H, W) images in [0, 1] -> (N, 3, H, W) as pretrained weights were trained on
+    them: grey repeated to three channels, then normalised with the weights' ``mean`` and ``std``."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        rgb = images.expand(-1, PRETRAINED_CHANNELS, -1, -1)  # a view for grey, unchanged for RGB
+        return (rgb - self.mean.to(images.dtype)) / self.std.to(images.dtype)
+
+
+class ImageNetInput(PretrainedInput):
+    """The input of a ResNet's ImageNet weights (torchvision's mean and std).
 
     Example:
         >>> ImageNetInput("resnet18")(torch.rand(8, 1, 64, 64)).shape
@@ -83,22 +97,22 @@ class ImageNetInput(nn.Module):
     """
 
     def __init__(self, backbone: str):
-        super().__init__()
         transforms = imagenet_weights(backbone).transforms()
-        self.register_buffer("mean", torch.tensor(transforms.mean).view(1, -1, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(transforms.std).view(1, -1, 1, 1), persistent=False)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        rgb = images.expand(-1, PRETRAINED_CHANNELS, -1, -1)  # a view for grey, unchanged for RGB
-        return (rgb - self.mean.to(images.dtype)) / self.std.to(images.dtype)
+        super().__init__(transforms.mean, transforms.std)
 
 
 def main() -> int:
-    """Fetch every backbone's ImageNet weights into torch's cache; print their files."""
+    """Fetch every backbone's pretrained weights into its cache; print their files."""
+    from iic.timm_backbones import TIMM_BACKBONES, fetch_hub_weights
+
+    fetchers = {
+        **dict.fromkeys(IMAGENET_WEIGHTS, fetch_imagenet_weights),
+        **dict.fromkeys(TIMM_BACKBONES, fetch_hub_weights),
+    }
     failed = 0
-    for backbone in IMAGENET_WEIGHTS:
+    for backbone, fetch in fetchers.items():
         try:
-            print(f"{backbone}: {fetch_imagenet_weights(backbone)}")
+            print(f"{backbone}: {fetch(backbone)}")
         except WeightsError as err:
             print(f"{backbone}: {err}", file=sys.stderr)
             failed = 1

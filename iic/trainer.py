@@ -6,7 +6,9 @@ epoch's metrics; the callback may save a checkpoint or stop the run.
 The data is decoded once into a uint8 tensor that lives on the training device; each step slices a
 batch from it, makes ``repeats`` augmented twins of every image on the device, and pushes the image
 and its twins through the model in one forward pass. Runs are seeded: the same config and seed give
-the same result on CPU, and a resumed run continues exactly where its checkpoint left it.
+the same result on CPU, and a resumed run continues exactly where its checkpoint left it. With
+``feature_views``, a frozen backbone's twins are fixed views whose features were computed once
+(``iic.feature_cache``), and a step trains the heads on those tensors alone.
 
 The augmentation strengths, lr and lamb in force are set at the start of every epoch from the
 config's ``schedule``. A run resumed with other values of those fields (what population-based
@@ -27,6 +29,7 @@ from iic.checks import CUDA_GRAPH_MODES
 from iic.config import ConfigError, IICConfig
 from iic.data import ImageData
 from iic.evaluation import evaluate
+from iic.feature_cache import FixedViews
 from iic.inputs import (
     AUGMENT_SEED_OFFSET,
     HELD_OUT_SEED_OFFSET,
@@ -98,6 +101,8 @@ class Trainer:
             if config.freeze_backbone and self.augment.is_identity and not config.schedule
             else None
         )
+        # Twins drawn from fixed views whose features are computed once (iic.feature_cache).
+        self.fixed_views = FixedViews(self, config.cache_view_features) if config.feature_views else None
         # Each image's twin sources: itself, then its nearest neighbours (N, 1 + twin_neighbours).
         self.twin_candidates = (
             pair_candidates(nearest_neighbours(self._neighbour_space(), config.twin_neighbours))
@@ -187,7 +192,12 @@ class Trainer:
         config = self.config
         torch.manual_seed(init)
         return IICModel(
-            new_backbone(config, self.data.channels), config.num_clusters, config.overcluster_k, config.num_subheads
+            new_backbone(config, self.data.channels),
+            config.num_clusters,
+            config.overcluster_k,
+            config.num_subheads,
+            config.head_depth,
+            config.head_width,
         )
 
     # ---- one epoch ----------------------------------------------------------------------------
@@ -221,6 +231,8 @@ class Trainer:
         it starts (the seeds' pretrained weights are the same), else the pixels."""
         if not self.config.backbone_weights:
             return self.images
+        if self.fixed_views is not None:
+            return self.fixed_views.of_images(torch.arange(len(self.images), device=self.device))
         return self.cached_features if self.cached_features is not None else self._all_features()
 
     def twin_sources(self, batches: torch.Tensor) -> torch.Tensor:
@@ -261,7 +273,8 @@ class Trainer:
         step is then not taken)."""
         size = base.shape[1]
         # Views are images, or with cached features already the frozen backbone's features of them.
-        classify = self.model.classify if self.cached_features is not None else self.training_forward
+        features_given = self.cached_features is not None or self.fixed_views is not None
+        classify = self.model.classify if features_given else self.training_forward
         if self.config.compile_mode in CUDA_GRAPH_MODES:  # a new step: the graphs' earlier outputs may be reused
             torch.compiler.cudagraph_mark_step_begin()
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
@@ -290,6 +303,10 @@ class Trainer:
             sources = self.twin_sources(batches)
             if self.cached_features is not None:  # no augmentation: twins are their sources' features
                 losses = self.step(self.cached_features[batches], self.cached_features[sources], head)
+            elif self.fixed_views is not None:  # twins are fixed views of their sources
+                views = self.fixed_views.draw_twin_views(sources.shape[1], self.augment_generators)
+                fixed = self.fixed_views
+                losses = self.step(fixed.of_images(batches), fixed.of_views(sources, views), head)
             else:
                 losses = self.step(*self.make_views(self.images[batches], self.images[sources]), head)
             if losses is None:

@@ -1,4 +1,5 @@
 import errno
+import importlib.util
 import socket
 
 import pytest
@@ -22,6 +23,13 @@ def offline(monkeypatch, tmp_path):
     monkeypatch.setattr(socket, "create_connection", unreachable)
     monkeypatch.setattr(socket.socket, "connect", unreachable)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    try:  # the timm backbones' Hugging Face cache: empty, and offline (its client would retry for ~25 s)
+        from huggingface_hub import constants
+
+        monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "huggingface"))
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    except ImportError:
+        pass
     return tmp_path / "torch" / "hub" / "checkpoints"
 
 
@@ -58,6 +66,8 @@ def test_prefetch_command_lists_cached_files_and_names_the_missing_ones(offline,
     out, err = capsys.readouterr()
     assert f"resnet18: {offline / 'resnet18-f37072fd.pth'}\n" in out
     assert "resnet50: resnet50's ImageNet weights" in err and str(offline / "resnet50-11ad3fa6.pth") in err
+    if importlib.util.find_spec("timm"):  # with the backbones extra installed, its weights are named too
+        assert "dinov2_vits14: dinov2_vits14's pretrained weights (timm/vit_small_patch14_dinov2.lvd142m)" in err
 
 
 def test_inputs_become_three_channels_normalised_as_the_weights_were_trained():
