@@ -23,7 +23,8 @@ from mlflow.tracking import MlflowClient
 from iic.config import ConfigError, IICConfig
 from iic.seeds import LABEL_FREE_PICK
 from search.confirmation import CONFIRMED_FIGURES
-from search.preset import OBJECTIVES, SearchDefaults
+from search.objectives import OBJECTIVES
+from search.preset import SearchDefaults
 from search.tracking.records import (
     RecordsError,
     connect,
