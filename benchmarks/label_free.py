@@ -22,10 +22,17 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import spearmanr
 
-from benchmarks.common import command, spread, table
+from benchmarks.common import command, table
 from benchmarks.record_curves import sample_configs
 from iic.config import IICConfig
-from iic.label_free import BALANCE, GENERALIZATION, LABEL_FREE, label_free_score, seed_agreement
+from iic.label_free import (
+    ACROSS_K_SCORES,
+    BALANCE,
+    GENERALIZATION,
+    LABEL_FREE,
+    label_free_score,
+    seed_agreement,
+)
 from iic.seeds import draw_seeds
 from iic.trainer import train
 from search.preset import read_preset
@@ -33,6 +40,7 @@ from trainables.collapse import TrialSettings
 
 SEED_METRICS = ("cluster_accuracy", "nmi", "mutual_information", BALANCE, GENERALIZATION, "loss")
 SCORES = ("mutual_information", "seed_agreement", BALANCE, GENERALIZATION, "neg_loss", LABEL_FREE)
+MIN_TRIALS = 4  # a rank correlation over fewer trials says nothing
 
 
 def record(args: argparse.Namespace) -> None:
@@ -92,6 +100,11 @@ def search_figures(trials: list[dict]) -> dict:
     accuracy_pick = max(rows, key=lambda row: row["cluster_accuracy"])
     figures = {"trials": len(rows), "uncollapsed": sum(not row["collapsed"] for row in rows)}
     figures["labelled_pick"] = accuracy_pick["confirmed_accuracy"]
+    figures["fixed_k"] = len({row["num_clusters"] for row in rows}) == 1
+    by_k: dict = {}
+    for row in rows:
+        by_k.setdefault(row["num_clusters"], []).append(row["confirmed_nmi"])
+    figures["confirmed_nmi_by_k"] = by_k
     for score in SCORES:
         kept = [row for row in rows if row[score] is not None and np.isfinite(row[score])]
         alive = [row for row in kept if not row["collapsed"]]
@@ -112,29 +125,37 @@ def report(args: argparse.Namespace) -> None:
     searches = {}
     for path in args.tables:
         trials = [json.loads(line) for line in Path(path).read_text().splitlines()]
-        if trials:
+        if len(trials) >= MIN_TRIALS:
             searches[(Path(path).stem, trials[0]["search_seed"])] = search_figures(trials)
-    for role, chosen in (("choosing", True), ("reporting", False)):
-        group = {key: f for key, f in searches.items() if (key[1] in args.choosing_seeds) == chosen}
-        if not group:
-            continue
-        print(f"\n{role} searches: {', '.join(f'{name} (seed {seed})' for name, seed in group)}")
-        rows = []
+    rows = []
+    for (name, seed), f in searches.items():
+        role = "choosing" if seed in args.choosing_seeds else "reporting"
+        cells = [name, seed, role, f"{f['trials']} ({f['uncollapsed']})"]
+        cells += [f"{f[score]['uncollapsed']:+.2f}" for score in SCORES]
+        cells += [f"{f['labelled_pick']:.3f}", f"{f[LABEL_FREE]['pick']:.3f} (K {f[LABEL_FREE]['pick_k']})"]
+        rows.append(cells)
+    header = ["search", "seed", "role", "trials (uncollapsed)", *SCORES, "labelled pick", "label_free pick"]
+    print("Spearman with accuracy over the uncollapsed trials; picks' accuracy on the confirmation seeds")
+    print(table(header, rows))
+    fixed_k = {key: f for key, f in searches.items() if key[1] not in args.choosing_seeds and f["fixed_k"]}
+    if fixed_k:
+        print(f"\nreporting searches of a fixed K ({len(fixed_k)}): mean (min) over them")
+        summary = []
         for score in SCORES:
-            cells = [score]
-            for key in ("all", "uncollapsed"):
-                values = [f[score][key] for f in group.values()]
-                cells.append(f"{spread(values)['mean']:+.2f} (min {min(values):+.2f})")
-            gaps = [f[score]["pick"] - f["labelled_pick"] for f in group.values()]
-            cells.append(f"{spread(gaps)['mean']:+.3f} (min {min(gaps):+.3f})")
-            rows.append(cells)
-        print(table(["score", "Spearman, all trials", "uncollapsed", "pick - labelled pick, confirmed"], rows))
-        for (name, _), f in group.items():
-            print(
-                f"  {name}: {f['trials']} trials ({f['uncollapsed']} uncollapsed), labelled pick "
-                f"{f['labelled_pick']:.3f}, label_free pick {f[LABEL_FREE]['pick']:.3f} "
-                f"(K {f[LABEL_FREE]['pick_k']}, NMI {f[LABEL_FREE]['pick_nmi']:.3f})"
+            rho = [f[score]["uncollapsed"] for f in fixed_k.values()]
+            gap = [f[score]["pick"] - f["labelled_pick"] for f in fixed_k.values()]
+            summary.append(
+                [score, f"{np.nanmean(rho):+.2f} ({np.nanmin(rho):+.2f})", f"{np.mean(gap):+.3f} ({min(gap):+.3f})"]
             )
+        print(table(["score", "Spearman, uncollapsed", "pick - labelled pick"], summary))
+    for (name, seed), f in searches.items():
+        if not f["fixed_k"]:
+            by_k = "; ".join(
+                f"K {k}: {' '.join(f'{v:.3f}' for v in nmi)}" for k, nmi in sorted(f["confirmed_nmi_by_k"].items())
+            )
+            print(f"\n{name} (seed {seed}), num_clusters searched; confirmed NMI of its trials by K: {by_k}")
+            for score in ACROSS_K_SCORES:
+                print(f"  {score} picks K {f[score]['pick_k']}, confirmed NMI {f[score]['pick_nmi']:.3f}")
     if args.figure:
         plot(searches, args.figure)
     print("command: " + command("label_free"))

@@ -15,8 +15,10 @@ MULTI_SEED_OBJECTIVES = (LABEL_FREE, SEED_AGREEMENT)  # agreement between a tria
 UNLABELLED_DEFAULT = LABEL_FREE
 
 
-def objective_problems(objective: str, seeds_per_trial: int, searches_k: bool) -> list[str]:
-    """Why ``objective`` cannot rank a search's trials as they train (empty if it can)."""
+def objective_problems(search, searches_k: bool) -> list[str]:
+    """Why ``search.objective`` cannot rank the trials and confirmations of ``search`` (a preset's
+    ``SearchDefaults``) as they train; empty if it can."""
+    objective, seeds_per_trial = search.objective, search.seeds_per_trial
     if objective not in OBJECTIVES:
         return [f"objective {objective!r} is not one of {', '.join(OBJECTIVES)}"]
     problems = []
@@ -29,6 +31,11 @@ def objective_problems(objective: str, seeds_per_trial: int, searches_k: bool) -
         problems.append(
             f"objective {objective}: measures how a trial's seeds agree, so it needs --seeds-per-trial 2 or more "
             f"(got {seeds_per_trial})"
+        )
+    if objective in MULTI_SEED_OBJECTIVES and search.confirm_top and search.confirm_seeds < 2:
+        problems.append(
+            f"objective {objective}: confirmation ranks by it too, so it needs --confirm-seeds 2 or more "
+            f"(got {search.confirm_seeds}), or --confirm-top 0"
         )
     if searches_k and objective not in ACROSS_K_SCORES + LABELLED_OBJECTIVES:
         problems.append(

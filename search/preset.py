@@ -222,10 +222,7 @@ class Preset:
                 if added:
                     detail = "\n  ".join(dict.fromkeys(added))
                     problems.append(f"space.{param.name}: value {value!r} is invalid ({detail})")
-        search = self.search
-        problems += [
-            f"search.{p}" for p in objective_problems(search.objective, search.seeds_per_trial, len(k_ends) > 1)
-        ]
+        problems += [f"search.{problem}" for problem in objective_problems(self.search, len(k_ends) > 1)]
         if self.search.scheduler not in SCHEDULERS:
             problems.append(f"search.scheduler: {self.search.scheduler!r} is not one of {', '.join(SCHEDULERS)}")
         problems += self._pbt_problems()

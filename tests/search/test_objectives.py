@@ -37,6 +37,7 @@ def test_a_searched_k_keeps_overcluster_k_above_every_k():
     [
         ({"objective": "mutual_information"}, "do not compare runs of different num_clusters"),
         ({"objective": "label_free", "seeds_per_trial": 1}, "needs --seeds-per-trial 2 or more"),
+        ({"objective": "seed_agreement", "confirm_seeds": 1}, "needs --confirm-seeds 2 or more"),
         ({"objective": "generalization"}, "reported after a run's last epoch only"),
         ({"objective": "accuracy"}, "is not one of cluster_accuracy, label_free"),
     ],
