@@ -46,6 +46,7 @@ from iic.readers import (
     HAR_CSV,
     HAR_LAYOUT,
     IMAGE_FOLDER_LAYOUT,
+    UNLABELLED,
     har_entries,
     image_folder_entries,
     mnist5k_sources,
@@ -207,6 +208,17 @@ def check_dataset_source(name: str, root: str | None, split: str = "train") -> N
     check_source(_dataset_spec(name, split), root, split, DATASET_SPECS)
 
 
+def split_has_labels(name: str, root: str | None, split: str = "train") -> bool:
+    """Whether any image of the split has a label: lists image folders, decodes nothing (the
+    source must have passed ``check_dataset_source``)."""
+    spec = _dataset_spec(name, split)
+    if set(spec.parts(split)) <= set(spec.unlabelled_parts):
+        return False
+    if spec.check_root is None:
+        return True
+    return bool((spec.check_root(Path(root).expanduser(), split)[1] >= 0).any())
+
+
 def _dataset_spec(name: str, split: str) -> DatasetSpec:
     if name not in DATASET_SPECS:
         raise DatasetError(f"unknown dataset {name!r}; valid names: {', '.join(DATASET_SPECS)}")
@@ -263,7 +275,7 @@ def _check_cached(arrays: Mapping[str, np.ndarray], request: ReadRequest) -> Non
 
 def _read_listed_images(request: ReadRequest, list_images: ImageLister) -> tuple[list[Part], list[str]]:
     """Image files listed now, decoded later, and only those selected."""
-    paths, labels, class_names = list_images(request.root)
+    paths, labels, class_names = list_images(request.root, request.split)
 
     def decode(indices: np.ndarray) -> np.ndarray:
         return _decode_images([paths[i] for i in indices], request.input_size, request.greyscale)
@@ -329,14 +341,15 @@ def _idx_dataset(name: str, torchvision_class: str, class_names: list[str]) -> D
 
 
 def _listed_images_dataset(
-    name: str, root_holds: str, list_images: ImageLister, metadata: tuple[str, ...] = ()
+    name: str, root_holds: str, list_images: ImageLister, unlabelled: str, metadata: tuple[str, ...] = ()
 ) -> DatasetSpec:
     """A dataset of image files that ``list_images(root)`` finds and labels (paths, labels, class
     names): listing them is the source check, and only the images selected are decoded. `metadata`:
     the files in root that the lister reads, which belong to the sources as much as the images."""
     return DatasetSpec(
         name=name,
-        splits=("train", "all"),
+        splits=("train", "all", unlabelled),
+        unlabelled_parts=(unlabelled,),
         read=functools.partial(_read_listed_images, list_images=list_images),
         root_holds=root_holds,
         check_root=list_images,
@@ -344,8 +357,8 @@ def _listed_images_dataset(
     )
 
 
-def _listed_sources(root: Path, list_images: ImageLister, metadata: tuple[str, ...]) -> list[Path]:
-    return [root / filename for filename in metadata] + list_images(root)[0]
+def _listed_sources(root: Path, split: str, list_images: ImageLister, metadata: tuple[str, ...]) -> list[Path]:
+    return [root / filename for filename in metadata] + list_images(root, split)[0]
 
 
 # One entry per dataset, in the order error messages list them; adding a dataset is one entry here
@@ -382,7 +395,8 @@ _SPECS = (
     ),
     DatasetSpec(
         name="stl10",
-        splits=("train", "test", "unlabeled", "train+unlabeled", "all"),
+        splits=("train", "test", UNLABELLED, f"train+{UNLABELLED}", "all"),
+        unlabelled_parts=(UNLABELLED,),
         read=read_stl10,
         root_holds="root/stl10_binary/ with train_X.bin, train_y.bin, test_X.bin, test_y.bin, "
         "unlabeled_X.bin and class_names.txt",
@@ -398,8 +412,9 @@ _SPECS = (
         torchvision_class="STL10",
         torchvision_args={"split": "test"},
     ),
-    _listed_images_dataset("image_folder", IMAGE_FOLDER_LAYOUT, image_folder_entries),
-    _listed_images_dataset("har", HAR_LAYOUT, har_entries, metadata=(HAR_CSV,)),
+    # image_folder's unlabeled split: every image under root, its sub-folders read as meaning nothing.
+    _listed_images_dataset("image_folder", IMAGE_FOLDER_LAYOUT, image_folder_entries, UNLABELLED),
+    _listed_images_dataset("har", HAR_LAYOUT, har_entries, "test", metadata=(HAR_CSV,)),
 )
 DATASET_SPECS: dict[str, DatasetSpec] = {spec.name: spec for spec in _SPECS}
 DATASETS = tuple(DATASET_SPECS)

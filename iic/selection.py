@@ -38,10 +38,10 @@ def check_options(
                 f"class_map must map class names to class names (strings); got {', '.join(not_names)}. "
                 "In YAML, quote names that read as numbers: '1': odd"
             )
-        if "unlabeled" in spec.parts(split):
+        if set(spec.unlabelled_parts) & set(spec.parts(split)):
             raise DatasetError(
                 f"class_map cannot select classes in split {split!r}: its unlabelled images have no class; "
-                "use a labelled split (train, test or all)"
+                "use a labelled split (train or all)"
             )
 
 

@@ -29,7 +29,7 @@ def check_source(
     if spec.files is not None:
         _require_files(spec, root_path, spec.parts(split), registry)
     if spec.check_root is not None:
-        spec.check_root(root_path)
+        spec.check_root(root_path, split)
     return root_path
 
 

@@ -28,7 +28,7 @@ from iic.checkpoint import check_resumable, load_state, save_state
 from iic.checks import CUDA_GRAPH_MODES
 from iic.config import ConfigError, IICConfig
 from iic.data import ImageData
-from iic.evaluation import evaluate
+from iic.evaluation import evaluate, run_scores
 from iic.feature_cache import FixedViews
 from iic.inputs import (
     AUGMENT_SEED_OFFSET,
@@ -335,14 +335,16 @@ class Trainer:
         for history, metrics in zip(self.seed_histories, per_model, strict=True):
             history.append(metrics)
         groups = groups_by_seed(self.seed_of_model, self.seeds)
-        reported = [per_model[i] for i in picks(groups, per_model)]
+        reported_models = picks(groups, per_model)
+        combined = combine_seeds([per_model[i] for i in reported_models])
+        combined.update(run_scores(self, reported_models, combined))
         kept = kept_after(self.epoch, config.pick_epoch, groups, per_model)
         if kept is not None:
             self._keep_models(kept)
         metrics = {
             "epoch": self.epoch,
             "status": self.status,
-            **combine_seeds(reported),
+            **combined,
             "epoch_seconds": time.perf_counter() - started,
         }
         self.history.append(metrics)

@@ -23,7 +23,8 @@ from mlflow.tracking import MlflowClient
 from iic.config import ConfigError, IICConfig
 from iic.seeds import LABEL_FREE_PICK
 from search.confirmation import CONFIRMED_FIGURES
-from search.preset import OBJECTIVES, SearchDefaults
+from search.objectives import OBJECTIVES
+from search.preset import SearchDefaults
 from search.tracking.records import (
     RecordsError,
     connect,
@@ -146,7 +147,7 @@ def markdown_table(rows: list[dict]) -> str:
 
 def write_config(path: Path, trial: ExportedTrial, row: dict) -> Path:
     """The trial's config as YAML, headed by comments that say what accuracy it holds, on which seeds."""
-    objective = next(name for name in OBJECTIVES if name in row)
+    objective = next(name for name in row if name in OBJECTIVES)  # summary_rows puts it before the other figures
     seeds = row["search_seeds"]
     lines = [
         f"# iic-search export, rank {row['rank']}: trial {row['trial_id']} of search {row['search']!r}",

@@ -38,7 +38,8 @@ from search.driver import (
     set_driver_environment,
     start_ray,
 )
-from search.preset import COLLAPSE_SETTINGS, OBJECTIVES, Preset, SearchDefaults
+from search.objectives import OBJECTIVES
+from search.preset import COLLAPSE_SETTINGS, Preset, SearchDefaults
 from search.tracking.logger import MLflowTrialLogger
 from search.tracking.reconcile import logged_statuses
 from search.tracking.records import (
@@ -161,8 +162,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     results = run_confirmation(candidates, seeds, preset, name, storage_path, logger)
     confirmed = ranked_confirmations(confirmations(candidates, results, seeds, logged_statuses(report)), args.objective)
-    record_confirmed(client, parent.info.run_id, confirmed, args.objective)
+    gallery = record_confirmed(client, parent.info.run_id, confirmed, args.objective)
     print_confirmed(confirmed, args.objective)
+    if gallery:
+        print(f"the confirmed best's images per cluster: {gallery}")
     if started_ray:
         ray.shutdown()
     return 0

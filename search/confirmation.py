@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import pandas as pd
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
@@ -22,15 +23,25 @@ from ray import tune
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from iic.config import IICConfig
+from iic.label_free import LABEL_FREE_METRICS
+from iic.plots import plot_cluster_gallery
 from iic.seeds import LABEL_FREE_PICK, draw_seeds
 from search.challenger import Margin, figures_from_metrics, start_ahead_of_noise
 from search.driver import experiment_dir, make_trainable, progress_reporter, space_of, trial_dirname
-from search.preset import OBJECTIVES, Preset
+from search.objectives import OBJECTIVES
+from search.preset import Preset
 from search.ranking import best_first, trial_status
 from search.tracking.logger import MLflowTrialLogger
 from search.tracking.records import ranked_runs, retrainable_config, seeds_param
 from search.tracking.runs import TRIAL_TAG
-from trainables.iic_trainable import SEEDS_KEY, SOURCE_KEY, trial_config_values, trial_iic_config, trial_seeds
+from trainables.iic_trainable import (
+    SEEDS_KEY,
+    SOURCE_KEY,
+    SUMMARY_FILE,
+    trial_config_values,
+    trial_iic_config,
+    trial_seeds,
+)
 
 # Figures of a confirmation run, each over its seeds.
 CONFIRMED_FIGURES = (
@@ -40,6 +51,7 @@ CONFIRMED_FIGURES = (
     LABEL_FREE_PICK,
     "mutual_information",
     "nmi",
+    *LABEL_FREE_METRICS,
 )
 
 
@@ -61,6 +73,7 @@ class Confirmation:
     seeds: list[int]
     status: str
     metrics: dict
+    checkpoint: tune.Checkpoint | None = None  # its last, with its clusters' summary (SUMMARY_FILE)
 
     def value(self, objective: str) -> float | None:
         return self.metrics.get(objective)
@@ -208,7 +221,8 @@ def confirmations(
         status = statuses.get(metrics.get("trial_id")) or trial_status(
             metrics, result is None or result.error is not None
         )
-        confirmed.append(Confirmation(candidate, seeds, str(status), metrics))
+        checkpoint = result.checkpoint if result is not None else None
+        confirmed.append(Confirmation(candidate, seeds, str(status), metrics, checkpoint))
     return confirmed
 
 
@@ -233,9 +247,10 @@ def confirmed_row(confirmation: Confirmation, objective: str) -> dict:
     return row
 
 
-def record_confirmed(client: MlflowClient, run_id: str, confirmed: list[Confirmation], objective: str) -> None:
+def record_confirmed(client: MlflowClient, run_id: str, confirmed: list[Confirmation], objective: str) -> str | None:
     """The parent run's record of a confirmation stage: confirmed.csv, the confirmed best's
-    best_config.yaml and figures (``best_confirmed_*``), the confirmation seeds."""
+    best_config.yaml, figures (``best_confirmed_*``) and cluster gallery, the confirmation seeds.
+    Returns where the gallery is (None without one)."""
     best = confirmed[0]
     with tempfile.TemporaryDirectory() as folder:
         pd.DataFrame([confirmed_row(c, objective) for c in confirmed]).to_csv(
@@ -249,6 +264,23 @@ def record_confirmed(client: MlflowClient, run_id: str, confirmed: list[Confirma
     for name, value in confirmed_row(best, objective).items():
         if name.startswith("confirmed_") and isinstance(value, float) and math.isfinite(value):
             client.log_metric(run_id, f"best_{name}", value)
+    return record_best_gallery(client, run_id, best)
+
+
+BEST_GALLERY = "best_cluster_gallery.png"
+
+
+def record_best_gallery(client: MlflowClient, run_id: str, best: Confirmation) -> str | None:
+    """The confirmed best's images per cluster (its seed with the highest held-out MI), drawn from
+    its last checkpoint into the parent run: how a person without labels checks the clusters."""
+    if best.checkpoint is None:
+        return None
+    with best.checkpoint.as_directory() as saved, tempfile.TemporaryDirectory() as folder:
+        if not (Path(saved) / SUMMARY_FILE).is_file():
+            return None
+        plot_cluster_gallery(dict(np.load(Path(saved) / SUMMARY_FILE)), Path(folder) / BEST_GALLERY)
+        client.log_artifact(run_id, str(Path(folder) / BEST_GALLERY))
+    return f"{client.get_run(run_id).info.artifact_uri.removeprefix('file://')}/{BEST_GALLERY}"
 
 
 def print_confirmed(confirmed: list[Confirmation], objective: str) -> None:

@@ -18,7 +18,8 @@ from pathlib import Path
 
 from search.best_configs import export_best
 from search.driver import default_tracking_uri
-from search.preset import OBJECTIVES, SearchDefaults
+from search.objectives import OBJECTIVES
+from search.preset import SearchDefaults
 from search.tracking.records import RecordsError
 
 

@@ -19,8 +19,8 @@ from search.confirmation import (
 )
 from search.deadline import ConfirmationDeadline
 from search.driver import experiment_dir, make_trainable, report_path
+from search.objectives import OBJECTIVES
 from search.plan import SearchPlan, start_config
-from search.preset import OBJECTIVES
 from search.summary import summarise
 from search.tracking.logger import MLflowTrialLogger
 from search.tracking.reconcile import logged_statuses, reconcile, restored_trials

@@ -11,11 +11,12 @@ import pyarrow.fs
 from ray import tune
 
 from iic.config import ConfigError, IICConfig
-from iic.data import DatasetError
+from iic.data import DatasetError, split_has_labels
 from iic.seeds import draw_seeds
 from iic.supervised import check_held_out_source
 from search.challenger import margin_problem
 from search.driver import SearchError, check_tracking_uri, experiment_dir, resolve_storage_path
+from search.objectives import UNLABELLED_DEFAULT, unlabelled_problem
 from search.preset import Preset, PresetError
 from search.space import search_space, start_point
 
@@ -76,14 +77,26 @@ def load_preset(args: argparse.Namespace) -> tuple[Preset, list[str]]:
         )
     if search.scheduler == "pbt":
         search = dataclasses.replace(search, num_samples=pbt.population)
+    try:
+        base.validate()  # the data exists, the fixed settings are sound
+        labelled = split_has_labels(base.dataset, base.data_root, base.split)
+    except (ConfigError, DatasetError) as err:
+        raise SearchError(str(err)) from None
+    if not labelled and unlabelled_problem(search.objective):
+        if args.objective is not None:
+            raise SearchError(unlabelled_problem(search.objective))
+        search = dataclasses.replace(search, objective=UNLABELLED_DEFAULT)
+        notes.append(
+            f"the images have no labels: the search ranks trials by {UNLABELLED_DEFAULT} (seed agreement times "
+            "cluster balance; docs/searching.md), and accuracy and NMI are not reported"
+        )
     preset = dataclasses.replace(preset, search=search, pbt=pbt, **changes)
     problems = flag_problems(args, preset)
     if problems:
         raise SearchError("invalid search:\n  " + "\n  ".join(problems))
     try:
         preset.validate()
-        base.validate()  # the data exists, the fixed settings are sound
-    except (PresetError, ConfigError) as err:
+    except PresetError as err:
         raise SearchError(str(err)) from None
     return preset, notes
 

@@ -11,14 +11,12 @@ A preset (``search/presets/NAME.yaml``, or a file of your own) has these section
   {overcluster_k: 0}`` says what the fields are when it is off). Gates are decided before the
   fields that name them, wherever the file lists them. ``unless`` searches what only fits the gate's
   off state (``sobel`` unless ``pretrained``: ImageNet weights do not read Sobel's gradients);
-- ``search``: the defaults of the search itself (``SearchDefaults``: budget, concurrency, resources,
-  early stopping, confirmation, ``scheduler``: ``asha`` or ``pbt``);
+- ``search``: the search's own defaults (``SearchDefaults``: budget, resources, objective, scheduler, ...);
 - ``pbt``: how population-based training runs it (``PBTSettings``).
 
 This module is the format: reading, checking every range against IICConfig's own validation, and
-the gated walk over the space (``assign``). ``search/space.py`` turns a preset into Optuna's and
-Tune's objects. It imports neither Optuna nor Ray, so that a machine with torch alone can read
-presets and draw configs from them (``draw``).
+the gated walk over the space (``assign``); ``search/space.py`` makes Optuna's and Tune's objects
+of it. No Optuna or Ray here: a machine with torch alone reads presets and draws configs (``draw``).
 """
 
 import dataclasses
@@ -30,11 +28,11 @@ from typing import Any, Callable
 import numpy as np
 
 from iic.config import ConfigError, IICConfig, read_yaml
+from search.objectives import objective_problems
 from trainables.collapse import TrialSettings
 
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
 PRESET_SECTIONS = ("description", "extends", "config", "space", "search", "pbt")
-OBJECTIVES = {"cluster_accuracy": "max", "mutual_information": "max"}
 SCHEDULERS = ("asha", "pbt")  # ASHA stops TPE's weak trials early; PBT evolves a population's schedules
 # The collapse rule's settings: a trial's TrialSettings, searchable per preset under the same names.
 COLLAPSE_SETTINGS = tuple(f.name for f in dataclasses.fields(TrialSettings) if f.name.startswith("collapse_"))
@@ -87,20 +85,17 @@ class SearchDefaults:
 
     num_samples: int = 12
     max_concurrent: int = 2
-    objective: str = "cluster_accuracy"
-    # Every trial trains its config on these many seeds (the same for all trials, drawn from the
-    # search's --seed) and reports their mean: IIC's result swings with the seed.
+    objective: str = "cluster_accuracy"  # on images without labels the search ranks by label_free
+    # Every trial trains on these many seeds (the same for all, drawn from --seed) and reports their mean.
     seeds_per_trial: int = 3
-    # After the search, the best confirm_top distinct configs are trained again on confirm_seeds
-    # fresh seeds (never those of the search), and ranked by that: 0 switches it off.
+    # The best confirm_top distinct configs train again on confirm_seeds fresh seeds, ranked by that (0: off).
     confirm_top: int = 3
     confirm_seeds: int = 5
     scheduler: str = "asha"  # or "pbt": population-based training (the preset's pbt section)
     grace_period: int = 10  # epochs before ASHA may stop a trial
     reduction_factor: int = 3
     time_budget_s: float | None = None  # for the search; the confirmation stage runs after it
-    # For the whole search, confirmation included: the search stage ends when the confirmation, at
-    # the speed the trials measured, would not end by then (search/deadline.py).
+    # For the whole search: its stage ends when confirmation would not end by then (search/deadline.py).
     deadline_s: float | None = None
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
@@ -109,13 +104,12 @@ class SearchDefaults:
     collapse_information: float = TrialSettings.collapse_information
     collapse_warmup: int = TrialSettings.collapse_warmup
     max_failures: int = 2  # retries of a crashed trial, from its last checkpoint
-    # TPE's first trial is the preset's config itself (each searched field at its config value): a
-    # search too short to explore then still ends no lower than the config it starts from. PBT's
-    # population is drawn at random and ignores it.
+    # TPE's first trial is the preset's config itself, so a search too short to explore ends no lower
+    # than it. PBT's population is drawn at random and ignores it.
     start_from_config: bool = False
-    # A trial is confirmed instead of that start config only when it beats it on the search's seeds
-    # by this many standard errors of the difference (the seeds' sd from the median of the trials'): the best of a
-    # dozen trials beats it by luck alone otherwise (search/challenger.py). 0: the plain ranking.
+    # A trial is confirmed instead of that start config only when it beats it on the search's seeds by
+    # this many standard errors of the difference (the seeds' sd from the median of the trials'): the
+    # best of a dozen trials beats it by luck alone otherwise (search/challenger.py). 0: plain ranking.
     challenger_margin: float = 2.0
 
 
@@ -213,19 +207,22 @@ class Preset:
                 added = [p for p in problems_of(base, **dict(param.off)) if p not in fixed]
                 if added:
                     problems.append(f"space.{param.name}.otherwise: " + "\n  ".join(added))
-        # Every extreme of every range must make a valid config on its own (with its gate off for ``unless``).
+        # Every extreme of every range must make a valid config on its own (with its gate off for ``unless``),
+        # and at each end of a searched num_clusters (overcluster_k above every K).
+        k_ends = [{}] + [{"num_clusters": k} for p in self.params if p.name == "num_clusters" for k in (p.low, p.high)]
         for param in self.params:
             if param.kind == "gate":
                 continue
             values = param.choices if param.kind == "categorical" else (param.low, param.high)
             off = dict(gates[param.unless].off) if param.unless in gates else {}
             for value in values:
-                added = [p for p in problems_of(base, **{**off, param.name: value}) if p not in fixed]
+                added = [
+                    p for k in k_ends for p in problems_of(base, **{**off, **k, param.name: value}) if p not in fixed
+                ]
                 if added:
-                    detail = "\n  ".join(added)
+                    detail = "\n  ".join(dict.fromkeys(added))
                     problems.append(f"space.{param.name}: value {value!r} is invalid ({detail})")
-        if self.search.objective not in OBJECTIVES:
-            problems.append(f"search.objective: {self.search.objective!r} is not one of {', '.join(OBJECTIVES)}")
+        problems += [f"search.{problem}" for problem in objective_problems(self.search, len(k_ends) > 1)]
         if self.search.scheduler not in SCHEDULERS:
             problems.append(f"search.scheduler: {self.search.scheduler!r} is not one of {', '.join(SCHEDULERS)}")
         problems += self._pbt_problems()
@@ -348,8 +345,8 @@ def check_sections(raw: dict) -> None:
 
 
 def parse_space(space: dict | None) -> list[Param]:
-    """The space's params, gates first (so a field's gate is decided before it, whatever order the
-    file lists them in: a YAML writer may sort the keys), otherwise in the file's order."""
+    """The space's params, gates first (a field's gate is decided before it, whatever the file's order:
+    a YAML writer may sort the keys), otherwise in the file's order."""
     params = [parse_param(name, spec) for name, spec in (space or {}).items()]
     return sorted(params, key=lambda param: param.kind != "gate")
 
@@ -436,8 +433,8 @@ def config_changes(params: list[Param], chosen: dict, fixed: dict) -> dict:
 
 
 def draw(param: Param, rng: np.random.Generator):
-    """A value of ``param`` drawn uniformly (log-uniformly for a log range), as Optuna's random
-    sampler draws it; plain Python types, so that it writes to JSON and YAML as it is."""
+    """A value of ``param`` drawn uniformly (log-uniformly for a log range), as Optuna's random sampler
+    does; plain Python types, so that it writes to JSON and YAML as it is."""
     if param.kind in ("categorical", "gate"):
         options = param.options
         return options[int(rng.integers(len(options)))]

@@ -36,9 +36,10 @@ from search.driver import (
     set_driver_environment,
     start_ray,
 )
+from search.objectives import OBJECTIVES
 from search.pipeline import run_search
 from search.plan import new_plan, resumed_plan, write_record
-from search.preset import OBJECTIVES, SCHEDULERS, PresetError, available_presets
+from search.preset import SCHEDULERS, PresetError, available_presets
 from search.tracking.runs import SearchRecord, fail_search_run, open_search_run, prepare_experiment
 
 

@@ -20,7 +20,8 @@ from scipy.stats import spearmanr
 from iic.seeds import LABEL_FREE_PICK
 from search.ceiling import Ceiling, ceiling_line, record_ceiling
 from search.confirmation import Candidate, Choice, Confirmation, print_confirmed, record_confirmed
-from search.preset import OBJECTIVES, Preset
+from search.objectives import OBJECTIVES
+from search.preset import Preset
 from search.ranking import best_first, counts, trial_status
 from search.space import search_space
 from search.tracking.runs import START_TRIAL_TAG, TRIAL_ROLE, role_filter
@@ -206,6 +207,7 @@ def summarise(
     completed = completed_trials(table, objective)
     correlation, correlated = information_accuracy_correlation(completed)
     client = MlflowClient(tracking_uri)
+    gallery = None
     try:
         with tempfile.TemporaryDirectory() as folder:
             folder = Path(folder)
@@ -219,7 +221,7 @@ def summarise(
             if best_candidate is not None:
                 client.log_metric(parent_run_id, f"best_{objective}", float(best_candidate.search_value))
                 if confirmed:
-                    record_confirmed(client, parent_run_id, confirmed, objective)
+                    gallery = record_confirmed(client, parent_run_id, confirmed, objective)
                 else:
                     record_best(client, parent_run_id, folder, best_candidate)
             if ceiling is not None:
@@ -241,6 +243,8 @@ def summarise(
         print("\n" + ceiling_line(ceiling, *best_accuracy(table, confirmed)))
     command, address = ui_hint(tracking_uri, experiment_id, objective)
     print(f"\nMLflow: {command}\n        then open the trials, best first: {address}")
+    if gallery:
+        print(f"the confirmed best's images per cluster: {gallery}")
     if failures:
         print(f"\nMLflow could not record {len(failures)} item(s); the trials themselves ran:")
         for line in failures:

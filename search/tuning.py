@@ -14,8 +14,9 @@ from ray.tune.search.optuna import OptunaSearch
 
 from iic.config import IICConfig
 from search.driver import make_trainable, progress_reporter, space_of, trial_dirname
+from search.objectives import OBJECTIVES
 from search.plan import SearchPlan
-from search.preset import OBJECTIVES, Preset
+from search.preset import Preset
 from search.space import clip_to_ranges, mutations, population, search_space
 from search.tracking.logger import MLflowTrialLogger
 from trainables.iic_trainable import trial_finished

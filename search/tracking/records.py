@@ -9,7 +9,7 @@ from mlflow.tracking import MlflowClient
 
 from iic.config import IICConfig
 from search.driver import SearchError, check_tracking_uri
-from search.preset import OBJECTIVES
+from search.objectives import OBJECTIVES
 from search.ranking import best_first, counts
 from search.tracking.runs import (
     SEARCH_ROLE,

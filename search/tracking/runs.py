@@ -18,6 +18,7 @@ import numpy as np
 from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.tracking import MlflowClient
 
+from iic.label_free import LABEL_FREE_METRICS
 from iic.plots import plot_cluster_gallery, plot_confusion_matrix
 from iic.seeds import INIT_SEED, LABEL_FREE_PICK, PER_SEED_METRICS, SPREAD_METRICS
 from iic.status import RunStatus
@@ -46,6 +47,7 @@ TRIAL_METRICS = (
     "largest_cluster_share",
     "empty_clusters",
     "cluster_size_entropy",
+    *LABEL_FREE_METRICS,
     "diagnostic_best_subhead_accuracy",
     "epoch_seconds",
     LABEL_FREE_PICK,

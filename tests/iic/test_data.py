@@ -26,6 +26,7 @@ from iic.data import (
     StoredFiles,
     check_dataset_source,
     load_dataset,
+    split_has_labels,
 )
 
 # --------------------------------------------------------------------------- writers of the real formats
@@ -387,8 +388,8 @@ def test_corrupt_images_are_all_listed_and_not_dropped(tmp_path):
     assert "broken.jpg" in str(raised.value) and "also_broken.png" in str(raised.value)
 
 
-def test_image_folder_without_class_folders_or_with_an_empty_class(tmp_path):
-    with pytest.raises(DatasetError, match="no class sub-folders"):
+def test_image_folder_without_images_or_with_an_empty_class(tmp_path):
+    with pytest.raises(DatasetError, match="holds no images"):
         load_dataset("image_folder", str(tmp_path))
     write_image_folder(tmp_path)
     (tmp_path / "empty_class").mkdir()
@@ -396,7 +397,40 @@ def test_image_folder_without_class_folders_or_with_an_empty_class(tmp_path):
         check_dataset_source("image_folder", str(tmp_path))
 
 
+def test_a_flat_image_folder_reads_without_labels(tmp_path):
+    for i in range(3):
+        Image.new("RGB", (9, 7), (40 * i, 0, 0)).save(tmp_path / f"photo{i}.png")
+    data = load_dataset("image_folder", str(tmp_path), input_size=4)
+    assert data.labels.tolist() == [-1, -1, -1] and data.class_names == [] and data.images.shape == (3, 3, 4, 4)
+    assert not split_has_labels("image_folder", str(tmp_path))
+
+
+def test_split_unlabeled_reads_every_image_under_meaningless_sub_folders(tmp_path):
+    write_image_folder(tmp_path)
+    data = load_dataset("image_folder", str(tmp_path), split="unlabeled", input_size=4)
+    assert len(data) == 6 and (data.labels == -1).all() and data.class_names == []
+    assert split_has_labels("image_folder", str(tmp_path)) and not split_has_labels(
+        "image_folder", str(tmp_path), "unlabeled"
+    )
+    with pytest.raises(DatasetError, match="unlabelled images have no class"):
+        load_dataset("image_folder", str(tmp_path), split="unlabeled", class_map={"cat": "cat"})
+
+
 # --------------------------------------------------------------------------- har
+
+
+def test_har_test_split_reads_its_images_without_labels(tmp_path):
+    write_har(tmp_path, ["sitting", "running"])
+    (tmp_path / "test").mkdir()
+    for i in range(3):
+        Image.new("RGB", (10, 8), (0, 30 * i, 0)).save(tmp_path / "test" / f"Image_{i + 1}.jpg")
+    (tmp_path / "Testing_set.csv").write_text("filename\nImage_1.jpg\nImage_2.jpg\nImage_3.jpg\n")
+    data = load_dataset("har", str(tmp_path), split="test", input_size=4)
+    assert data.labels.tolist() == [-1, -1, -1] and not split_has_labels("har", str(tmp_path), "test")
+    assert len(load_dataset("har", str(tmp_path), split="all", input_size=4)) == 2  # "all": the labelled images
+    (tmp_path / "test" / "Image_3.jpg").unlink()
+    with pytest.raises(DatasetError, match="Image_3.jpg"):
+        check_dataset_source("har", str(tmp_path), split="test")
 
 
 def test_har_layout_reads_csv_and_train_folder(tmp_path):

@@ -41,6 +41,25 @@ def test_a_run_reports_every_epoch_with_the_metrics(tiny_config):
     assert seen[-1]["loss"] < seen[0]["loss"]  # it learns something
 
 
+def test_every_epoch_reports_seed_agreement_and_label_free_and_the_last_generalization(tiny_config):
+    result = train(tiny_config, seeds=[3, 4])
+    first, last = result.history
+    for epoch in (first, last):
+        assert -1 <= epoch["seed_agreement"] <= 1
+        assert epoch["label_free"] == pytest.approx(max(epoch["seed_agreement"], 0) * epoch["cluster_size_entropy"])
+    assert "generalization" not in first and 0 < last["generalization"] <= 1  # a classifier fit: the last epoch only
+    assert "seed_agreement" not in train(tiny_config.replace(epochs=1)).metrics  # one seed agrees with nothing
+
+
+def test_without_labels_a_run_reports_no_figure_that_needs_them(tiny_config):
+    data = load_dataset("digits", max_samples=240, input_size=16)
+    data.labels[:] = -1
+    result = train(tiny_config.replace(epochs=1), data=data, seeds=[3, 4])
+    assert not {"cluster_accuracy", "nmi", "ari", "label_free_pick_accuracy"} & set(result.metrics)
+    assert {"label_free", "seed_agreement", "cluster_size_entropy", "generalization"} <= set(result.metrics)
+    assert result.confusion is None
+
+
 def test_same_config_and_seed_give_the_same_run(tiny_config):
     first, second = train(tiny_config), train(tiny_config)
     assert first.history[-1]["cluster_accuracy"] == second.history[-1]["cluster_accuracy"]
