@@ -19,7 +19,7 @@ from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.tracking import MlflowClient
 
 from iic.plots import plot_cluster_gallery, plot_confusion_matrix
-from iic.seeds import INIT_SEED, LABEL_FREE_PICK, PER_SEED_METRICS, SPREAD_METRICS
+from iic.seeds import COLLAPSED_SEEDS, INIT_SEED, LABEL_FREE_PICK, PER_SEED_METRICS, SPREAD_METRICS
 from iic.status import RunStatus
 from search.ranking import trial_status
 from trainables.iic_trainable import (
@@ -45,6 +45,7 @@ TRIAL_METRICS = (
     "mutual_information",
     "largest_cluster_share",
     "empty_clusters",
+    COLLAPSED_SEEDS,
     "cluster_size_entropy",
     "diagnostic_best_subhead_accuracy",
     "epoch_seconds",
