@@ -23,7 +23,7 @@ from search.confirmation import Candidate, Choice, Confirmation, print_confirmed
 from search.preset import OBJECTIVES, Preset
 from search.ranking import best_first, counts, trial_status
 from search.space import search_space
-from search.tracking.runs import START_TRIAL_TAG, TRIAL_ROLE, role_filter
+from search.tracking.runs import START_TRIAL_TAG, TRIAL_ROLE, role_filter, wait_for_server
 from trainables.iic_trainable import trial_iic_config
 
 TABLE_PARAMS = ("lr", "batch_size", "lamb", "repeats", "sobel", "overcluster_k", "crop_min_scale", "rotation_degrees")
@@ -206,6 +206,7 @@ def summarise(
     completed = completed_trials(table, objective)
     correlation, correlated = information_accuracy_correlation(completed)
     client = MlflowClient(tracking_uri)
+    wait_for_server(tracking_uri)
     try:
         with tempfile.TemporaryDirectory() as folder:
             folder = Path(folder)
