@@ -24,7 +24,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections import Counter
 from pathlib import Path
 
@@ -44,6 +43,7 @@ from search.tracking.runs import (
     ended_status,
     result_epoch,
     role_filter,
+    wait_for_server,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,13 +76,8 @@ class Server:
             start_new_session=True,
             env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},  # tracking only: starts in seconds
         )
-        for _ in range(180):
-            try:
-                with urllib.request.urlopen(f"{self.uri}/health", timeout=2):
-                    return
-            except OSError:
-                time.sleep(0.5)
-        raise RuntimeError("mlflow server did not answer within 90 s")
+        if not wait_for_server(self.uri, every=0.5):
+            raise RuntimeError(f"mlflow server {self.uri} did not start")
 
     def kill(self) -> None:
         os.killpg(self.process.pid, signal.SIGKILL)  # the server and its workers
