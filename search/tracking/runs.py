@@ -190,7 +190,7 @@ def wait_for_server(uri: str, every: float = 2.0) -> bool:
     seconds = float(os.environ.get(END_WAIT_VARIABLE, END_WAIT_S))
     reason, deadline = server_unreachable(uri, timeout=3), time.monotonic() + seconds
     if reason is not None:
-        print(f"MLflow at {uri} does not answer ({reason}); waiting up to {seconds:.0f} s for it", flush=True)
+        print(f"MLflow at {uri} is down ({reason}); waiting up to {seconds:.0f} s for it", flush=True)
     while reason is not None and time.monotonic() < deadline:
         time.sleep(every)
         reason = server_unreachable(uri, timeout=3)
