@@ -17,7 +17,7 @@ from matplotlib import pyplot as plt
 from mlflow.tracking import MlflowClient
 from scipy.stats import spearmanr
 
-from iic.seeds import LABEL_FREE_PICK
+from iic.seeds import COLLAPSED_SEEDS, LABEL_FREE_PICK
 from search.ceiling import Ceiling, ceiling_line, record_ceiling
 from search.confirmation import Candidate, Choice, Confirmation, print_confirmed, record_confirmed
 from search.preset import OBJECTIVES, Preset
@@ -50,6 +50,7 @@ def trial_table(results, objective: str, statuses: dict[str, str]) -> pd.DataFra
                 LABEL_FREE_PICK: metrics.get(LABEL_FREE_PICK, math.nan),
                 "largest_cluster_share": metrics.get("largest_cluster_share", math.nan),
                 "epochs": metrics.get("epoch", 0),
+                COLLAPSED_SEEDS: metrics.get(COLLAPSED_SEEDS, math.nan),  # beside the status: how many failed
                 "status": str(statuses.get(trial_id) or trial_status(metrics, result.error is not None)),
                 **{name: config.get(name) for name in TABLE_PARAMS},
             }
