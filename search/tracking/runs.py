@@ -181,7 +181,8 @@ def server_unreachable(uri: str, timeout: float) -> str | None:
 # Seconds the end of a stage (its reconciliation, the search's summary) waits for a server that does
 # not answer, unless the environment says: a restarted server is back within them, and nothing is
 # left for search/reconcile.py.
-END_WAIT_VARIABLE, END_WAIT_S = "IIC_MLFLOW_END_WAIT_S", 180.0
+END_WAIT_VARIABLE = "IIC_MLFLOW_END_WAIT_S"
+END_WAIT_S = 180.0
 
 
 def wait_for_server(uri: str, every: float = 2.0) -> bool:
