@@ -23,6 +23,7 @@ from iic.inputs import load_config_data
 from iic.metrics import clustering_metrics
 from iic.supervised import ACCURACY, train_supervised
 from iic.trainer import train
+from trainables.collapse import TrialSettings
 
 NATIVE_SIZE = {"digits": 8, "mnist5k": 28}
 TUNING_SEEDS = frozenset({0, 1, 2, *range(100, 110)})  # the defaults were chosen on these
@@ -38,15 +39,17 @@ def kmeans_accuracy(config: IICConfig, seed: int = 0) -> float:
     return clustering_metrics(clusters, data.labels.numpy(), config.num_clusters, data.num_classes)["cluster_accuracy"]
 
 
-def print_figures(per_seed: list[dict]) -> None:
-    """One row per seed, then the accuracy's mean, min and sd."""
-    print(f"{'seed':>10}  {'accuracy':>8}  {'nmi':>6}  {'largest':>7}  {'held-out MI':>11}")
-    for m in per_seed:
+def print_figures(per_seed: list[dict], collapsed: list[bool]) -> None:
+    """One row per seed (with whether a search's trial would record it collapsed), then the
+    accuracy's mean, min and sd."""
+    print(f"{'seed':>10}  {'accuracy':>8}  {'nmi':>6}  {'largest':>7}  {'held-out MI':>11}  collapsed")
+    for m, seed_collapsed in zip(per_seed, collapsed, strict=True):
         print(
             f"{m['seed']:>10}  {m['cluster_accuracy']:>8.3f}  {m['nmi']:>6.3f}  "
-            f"{m['largest_cluster_share']:>7.2f}  {m['mutual_information']:>11.3f}"
+            f"{m['largest_cluster_share']:>7.2f}  {m['mutual_information']:>11.3f}  {'yes' if seed_collapsed else 'no'}"
         )
     print(spread_line("IIC accuracy", [m["cluster_accuracy"] for m in per_seed]))
+    print(f"collapsed seeds (trainables.collapse): {sum(collapsed)} of {len(collapsed)}")
 
 
 def ceiling(config: IICConfig, seeds: list[int]) -> list[float]:
@@ -87,7 +90,10 @@ def main(argv: list[str] | None = None) -> None:
     result = train(config, data=load_config_data(config), seeds=args.seeds)
     seconds = time.perf_counter() - started
     print(f"\nat epoch {len(result.history)} (status {result.status}):")
-    print_figures([run.metrics for run in result.seeds])
+    print_figures(
+        [run.metrics for run in result.seeds],
+        [TrialSettings().collapsed(run.history, config.num_clusters) for run in result.seeds],
+    )
     print(f"{seconds:.0f} s for all {len(args.seeds)} seeds at once")
     print(f"k-means on raw pixels: accuracy {kmeans_accuracy(config):.3f}")
     if args.ceiling:

@@ -15,8 +15,10 @@ from iic.config import ConfigError
 
 # Metrics whose spread over seeds is reported beside their mean.
 SPREAD_METRICS = ("cluster_accuracy", "nmi", "mutual_information", "largest_cluster_share")
-# Per-seed values kept under their own names (``<metric>/seed_<i>``), for curves per seed.
-PER_SEED_METRICS = ("cluster_accuracy", "mutual_information")
+# Per-seed values kept under their own names (``<metric>/seed_<i>``), for curves per seed; a
+# search's trial adds whether each seed has collapsed (1) or not (0), and how many have.
+COLLAPSED_METRIC, COLLAPSED_SEEDS = "collapsed", "collapsed_seeds"
+PER_SEED_METRICS = ("cluster_accuracy", "mutual_information", COLLAPSED_METRIC)
 LABEL_FREE_PICK = "label_free_pick_accuracy"
 # In a screening run (screen_inits > 1), the initialisation each seed's metrics come from: the one
 # with the highest held-out MI so far, then the kept one.
@@ -71,12 +73,17 @@ def combine_seeds(per_seed: list[dict]) -> dict:
             combined[f"{key}_max"] = float(values.max())
             combined[f"{key}_sd"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
         if key in PER_SEED_METRICS:
-            combined.update({f"{key}/seed_{i}": float(v) for i, v in enumerate(values)})
+            combined.update(per_seed_values(key, values))
     pick = label_free_pick(per_seed)
     combined["label_free_pick_seed"] = per_seed[pick].get("seed")
     if "cluster_accuracy" in per_seed[pick]:
         combined[LABEL_FREE_PICK] = float(per_seed[pick]["cluster_accuracy"])
     return combined
+
+
+def per_seed_values(metric: str, values) -> dict[str, float]:
+    """Each seed's value of a metric under its own name, ``<metric>/seed_<i>`` (i: the seed's place)."""
+    return {f"{metric}/seed_{i}": float(value) for i, value in enumerate(values)}
 
 
 def check_seeds(seeds: Sequence[int]) -> list[int]:

@@ -9,7 +9,8 @@ class RunStatus(StrEnum):
     COMPLETED = "completed"  # trained every epoch it was given
     STOPPED = "stopped"  # its epoch callback asked it to stop
     DIVERGED = "diverged"  # the loss became NaN/inf (on any of its seeds)
-    COLLAPSED = "collapsed"  # stopped itself: the clustering degenerated (see trainables.iic_trainable)
+    COLLAPSED = "collapsed"  # stopped itself: the clustering of every seed degenerated (trainables.collapse)
+    PARTLY_COLLAPSED = "partly_collapsed"  # trained every epoch, some of its seeds collapsed (collapsed_seeds)
     EARLY_STOPPED = "early_stopped"  # the search's scheduler (ASHA) stopped it between epochs
     STOPPED_BY_BUDGET = "stopped_by_budget"  # the search's time budget ran out while it trained
     ERROR = "error"  # it raised (after Tune's retries)

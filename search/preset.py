@@ -86,7 +86,7 @@ class SearchDefaults:
     num_samples: int = 12
     max_concurrent: int = 2
     objective: str = "cluster_accuracy"  # on images without labels the search ranks by label_free
-    # Every trial trains on these many seeds (the same for all, drawn from --seed) and reports their mean.
+    # Seeds each trial trains its config on (the same for all, drawn from --seed); it reports their mean.
     seeds_per_trial: int = 3
     # The best confirm_top distinct configs train again on confirm_seeds fresh seeds, ranked by that (0: off).
     confirm_top: int = 3
@@ -95,7 +95,7 @@ class SearchDefaults:
     grace_period: int = 10  # epochs before ASHA may stop a trial
     reduction_factor: int = 3
     time_budget_s: float | None = None  # for the search; the confirmation stage runs after it
-    # For the whole search: its stage ends when confirmation would not end by then (search/deadline.py).
+    # For the whole search, confirmation included: search/deadline.py ends the search stage in time.
     deadline_s: float | None = None
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
@@ -103,6 +103,9 @@ class SearchDefaults:
     collapse_patience: int = TrialSettings.collapse_patience
     collapse_information: float = TrialSettings.collapse_information
     collapse_warmup: int = TrialSettings.collapse_warmup
+    collapse_mean_share: float = TrialSettings.collapse_mean_share
+    collapse_empty: int = TrialSettings.collapse_empty
+    collapse_information_drop: float = TrialSettings.collapse_information_drop
     max_failures: int = 2  # retries of a crashed trial, from its last checkpoint
     # TPE's first trial is the preset's config itself, so a search too short to explore ends no lower
     # than it. PBT's population is drawn at random and ignores it.

@@ -17,14 +17,14 @@ from matplotlib import pyplot as plt
 from mlflow.tracking import MlflowClient
 from scipy.stats import spearmanr
 
-from iic.seeds import LABEL_FREE_PICK
+from iic.seeds import COLLAPSED_SEEDS, LABEL_FREE_PICK
 from search.ceiling import Ceiling, ceiling_line, record_ceiling
 from search.confirmation import Candidate, Choice, Confirmation, print_confirmed, record_confirmed
 from search.objectives import OBJECTIVES
 from search.preset import Preset
 from search.ranking import best_first, counts, trial_status
 from search.space import search_space
-from search.tracking.runs import START_TRIAL_TAG, TRIAL_ROLE, role_filter
+from search.tracking.runs import START_TRIAL_TAG, TRIAL_ROLE, role_filter, wait_for_server
 from trainables.iic_trainable import trial_iic_config
 
 TABLE_PARAMS = ("lr", "batch_size", "lamb", "repeats", "sobel", "overcluster_k", "crop_min_scale", "rotation_degrees")
@@ -51,6 +51,7 @@ def trial_table(results, objective: str, statuses: dict[str, str]) -> pd.DataFra
                 LABEL_FREE_PICK: metrics.get(LABEL_FREE_PICK, math.nan),
                 "largest_cluster_share": metrics.get("largest_cluster_share", math.nan),
                 "epochs": metrics.get("epoch", 0),
+                COLLAPSED_SEEDS: metrics.get(COLLAPSED_SEEDS, math.nan),  # beside the status: how many failed
                 "status": str(statuses.get(trial_id) or trial_status(metrics, result.error is not None)),
                 **{name: config.get(name) for name in TABLE_PARAMS},
             }
@@ -207,6 +208,7 @@ def summarise(
     completed = completed_trials(table, objective)
     correlation, correlated = information_accuracy_correlation(completed)
     client = MlflowClient(tracking_uri)
+    wait_for_server(tracking_uri)
     gallery = None
     try:
         with tempfile.TemporaryDirectory() as folder:

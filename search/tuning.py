@@ -10,13 +10,13 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, PopulationBasedTraining
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.basic_variant import BasicVariantGenerator
-from ray.tune.search.optuna import OptunaSearch
 
 from iic.config import IICConfig
 from search.driver import make_trainable, progress_reporter, space_of, trial_dirname
 from search.objectives import OBJECTIVES
 from search.plan import SearchPlan
 from search.preset import Preset
+from search.resumable import ResumableSearch, TrialAwareOptunaSearch
 from search.space import clip_to_ranges, mutations, population, search_space
 from search.tracking.logger import MLflowTrialLogger
 from trainables.iic_trainable import trial_finished
@@ -55,7 +55,7 @@ def tpe_with_asha(
     search = preset.search
     epochs = IICConfig.from_dict(preset.config).epochs
     sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, max(3, search.num_samples // 3)))
-    searcher = OptunaSearch(
+    searcher = TrialAwareOptunaSearch(
         space=search_space(preset, trial_seeds),
         metric=search.objective,
         mode=OBJECTIVES[search.objective],
@@ -71,7 +71,7 @@ def tpe_with_asha(
         reduction_factor=search.reduction_factor,
     )
     tune_config = tune.TuneConfig(
-        search_alg=ConcurrencyLimiter(searcher, max_concurrent=search.max_concurrent),
+        search_alg=ResumableSearch(ConcurrencyLimiter(searcher, max_concurrent=search.max_concurrent)),
         scheduler=scheduler,
         num_samples=search.num_samples,
         time_budget_s=search.time_budget_s,

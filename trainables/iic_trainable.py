@@ -37,9 +37,10 @@ from iic.checkpoint import CHECKPOINT_FILE
 from iic.config import IICConfig
 from iic.loop import StopReason
 from iic.plots import cluster_samples
+from iic.seeds import COLLAPSED_METRIC, COLLAPSED_SEEDS, per_seed_values
 from iic.status import RunStatus
 from iic.trainer import Trainer, train
-from trainables.collapse import TrialSettings
+from trainables.collapse import TrialSettings, collapse_ending
 
 SUMMARY_FILE = "clusters.npz"
 WRITER_FILE = "writer.json"  # which trial wrote the checkpoint, after which epoch
@@ -155,17 +156,15 @@ def train_iic(config: dict, settings: TrialSettings = TrialSettings()) -> None: 
         (folder / WRITER_FILE).write_text(json.dumps({"trial_id": trial_id, "epoch": trainer.epoch}))
 
     def report(metrics: dict, trainer: Trainer) -> StopReason:
-        # Collapsed once every seed has: until then the collapsed seeds pull the mean down. A PBT
-        # member trains on (its population replaces it) until its last epoch.
-        collapsed = metrics["status"] != RunStatus.DIVERGED and all(
-            settings.collapsed(h) for h in trainer.seed_histories
+        flags = settings.seeds_collapsed(
+            trainer.seed_histories, trainer.seed_of_model, trainer.seeds, trainer.config.num_clusters
         )
-        last_epoch = metrics["status"] == RunStatus.COMPLETED
-        reason = RunStatus.COLLAPSED if collapsed and (last_epoch or not in_population) else None
+        reason = collapse_ending(flags, metrics["status"], in_population)
         extra = {**(schedule_report(trainer.config, trainer.epoch) if scheduled else {}), **exploit}
         exploit.clear()
+        collapsed = {COLLAPSED_SEEDS: sum(flags), **per_seed_values(COLLAPSED_METRIC, [float(f) for f in flags])}
         report_with_checkpoint(
-            {**metrics, "status": reason or metrics["status"], **where, **extra},
+            {**metrics, **collapsed, "status": reason or metrics["status"], **where, **extra},
             trainer,
             lambda folder: write_extra(folder, trainer),
         )

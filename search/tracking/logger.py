@@ -31,6 +31,7 @@ from search.tracking.runs import (
     result_epoch,
     send_epochs,
     server_unreachable,
+    wait_for_server,
 )
 
 # Shown in the one line printed when a trial starts.
@@ -204,6 +205,8 @@ class MLflowTrialLogger(tune.Callback):
 
     def on_experiment_end(self, trials, **info):
         self._endings.shutdown(wait=True)
+        if wait_for_server(self.search.tracking_uri):
+            self._down_until = None
         budget_spent = self._budget_spent()
         for trial in trials:
             if trial.trial_id in self._runs and trial.trial_id not in self._ended and trial.status != trial.ERROR:

@@ -8,7 +8,9 @@ artifacts are written again with equal values. ``search.tracking.logger`` sends 
 
 import json
 import math
+import os
 import tempfile
+import time
 import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass
@@ -20,7 +22,7 @@ from mlflow.tracking import MlflowClient
 
 from iic.label_free import LABEL_FREE_METRICS
 from iic.plots import plot_cluster_gallery, plot_confusion_matrix
-from iic.seeds import INIT_SEED, LABEL_FREE_PICK, PER_SEED_METRICS, SPREAD_METRICS
+from iic.seeds import COLLAPSED_SEEDS, INIT_SEED, LABEL_FREE_PICK, PER_SEED_METRICS, SPREAD_METRICS
 from iic.status import RunStatus
 from search.ranking import trial_status
 from trainables.iic_trainable import (
@@ -46,6 +48,7 @@ TRIAL_METRICS = (
     "mutual_information",
     "largest_cluster_share",
     "empty_clusters",
+    COLLAPSED_SEEDS,
     "cluster_size_entropy",
     *LABEL_FREE_METRICS,
     "diagnostic_best_subhead_accuracy",
@@ -175,6 +178,26 @@ def server_unreachable(uri: str, timeout: float) -> str | None:
         return None
     except (urllib.error.URLError, OSError) as err:
         return str(getattr(err, "reason", err))
+
+
+# Seconds the end of a stage (its reconciliation, the search's summary) waits for a server that does
+# not answer, unless the environment says: a restarted server is back within them, and nothing is
+# left for search/reconcile.py.
+END_WAIT_VARIABLE = "IIC_MLFLOW_END_WAIT_S"
+END_WAIT_S = 180.0
+
+
+def wait_for_server(uri: str, every: float = 2.0) -> bool:
+    """Whether the MLflow server at ``uri`` answers within END_WAIT_S (a SQLite store at once); says
+    once that it waits."""
+    seconds = float(os.environ.get(END_WAIT_VARIABLE, END_WAIT_S))
+    reason, deadline = server_unreachable(uri, timeout=3), time.monotonic() + seconds
+    if reason is not None:
+        print(f"MLflow at {uri} is down ({reason}); waiting up to {seconds:.0f} s for it", flush=True)
+    while reason is not None and time.monotonic() < deadline:
+        time.sleep(every)
+        reason = server_unreachable(uri, timeout=3)
+    return reason is None
 
 
 # ---- one trial's run ------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from mlflow.tracking import MlflowClient
 
 from search.reconcile import main as reconcile_main
 from search.run import main
-from search.tracking.runs import ROLE_TAG, TRIAL_TAG
+from search.tracking.runs import END_WAIT_VARIABLE, ROLE_TAG, TRIAL_TAG
 from tests.search import flags
 
 # Multi-process fault tests: real Ray clusters, servers and drivers killed on purpose.
@@ -198,8 +198,9 @@ def _when_logged(server, epochs: int, action) -> threading.Thread:
 
 
 def test_server_gone_for_good_trials_finish_the_report_lists_every_missing_epoch_and_reconcile_sends_them_later(
-    ray_session, server, tmp_path, state_dir, capsys
+    ray_session, server, tmp_path, state_dir, capsys, monkeypatch
 ):
+    monkeypatch.setenv(END_WAIT_VARIABLE, "1")  # the end of each stage waits 1 s for the server, in vain
     watcher = _when_logged(server, 2, server.stop)
     assert _search(server.uri, tmp_path, "--num-samples", "2", "--max-concurrent", "1") == 0
     watcher.join(timeout=10)
@@ -288,3 +289,23 @@ def test_server_unreachable_mid_search_gets_every_run_metric_and_artifact_once_b
     assert len(list((tmp_path / "artifacts").rglob("cluster_gallery.png"))) == 2
     report = json.loads((state_dir / "iic-digits" / "mlflow_report.json").read_text())
     assert report["unlogged"] == {} and report["failures"] == []
+
+
+def test_a_server_restarted_as_a_stage_ends_gets_everything_without_reconcile(
+    ray_session, server, tmp_path, state_dir, capsys
+):
+    # down from the last epoch of the last trial for 20 s: over the trials' ends, the stage's
+    # reconciliation and the summary, which wait for it
+    def restart_later():
+        server.stop()
+        threading.Timer(20, server.start).start()
+
+    watcher = _when_logged(server, EPOCHS, restart_later)
+    assert _search(server.uri, tmp_path, "--num-samples", "1") == 0
+    watcher.join(timeout=10)
+    printed = capsys.readouterr().out
+    assert "waiting up to" in printed and "search/reconcile.py" not in printed, printed[-3000:]
+    assert _server_epochs(server.db) == _tune_epochs(tmp_path)
+    client = MlflowClient(server.uri)
+    runs = client.search_runs([client.get_experiment_by_name("iic-digits").experiment_id])
+    assert len(runs) == 2 and all(run.info.status == "FINISHED" for run in runs), [r.info for r in runs]

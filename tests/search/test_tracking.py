@@ -16,6 +16,7 @@ from search.reconcile import main as reconcile_main
 from search.tracking.logger import MLflowTrialLogger
 from search.tracking.reconcile import TUNE_RESULTS_FILE, reconcile, restored_trials, tune_results
 from search.tracking.runs import (
+    END_WAIT_VARIABLE,
     ROLE_TAG,
     SEARCH_TAG,
     STATUS_TAG,
@@ -174,6 +175,7 @@ def test_with_mlflow_down_the_report_lists_every_epoch_and_where_tune_keeps_it(
     experiment, tmp_path, monkeypatch, capsys
 ):
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv(END_WAIT_VARIABLE, "0")  # the stage's end does not wait for the server
     search = SearchRecord("http://127.0.0.1:9", "0", "exp", "parent", "test")  # nothing listens on port 9
     trials = restored_trials(_folder(experiment))
     logger = MLflowTrialLogger(search, tmp_path / "report.json", _folder(experiment), retry_seconds=60, quiet=True)

@@ -1,5 +1,6 @@
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -7,7 +8,8 @@ import torch
 from ray import tune
 from ray.tune.schedulers import PopulationBasedTraining
 
-from trainables.collapse import TrialSettings, has_collapsed
+from iic.status import RunStatus
+from trainables.collapse import TrialSettings, collapse_ending, has_collapsed
 from trainables.iic_trainable import (
     CHECKPOINT_FILE,
     EXPLOIT_EPOCH_KEY,
@@ -42,6 +44,49 @@ def test_information_is_judged_only_on_epochs_after_the_warm_up():
     assert has_collapsed(history[:15], share=0.6, patience=5, information=0.01, warmup=10)
     settings = TrialSettings()  # the documented rule: 5 epochs under 0.01 nats after a 10-epoch warm-up
     assert not settings.collapsed(history[:14]) and settings.collapsed(history[:15])
+
+
+def _epochs(count: int, **values) -> list[dict]:
+    return [{"largest_cluster_share": 0.12, "empty_clusters": 0, "mutual_information": 2.0, **values}] * count
+
+
+def test_a_seed_that_ends_in_an_oscillating_collapse_is_collapsed():
+    # the largest cluster swings between 0.40 and 0.90 (never 0.6 five epochs in a row), one cluster
+    # empty, held-out MI 0.42: each of the three window rules finds it on its own
+    swinging = [{"largest_cluster_share": s, "empty_clusters": 0, "mutual_information": 2.0} for s in (0.4, 0.9) * 3]
+    settings = TrialSettings()
+    assert not has_collapsed(_epochs(10) + swinging, share=0.6, patience=5, information=0.01, warmup=10)
+    assert settings.collapsed(_epochs(10) + swinging)  # mean share 0.70 >= 3.5 / 10 clusters
+    milder = [{**epoch, "largest_cluster_share": epoch["largest_cluster_share"] / 2.5} for epoch in swinging]
+    assert not settings.collapsed(_epochs(10) + milder)  # mean share 0.28
+    assert settings.collapsed(_epochs(12) + _epochs(5, empty_clusters=1))  # an empty cluster 5 epochs in a row
+    assert not settings.collapsed(_epochs(12) + _epochs(4, empty_clusters=1) + _epochs(1))
+    assert settings.collapsed(_epochs(12) + _epochs(5, mutual_information=0.42))  # under half its best 2.0
+    assert not settings.collapsed(_epochs(12) + _epochs(5, mutual_information=1.2))
+    assert not settings.collapsed(_epochs(5, largest_cluster_share=0.5, empty_clusters=3))  # still warming up
+
+
+def test_no_good_seed_of_the_recorded_digits_runs_is_ever_collapsed():
+    histories = []
+    for path in (Path(__file__).parents[2] / "benchmarks" / "data").glob("histories_digits_default_*.json"):
+        histories += json.loads(path.read_text())["histories"]
+    settings = TrialSettings()
+    good = [h for h in histories if h[-1]["cluster_accuracy"] > 0.8]
+    assert len(histories) == 33 and len(good) == 31
+    assert not any(settings.collapsed(h[:epoch]) for h in good for epoch in range(1, len(h) + 1))
+
+
+def test_a_seed_collapses_when_all_its_initialisations_have_and_a_trial_when_all_its_seeds_have():
+    settings, collapsed, fine = TrialSettings(), _epochs(10, largest_cluster_share=0.9), _epochs(10)
+    # seeds 7 and 8, two initialisations each (a screening run before its pick)
+    flags = settings.seeds_collapsed([collapsed, fine, collapsed, collapsed], [7, 7, 8, 8], [7, 8], 10)
+    assert flags == [False, True]
+    assert collapse_ending(flags, RunStatus.RUNNING, in_population=False) is None  # trains on
+    assert collapse_ending(flags, RunStatus.COMPLETED, in_population=False) == RunStatus.PARTLY_COLLAPSED
+    assert collapse_ending([True, True], RunStatus.RUNNING, in_population=False) == RunStatus.COLLAPSED
+    assert collapse_ending([True, True], RunStatus.RUNNING, in_population=True) is None  # PBT replaces it
+    assert collapse_ending([True, True], RunStatus.DIVERGED, in_population=False) is None
+    assert collapse_ending([False, False], RunStatus.COMPLETED, in_population=False) is None
 
 
 def test_trial_config_drops_the_gates(tiny_config):
@@ -92,6 +137,7 @@ def test_a_collapse_in_the_last_epoch_is_a_collapse(ray_session, tmp_path, tiny_
         "last",
     )
     assert result.metrics["status"] == "collapsed" and result.metrics["epoch"] == 1
+    assert result.metrics["collapsed_seeds"] == 1 and result.metrics["collapsed/seed_0"] == 1.0
 
 
 def test_a_trial_trains_its_seeds_at_once_and_reports_their_spread(ray_session, tmp_path, tiny_config):
@@ -100,6 +146,7 @@ def test_a_trial_trains_its_seeds_at_once_and_reports_their_spread(ray_session, 
     metrics = result.metrics
     per_seed = [metrics[f"cluster_accuracy/seed_{i}"] for i in range(3)]
     assert metrics["num_seeds"] == 3 and metrics["status"] == "completed"
+    assert metrics["collapsed_seeds"] == 0 and [metrics[f"collapsed/seed_{i}"] for i in range(3)] == [0.0] * 3
     assert metrics["cluster_accuracy"] == pytest.approx(np.mean(per_seed))
     assert metrics["cluster_accuracy_min"] == min(per_seed) and metrics["cluster_accuracy_sd"] == pytest.approx(
         np.std(per_seed, ddof=1)
