@@ -3,7 +3,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from test_data import ids, write_mnist  # tests/iic/test_data.py: real idx files
 
 from iic.checkpoint import CHECKPOINT_FILE
 from iic.config import ConfigError
@@ -12,6 +11,7 @@ from iic.status import RunStatus
 from iic.supervised import ACCURACY, SupervisedTrainer, held_out_split, train_supervised
 from iic.train import main
 from iic.trainer import Trainer
+from tests.iic.test_data import ids, write_mnist  # real idx files
 
 
 @pytest.fixture

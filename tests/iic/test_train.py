@@ -4,13 +4,13 @@ import json
 
 import numpy as np
 import pytest
-from test_trainer import CHANGES  # tests/iic/test_trainer.py: every kind of schedulable change
 
 from iic.config import IICConfig
 from iic.data import load_dataset
 from iic.metrics import clustering_metrics
 from iic.recipes import RECIPES, recipe, recipe_path
 from iic.train import build_parser, config_from_args, main
+from tests.iic.test_trainer import CHANGES  # every kind of schedulable change
 
 
 @pytest.mark.parametrize("dataset", [*RECIPES, "mnist"])
