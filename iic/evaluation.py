@@ -26,9 +26,9 @@ def evaluate(trainer, subhead_losses: torch.Tensor) -> list[dict]:
     labels), with the mutual information it reaches on held-out augmented views (a label-free
     objective). After the last epoch each also reports its generalization score (``iic.label_free``),
     from its backbone's features. ``subhead_losses``: (sub-heads, models)."""
-    probabilities = predict(trainer, held_out_views=False)
-    last_epoch = trainer.epoch >= trainer.config.epochs
-    features = trainer.features_of_all_images().float().cpu().numpy() if last_epoch else None
+    image_features = [] if trainer.epoch >= trainer.config.epochs else None  # the probe's, after the last epoch
+    probabilities = predict(trainer, held_out_views=False, image_features=image_features)
+    features = torch.cat(image_features, dim=1).float().cpu().numpy() if image_features is not None else None
     twin_probabilities = predict(trainer, held_out_views=True)
     num_clusters, num_classes = trainer.config.num_clusters, trainer.data.num_classes
     per_model = []
@@ -69,9 +69,10 @@ def run_scores(trainer, reported: list[int], combined: dict) -> dict:
 
 
 @torch.no_grad()
-def predict(trainer, held_out_views: bool) -> list[torch.Tensor]:
+def predict(trainer, held_out_views: bool, image_features: list | None = None) -> list[torch.Tensor]:
     """Main-head probabilities of every image, (S, N, k) per sub-head: of the images
-    themselves, or of each model's held-out augmented views of them."""
+    themselves, or of each model's held-out augmented views of them. ``image_features``, a list,
+    gets the backbone features the heads read, (S, batch, F) per evaluation batch."""
     trainer.model.eval()
     outputs = []
     count = len(trainer.inits)
@@ -93,5 +94,7 @@ def predict(trainer, held_out_views: bool) -> list[torch.Tensor]:
             else:
                 features = trainer.model.features_of_same_images(trainer.prepare(trainer.images[start:stop], None))
             outputs.append(trainer.model.classify(features, "main"))
+            if image_features is not None:
+                image_features.append(features)
     trainer.model.train()
     return [torch.cat(per_subhead, dim=1) for per_subhead in zip(*outputs, strict=True)]

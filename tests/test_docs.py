@@ -61,6 +61,7 @@ PARSERS: dict[str, str | None] = {
     "python -m benchmarks.search_strategies": "benchmarks.search_strategies:parse_args",
     "python -m benchmarks.label_free": "benchmarks.label_free:main",
     "python -m benchmarks.chaos": "benchmarks.chaos:main",
+    "python -m benchmarks.cached_features": "benchmarks.cached_features:main",
 }
 # Console scripts read their arguments with the same parser as the Python form.
 CONSOLE_SCRIPTS = {
