@@ -84,10 +84,14 @@ def main(argv: list[str] | None = None) -> None:
     with ProcessPoolExecutor(args.workers) as pool:
         head_seconds = list(pool.map(head_trial, configs))
     search = time.perf_counter() - started
+    threads = torch.get_num_threads()  # restored after: a caller's process keeps its own
     torch.set_num_threads(1)
-    timed = time.perf_counter()
-    first.fixed_views._compute(torch.arange(min(count, 32)), None)  # as a trial in the loop would
-    images_per_second = min(count, 32) / (time.perf_counter() - timed)
+    try:
+        timed = time.perf_counter()
+        first.fixed_views._compute(torch.arange(min(count, 32)), None)  # as a trial in the loop would
+        images_per_second = min(count, 32) / (time.perf_counter() - timed)
+    finally:
+        torch.set_num_threads(threads)
     # The same trials in the loop, on the same workers: a worker's share of their seconds.
     live = sum(
         seconds + backbone_images(config, count) / images_per_second
