@@ -57,18 +57,23 @@ class HeldOutSplit:
     name: str  # "test", or how the hold-out was drawn
 
 
+def _labelled_test_split(dataset: str) -> bool:
+    """Whether the dataset has a test split with labels (HAR's test images have none)."""
+    spec = DATASET_SPECS[dataset]
+    return TEST_SPLIT in spec.splits and TEST_SPLIT not in spec.unlabelled_parts
+
+
 def check_held_out_source(config: IICConfig) -> None:
     """Raise DatasetError unless the files the ceiling reads are there (the config's own split is
-    checked by its validation; the ceiling also reads train and test where a dataset has a test
-    split). Cheap: decodes nothing."""
-    spec = DATASET_SPECS[config.dataset]
-    if TEST_SPLIT in spec.splits and not config.download:
+    checked by its validation; the ceiling also reads train and test where a dataset has a labelled
+    test split). Cheap: decodes nothing."""
+    if _labelled_test_split(config.dataset) and not config.download:
         for split in ("train", TEST_SPLIT):
             check_dataset_source(config.dataset, config.data_root, split)
 
 
 def held_out_split(config: IICConfig, seed: int) -> HeldOutSplit:
-    """Train on the dataset's train split and measure on its test split when it has one (so that
+    """Train on the dataset's train split and measure on its test split when it has a labelled one (so that
     no test image is trained on, whatever ``config.split`` says; ``max_samples`` caps the training
     images only). Otherwise hold out a stratified ``HELD_OUT_SHARE`` of the config's images (its
     split and ``max_samples`` subset, as IIC sees them), drawn from ``seed``."""
@@ -83,7 +88,7 @@ def held_out_split(config: IICConfig, seed: int) -> HeldOutSplit:
         seed=config.seed,
         download=config.download,
     )
-    if TEST_SPLIT in DATASET_SPECS[config.dataset].splits:
+    if _labelled_test_split(config.dataset):
         return HeldOutSplit(load(split="train", max_samples=config.max_samples), load(split=TEST_SPLIT), TEST_SPLIT)
     data = load(split=config.split, max_samples=config.max_samples)
     labels = data.labels.numpy()
