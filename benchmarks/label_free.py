@@ -60,7 +60,7 @@ def record(args: argparse.Namespace) -> None:
             {
                 "seed": run.seed,
                 "role": "search" if i < args.seeds_per_trial else "confirm",
-                "collapsed": TrialSettings().collapsed(run.history),
+                "collapsed": TrialSettings().collapsed(run.history, config.num_clusters),
                 **{key: run.metrics.get(key) for key in SEED_METRICS},
                 "clusters": run.clusters.tolist(),
             }

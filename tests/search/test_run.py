@@ -12,6 +12,7 @@ from iic.seeds import draw_seeds
 from search.best_configs import export_best
 from search.confirm import main as confirm_main
 from search.confirmation import confirmation_seeds
+from search.plan import SEARCH_RECORD_FILE
 from search.run import main
 from search.tracking.runs import CONFIRMS_TAG, PARENT_TAG, ROLE_TAG, STATUS_TAG, TRIAL_TAG
 from tests.search import flags
@@ -324,6 +325,18 @@ def test_existing_search_name_needs_resume_and_resume_continues_the_stored_searc
     assert main(["--experiment", "again", "--resume", "--storage-path", str(tmp_path / "ray"), "--top", "1"]) == 0
     _, _, trials, [parent] = _runs(tmp_path, "again")
     assert len(trials) == 1 and parent.info.status == "FINISHED"
+    # A search stored by a version whose classes or settings have since changed is refused before
+    # anything starts, saying what to do; its runs stay as they were.
+    record = tmp_path / "ray" / "again" / SEARCH_RECORD_FILE
+    stored = json.loads(record.read_text())
+    stored["preset"]["search"]["consensus_restarts"] = 10
+    record.write_text(json.dumps(stored))
+    assert main(["--experiment", "again", "--resume", "--storage-path", str(tmp_path / "ray")]) == 2
+    refused = capsys.readouterr().err
+    assert "stored by another version of iic-search" in refused and "consensus_restarts" in refused
+    assert "start a new search under another --name" in refused
+    _, _, after, [parent_after] = _runs(tmp_path, "again")
+    assert [r.info.run_id for r in after] == [r.info.run_id for r in trials] and parent_after.info.status == "FINISHED"
 
 
 def test_a_search_that_fails_after_its_parent_run_opened_marks_it_failed(ray_session, tmp_path, state_dir, monkeypatch):
