@@ -21,9 +21,11 @@ import torch
 
 from benchmarks.common import command
 from iic.config import IICConfig
+from iic.feature_cache import FixedViews
 from iic.timm_backbones import model_name
 from iic.trainer import Trainer, train
-from search.preset import Preset, assign, config_changes, draw
+from search.params import assign, config_changes, draw
+from search.preset import Preset
 
 
 def backbone_images(config: IICConfig, count: int) -> int:
@@ -52,10 +54,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=100, help="draws the trials' heads (and seeds them)")
     parser.add_argument("--workers", type=int, default=2, help="processes of one thread each")
     args = parser.parse_args(argv)
+    previous = os.environ.get("IIC_CACHE_DIR")
+    with tempfile.TemporaryDirectory(prefix="cached-features-") as folder:
+        os.environ["IIC_CACHE_DIR"] = folder  # an empty cache: the extraction is measured
+        try:
+            measure(args, folder)
+        finally:
+            if previous is None:
+                del os.environ["IIC_CACHE_DIR"]
+            else:
+                os.environ["IIC_CACHE_DIR"] = previous
+    print(command("cached_features", argv))
+
+
+def measure(args: argparse.Namespace, folder: str) -> None:
+    """Extract the features into ``folder``, time the head trials on them, and print the figures."""
     import timm
 
-    folder = tempfile.mkdtemp(prefix="cached-features-")
-    os.environ["IIC_CACHE_DIR"] = folder  # an empty cache: the extraction is measured
     weights = os.path.join(folder, "random_weights.pt")
     architecture = model_name(args.backbone).split(".")[0]
     torch.save(timm.create_model(architecture, num_classes=0, img_size=args.input_size).state_dict(), weights)
@@ -88,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)
     try:
         timed = time.perf_counter()
-        first.fixed_views._compute(torch.arange(min(count, 32)), None)  # as a trial in the loop would
+        FixedViews(first, cached=False).of_images(torch.arange(min(count, 32)))  # as a trial in the loop would
         images_per_second = min(count, 32) / (time.perf_counter() - timed)
     finally:
         torch.set_num_threads(threads)
@@ -110,7 +125,6 @@ def main(argv: list[str] | None = None) -> None:
     print(f"the same trials with the backbone in the loop (estimated): {live:.0f} s", end=" ")
     print(f"= {args.trials / live * 60:.2f} trials/min")
     print(f"speed-up, extraction counted in: {live / search:.0f}x")
-    print(command("cached_features", argv))
 
 
 if __name__ == "__main__":

@@ -37,7 +37,8 @@ from benchmarks.common import command
 from iic.config import ConfigError, IICConfig
 from iic.status import RunStatus
 from iic.trainer import train
-from search.preset import assign, config_changes, draw, parse_space, read_preset
+from search.params import assign, config_changes, draw, parse_space
+from search.preset import read_preset
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 DEFAULT_PRESET = "digits_wide"

@@ -29,7 +29,8 @@ from benchmarks.common import table as text_table
 from benchmarks.record_curves import DEFAULT_PRESET, default_table_path, read_table
 from iic.config import IICConfig
 from iic.status import RunStatus
-from search.preset import Param, PBTSettings, assign, parse_space
+from search.params import Param, assign, parse_space
+from search.preset import PBTSettings
 from search.ranking import best_first
 from search.space import suggest
 

@@ -203,7 +203,7 @@ def set_driver_environment() -> None:
 def progress_reporter(preset: Preset) -> CLIReporter:
     """Tune's status table every minute: each trial's status, epoch, objective and largest cluster,
     and the first few settings the preset searches (the logger prints a line per trial start and end)."""
-    searched = [param.name for param in preset.params if param.kind != "gate"][:4]
+    searched = list(dict.fromkeys(param.field for param in preset.params if param.kind != "gate"))[:4]
     objective = preset.search.objective
     return CLIReporter(
         metric_columns={"epoch": "epoch", objective: objective, "largest_cluster_share": "largest"},

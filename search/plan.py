@@ -57,7 +57,7 @@ def load_preset(args: argparse.Namespace) -> tuple[Preset, list[str]]:
     except ConfigError as err:
         raise SearchError(str(err)) from None
     overridden = {name for name in base.to_dict() if getattr(base, name) != getattr(before, name)}
-    searched = {p.name for p in preset.params} & overridden
+    searched = {p.field for p in preset.params if p.kind != "gate"} & overridden
     if searched:
         raise SearchError(
             f"--set {', '.join(sorted(searched))}: searched by the preset; edit its space (or copy it with --config) "

@@ -4,31 +4,24 @@ A preset (``search/presets/NAME.yaml``, or a file of your own) has these section
 
 - ``extends``: a training config file (``configs/*.yaml``) read under the preset's own ``config``;
 - ``config``: IICConfig fields shared by every trial (defaults of ``iic/config.py`` fill the rest);
-- ``space``: the searched fields, each a range (``low``/``high``, optional ``log``) or a list of
-  ``choices``, optionally only ``when`` a gate is on, or ``unless`` it is; a gate (``{gate: true}``)
-  is a yes/no choice that switches a group of fields on or off (overclustering: its
-  ``overcluster_k`` and ``overcluster_passes`` are proposed only when it is on, and ``otherwise:
-  {overcluster_k: 0}`` says what the fields are when it is off). Gates are decided before the
-  fields that name them, wherever the file lists them. ``unless`` searches what only fits the gate's
-  off state (``sobel`` unless ``pretrained``: ImageNet weights do not read Sobel's gradients);
+- ``space``: the searched fields and the gates that switch groups of them on or off
+  (``search/params.py``: overclustering's ``overcluster_k`` is proposed only when its gate is on, and
+  ``otherwise: {overcluster_k: 0}`` says what the field is when it is off; ``sobel`` unless
+  ``pretrained``: ImageNet weights do not read Sobel's gradients);
 - ``search``: the search's own defaults (``SearchDefaults``: budget, resources, objective, scheduler, ...);
 - ``pbt``: how population-based training runs it (``PBTSettings``).
 
-This module is the format: reading, checking every range against IICConfig's own validation, and
-the gated walk over the space (``assign``); ``search/space.py`` makes Optuna's and Tune's objects
-of it. No Optuna or Ray here: a machine with torch alone reads presets and draws configs (``draw``).
+This module reads a preset and checks every range, under every state of its gates, against
+IICConfig's own validation; ``search/space.py`` makes Optuna's and Tune's objects of it.
 """
 
 import dataclasses
-import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
-
-import numpy as np
 
 from iic.config import ConfigError, IICConfig, read_yaml
 from search.objectives import objective_problems
+from search.params import Param, PresetError, config_point, gate_states, parse_space, space_spec
 from trainables.collapse import TrialSettings
 
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
@@ -36,47 +29,6 @@ PRESET_SECTIONS = ("description", "extends", "config", "space", "search", "pbt")
 SCHEDULERS = ("asha", "pbt")  # ASHA stops TPE's weak trials early; PBT evolves a population's schedules
 # The collapse rule's settings: a trial's TrialSettings, searchable per preset under the same names.
 COLLAPSE_SETTINGS = tuple(f.name for f in dataclasses.fields(TrialSettings) if f.name.startswith("collapse_"))
-
-
-class PresetError(ValueError):
-    """A preset that cannot be searched; the message names the entry and the fix."""
-
-
-@dataclass(frozen=True)
-class Param:
-    """One searched field: a float/int range or a list of choices, or a gate."""
-
-    name: str
-    kind: str  # "float", "int", "categorical" or "gate"
-    low: float | None = None
-    high: float | None = None
-    log: bool = False
-    choices: tuple = ()
-    when: str | None = None  # proposed only while this gate is on ...
-    unless: str | None = None  # ... or only while this gate is off
-    off: tuple = ()  # a gate's (field, value) pairs for when it is off
-
-    @property
-    def options(self) -> list:
-        """The values of a categorical field or a gate."""
-        return list(self.choices) if self.kind == "categorical" else [False, True]
-
-    def active(self, gates: dict[str, bool]) -> bool:
-        """Whether the field is proposed, given the gates decided so far."""
-        if self.when is not None and not gates.get(self.when, False):
-            return False
-        return self.unless is None or not gates.get(self.unless, True)
-
-    def spec(self) -> dict:
-        """The param as a preset's ``space`` entry (``parse_space`` reads it back)."""
-        if self.kind == "gate":
-            return {"gate": True, "otherwise": dict(self.off)}
-        spec = (
-            {"choices": list(self.choices)}
-            if self.kind == "categorical"
-            else {"low": self.low, "high": self.high, "log": self.log}
-        )
-        return spec | {key: gate for key, gate in (("when", self.when), ("unless", self.unless)) if gate}
 
 
 @dataclass
@@ -183,13 +135,14 @@ class Preset:
         return {
             "description": self.description,
             "config": dict(self.config),
-            "space": {p.name: p.spec() for p in self.params},
+            "space": space_spec(self.params),
             "search": dataclasses.asdict(self.search),
             "pbt": dataclasses.asdict(self.pbt),
         }
 
     def validate(self) -> None:
-        """Check every range against IICConfig's own validation, before any trial starts."""
+        """Check every range against IICConfig's own validation, before any trial starts: each value
+        under every state of the gates it is proposed in, and at each end of a searched num_clusters."""
         problems = []
         gates = {}
         for param in self.params:
@@ -200,27 +153,47 @@ class Preset:
                     )
             if param.kind == "gate":
                 gates[param.name] = param
+        if problems:
+            raise PresetError("invalid preset:\n  " + "\n  ".join(problems))
         base = IICConfig.from_dict(self.config)
         # The fixed config's own problems are reported once, as its own; a searched value is blamed
         # only for the problems it adds.
         fixed = problems_of(base)
         problems += [f"config: {problem}" for problem in fixed]
-        for param in self.params:
-            if param.kind == "gate" and param.off:
-                added = [p for p in problems_of(base, **dict(param.off)) if p not in fixed]
-                if added:
-                    problems.append(f"space.{param.name}.otherwise: " + "\n  ".join(added))
-        # Every extreme of every range must make a valid config on its own (with its gate off for ``unless``),
-        # and at each end of a searched num_clusters (overcluster_k above every K).
-        k_ends = [{}] + [{"num_clusters": k} for p in self.params if p.name == "num_clusters" for k in (p.low, p.high)]
+        # A state of the gates fixes some fields, and its alternatives of a field (a ViT backbone under
+        # `foundation`) another: each is checked with the first value of each alternative it proposes.
+        states = [
+            (
+                decided,
+                {
+                    **fixes,
+                    **{
+                        p.field: p.options[0] if p.kind == "categorical" else p.low
+                        for p in self.params
+                        if p.kind != "gate" and p.name != p.field and p.active(decided)
+                    },
+                },
+            )
+            for decided, fixes in gate_states(self.params)
+        ]
+        for decided, fixes in states:
+            added = [p for p in problems_of(base, **fixes) if p not in fixed]
+            if added:
+                where = ", ".join(f"{g} {'on' if on else 'off'}" for g, on in decided.items())
+                problems.append(f"space: with {where}: " + "\n  ".join(dict.fromkeys(added)))
+        k_ends = [{}] + [{"num_clusters": k} for p in self.params if p.field == "num_clusters" for k in (p.low, p.high)]
         for param in self.params:
             if param.kind == "gate":
                 continue
             values = param.choices if param.kind == "categorical" else (param.low, param.high)
-            off = dict(gates[param.unless].off) if param.unless in gates else {}
+            contexts = [fixes for decided, fixes in states if param.active(decided)]
             for value in values:
                 added = [
-                    p for k in k_ends for p in problems_of(base, **{**off, **k, param.name: value}) if p not in fixed
+                    p
+                    for fixes in contexts
+                    for k in k_ends
+                    for p in problems_of(base, **{**fixes, **k, param.field: value})
+                    if p not in fixed
                 ]
                 if added:
                     detail = "\n  ".join(dict.fromkeys(added))
@@ -345,106 +318,3 @@ def check_sections(raw: dict) -> None:
     unknown = set(raw) - set(PRESET_SECTIONS)
     if unknown:
         raise PresetError(f"unknown section(s) {', '.join(sorted(unknown))}; a preset has {', '.join(PRESET_SECTIONS)}")
-
-
-def parse_space(space: dict | None) -> list[Param]:
-    """The space's params, gates first (a field's gate is decided before it, whatever the file's order:
-    a YAML writer may sort the keys), otherwise in the file's order."""
-    params = [parse_param(name, spec) for name, spec in (space or {}).items()]
-    return sorted(params, key=lambda param: param.kind != "gate")
-
-
-def parse_param(name: str, spec) -> Param:
-    fields = {f.name: f for f in dataclasses.fields(IICConfig)}
-    if not isinstance(spec, dict):
-        raise PresetError(
-            f"space.{name}: expected a mapping such as {{low: 0.1, high: 0.9}} or {{choices: [...]}}, got {spec!r}"
-        )
-    unknown = set(spec) - {"low", "high", "log", "choices", "when", "unless", "gate", "otherwise"}
-    if unknown:
-        raise PresetError(
-            f"space.{name}: unknown key(s) {', '.join(sorted(map(str, unknown)))}; use low/high/log, choices, when or "
-            "unless, or gate and otherwise"
-        )
-    when, unless = spec.get("when"), spec.get("unless")
-    if spec.get("gate"):
-        if name in fields:
-            raise PresetError(f"space.{name}: a gate cannot share its name with an IICConfig field")
-        off = spec.get("otherwise") or {}
-        if not isinstance(off, dict) or any(key not in fields for key in off):
-            raise PresetError(
-                f"space.{name}: otherwise must map IICConfig fields to their values when the gate is off, e.g. "
-                f"{{overcluster_k: 0}}"
-            )
-        return Param(name, "gate", off=tuple(off.items()))
-    if name not in fields:
-        close = difflib.get_close_matches(name, fields, n=1)
-        raise PresetError(f"space.{name}: not an IICConfig field" + (f" — did you mean {close[0]!r}?" if close else ""))
-    if "choices" in spec:
-        choices = spec["choices"]
-        if not isinstance(choices, list) or not choices:
-            raise PresetError(f"space.{name}: choices must be a non-empty list")
-        return Param(name, "categorical", choices=tuple(choices), when=when, unless=unless)
-    if "low" not in spec or "high" not in spec:
-        raise PresetError(f"space.{name}: give low and high (a range) or choices (a list)")
-    low, high = spec["low"], spec["high"]
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)):
-        raise PresetError(f"space.{name}: low and high must be numbers, got {low!r} and {high!r}")
-    if low >= high:
-        raise PresetError(
-            f"space.{name}: low ({low}) must be below high ({high}); for a fixed value put it under config"
-        )
-    log = bool(spec.get("log", False))
-    if log and low <= 0:
-        raise PresetError(f"space.{name}: a log range needs low > 0 (got {low})")
-    kind = "int" if fields[name].type is int else "float"
-    if kind == "int" and not (float(low).is_integer() and float(high).is_integer()):
-        raise PresetError(f"space.{name}: {name} is an integer field; low and high must be integers")
-    return Param(name, kind, low=low, high=high, log=log, when=when, unless=unless)
-
-
-def assign(params: list[Param], choose: Callable[[Param], Any]) -> tuple[dict, dict]:
-    """Walk the params in order and ask ``choose(param)`` for the value of each one whose gate (if
-    it has one) is on. Returns the chosen values by param name (gates included) and the IICConfig
-    fields that the gates chosen off fix (their ``otherwise``)."""
-    chosen, fixed = {}, {}
-    for param in params:
-        if not param.active(chosen):
-            continue
-        chosen[param.name] = choose(param)
-        if param.kind == "gate" and not chosen[param.name]:
-            fixed.update(param.off)
-    return chosen, fixed
-
-
-def config_point(params: list[Param], config: dict) -> dict:
-    """The values of the params, by field (and gate) name, that would reproduce ``config`` (a complete
-    IICConfig dict): searched fields at the config's values, a gate on unless the config matches its
-    ``otherwise`` values."""
-
-    def value(param: Param):
-        if param.kind == "gate":
-            return not param.off or any(config.get(k) != v for k, v in param.off)
-        return config[param.name]
-
-    return assign(params, value)[0]
-
-
-def config_changes(params: list[Param], chosen: dict, fixed: dict) -> dict:
-    """The IICConfig fields that ``assign``'s result sets (gates are not fields)."""
-    return {**{p.name: chosen[p.name] for p in params if p.kind != "gate" and p.name in chosen}, **fixed}
-
-
-def draw(param: Param, rng: np.random.Generator):
-    """A value of ``param`` drawn uniformly (log-uniformly for a log range), as Optuna's random sampler
-    does; plain Python types, so that it writes to JSON and YAML as it is."""
-    if param.kind in ("categorical", "gate"):
-        options = param.options
-        return options[int(rng.integers(len(options)))]
-    if param.kind == "int":
-        if param.log:
-            return int(round(float(np.exp(rng.uniform(np.log(param.low), np.log(param.high))))))
-        return int(rng.integers(int(param.low), int(param.high) + 1))
-    if param.log:
-        return float(np.exp(rng.uniform(np.log(param.low), np.log(param.high))))
-    return float(rng.uniform(param.low, param.high))

@@ -12,13 +12,15 @@ import optuna
 from ray import tune
 
 from iic.config import IICConfig
-from search.preset import Param, Preset, assign, config_point
+from search.params import Param, assign, config_changes, config_point
+from search.preset import Preset
 from trainables.iic_trainable import GATE_KEY, PBT_KEY, SEEDS_KEY
 
 
 def optuna_name(param: Param) -> str:
-    # OptunaSearch unflattens "gate/x" into {"gate": {"x": ...}} in the trial config.
-    return f"{GATE_KEY}/{param.name}" if param.kind == "gate" else param.name
+    # OptunaSearch unflattens "gate/x" into {"gate": {"x": ...}} in the trial config: gates, and the
+    # alternatives of a field (whose value the space returns under the field's own name).
+    return param.name if param.name == param.field else f"{GATE_KEY}/{param.name}"
 
 
 def distribution(param: Param) -> optuna.distributions.BaseDistribution:
@@ -52,8 +54,11 @@ class SearchSpace:
 
     def __call__(self, trial: optuna.Trial) -> dict:
         chosen, fixed = assign(self.params, lambda param: suggest(param, trial))
-        # Ray merges the constants over the suggestions: a suggested field must not be among them.
-        return {**{name: value for name, value in self.config.items() if name not in chosen}, **fixed}
+        # Ray merges the constants over the suggestions: a suggested field must not be among them
+        # (an alternative's value, suggested under its own name, is returned under its field's).
+        changes = config_changes(self.params, chosen, fixed)
+        suggested = {p.name for p in self.params if p.name in chosen and p.name == p.field}
+        return {name: value for name, value in {**self.config, **changes}.items() if name not in suggested}
 
     def distributions(self) -> dict[str, optuna.distributions.BaseDistribution]:
         return {optuna_name(p): distribution(p) for p in self.params}

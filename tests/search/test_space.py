@@ -5,6 +5,8 @@ import optuna
 import pytest
 from ray.tune.search.optuna import OptunaSearch
 
+from iic.config import IICConfig
+from iic.timm_backbones import TIMM_BACKBONES
 from search.preset import Preset, PresetError, available_presets
 from search.space import clip_to_ranges, mutations, population, search_space, start_point
 from trainables.iic_trainable import trial_iic_config, trial_seeds
@@ -14,6 +16,11 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 def _preset(space: dict, config: dict | None = None) -> Preset:
     return Preset.from_dict("test", {"config": config or {"dataset": "digits"}, "space": space})
+
+
+def _proposed(space, trial: optuna.Trial) -> IICConfig:
+    """The config of a trial as OptunaSearch makes it: the space's constants over the suggestions."""
+    return trial_iic_config({**space(trial), **{k: v for k, v in trial.params.items() if "/" not in k}})
 
 
 GATED = {
@@ -66,7 +73,7 @@ PRETRAINED = {
 }
 
 
-@pytest.mark.parametrize("preset", ["har", "cifar10", "image_folder", None])
+@pytest.mark.parametrize("preset", ["har", "cifar10", None])
 def test_pretrained_frozen_and_sobel_are_proposed_only_where_they_fit(preset):
     """Pretrained: frozen or not, never Sobel (ImageNet weights read RGB); from scratch: never frozen,
     Sobel or not. Every proposed config is valid."""
@@ -82,7 +89,7 @@ def test_pretrained_frozen_and_sobel_are_proposed_only_where_they_fit(preset):
     arms = set()
     for _ in range(30):
         trial = study.ask()
-        config = trial_iic_config({**space(trial), **{k: v for k, v in trial.params.items() if "/" not in k}})
+        config = _proposed(space, trial)
         config.validate(check_data=False)
         pretrained = trial.params["gate/pretrained"]
         assert (config.backbone_weights == "imagenet") == pretrained
@@ -93,6 +100,35 @@ def test_pretrained_frozen_and_sobel_are_proposed_only_where_they_fit(preset):
         arms.add((pretrained, config.freeze_backbone, config.sobel))
         assert space.point(config.to_dict()) == trial.params
     assert arms == {(True, True, False), (True, False, False), (False, False, False), (False, False, True)}
+
+
+def test_image_folder_offers_foundation_models_frozen_at_their_size_resnets_and_training_from_scratch():
+    """A gate under a gate (``foundation`` under ``pretrained``) and a field with one list of choices
+    per gate state (``backbone``): ViTs only frozen at 224 px on cached views, ResNets pretrained
+    (frozen or not) or from scratch. Every config is valid, and its point reproduces the trial."""
+    preset = Preset.load("image_folder")
+    assert Preset.from_dict("again", preset.to_dict()).params == preset.params  # what --resume reads back
+    space = search_space(preset)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    arms = set()
+    for _ in range(40):
+        trial = study.ask()
+        config = _proposed(space, trial)
+        config.validate(check_data=False)
+        pretrained, foundation = trial.params["gate/pretrained"], trial.params.get("gate/foundation")
+        assert (foundation is None) == (not pretrained)  # decided only under pretrained
+        if foundation:
+            assert config.backbone in TIMM_BACKBONES and trial.params["gate/backbone@foundation"] == config.backbone
+            assert config.backbone_weights == "pretrained" and config.freeze_backbone
+            assert config.input_size == 224 and config.feature_views == 8
+            assert "freeze_backbone" not in trial.params
+        else:
+            assert config.backbone in ("resnet18", "resnet50") and config.input_size == 64 and config.feature_views == 0
+            assert trial.params["gate/backbone@not_foundation"] == config.backbone
+        assert "backbone" not in trial.params
+        arms.add(("foundation" if foundation else "resnet" if pretrained else "scratch", config.freeze_backbone))
+        assert space.point(config.to_dict()) == trial.params
+    assert arms == {("foundation", True), ("resnet", True), ("resnet", False), ("scratch", False)}
 
 
 def test_unless_names_a_gate_listed_anywhere_and_is_checked_with_the_gate_off():
@@ -122,9 +158,7 @@ def test_point_reproduces_a_trials_parameters():
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
     for _ in range(6):
         trial = study.ask()
-        config = {
-            **trial_iic_config({**space(trial), **{k: v for k, v in trial.params.items() if "/" not in k}}).to_dict()
-        }
+        config = {**_proposed(space, trial).to_dict()}
         assert space.point(config) == trial.params
 
 
@@ -143,6 +177,21 @@ def test_point_reproduces_a_trials_parameters():
         ({"batch_size": {"low": 32.5, "high": 64}}, "integer field"),
         ({"sobel": {"choices": []}}, "non-empty list"),
         ({"backbone": {"choices": ["clusternet", "vgg"]}}, "value 'vgg' is invalid"),
+        ({"backbone": [{"choices": ["clusternet"]}]}, "each alternative needs its own `when: GATE`"),
+        (
+            {"a": {"gate": True, "when": "b"}, "b": {"gate": True, "when": "a"}},
+            "the gates a, b sit under each other in a loop",
+        ),
+        (  # a gate's `then` is checked in every state of the gates: a ViT needs a multiple of its patch
+            {
+                "vit": {"gate": True, "then": {"backbone_weights": "pretrained", "freeze_backbone": True}},
+                "backbone": [
+                    {"choices": ["clusternet"], "unless": "vit"},
+                    {"choices": ["dinov2_vits14"], "when": "vit"},
+                ],
+            },
+            r"space: with vit on: input_size",
+        ),
     ],
 )
 def test_invalid_spaces_are_named(space, message):
