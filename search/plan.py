@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pyarrow.fs
 from ray import tune
-from ray.tune.search import ConcurrencyLimiter
 
 from iic.config import ConfigError, IICConfig
 from iic.data import DatasetError, split_has_labels
@@ -19,7 +18,6 @@ from search.challenger import margin_problem
 from search.driver import SearchError, check_tracking_uri, experiment_dir, resolve_storage_path
 from search.objectives import UNLABELLED_DEFAULT, unlabelled_problem
 from search.preset import Preset, PresetError
-from search.resumable import ResumableSearch, TrialAwareOptunaSearch
 from search.space import search_space, start_point
 
 # IICConfig fields that say which images a search clusters: a preset's config holds its place as the
@@ -274,13 +272,16 @@ def resumed_plan(args: argparse.Namespace, given: dict) -> SearchPlan:
         raise SearchError(
             f"--resume: {folder} has no {SEARCH_RECORD_FILE} (a search started by an older version); start a new search"
         )
-    problem = unreadable_state(folder, stored)
-    if problem:
+    raw = dict(stored["preset"])
+    try:  # a search stored by a version whose settings or classes have since changed
+        preset = Preset.from_dict(raw.pop("name"), raw)
+        tune.ExperimentAnalysis(folder)  # Tune's trials, read as the resumed search reads them (any storage)
+    except (PresetError, AttributeError, ImportError, TypeError, KeyError) as err:
         raise SearchError(
             f"--resume: the search at {folder} was stored by another version of iic-search, which this one cannot "
-            f"read ({problem}). Finish it with the version that started it, or start a new search under another "
-            "--name; its MLflow runs stay as they are"
-        )
+            f"read ({type(err).__name__}: {err}). Finish it with the version that started it, or start a new search "
+            "under another --name; its MLflow runs stay as they are"
+        ) from None
     conflicts = [
         f"--{flag.replace('_', '-')} {value!r}: the search was started with {stored['arguments'].get(flag)!r}"
         for flag, value in given.items()
@@ -291,8 +292,6 @@ def resumed_plan(args: argparse.Namespace, given: dict) -> SearchPlan:
             "--resume continues the search as it was started; drop these flags (only "
             f"{', '.join('--' + f for f in SAFE_ON_RESUME)} may change):\n  " + "\n  ".join(conflicts)
         )
-    raw = dict(stored["preset"])
-    preset = Preset.from_dict(raw.pop("name"), raw)
     arguments = {
         **stored["arguments"],
         **{flag: given[flag] for flag in SAFE_ON_RESUME if flag in given},
@@ -314,19 +313,6 @@ def record_file(folder: str) -> tuple[pyarrow.fs.FileSystem, str]:
     own filesystem."""
     filesystem, path = pyarrow.fs.FileSystem.from_uri(folder if "://" in folder else Path(folder).as_uri())
     return filesystem, f"{path}/{SEARCH_RECORD_FILE}"
-
-
-def unreadable_state(folder: str, stored: dict) -> str | None:
-    """Why this code cannot continue a search's stored state (its preset, Tune's trials, TPE's
-    searcher), or None: a search stored by a version whose classes have since moved or changed."""
-    raw = dict(stored["preset"])
-    try:
-        Preset.from_dict(raw.pop("name"), raw)
-        tune.ExperimentAnalysis(folder)
-        ResumableSearch(ConcurrencyLimiter(TrialAwareOptunaSearch(), max_concurrent=1)).restore_from_dir(folder)
-    except (PresetError, AttributeError, ImportError, TypeError, KeyError) as err:
-        return f"{type(err).__name__}: {err}"
-    return None
 
 
 def read_record(folder: str) -> dict | None:
