@@ -23,6 +23,16 @@ def _proposed(space, trial: optuna.Trial) -> IICConfig:
     return trial_iic_config({**space(trial), **{k: v for k, v in trial.params.items() if "/" not in k}})
 
 
+def _random_proposals(space, count: int):
+    """``count`` trials of Optuna's random sampler (seed 0) and their configs, each checked valid."""
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(count):
+        trial = study.ask()
+        config = _proposed(space, trial)
+        config.validate(check_data=False)
+        yield trial, config
+
+
 GATED = {
     "lr": {"low": 1e-3, "high": 1e-2, "log": True},
     "overclustering": {"gate": True, "otherwise": {"overcluster_k": 0}},
@@ -85,12 +95,8 @@ def test_pretrained_frozen_and_sobel_are_proposed_only_where_they_fit(preset):
         )
     )
     space = search_space(loaded)
-    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     arms = set()
-    for _ in range(30):
-        trial = study.ask()
-        config = _proposed(space, trial)
-        config.validate(check_data=False)
+    for trial, config in _random_proposals(space, 30):
         pretrained = trial.params["gate/pretrained"]
         assert (config.backbone_weights == "imagenet") == pretrained
         assert ("freeze_backbone" in trial.params) == pretrained and ("sobel" in trial.params) != pretrained
@@ -109,12 +115,8 @@ def test_image_folder_offers_foundation_models_frozen_at_their_size_resnets_and_
     preset = Preset.load("image_folder")
     assert Preset.from_dict("again", preset.to_dict()).params == preset.params  # what --resume reads back
     space = search_space(preset)
-    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     arms = set()
-    for _ in range(40):
-        trial = study.ask()
-        config = _proposed(space, trial)
-        config.validate(check_data=False)
+    for trial, config in _random_proposals(space, 40):
         pretrained, foundation = trial.params["gate/pretrained"], trial.params.get("gate/foundation")
         assert (foundation is None) == (not pretrained)  # decided only under pretrained
         if foundation:
