@@ -6,7 +6,8 @@ at every step, every feature a run needs can be computed once: the image itself 
 ``feature_views`` augmented views (1..V) and one held-out view (V + 1) that the label-free score
 reads. The views are drawn with the epoch-1 augmentation strengths from ``feature_view_seed``, on
 the CPU, so that they are the same on every machine. A trial then trains its heads on those
-tensors alone: no image goes through the backbone while it trains.
+tensors alone: no image goes through the backbone while it trains, and a timm backbone is built
+only to compute features not cached yet (``TimmBackbone``'s ``lazy``).
 
 The features are stored with the decode cache (``iic.cache``: one ``.npz`` per key, a file lock
 while one process builds it, written under a temporary name and renamed into place), keyed by

@@ -57,16 +57,17 @@ def input_transform(config: IICConfig) -> torch.nn.Module | None:
     return ImageNetInput(config.backbone) if config.backbone_weights else None
 
 
-def new_backbone(config: IICConfig, channels: int) -> torch.nn.Module:
+def new_backbone(config: IICConfig, channels: int, lazy: bool = False) -> torch.nn.Module:
     """The config's backbone for images of ``channels`` channels (as ``input_transform`` leaves
-    them), freshly initialised from torch's global generator (or loaded with its weights)."""
+    them), freshly initialised from torch's global generator (or loaded with its weights).
+    ``lazy``: a timm backbone is built the first time it runs."""
     if config.sobel:
         in_channels = Sobel.OUTPUT_CHANNELS
     else:
         pretrained_input = config.backbone_weights or is_timm_backbone(config.backbone)
         in_channels = PRETRAINED_CHANNELS if pretrained_input else channels
     return build_backbone(
-        config.backbone, in_channels, config.input_size, config.backbone_width, config.backbone_weights
+        config.backbone, in_channels, config.input_size, config.backbone_width, config.backbone_weights, lazy
     )
 
 

@@ -182,17 +182,18 @@ BACKBONES = ("clusternet", *RESNETS, *TIMM_BACKBONES)
 
 
 def build_backbone(
-    name: str, in_channels: int, input_size: int, width: int = 16, weights: str | None = None
+    name: str, in_channels: int, input_size: int, width: int = 16, weights: str | None = None, lazy: bool = False
 ) -> nn.Module:
     """A fresh backbone; ``weights`` is a config's ``backbone_weights`` (``imagenet`` for the
-    ResNets, ``pretrained`` for timm's, a state-dict file, or None for random weights)."""
+    ResNets, ``pretrained`` for timm's, a state-dict file, or None for random weights). ``lazy``:
+    a timm backbone is built the first time it runs (``TimmBackbone``)."""
     if name == "clusternet":
         return ClusterNet(in_channels, width)
     if name in RESNETS:
         return RESNETS[name](in_channels, input_size, weights_file(name, weights) if weights else None)
     if is_timm_backbone(name):
         path = (fetch_hub_weights(name) if weights == PRETRAINED else Path(weights)) if weights else None
-        return TimmBackbone(name, input_size, path)
+        return TimmBackbone(name, input_size, path, lazy)
     raise ValueError(f"unknown backbone {name!r}: choose one of {', '.join(BACKBONES)}")
 
 
@@ -256,11 +257,13 @@ def stack_backbones(backbones: list[nn.Module]) -> nn.Module:
 
 
 def shared_backbone(backbones: list[nn.Module]) -> nn.Module:
-    """S frozen backbones that are one and the same (pretrained weights, every layer loaded) as the
-    one module they all are: it never trains, so computing it once serves every model. Raises
-    ValueError if their weights differ."""
+    """S frozen backbones that are one and the same (one module, or pretrained weights with every
+    layer loaded) as the one module they all are: it never trains, so computing it once serves
+    every model. Raises ValueError if their weights differ."""
     first = backbones[0].state_dict()
     for backbone in backbones[1:]:
+        if backbone is backbones[0]:
+            continue
         differing = [name for name, value in backbone.state_dict().items() if not torch.equal(value, first[name])]
         if differing:
             raise ValueError(

@@ -14,6 +14,7 @@ timm is the ``backbones`` extra (``pip install -e ".[backbones]"``): imported on
 these backbones is asked for.
 """
 
+import functools
 from pathlib import Path
 
 import torch
@@ -72,12 +73,16 @@ def _create(backbone: str, input_size: int, **kwargs) -> nn.Module:
     return timm.create_model(name, num_classes=0, **size, **kwargs)
 
 
-def patch_size(backbone: str, input_size: int) -> int:
-    """The size ``input_size`` must be a multiple of: a vision transformer's patch size, else 1.
-    Built on the meta device: no memory, no weights."""
+@functools.cache
+def _architecture(backbone: str, input_size: int) -> nn.Module:
+    """The model on the meta device (no memory, no weights, no random number drawn), built once a process."""
     with torch.device("meta"):
-        model = _create(backbone, input_size)
-    embed = getattr(model, "patch_embed", None)
+        return _create(backbone, input_size)
+
+
+def patch_size(backbone: str, input_size: int) -> int:
+    """The size ``input_size`` must be a multiple of: a vision transformer's patch size, else 1."""
+    embed = getattr(_architecture(backbone, input_size), "patch_embed", None)
     return max(embed.patch_size) if embed is not None else 1
 
 
@@ -119,31 +124,46 @@ def fetch_hub_weights(backbone: str) -> Path:
         ) from None
 
 
+def _load(backbone: str, input_size: int, weights_path: str | Path | None) -> nn.Module:
+    """timm's model with the weights of ``weights_path`` (random without), every layer of it from the file."""
+    overlay = {"pretrained_cfg_overlay": {"file": str(weights_path)}} if weights_path else {}
+    try:
+        net = _create(backbone, input_size, pretrained=weights_path is not None, **overlay)
+        # timm loads loosely once the classifier is dropped: every layer of the model must be in the file.
+        held = _timm().models.load_state_dict(str(weights_path)) if weights_path else {}
+        lacking = sorted(set(net.state_dict()) - set(held)) if weights_path else []
+    except (RuntimeError, KeyError, OSError) as err:  # a file that is no state dict, or of other shapes
+        if not weights_path:
+            raise
+        lacking = [" ".join(str(err).split())[:300]]
+    if lacking:
+        shown = ", ".join(lacking[:3]) + (f" and {len(lacking) - 3} more" if len(lacking) > 3 else "")
+        raise WeightsError(f"{weights_path} does not hold {model_name(backbone)}'s weights: it lacks {shown}")
+    return net
+
+
 class TimmBackbone(nn.Module):
     """A timm model's pooled features (its classifier removed) of (N, 3, H, W) normalised images.
 
     ``weights_path`` loads a state dict in timm's layout through timm's own loader, which resamples
     position embeddings to ``input_size`` and drops a classifier; any other layer the file lacks
-    or holds in another shape is an error, so that a wrong file does not leave the backbone random."""
+    or holds in another shape is an error, so that a wrong file does not leave the backbone random.
 
-    def __init__(self, backbone: str, input_size: int, weights_path: str | Path | None = None):
+    ``lazy``: the model is built frozen the first time it runs, on its input's device, without
+    drawing from torch's random stream; until then ``net`` is None. A run that reads every feature
+    from a cache (``iic.feature_cache``) never builds it."""
+
+    def __init__(self, backbone: str, input_size: int, weights_path: str | Path | None = None, lazy: bool = False):
         super().__init__()
-        overlay = {"pretrained_cfg_overlay": {"file": str(weights_path)}} if weights_path else {}
-        try:
-            self.net = _create(backbone, input_size, pretrained=weights_path is not None, **overlay)
-            # timm loads loosely once the classifier is dropped: every layer of the model must be in the file.
-            held = _timm().models.load_state_dict(str(weights_path)) if weights_path else {}
-            lacking = sorted(set(self.net.state_dict()) - set(held)) if weights_path else []
-        except (RuntimeError, KeyError, OSError) as err:  # a file that is no state dict, or of other shapes
-            if not weights_path:
-                raise
-            lacking = [" ".join(str(err).split())[:300]]
-        if lacking:
-            shown = ", ".join(lacking[:3]) + (f" and {len(lacking) - 3} more" if len(lacking) > 3 else "")
-            raise WeightsError(f"{weights_path} does not hold {model_name(backbone)}'s weights: it lacks {shown}")
-        self.out_features = self.net.num_features
+        self.out_features = _architecture(backbone, input_size).num_features
+        self._build = functools.partial(_load, backbone, input_size, weights_path)
+        self.net = None if lazy else self._build()
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.net is None:
+            with torch.random.fork_rng(devices=[]):
+                net = self._build()
+            self.net = net.requires_grad_(False).train(self.training).to(images.device)
         return self.net(images)
 
 

@@ -52,6 +52,7 @@ from iic.result import SeedRun, TrainResult
 from iic.screening import groups_by_seed, initialisations, kept_after, picks
 from iic.seeds import check_seeds, combine_seeds
 from iic.status import RunStatus
+from iic.timm_backbones import is_timm_backbone
 
 
 class Trainer:
@@ -102,7 +103,10 @@ class Trainer:
             else None
         )
         # Twins drawn from fixed views whose features are computed once (iic.feature_cache).
-        self.fixed_views = FixedViews(self, config.cache_view_features) if config.feature_views else None
+        try:  # a lazy backbone is built here if they are not cached yet
+            self.fixed_views = FixedViews(self, config.cache_view_features) if config.feature_views else None
+        except WeightsError as err:
+            raise ConfigError(f"backbone_weights: {err}") from None
         # Each image's twin sources: itself, then its nearest neighbours (N, 1 + twin_neighbours).
         self.twin_candidates = (
             pair_candidates(nearest_neighbours(self._neighbour_space(), config.twin_neighbours))
@@ -122,9 +126,14 @@ class Trainer:
         self.last_clusters = [np.zeros(len(self.images), dtype=np.int64) for _ in self.inits]  # of the last evaluation
 
     def _build_model(self) -> None:
-        """The stacked model of ``inits`` as they start, its training forward pass and optimiser."""
+        """The stacked model of ``inits`` as they start, its training forward pass and optimiser. A
+        timm backbone takes every weight from its file: one serves the stack, built before any seed is
+        set (the heads start from their seeds alone), and lazy when its fixed views' features are cached."""
+        config = self.config
+        lazy = config.feature_views > 0 and config.cache_view_features
         try:
-            models = [self._new_model(init) for init in self.inits]
+            shared = new_backbone(config, self.data.channels, lazy) if is_timm_backbone(config.backbone) else None
+            models = [self._new_model(init, shared) for init in self.inits]
         except WeightsError as err:
             raise ConfigError(f"backbone_weights: {err}") from None
         self.model = StackedIICModel(models, self.config.freeze_backbone).to(self.device)
@@ -137,7 +146,7 @@ class Trainer:
         """Go on with the stack's models ``indices`` alone, as they are: weights, optimiser state,
         random streams, held-out views and histories."""
         select = self.model.select_models
-        model_state = {name: select(name, tensor, indices) for name, tensor in self.model.state_dict().items()}
+        model_state = {name: select(name, tensor, indices) for name, tensor in self._trained_state().items()}
         names = [name for name, parameter in self.model.named_parameters() if parameter.requires_grad]
         optimiser_state = self.optimiser.state_dict()
         optimiser_state["state"] = {
@@ -155,7 +164,7 @@ class Trainer:
         ):
             setattr(self, name, [getattr(self, name)[i] for i in indices])
         self._build_model()
-        self.model.load_state_dict(model_state)
+        self.model.load_state_dict({**self.model.state_dict(), **model_state})
         self.optimiser.load_state_dict(optimiser_state)
 
     def _current_picks(self) -> list[int]:
@@ -187,12 +196,13 @@ class Trainer:
             group["lr"] = values["lr"]
         self.criterion.lamb = values["lamb"]
 
-    def _new_model(self, init: int) -> IICModel:
-        """The model a run of seed ``init`` alone starts from."""
+    def _new_model(self, init: int, backbone: torch.nn.Module | None = None) -> IICModel:
+        """The model a run of seed ``init`` alone starts from: ``backbone`` (by default its own,
+        drawn from the seed) and heads drawn from the seed."""
         config = self.config
         torch.manual_seed(init)
         return IICModel(
-            new_backbone(config, self.data.channels),
+            backbone if backbone is not None else new_backbone(config, self.data.channels),
             config.num_clusters,
             config.overcluster_k,
             config.num_subheads,
@@ -378,18 +388,18 @@ class Trainer:
             "status": str(self.status),
             "history": self.history,
             "seed_histories": self.seed_histories,
-            # A frozen backbone is left out: it is the config's weights file, as loaded again on resume.
-            "model": {
-                name: value
-                for name, value in self.model.state_dict().items()
-                if not (self.config.freeze_backbone and name.startswith("backbone."))
-            },
+            "model": self._trained_state(),
             "optimiser": self.optimiser.state_dict(),
             "shuffle_generators": [g.get_state() for g in self.shuffle_generators],
             "augment_generators": [g.get_state() for g in self.augment_generators],
             "last_clusters": self.last_clusters,
         }
         return save_state(state, path)
+
+    def _trained_state(self) -> dict[str, torch.Tensor]:
+        """The model's state less a frozen backbone: that is the config's weights file, loaded again."""
+        state, frozen = self.model.state_dict(), self.config.freeze_backbone
+        return {name: value for name, value in state.items() if not (frozen and name.startswith("backbone."))}
 
     @staticmethod
     def saved_seeds(path: str | Path) -> list[int]:

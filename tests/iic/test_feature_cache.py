@@ -5,8 +5,10 @@ import numpy as np
 import pytest
 import torch
 
+from iic import timm_backbones
 from iic.cache import cache_dir
 from iic.config import IICConfig
+from iic.label_free import GENERALIZATION
 from iic.trainer import Trainer, train
 
 timm = pytest.importorskip("timm")
@@ -72,6 +74,42 @@ def test_the_features_are_computed_once_and_shared_by_later_trials(tiny_vit_weig
     assert not torch.equal(other.fixed_views.table[1:], first.fixed_views.table[1:])
     assert torch.equal(other.fixed_views.table[0], first.fixed_views.table[0])  # the images themselves
     assert len(list(cache_dir().glob("features-digits-timm_test_vit-32px-2views-*.npz"))) == 2
+
+
+@pytest.fixture
+def builds(monkeypatch) -> list:
+    """The timm backbones built from here on (their arguments)."""
+    built, load = [], timm_backbones._load
+    monkeypatch.setattr(timm_backbones, "_load", lambda *arguments: built.append(arguments) or load(*arguments))
+    return built
+
+
+def test_a_trial_that_reads_every_feature_from_the_cache_never_builds_its_backbone(tiny_vit_weights, builds, tmp_path):
+    config = frozen_config(tiny_vit_weights, screen_inits=2, screen_epochs=1)
+    Trainer(config)  # the features cached
+    builds.clear()
+    checkpoint = tmp_path / "checkpoint.pt"
+
+    def save(metrics, trainer):
+        trainer.save_checkpoint(checkpoint)
+
+    # Neighbours, screening, evaluation, a checkpoint and its resume, the generalization probe: all from the table.
+    train(config.replace(epochs=1), on_epoch=save, seeds=[0, 1])
+    resumed = train(config, resume_from=checkpoint, seeds=[0, 1])
+    assert builds == [] and GENERALIZATION in resumed.metrics
+
+
+def test_one_backbone_serves_the_stack_and_the_heads_start_the_same_whether_it_is_built_or_not(
+    tiny_vit_weights, builds
+):
+    config = frozen_config(tiny_vit_weights)
+    Trainer(config)  # the features cached
+    builds.clear()
+    cached = Trainer(config, seeds=[0, 1])
+    live = Trainer(config.replace(cache_view_features=False), seeds=[0, 1])
+    assert cached.model.backbone.net is None and live.model.backbone.net is not None and len(builds) == 1
+    for name, value in live.model.heads.state_dict().items():
+        assert torch.equal(value, cached.model.heads.state_dict()[name])
 
 
 def test_views_need_a_frozen_backbone_and_an_augmentation(tiny_vit_weights):

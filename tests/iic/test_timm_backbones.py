@@ -50,13 +50,19 @@ def test_weights_copied_into_the_hub_cache_are_what_pretrained_loads(hub_cache):
     assert backbone.net.pos_embed.shape[1] == 1 + (32 // 16) ** 2  # resampled from 160 px to 32
 
 
-def test_a_file_of_another_model_is_refused(tmp_path):
+@pytest.mark.parametrize("feature_views", [0, 2])  # 2: built lazily, for the fixed views' features
+def test_a_file_of_another_model_is_refused(tmp_path, feature_views):
     path = tmp_path / "resnet.pt"
     torch.save(timm.create_model("test_resnet", num_classes=0).state_dict(), path)
     from iic.trainer import Trainer
 
     config = IICConfig(
-        backbone="timm/test_vit", backbone_weights=str(path), input_size=32, freeze_backbone=True, max_samples=20
+        backbone="timm/test_vit",
+        backbone_weights=str(path),
+        input_size=32,
+        freeze_backbone=True,
+        max_samples=20,
+        feature_views=feature_views,
     )
     with pytest.raises(ConfigError, match=r"backbone_weights: .*resnet.pt does not hold test_vit's weights"):
         Trainer(config)
