@@ -4,7 +4,8 @@
     python -m benchmarks.chaos --replay 7 12                 # exactly those searches again
 
 Each search is tiny (digits, 2 trials of 2 epochs, one confirmed) and runs through the commands a
-user runs: ``search/run.py`` against a real ``mlflow server``, on the local Ray the driver starts.
+user runs: ``search/run.py`` against a real ``mlflow server`` (one for all the searches, as a user's
+server is; each search in an experiment of its own), on the local Ray the driver starts.
 Its fault seed draws one to three faults, each at a moment counted in results Tune has recorded
 (plus a drawn fraction of a second): SIGKILL of the driver with its Ray (then ``--resume``, once the
 server answers), of a trial's worker (Tune retries it), or of the MLflow server (restarted after a
@@ -120,7 +121,7 @@ def run_search(folder: Path, server: Server, seed: int) -> tuple[list[str], str,
     pending = draw_faults(seed)
     env = {**os.environ, "IIC_STATE_DIR": str(folder / "state"), "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
     base = [sys.executable, str(ROOT / "search" / "run.py"), "--tracking-uri", server.uri]
-    base += ["--storage-path", str(storage), *SEARCH]
+    base += ["--storage-path", str(storage), "--experiment", experiment_name(seed), *SEARCH]
     resume, restart_at, starts = False, None, 0
     while True:
         starts += 1
@@ -174,10 +175,15 @@ def run_search(folder: Path, server: Server, seed: int) -> tuple[list[str], str,
     return injected, output, driver.returncode
 
 
-def check(client: MlflowClient, storage: Path) -> Counter:
+def experiment_name(seed: int) -> str:
+    """The MLflow experiment of the search of fault seed ``seed``."""
+    return f"{NAME}-{seed}"
+
+
+def check(client: MlflowClient, storage: Path, seed: int) -> Counter:
     """What MLflow lacks or holds wrongly against Tune's records of the search."""
     found = Counter()
-    experiment = client.get_experiment_by_name("iic-digits")
+    experiment = client.get_experiment_by_name(experiment_name(seed))
     if experiment is None:
         return Counter({"open": 1})  # nothing recorded at all
     experiment = experiment.experiment_id
@@ -217,32 +223,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--searches", type=int, default=10, help="searches, on fault seeds FIRST.. (default 10)")
     parser.add_argument("--first-seed", type=int, default=0, help="fault seed of the first search (default 0)")
     parser.add_argument("--replay", type=int, nargs="+", metavar="SEED", help="run exactly these fault seeds")
-    parser.add_argument("--out", help="keep every search's folder here (default: a temporary folder, kept on failure)")
+    parser.add_argument(
+        "--out", help="keep the searches' folders and MLflow store here (default: a temporary folder, kept on failure)"
+    )
     args = parser.parse_args(argv)
     seeds = args.replay or list(range(args.first_seed, args.first_seed + args.searches))
     out = Path(args.out or tempfile.mkdtemp(prefix="iic-chaos-"))
     rows, failing, totals, started = [], [], Counter(), time.time()
-    for seed in seeds:
-        folder = out / f"seed{seed}"
-        folder.mkdir(parents=True)
-        server = Server(folder)
-        server.start()
-        began = time.time()
-        try:
+    (out / "mlflow").mkdir(parents=True, exist_ok=True)
+    server = Server(out / "mlflow")
+    server.start()
+    try:
+        for seed in seeds:
+            folder = out / f"seed{seed}"
+            folder.mkdir(parents=True)
+            began = time.time()
             injected, output, returncode = run_search(folder, server, seed)
-            found = check(MlflowClient(server.uri), folder / "ray")
-        finally:
-            server.kill()
-        found["driver failed"] += returncode != 0
-        bad = sum(found[key] for key in COLUMNS[1:])
-        if bad:
-            failing.append(seed)
-        elif not args.out:
-            shutil.rmtree(folder)
-        totals.update({**found, "faults": len(injected)})
-        kinds = ",".join(sorted(injected)) or "-"
-        rows.append([seed, len(injected), kinds, *(found[key] for key in COLUMNS), f"{time.time() - began:.0f}"])
-        print(f"search {seed}: {len(injected)} fault(s) {kinds}; " + ", ".join(f"{k} {found[k]}" for k in COLUMNS))
+            found = check(MlflowClient(server.uri), folder / "ray", seed)
+            report(rows, failing, totals, seed, injected, found, returncode, time.time() - began)
+            if seed not in failing and not args.out:
+                shutil.rmtree(folder)
+    finally:
+        server.kill()
+    if not failing and not args.out:
+        shutil.rmtree(out)
     print("\n" + table(["seed", "faults", "kinds", *COLUMNS, "s"], rows))
     print(
         f"{len(seeds)} searches, {totals['faults']} faults in {time.time() - started:.0f} s; "
@@ -253,6 +257,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"failing fault seeds (folders in {out}); replay: python -m benchmarks.chaos --replay {replay}")
     print("command: " + command("chaos", argv))
     return 1 if failing else 0
+
+
+def report(rows, failing, totals, seed, injected, found, returncode, seconds) -> None:
+    """Add the search's row and counts, and print its line."""
+    found["driver failed"] += returncode != 0
+    if sum(found[key] for key in COLUMNS[1:]):
+        failing.append(seed)
+    totals.update({**found, "faults": len(injected)})
+    kinds = ",".join(sorted(injected)) or "-"
+    rows.append([seed, len(injected), kinds, *(found[key] for key in COLUMNS), f"{seconds:.0f}"])
+    print(f"search {seed}: {len(injected)} fault(s) {kinds}; " + ", ".join(f"{k} {found[k]}" for k in COLUMNS))
 
 
 if __name__ == "__main__":
