@@ -4,6 +4,7 @@ where to look."""
 import json
 import math
 import tempfile
+import time
 import urllib.parse
 import warnings
 from pathlib import Path
@@ -30,6 +31,22 @@ from trainables.iic_trainable import trial_iic_config
 TABLE_PARAMS = ("lr", "batch_size", "lamb", "repeats", "sobel", "overcluster_k", "crop_min_scale", "rotation_degrees")
 # Parameter importances from fewer completed trials than this are noise, not a ranking.
 MIN_TRIALS_FOR_IMPORTANCE = 10
+# How often the summary is recorded when the MLflow server goes away in the middle of it.
+SUMMARY_ATTEMPTS = 3
+
+
+class StampedClient:
+    """The MLflow client, every metric it logs stamped with the time it was made at step 0: a summary
+    recorded again from the start stores each of its metrics once (MLflow keeps one of identical points)."""
+
+    def __init__(self, client: MlflowClient):
+        self.client, self.timestamp = client, int(time.time() * 1000)
+
+    def log_metric(self, run_id: str, key: str, value: float) -> None:
+        self.client.log_metric(run_id, key, value, timestamp=self.timestamp, step=0)
+
+    def __getattr__(self, name: str):
+        return getattr(self.client, name)
 
 
 def trial_table(results, objective: str, statuses: dict[str, str]) -> pd.DataFrame:
@@ -207,10 +224,10 @@ def summarise(
     table = trial_table(results, objective, statuses)
     completed = completed_trials(table, objective)
     correlation, correlated = information_accuracy_correlation(completed)
-    client = MlflowClient(tracking_uri)
-    wait_for_server(tracking_uri)
-    gallery = None
-    try:
+
+    def record() -> str | None:
+        """The parent run's summary and closing; the confirmed best's gallery path, if any."""
+        gallery = None
         with tempfile.TemporaryDirectory() as folder:
             folder = Path(folder)
             table.to_csv(folder / "trials.csv", index=False)
@@ -235,10 +252,23 @@ def summarise(
             for path in files:
                 client.log_artifact(parent_run_id, str(path))
             client.set_terminated(parent_run_id, "FINISHED")
-    except Exception as err:  # noqa: BLE001 - the trials are done; say what could not be recorded
+        return gallery
+
+    client, gallery = StampedClient(MlflowClient(tracking_uri)), None
+    answering = wait_for_server(tracking_uri)
+    for _ in range(SUMMARY_ATTEMPTS):
+        try:
+            gallery, error = record(), None
+            break
+        except Exception as err:  # noqa: BLE001 - the trials are done; say what could not be recorded
+            error = err
+            # The server went away in the middle: once it answers again, the summary is recorded again.
+            if not (answering and wait_for_server(tracking_uri)):
+                break
+    if error is not None:
         failures.append(
             "search: could not record the summary in the parent run: "
-            f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
+            f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
         )
     print_summary(table, confirmed or [], objective, name, top, (correlation, correlated))
     if ceiling is not None:

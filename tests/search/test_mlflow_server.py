@@ -19,6 +19,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+import search.summary
 from search.reconcile import main as reconcile_main
 from search.run import main
 from search.tracking.runs import END_WAIT_VARIABLE, ROLE_TAG, TRIAL_TAG
@@ -244,24 +245,40 @@ def test_server_gone_for_good_trials_finish_the_report_lists_every_missing_epoch
 
 
 def test_server_unreachable_mid_search_gets_every_run_metric_and_artifact_once_back(
-    ray_session, server, tmp_path, state_dir, capsys
+    ray_session, server, tmp_path, state_dir, capsys, monkeypatch
 ):
     relay = Relay(server.port)
+
+    def reconnect_after(refusals: int):
+        # at least one write fails for good (its 3 tries and a health check turned away), however
+        # slowly a loaded machine goes on
+        deadline = time.time() + 120
+        while relay.refused < refusals and time.time() < deadline:
+            time.sleep(0.1)
+        relay.reconnect()
 
     def outage():
         relay.disconnect()
         time.sleep(4)  # epochs go by unlogged
-        # ... and at least one write fails for good (its 3 tries and a health check turned away),
-        # however slowly a loaded machine trains
-        deadline = time.time() + 120
-        while relay.refused < 4 and time.time() < deadline:
-            time.sleep(0.1)
-        relay.reconnect()
+        reconnect_after(4)
 
+    # A second outage in the middle of the summary, after its first metric was recorded.
+    record_best, summary_cut = search.summary.record_best, threading.Event()
+
+    def cut_then_record_best(*args):
+        if not summary_cut.is_set():
+            summary_cut.set()
+            relay.disconnect()
+            threading.Thread(target=reconnect_after, args=(relay.refused + 3,), daemon=True).start()
+        record_best(*args)
+
+    monkeypatch.setattr(search.summary, "record_best", cut_then_record_best)
     watcher = _when_logged(server, 2, outage)
     assert _search(relay.uri, tmp_path, "--num-samples", "2", "--max-concurrent", "1", "--epochs", "8") == 0
     watcher.join(timeout=10)
-    assert not relay.cut.is_set() and "does not answer" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert summary_cut.is_set() and "could not record the summary" not in printed, printed[-3000:]
+    assert not relay.cut.is_set() and "does not answer" in printed
 
     client = MlflowClient(server.uri)  # MLflow's REST client
     experiment = client.get_experiment_by_name("iic-digits")
@@ -285,6 +302,8 @@ def test_server_unreachable_mid_search_gets_every_run_metric_and_artifact_once_b
         )
         assert config["lr"] == pytest.approx(float(run.data.params["lr"]))
     assert {"best_config.yaml", "trials.csv"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
+    for key in ("best_cluster_accuracy", "trials", "completed_trials"):  # recorded again, stored once
+        assert len(client.get_metric_history(parent.info.run_id, key)) == 1, key
     # uploaded through the server into its artifact store, not written by the client
     assert len(list((tmp_path / "artifacts").rglob("cluster_gallery.png"))) == 2
     report = json.loads((state_dir / "iic-digits" / "mlflow_report.json").read_text())
