@@ -32,6 +32,7 @@ from search.tracking.runs import (
     result_epoch,
     search_run_filter,
     send_epochs,
+    wait_for_server,
 )
 
 MAX_RUNS = 50_000  # MLflow's largest page of runs
@@ -106,19 +107,25 @@ def reconcile(
                 "MLflow may lack its epochs"
             )
     try:
-        runs = {
-            run.data.tags.get(TRIAL_TAG): run
-            for run in client.search_runs([search.experiment_id], search.run_filter(), max_results=MAX_RUNS)
-        }
+        runs = _trial_runs(client, search)
     except Exception as err:  # noqa: BLE001 - the server is down: say what waits, and where
         _report_unreachable(report, search, trials, results, ended, sent or {}, closed, err)
         return report
-    for trial in trials:
+    failed = _reconcile_trials(client, search, trials, results, runs, ended, report)
+    if failed and wait_for_server(search.tracking_uri):  # the server went away in the middle: once more
         try:
-            run, ending = runs.get(trial.trial_id), ended.get(trial.trial_id)
-            _reconcile_trial(client, search, trial, results.get(trial.trial_id, []), run, ending, report)
-        except Exception as err:  # noqa: BLE001 - one trial's failure must not stop the others
-            report.failures.append(f"{trial.trial_id}: could not reconcile its MLflow run: {type(err).__name__}: {err}")
+            runs = _trial_runs(client, search)
+            again = [trial for trial in trials if trial.trial_id in failed]
+            failed = _reconcile_trials(client, search, again, results, runs, ended, report)
+        except Exception as err:  # noqa: BLE001 - gone again: the failures below say what to run later
+            failed = dict.fromkeys(failed, err)
+    for trial_id, err in failed.items():
+        report.failures.append(f"{trial_id}: could not reconcile its MLflow run: {type(err).__name__}: {err}")
+    if failed:
+        report.failures.append(
+            f"once MLflow at {search.tracking_uri} answers, send what it lacks with: python search/reconcile.py "
+            f"--name {search.search_name} --tracking-uri {search.tracking_uri} (and this search's --storage-path)"
+        )
     known = {trial.trial_id for trial in trials}
     for trial_id, run in runs.items():
         if trial_id not in known and run.info.status == "RUNNING":
@@ -127,6 +134,24 @@ def reconcile(
             client.set_terminated(run.info.run_id, "KILLED")
             report.closed_lost.append(trial_id)
     return report
+
+
+def _trial_runs(client: MlflowClient, search: SearchRecord) -> dict:
+    """The search's trial runs in MLflow, by trial id."""
+    found = client.search_runs([search.experiment_id], search.run_filter(), max_results=MAX_RUNS)
+    return {run.data.tags.get(TRIAL_TAG): run for run in found}
+
+
+def _reconcile_trials(client, search, trials, results, runs, ended, report) -> dict[str, Exception]:
+    """Reconcile each of ``trials``; the error of each that could not be (one must not stop the others)."""
+    failed = {}
+    for trial in trials:
+        try:
+            run, ending = runs.get(trial.trial_id), ended.get(trial.trial_id)
+            _reconcile_trial(client, search, trial, results.get(trial.trial_id, []), run, ending, report)
+        except Exception as err:  # noqa: BLE001 - one trial's failure must not stop the others
+            failed[trial.trial_id] = err
+    return failed
 
 
 def _reconcile_trial(

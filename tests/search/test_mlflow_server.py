@@ -20,6 +20,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 import search.summary
+import search.tracking.reconcile
 from search.reconcile import main as reconcile_main
 from search.run import main
 from search.tracking.runs import END_WAIT_VARIABLE, ROLE_TAG, TRIAL_TAG
@@ -262,22 +263,30 @@ def test_server_unreachable_mid_search_gets_every_run_metric_and_artifact_once_b
         time.sleep(4)  # epochs go by unlogged
         reconnect_after(4)
 
-    # A second outage in the middle of the summary, after its first metric was recorded.
-    record_best, summary_cut = search.summary.record_best, threading.Event()
+    def cut_at_first_call(module, name: str) -> threading.Event:
+        """An outage from the first call of ``module.name`` on, until a write failed for good."""
+        function, cut = getattr(module, name), threading.Event()
 
-    def cut_then_record_best(*args):
-        if not summary_cut.is_set():
-            summary_cut.set()
-            relay.disconnect()
-            threading.Thread(target=reconnect_after, args=(relay.refused + 3,), daemon=True).start()
-        record_best(*args)
+        def cut_then_call(*args):
+            if not cut.is_set():
+                cut.set()
+                relay.disconnect()
+                threading.Thread(target=reconnect_after, args=(relay.refused + 3,), daemon=True).start()
+            return function(*args)
 
-    monkeypatch.setattr(search.summary, "record_best", cut_then_record_best)
+        monkeypatch.setattr(module, name, cut_then_call)
+        return cut
+
+    # More outages as the search ends: in the middle of the stage's reconciliation (its first trial)
+    # and of the summary (after its first metric was recorded).
+    reconcile_cut = cut_at_first_call(search.tracking.reconcile, "_reconcile_trial")
+    summary_cut = cut_at_first_call(search.summary, "record_best")
     watcher = _when_logged(server, 2, outage)
     assert _search(relay.uri, tmp_path, "--num-samples", "2", "--max-concurrent", "1", "--epochs", "8") == 0
     watcher.join(timeout=10)
     printed = capsys.readouterr().out
-    assert summary_cut.is_set() and "could not record the summary" not in printed, printed[-3000:]
+    assert reconcile_cut.is_set() and summary_cut.is_set()
+    assert "could not reconcile" not in printed and "could not record the summary" not in printed, printed[-3000:]
     assert not relay.cut.is_set() and "does not answer" in printed
 
     client = MlflowClient(server.uri)  # MLflow's REST client
