@@ -254,7 +254,7 @@ def summarise(
             client.set_terminated(parent_run_id, "FINISHED")
         return gallery
 
-    client, gallery = StampedClient(MlflowClient(tracking_uri)), None
+    client, gallery, error = StampedClient(MlflowClient(tracking_uri)), None, None
     answering = wait_for_server(tracking_uri)
     for _ in range(SUMMARY_ATTEMPTS):
         try:
